@@ -1,0 +1,354 @@
+"""Configurations of the exponential somas, named as in Spark.
+
+Units, one coherent set: potential mV, time ms, current pA, resistance GΩ,
+conductance nS (GΩ · pA = mV, nS · mV = pA).
+
+Every numeric field accepts a Python float, an array broadcastable to the
+soma's ``units`` (one value per neuron), or an initializer ``(key, shape,
+dtype) -> array`` (the ``jax.nn.initializers`` convention). Scalar and array
+values are checked here, at construction; initializers are checked by the
+soma once it has drawn them. A broken rule raises :class:`ConfigError`
+naming the field, the value and the rule.
+
+Defaults are the cortical pyramidal cell of Brette & Gerstner (2005), J.
+Neurophysiol. 94:3637: C = 281 pF and g_L = 30 nS give τ_m = C/g_L = 9.37 ms
+and R = 1/g_L = 1/30 GΩ; V_T = -50.4 mV, Δ_T = 2 mV, and the spike cut-off
+V_th = V_T + 5 Δ_T = -40.4 mV used by Brian2's AdEx example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+from typing import Any, Callable, ClassVar, Mapping, Union
+
+import numpy as np
+
+from spark_somas import surrogates as surrogates_lib
+
+__all__ = [
+    "ConfigError",
+    "Rule",
+    "Value",
+    "ExponentialSomaConfig",
+    "RefractoryExponentialSomaConfig",
+    "AdaptiveExponentialSomaConfig",
+    "SimplifiedAdaptiveExponentialSomaConfig",
+]
+
+Initializer = Callable[..., Any]
+Value = Union[float, "np.ndarray", "jax.Array", Initializer]  # noqa: F821
+
+
+class ConfigError(ValueError):
+    """A config field breaks its rule. Names the field, the value and the rule."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A constraint on one field: ``field <op> bound``.
+
+    ``bound`` is a number or the name of another field; ``op`` one of
+    ``">", ">=", "<", "finite"``. Non-finite values always break a rule.
+    """
+
+    op: str
+    bound: float | str | None = None
+
+    def text(self, name: str) -> str:
+        if self.op == "finite":
+            return f"{name} must be finite"
+        return f"{name} {self.op} {self.bound}"
+
+    def holds(self, value: np.ndarray, other: np.ndarray | None) -> np.ndarray:
+        bound = other if isinstance(self.bound, str) else self.bound
+        ok = np.isfinite(value)
+        if self.op == ">":
+            ok &= value > bound
+        elif self.op == ">=":
+            ok &= value >= bound
+        elif self.op == "<":
+            ok &= value < bound
+        return ok
+
+
+FINITE = Rule("finite")
+POSITIVE = Rule(">", 0.0)
+NON_NEGATIVE = Rule(">=", 0.0)
+
+
+def quantity(default: float, *, symbol: str, units: str, doc: str, rule: Rule = FINITE) -> Any:
+    """A numeric config field with its symbol, units, meaning and rule."""
+    return dataclasses.field(
+        default=default, metadata={"symbol": symbol, "units": units, "doc": doc, "rule": rule}
+    )
+
+
+def is_initializer(value: Any) -> bool:
+    return callable(value) and not hasattr(value, "shape")
+
+
+def _describe_value(value: np.ndarray, ok: np.ndarray) -> str:
+    if value.ndim == 0:
+        return repr(float(value))
+    bad = tuple(int(i) for i in np.argwhere(~ok)[0])
+    return f"array of shape {value.shape} with {float(value[bad])!r} at index {bad}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class ExponentialSomaConfig:
+    """Exponential integrate-and-fire soma (Fourcaud-Trocmé et al. 2003, J.
+    Neurosci. 23:11628).
+
+    .. math::
+
+        τ_m \\frac{dV}{dt} = -(V - E_L) + Δ_T \\exp\\left(\\frac{V - V_T}{Δ_T}\\right) + R I,
+        \\qquad V > V_{th} \\Rightarrow V \\leftarrow V_r
+
+    With the defaults, rheobase is I_rh = (V_T - E_L - Δ_T)/R = 546 pA; a
+    constant 800 pA makes the default soma fire regularly at 56 Hz (dt = 0.1 ms;
+    tested in tests/test_somas.py).
+    """
+
+    potential_rest: Value = quantity(-70.6, symbol="E_L", units="mV", doc="resting potential")
+    potential_reset: Value = quantity(
+        -70.6, symbol="V_r", units="mV", doc="potential after a spike",
+        rule=Rule("<", "threshold"),
+    )
+    potential_tau: Value = quantity(
+        9.37, symbol="τ_m", units="ms", doc="membrane time constant", rule=POSITIVE
+    )
+    resistance: Value = quantity(
+        1.0 / 30.0, symbol="R", units="GΩ", doc="membrane resistance (1/g_L)", rule=POSITIVE
+    )
+    threshold: Value = quantity(
+        -40.4, symbol="V_th", units="mV", doc="spike cut-off: a spike is emitted when V > V_th",
+        rule=Rule(">", "rheobase_threshold"),
+    )
+    rheobase_threshold: Value = quantity(
+        -50.4, symbol="V_T", units="mV", doc="where the exponential runaway starts"
+    )
+    spike_slope: Value = quantity(
+        2.0, symbol="Δ_T", units="mV", doc="sharpness of spike initiation", rule=POSITIVE
+    )
+    surrogate: surrogates_lib.Surrogate = surrogates_lib.DEFAULT
+    detach_reset: bool = True
+    validated: bool = dataclasses.field(default=True, init=False, repr=False, compare=False)
+    __skip_validation__: dataclasses.InitVar[bool] = False
+
+    def __post_init__(self, skip_validation: bool) -> None:
+        for f in self.quantity_fields():
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not (
+                isinstance(value, (int, float)) or hasattr(value, "shape")
+                or isinstance(value, (list, tuple)) or is_initializer(value)
+            ):
+                raise ConfigError(
+                    f"{type(self).__name__}.{f.name} = {value!r} violates the rule: "
+                    "a float, an array or an initializer (key, shape, dtype) -> array"
+                )
+            if isinstance(value, (int, float)):
+                object.__setattr__(self, f.name, float(value))
+            elif isinstance(value, (list, tuple)):
+                object.__setattr__(self, f.name, np.asarray(value, dtype=np.float64))
+        surrogate = self.surrogate
+        if isinstance(surrogate, str):
+            surrogate = surrogates_lib.by_name(surrogate)
+        elif isinstance(surrogate, Mapping):
+            surrogate = surrogates_lib.from_dict(surrogate)
+        if not isinstance(surrogate, surrogates_lib.Surrogate):
+            raise ConfigError(
+                f"{type(self).__name__}.surrogate = {self.surrogate!r} violates the rule: "
+                "a spark_somas.surrogates.Surrogate, its name or its dict"
+            )
+        object.__setattr__(self, "surrogate", surrogate)
+        if not isinstance(self.detach_reset, bool):
+            raise ConfigError(
+                f"{type(self).__name__}.detach_reset = {self.detach_reset!r} violates the "
+                "rule: a bool"
+            )
+        object.__setattr__(self, "validated", not skip_validation)
+        if not skip_validation:
+            self.validate({f.name: getattr(self, f.name) for f in self.quantity_fields()})
+
+    @classmethod
+    def quantity_fields(cls) -> tuple[dataclasses.Field, ...]:
+        """The numeric fields (those with units), in declaration order."""
+        return tuple(f for f in dataclasses.fields(cls) if "units" in f.metadata)
+
+    @classmethod
+    def field_info(cls, name: str) -> Mapping[str, Any]:
+        """Symbol, units, meaning and rule of field ``name``."""
+        return {f.name: f.metadata for f in cls.quantity_fields()}[name]
+
+    def validate(self, values: Mapping[str, Any]) -> None:
+        """Checks every rule on ``values`` (field name -> number or array).
+
+        Initializers are skipped (the soma checks what they draw). Raises
+        :class:`ConfigError` on the first broken rule.
+        """
+        for f in self.quantity_fields():
+            value, rule = values[f.name], f.metadata["rule"]
+            other = values.get(rule.bound) if isinstance(rule.bound, str) else None
+            if is_initializer(value) or is_initializer(other):
+                continue
+            arr = np.asarray(value, dtype=np.float64)
+            ok = rule.holds(arr, None if other is None else np.asarray(other, np.float64))
+            if not np.all(ok):
+                ok = np.broadcast_to(ok, np.broadcast_shapes(arr.shape, ok.shape))
+                arr = np.broadcast_to(arr, ok.shape)
+                raise ConfigError(
+                    f"{type(self).__name__}.{f.name} = {_describe_value(arr, ok)} "
+                    f"{f.metadata['units']} violates the rule: {rule.text(f.name)} "
+                    f"({f.metadata['doc']}, {f.metadata['symbol']})"
+                )
+
+    def replace(self, **changes: Any) -> "ExponentialSomaConfig":
+        """A copy with ``changes`` applied, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict: floats, nested lists for arrays, the surrogate as its dict.
+
+        JSON-serialisable unless a field holds an initializer (kept as is).
+        """
+        out: dict[str, Any] = {}
+        for f in self.quantity_fields():
+            value = getattr(self, f.name)
+            out[f.name] = value if isinstance(value, float) or is_initializer(value) else (
+                np.asarray(value).tolist()
+            )
+        out["surrogate"] = self.surrogate.to_dict()
+        out["detach_reset"] = self.detach_reset
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExponentialSomaConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> "ExponentialSomaConfig":
+        return cls.from_dict(json.loads(text))
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(
+            _same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)
+        )
+
+    __hash__ = object.__hash__
+
+    def rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(field, symbol, value, units, meaning) for each numeric field."""
+        return [
+            (f.name, f.metadata["symbol"], format_value(getattr(self, f.name)),
+             f.metadata["units"], f.metadata["doc"])
+            for f in self.quantity_fields()
+        ]
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{name}={value} {units}" for name, _, value, units, _ in self.rows())
+        return (
+            f"{type(self).__name__}({body}, surrogate={self.surrogate!r}, "
+            f"detach_reset={self.detach_reset})"
+        )
+
+    def _repr_html_(self) -> str:
+        return html_table(type(self).__name__, self.rows(), [
+            ("surrogate", repr(self.surrogate)), ("detach_reset", str(self.detach_reset))
+        ])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class RefractoryExponentialSomaConfig(ExponentialSomaConfig):
+    """ExpIF with an absolute refractory period ``cooldown`` (Brian2's convention:
+    n = floor(t_ref/dt + 1e-3) steps, the first being the spike's own)."""
+
+    cooldown: Value = quantity(
+        2.0, symbol="t_ref", units="ms", doc="absolute refractory period", rule=NON_NEGATIVE
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class AdaptiveExponentialSomaConfig(ExponentialSomaConfig):
+    """Adaptive exponential integrate-and-fire (Brette & Gerstner 2005).
+
+    .. math::
+
+        τ_m \\dot V = -(V - E_L) + Δ_T e^{(V - V_T)/Δ_T} - R w + R I, \\qquad
+        τ_w \\dot w = a (V - E_L) - w, \\qquad
+        V > V_{th} \\Rightarrow V \\leftarrow V_r,\\ w \\leftarrow w + b
+
+    No refractory period (unlike Spark's, this config extends the plain one).
+    Defaults: Brette & Gerstner's a = 4 nS, b = 80.5 pA, τ_w = 144 ms.
+    """
+
+    adaptation_tau: Value = quantity(
+        144.0, symbol="τ_w", units="ms", doc="adaptation time constant", rule=POSITIVE
+    )
+    adaptation_delta: Value = quantity(
+        80.5, symbol="b", units="pA", doc="jump of w at each spike"
+    )
+    adaptation_subthreshold: Value = quantity(
+        4.0, symbol="a", units="nS", doc="subthreshold coupling"
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class SimplifiedAdaptiveExponentialSomaConfig(RefractoryExponentialSomaConfig):
+    """Refractory ExpIF whose threshold adapts instead of a current ``w``.
+
+    A threshold offset θ (mV, from 0) shifts both V_T and V_th; after each
+    step θ ← θ·exp(-dt/τ_θ) + Δθ·spike.
+    """
+
+    threshold_tau: Value = quantity(
+        50.0, symbol="τ_θ", units="ms", doc="decay of the threshold offset", rule=POSITIVE
+    )
+    threshold_delta: Value = quantity(
+        2.0, symbol="Δθ", units="mV", doc="jump of the threshold offset at each spike",
+        rule=NON_NEGATIVE,
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if is_initializer(a) or is_initializer(b) or isinstance(a, (bool, surrogates_lib.Surrogate)):
+        return a == b
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if is_initializer(value):
+        return f"<initializer {getattr(value, '__name__', type(value).__name__)}>"
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        return f"{float(arr):.6g}"
+    if arr.size == 0 or not np.all(np.isfinite(arr)):
+        return f"array{arr.shape}"
+    return f"array{arr.shape}[{arr.min():.4g} … {arr.max():.4g}]"
+
+
+def html_table(title: str, rows: list[tuple[str, ...]], extra: list[tuple[str, str]]) -> str:
+    """An HTML table of (field, symbol, value, units, meaning) rows for Jupyter."""
+    esc = html.escape
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    tail = "".join(f"<tr><td>{esc(k)}</td><td></td><td colspan=3>{esc(v)}</td></tr>" for k, v in extra)
+    return (
+        f"<b>{esc(title)}</b><table><tr><th>field</th><th>symbol</th><th>value</th>"
+        f"<th>units</th><th>meaning</th></tr>{body}{tail}</table>"
+    )
+

@@ -1,0 +1,368 @@
+"""The four exponential integrate-and-fire somas as Flax NNX modules.
+
+One forward-Euler step of size dt (ms), with input current I (pA):
+
+    ExpIF:  V' = V + dt/τ_m · ( -(V - E_L) + Δ_T·exp((V - V_T - θ)/Δ_T) - R·w + R·I )
+    AdEx:   w' = w + dt/τ_w · ( a·(V - E_L) - w )          (V: before this step)
+    spike = V' > V_th + θ   →   V' ← V_r ;  w' ← w' + b
+    θ' = θ·exp(-dt/τ_θ) + Δθ·spike                          (simplified AdEx)
+
+w and θ are zero for the models that lack them. Order inside a step:
+integrate, detect, reset (Brian2's and NEST's), so spike times agree with
+Brian2's ``method='euler'`` to the step. On a refractory step (Brian2's
+convention, n = floor(t_ref/dt + 1e-3): after a spike at step k, steps
+k+1 … k+n-1) V is held, the input ignored and no spike emitted; θ still
+decays. :mod:`spark_somas.numerics` explains how the exponential is tamed.
+
+State lives in :class:`SomaState` Variables, trained fields in ``nnx.Param``,
+the other fields in :class:`SomaConstant`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, Mapping, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from spark_somas import configs
+from spark_somas import numerics
+from spark_somas import surrogates as surrogates_lib
+
+__all__ = [
+    "SomaState",
+    "SomaConstant",
+    "SomaOutput",
+    "exponential_step",
+    "ExponentialSoma",
+    "RefractoryExponentialSoma",
+    "AdaptiveExponentialSoma",
+    "SimplifiedAdaptiveExponentialSoma",
+]
+
+Array = jax.Array
+
+
+class SomaState(nnx.Variable):
+    """Running neuron state: potential V (mV), adaptation w (pA), refractory
+    counter (steps still to skip, int32) and threshold offset θ (mV)."""
+
+
+class SomaConstant(nnx.Variable):
+    """A config field that is not trained: an optimizer never sees it."""
+
+
+@flax.struct.dataclass
+class SomaOutput:
+    """What a step (or, stacked time-major, a run) reports.
+
+    ``spikes`` are 0/1 and ``potential`` is V after any reset (mV), both in
+    the state dtype. ``adaptation``, ``threshold_offset`` and ``refractory``
+    are filled by :func:`spark_somas.simulate` when recorded, else None.
+    """
+
+    spikes: Array
+    potential: Array
+    adaptation: Array | None = None
+    threshold_offset: Array | None = None
+    refractory: Array | None = None
+
+
+STATE_UNITS = {"potential": "mV", "adaptation": "pA", "refractory": "steps", "threshold_offset": "mV"}
+
+
+def refractory_steps(cooldown: Array, dt: float) -> Array:
+    """n = floor(t_ref/dt + 1e-3), Brian2's count of refractory steps (int32)."""
+    return jnp.floor(cooldown / dt + 1e-3).astype(jnp.int32)
+
+
+def exponential_step(
+    params: Mapping[str, Array],
+    state: Mapping[str, Array],
+    current: Array,
+    *,
+    dt: float,
+    surrogate: surrogates_lib.Surrogate,
+    detach_reset: bool,
+) -> tuple[dict[str, Array], Array]:
+    """One Euler step of any of the four models; a pure function.
+
+    ``params`` maps config field names to values (mV, ms, GΩ, pA, nS);
+    ``state`` holds ``potential`` and, by model, ``adaptation``,
+    ``refractory`` and ``threshold_offset`` — which keys are present selects
+    the model's terms. Returns the new state (same dtypes) and the spikes.
+    """
+    dtype = state["potential"].dtype
+    wide = numerics.compute_dtype(dtype)
+
+    def param(name: str) -> Array:
+        return params[name].astype(wide)
+
+    e_l, v_r, v_th, v_t, delta_t = (
+        param(n) for n in ("potential_rest", "potential_reset", "threshold", "rheobase_threshold",
+                           "spike_slope")
+    )
+    resistance = param("resistance")
+    v = numerics.widen(state["potential"], wide)
+    theta = numerics.widen(state["threshold_offset"], wide) if "threshold_offset" in state else 0.0
+    drive = numerics.saturate(resistance * numerics.widen(current, wide))
+    if "adaptation" in state:
+        w = numerics.widen(state["adaptation"], wide)
+        drive = drive - resistance * w
+    runaway = delta_t * numerics.tamed_exp((v - v_t - theta) / delta_t, (v_th - v_t) / delta_t)
+    v_new = v + dt / param("potential_tau") * (-(v - e_l) + runaway + drive)
+    s = surrogates_lib.spike(v_new - (v_th + theta), surrogate)
+    if "refractory" in state:
+        refractory = state["refractory"] > 0
+        v_new = jnp.where(refractory, v, v_new)
+        s = jnp.where(refractory, 0.0, s)
+    s_reset = jax.lax.stop_gradient(s) if detach_reset else s
+    new = {"potential": v_new * (1.0 - s_reset) + v_r * s_reset}
+    if "adaptation" in state:
+        w_new = w + dt / param("adaptation_tau") * (param("adaptation_subthreshold") * (v - e_l) - w)
+        new["adaptation"] = w_new + param("adaptation_delta") * s_reset
+    if "refractory" in state:
+        counter = state["refractory"]
+        new["refractory"] = jnp.where(
+            s > 0,
+            jnp.maximum(refractory_steps(param("cooldown"), dt) - 1, 0),
+            jnp.maximum(counter - 1, 0),
+        ).astype(counter.dtype)
+    if "threshold_offset" in state:
+        decay = jnp.exp(-dt / param("threshold_tau"))
+        new["threshold_offset"] = theta * decay + param("threshold_delta") * s_reset
+    out = {k: v if k == "refractory" else numerics.narrow(v, state[k].dtype) for k, v in new.items()}
+    return out, s.astype(dtype)
+
+
+def _as_units(units: int | Sequence[int]) -> tuple[int, ...]:
+    shape = (units,) if isinstance(units, (int, np.integer)) else tuple(units)
+    if not all(isinstance(u, (int, np.integer)) and not isinstance(u, bool) and u > 0 for u in shape):
+        raise ValueError(f"units = {units!r} violates the rule: an int or a tuple of positive ints")
+    return tuple(int(u) for u in shape)
+
+
+def _batch_of(shape: tuple[int, ...], units: tuple[int, ...]) -> tuple[int, ...]:
+    return shape[: len(shape) - len(units)]
+
+
+class ExponentialSoma(nnx.Module):
+    """Exponential integrate-and-fire soma (Fourcaud-Trocmé et al. 2003).
+
+    .. math:: τ_m \\dot V = -(V - E_L) + Δ_T e^{(V - V_T)/Δ_T} + R I,
+       \\quad V > V_{th} ⇒ V ← V_r
+
+    Args:
+      config: the soma's config; None gives the defaults.
+      units: neurons, an int or a shape tuple.
+      dt: time step (ms).
+      trainable: config fields that become per-neuron ``nnx.Param``s.
+      dtype: dtype of the state and the outputs.
+      param_dtype: dtype of the config fields.
+      rngs: needed when a field is an initializer (draws ``rngs.params()``).
+      **field_overrides: config fields to replace, e.g. ``potential_tau=20.0``.
+    """
+
+    config_class: ClassVar[type[configs.ExponentialSomaConfig]] = configs.ExponentialSomaConfig
+    state_names: ClassVar[tuple[str, ...]] = ("potential",)
+
+    def __init__(
+        self,
+        config: configs.ExponentialSomaConfig | None = None,
+        *,
+        units: int | Sequence[int],
+        dt: float = 0.1,
+        trainable: Sequence[str] = (),
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs | None = None,
+        **field_overrides: Any,
+    ):
+        name = type(self).__name__
+        config = self.config_class() if config is None else config
+        if not isinstance(config, self.config_class):
+            raise configs.ConfigError(
+                f"{name}(config=...) got a {type(config).__name__}; it needs a "
+                f"{self.config_class.__name__}"
+            )
+        fields = [f.name for f in config.quantity_fields()]
+        known = {f.name for f in dataclasses.fields(config)}
+        unknown = sorted(set(field_overrides) - known)
+        if unknown:
+            raise configs.ConfigError(f"{name} has no config field(s) {unknown}; known: {sorted(known)}")
+        if field_overrides:
+            config = config.replace(**field_overrides)
+        trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
+        bad = sorted(set(trainable) - set(fields))
+        if bad:
+            raise configs.ConfigError(
+                f"{name}: trainable = {bad} violates the rule: each must be a numeric config "
+                f"field, one of {fields}"
+            )
+        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+            raise ValueError(f"{name}: dt = {dt!r} ms violates the rule: dt > 0 and finite")
+        for label, dt_ in (("dtype", dtype), ("param_dtype", param_dtype)):
+            if not jnp.issubdtype(dt_, jnp.floating):
+                raise ValueError(f"{name}: {label} = {dt_!r} violates the rule: a floating dtype")
+        self.units = _as_units(units)
+        self.dt = float(dt)
+        self.trainable = trainable
+        self.dtype = jnp.dtype(dtype)
+        self.param_dtype = jnp.dtype(param_dtype)
+        self.config = config
+
+        values = {n: self._materialize(n, getattr(config, n), n in trainable, rngs) for n in fields}
+        if config.validated:
+            config.validate({n: np.asarray(v, np.float64) for n, v in values.items()})
+        for n, v in values.items():
+            meta = {"units": config.field_info(n)["units"]}
+            setattr(self, n, nnx.Param(v, **meta) if n in trainable else SomaConstant(v, **meta))
+        for n in self.state_names:
+            setattr(self, n, SomaState(self._rest_value(n, ()), units=STATE_UNITS[n]))
+
+    def _materialize(self, name: str, value: Any, trainable: bool, rngs: nnx.Rngs | None) -> Array:
+        if configs.is_initializer(value):
+            if rngs is None:
+                raise configs.ConfigError(
+                    f"{type(self).__name__}: {name} is an initializer; pass rngs=nnx.Rngs(seed)"
+                )
+            value = value(rngs.params(), self.units, self.param_dtype)
+        arr = jnp.asarray(value, self.param_dtype)
+        try:
+            full = jnp.broadcast_to(arr, self.units)
+        except ValueError:
+            raise configs.ConfigError(
+                f"{type(self).__name__}: {name} has shape {arr.shape}, which does not "
+                f"broadcast to units {self.units}"
+            ) from None
+        return full if trainable else arr
+
+    def _rest_value(self, name: str, batch_shape: tuple[int, ...]) -> Array:
+        shape = tuple(batch_shape) + self.units
+        if name == "potential":
+            return jnp.broadcast_to(self.potential_rest[...], shape).astype(self.dtype)
+        if name == "refractory":
+            return jnp.zeros(shape, jnp.int32)
+        return jnp.zeros(shape, self.dtype)
+
+    def reset(self, batch_shape: Sequence[int] | None = None) -> None:
+        """Back to rest (V = E_L, w = 0, no refractoriness, θ = 0), shape
+        ``(*units)`` or ``(*batch_shape, *units)``. Keeps the state dtype."""
+        batch = () if batch_shape is None else tuple(batch_shape)
+        for n in self.state_names:
+            var = getattr(self, n)
+            var.set_value(self._rest_value(n, batch).astype(var[...].dtype))
+
+    def neuron_state(self) -> dict[str, Array]:
+        """The running state as a dict of arrays (a snapshot)."""
+        return {n: getattr(self, n)[...] for n in self.state_names}
+
+    def parameters(self) -> dict[str, Array]:
+        """Every config field's current value (trained or fixed), by name."""
+        return {f.name: getattr(self, f.name)[...] for f in self.config.quantity_fields()}
+
+    def broadcast_state(self, current_shape: Sequence[int]) -> tuple[int, ...]:
+        """Broadcasts the state to a current's batch shape; returns that batch shape.
+
+        Raises ValueError naming both shapes when they cannot broadcast.
+        """
+        current_shape = tuple(current_shape)
+        n = len(self.units)
+        if current_shape[len(current_shape) - n:] != self.units or len(current_shape) < n:
+            raise ValueError(
+                f"{type(self).__name__}: a current of shape {current_shape} must have shape "
+                f"(*units) or (*batch, *units) with units = {self.units}"
+            )
+        state_shape = tuple(self.potential[...].shape)
+        try:
+            batch = tuple(np.broadcast_shapes(_batch_of(state_shape, self.units),
+                                              _batch_of(current_shape, self.units)))
+        except ValueError:
+            raise ValueError(
+                f"{type(self).__name__}: current of shape {current_shape} cannot broadcast "
+                f"with the neuron state of shape {state_shape}"
+            ) from None
+        if batch + self.units != state_shape:
+            for name in self.state_names:
+                var = getattr(self, name)
+                var.set_value(jnp.broadcast_to(var[...], batch + self.units))
+        return batch
+
+    def __call__(self, current: Array) -> SomaOutput:
+        """One step with input ``current`` (pA), shape (*units) or (*batch, *units)."""
+        current = jnp.asarray(current)
+        if not jnp.issubdtype(current.dtype, jnp.floating):
+            current = current.astype(self.dtype)
+        self.broadcast_state(current.shape)
+        state = self.neuron_state()
+        new, spikes = exponential_step(
+            self.parameters(), state, current, dt=self.dt,
+            surrogate=self.config.surrogate, detach_reset=self.config.detach_reset,
+        )
+        for name, value in new.items():
+            getattr(self, name)[...] = jnp.broadcast_to(value, state[name].shape)
+        return SomaOutput(spikes=jnp.broadcast_to(spikes, state["potential"].shape),
+                          potential=self.potential[...])
+
+    def rows(self) -> list[tuple[str, ...]]:
+        """(field, symbol, value, units, meaning), with current values and
+        trained fields marked."""
+        out = []
+        for (name, symbol, _, units, doc) in self.config.rows():
+            value = getattr(self, name)[...]
+            tag = " (trained)" if name in self.trainable else ""
+            out.append((name, symbol, configs.format_value(np.asarray(value, np.float64)) + tag,
+                        units, doc))
+        return out
+
+    def __repr__(self) -> str:
+        shape = tuple(self.potential[...].shape)
+        head = f"units={self.units}, dt={self.dt} ms, state={shape} {self.dtype.name}"
+        body = ", ".join(f"{n}={v} {u}" for n, _, v, u, _ in self.rows())
+        return f"{type(self).__name__}({head}, {body}, surrogate={self.config.surrogate!r})"
+
+    def _repr_html_(self) -> str:
+        return configs.html_table(
+            f"{type(self).__name__}(units={self.units})", self.rows(),
+            [("dt", f"{self.dt} ms"), ("state", f"{tuple(self.potential[...].shape)} {self.dtype.name}"),
+             ("surrogate", repr(self.config.surrogate))],
+        )
+
+
+class RefractoryExponentialSoma(ExponentialSoma):
+    """ExpIF with an absolute refractory period ``cooldown`` (ms), Brian2's
+    convention: after a spike at step k, steps k+1 … k+n-1 hold V at V_r,
+    ignore the input and cannot spike (n = floor(t_ref/dt + 1e-3)); the
+    shortest interspike interval is max(n, 1) steps. The counter counts
+    down and saturates at 0, so it never wraps."""
+
+    config_class = configs.RefractoryExponentialSomaConfig
+    state_names = ("potential", "refractory")
+
+
+class AdaptiveExponentialSoma(ExponentialSoma):
+    """Adaptive exponential integrate-and-fire (Brette & Gerstner 2005).
+
+    .. math:: τ_m \\dot V = -(V - E_L) + Δ_T e^{(V - V_T)/Δ_T} - R w + R I,
+       \\quad τ_w \\dot w = a (V - E_L) - w,
+       \\quad V > V_{th} ⇒ V ← V_r,\\ w ← w + b
+    """
+
+    config_class = configs.AdaptiveExponentialSomaConfig
+    state_names = ("potential", "adaptation")
+
+
+class SimplifiedAdaptiveExponentialSoma(RefractoryExponentialSoma):
+    """Refractory ExpIF with an adaptive threshold offset θ (mV) in place of w.
+
+    A step integrates with V_T + θ, detects against V_th + θ, resets, then
+    θ ← θ·exp(-dt/τ_θ) + Δθ·spike; θ decays on refractory steps too.
+    """
+
+    config_class = configs.SimplifiedAdaptiveExponentialSomaConfig
+    state_names = ("potential", "refractory", "threshold_offset")

@@ -1,0 +1,284 @@
+"""Surrogate gradients for the spike nonlinearity.
+
+A spike is the Heaviside step of the distance to threshold, ``x = V - V_th``
+(mV). Its derivative is zero almost everywhere, so gradient descent through a
+spiking neuron replaces it, on the backward pass only, by a smooth
+pseudo-derivative ``g(x)`` (Neftci, Mostafa & Zenke 2019, "Surrogate gradient
+learning in spiking neural networks", IEEE Signal Process. Mag. 36:51–63).
+
+Every surrogate here is a small frozen dataclass: hashable (so it can be a
+static argument of ``jax.custom_jvp``), JSON-serialisable through
+:meth:`Surrogate.to_dict`, and stating its ``peak`` ``g(0)`` and its
+``integral`` ``∫ g(x) dx`` — both checked numerically by the tests. Widths and
+slopes are in the units of ``x``: mV (slopes in 1/mV).
+
+:func:`spike` is the one spike function shared by all somas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "Surrogate",
+    "FastSigmoid",
+    "ArcTan",
+    "Sigmoid",
+    "Triangle",
+    "Gaussian",
+    "StraightThrough",
+    "spike",
+    "from_dict",
+    "by_name",
+    "DEFAULT",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Surrogate:
+    """Base class: a pseudo-derivative ``g(x)`` of the Heaviside step."""
+
+    name: ClassVar[str] = ""
+    _registry: ClassVar[dict[str, type["Surrogate"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            Surrogate._registry[cls.name] = cls
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"{type(self).__name__}.{f.name} = {value!r} violates the rule: "
+                    f"{f.name} > 0 and finite"
+                )
+
+    def derivative(self, x: jax.Array) -> jax.Array:
+        """The pseudo-derivative ``g(x)``, elementwise, in ``x``'s dtype."""
+        raise NotImplementedError
+
+    @property
+    def peak(self) -> float:
+        """``g(0)``, the largest value of the pseudo-derivative (1/mV)."""
+        raise NotImplementedError
+
+    @property
+    def integral(self) -> float:
+        """``∫ g(x) dx`` over the real line (dimensionless)."""
+        raise NotImplementedError
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Heaviside forward, this surrogate backward: ``spike(x, self)``."""
+        return spike(x, self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name": ..., <parameter>: value}``, JSON-serialisable."""
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FastSigmoid(Surrogate):
+    r"""SuperSpike's fast sigmoid (Zenke & Ganguli 2018, Neural Comput. 30:1514).
+
+    .. math:: g(x) = \frac{1}{(1 + \beta |x|)^2}
+
+    peak ``1``, integral ``2/β``. ``slope`` is β (1/mV). The default, 1/mV,
+    makes the pseudo-derivative about as wide as the spike slope Δ_T of
+    cortical neurons (a few mV).
+    """
+
+    name: ClassVar[str] = "fast_sigmoid"
+    slope: float = 1.0
+
+    def derivative(self, x):
+        return 1.0 / jnp.square(1.0 + self.slope * jnp.abs(x))
+
+    @property
+    def peak(self):
+        return 1.0
+
+    @property
+    def integral(self):
+        return 2.0 / self.slope
+
+
+@dataclasses.dataclass(frozen=True)
+class ArcTan(Surrogate):
+    r"""Arctangent surrogate (Fang et al. 2021, ICCV, "Incorporating learnable
+    membrane time constant ...").
+
+    .. math:: g(x) = \frac{\alpha/2}{1 + (\pi \alpha x / 2)^2}
+
+    the derivative of ``arctan(π α x / 2)/π + 1/2``: peak ``α/2``, integral 1.
+    """
+
+    name: ClassVar[str] = "arctan"
+    alpha: float = 2.0
+
+    def derivative(self, x):
+        return (0.5 * self.alpha) / (1.0 + jnp.square(0.5 * math.pi * self.alpha * x))
+
+    @property
+    def peak(self):
+        return 0.5 * self.alpha
+
+    @property
+    def integral(self):
+        return 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Sigmoid(Surrogate):
+    r"""Derivative of the logistic sigmoid (Zenke & Vogels 2021, Neural
+    Comput. 33:899).
+
+    .. math:: g(x) = k\,\sigma(kx)\,(1 - \sigma(kx))
+
+    peak ``k/4``, integral 1. ``slope`` is k (1/mV).
+    """
+
+    name: ClassVar[str] = "sigmoid"
+    slope: float = 4.0
+
+    def derivative(self, x):
+        s = jax.nn.sigmoid(self.slope * x)
+        return self.slope * s * (1.0 - s)
+
+    @property
+    def peak(self):
+        return 0.25 * self.slope
+
+    @property
+    def integral(self):
+        return 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Triangle(Surrogate):
+    r"""Piecewise-linear (triangle) surrogate (Esser et al. 2016, PNAS
+    113:11441; Bellec et al. 2018, NeurIPS).
+
+    .. math:: g(x) = \frac{1}{w}\max\left(0, 1 - \frac{|x|}{w}\right)
+
+    peak ``1/w``, integral 1, support ``|x| < w`` (``width`` w in mV).
+    """
+
+    name: ClassVar[str] = "triangle"
+    width: float = 1.0
+
+    def derivative(self, x):
+        return jnp.maximum(0.0, 1.0 - jnp.abs(x) / self.width) / self.width
+
+    @property
+    def peak(self):
+        return 1.0 / self.width
+
+    @property
+    def integral(self):
+        return 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Gaussian(Surrogate):
+    r"""Gaussian surrogate (Yin, Corradi & Bohté 2021, Nat. Mach. Intell.
+    3:905).
+
+    .. math:: g(x) = \frac{1}{\sigma\sqrt{2\pi}} e^{-x^2 / 2\sigma^2}
+
+    peak ``1/(σ√(2π))``, integral 1 (``sigma`` in mV).
+    """
+
+    name: ClassVar[str] = "gaussian"
+    sigma: float = 1.0
+
+    def derivative(self, x):
+        return jnp.exp(-0.5 * jnp.square(x / self.sigma)) / (self.sigma * math.sqrt(2.0 * math.pi))
+
+    @property
+    def peak(self):
+        return 1.0 / (self.sigma * math.sqrt(2.0 * math.pi))
+
+    @property
+    def integral(self):
+        return 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StraightThrough(Surrogate):
+    r"""Saturated straight-through estimator (Bengio, Léonard & Courville
+    2013, arXiv:1308.3432; Hubara et al. 2016).
+
+    .. math:: g(x) = \mathbb{1}[|x| \le w]
+
+    the gradient passes through unchanged inside a window of half-width w
+    (mV) and is cut outside it: peak 1, integral ``2w``.
+    """
+
+    name: ClassVar[str] = "straight_through"
+    width: float = 1.0
+
+    def derivative(self, x):
+        return (jnp.abs(x) <= self.width).astype(x.dtype)
+
+    @property
+    def peak(self):
+        return 1.0
+
+    @property
+    def integral(self):
+        return 2.0 * self.width
+
+
+DEFAULT = FastSigmoid()
+
+
+def by_name(name: str, **params: float) -> Surrogate:
+    """The surrogate registered as ``name`` (e.g. ``"arctan"``) with ``params``."""
+    try:
+        cls = Surrogate._registry[name]
+    except KeyError:
+        raise ValueError(
+            f"surrogate = {name!r} is not one of {sorted(Surrogate._registry)}"
+        ) from None
+    return cls(**params)
+
+
+def from_dict(d: dict[str, Any]) -> Surrogate:
+    """Inverse of :meth:`Surrogate.to_dict`."""
+    d = dict(d)
+    return by_name(d.pop("name"), **d)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _heaviside(x: jax.Array, surrogate: Surrogate) -> jax.Array:
+    return (x > 0).astype(x.dtype)
+
+
+@_heaviside.defjvp
+def _heaviside_jvp(surrogate, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    # The pseudo-derivative is evaluated at least in float32: in float16 the
+    # square of a large |x| would overflow to inf and give 1/inf = 0 anyway,
+    # but (1 + β|x|)^2 near 256 already loses the tail's shape.
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    g = surrogate.derivative(x.astype(wide)).astype(x.dtype)
+    return _heaviside(x, surrogate), g * dx
+
+
+def spike(x: jax.Array, surrogate: Surrogate | None = None) -> jax.Array:
+    r"""Heaviside step with a surrogate gradient.
+
+    Forward: :math:`S(x) = 1` if :math:`x > 0` else 0, in ``x``'s dtype.
+    Backward: :math:`\partial S / \partial x := g(x)`, the surrogate's
+    pseudo-derivative; ``None`` selects the default fast sigmoid (β = 1/mV).
+    """
+    x = jnp.asarray(x)
+    return _heaviside(x, DEFAULT if surrogate is None else surrogate)
