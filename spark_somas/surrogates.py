@@ -149,8 +149,10 @@ class Sigmoid(Surrogate):
     slope: float = 4.0
 
     def derivative(self, x):
-        s = jax.nn.sigmoid(self.slope * x)
-        return self.slope * s * (1.0 - s)
+        # σ(z)·σ(−z), not σ(z)·(1 − σ(z)): 1 − σ(z) rounds to 0 for z ≳ 17 in
+        # float32, which would cut the right tail and break the symmetry.
+        z = self.slope * x
+        return self.slope * (jax.nn.sigmoid(z) * jax.nn.sigmoid(-z))
 
     @property
     def peak(self):
