@@ -186,23 +186,41 @@ class ExponentialSomaConfig:
         """Checks every rule on ``values`` (field name -> number or array).
 
         Initializers are skipped (the soma checks what they draw). Raises
-        :class:`ConfigError` on the first broken rule.
+        :class:`ConfigError` on the first broken rule. Every rule needs finite
+        values, so finiteness is checked first: a NaN or inf is blamed on its
+        own field, not on a field whose rule compares against it; a broken
+        comparison names the other field's value too.
         """
-        for f in self.quantity_fields():
-            value, rule = values[f.name], f.metadata["rule"]
-            other = values.get(rule.bound) if isinstance(rule.bound, str) else None
-            if is_initializer(value) or is_initializer(other):
-                continue
-            arr = np.asarray(value, dtype=np.float64)
-            ok = rule.holds(arr, None if other is None else np.asarray(other, np.float64))
-            if not np.all(ok):
-                ok = np.broadcast_to(ok, np.broadcast_shapes(arr.shape, ok.shape))
-                arr = np.broadcast_to(arr, ok.shape)
-                raise ConfigError(
-                    f"{type(self).__name__}.{f.name} = {_describe_value(arr, ok)} "
-                    f"{f.metadata['units']} violates the rule: {rule.text(f.name)} "
-                    f"({f.metadata['doc']}, {f.metadata['symbol']})"
-                )
+        arrays = {f.name: np.asarray(values[f.name], dtype=np.float64)
+                  for f in self.quantity_fields() if not is_initializer(values[f.name])}
+        for name, arr in arrays.items():
+            self._require(name, arr, np.isfinite(arr))
+        for name, arr in arrays.items():
+            rule = self.field_info(name)["rule"]
+            if not isinstance(rule.bound, str):
+                self._require(name, arr, rule.holds(arr, None))
+            elif rule.bound in arrays:
+                other = arrays[rule.bound]
+                self._require(name, arr, rule.holds(arr, other), (rule.bound, other))
+
+    def _require(self, name: str, arr: np.ndarray, ok: np.ndarray,
+                 other: tuple[str, np.ndarray] | None = None) -> None:
+        if np.all(ok):
+            return
+        shape = np.broadcast_shapes(arr.shape, ok.shape)
+        ok = np.broadcast_to(ok, shape)
+        info = self.field_info(name)
+        note = ""
+        if other is not None:
+            other_name, other_arr = other
+            shown = other_arr if other_arr.ndim == 0 else np.broadcast_to(other_arr, shape)
+            note = (f"; {other_name} = {_describe_value(shown, ok)} "
+                    f"{self.field_info(other_name)['units']}")
+        raise ConfigError(
+            f"{type(self).__name__}.{name} = {_describe_value(np.broadcast_to(arr, shape), ok)} "
+            f"{info['units']} violates the rule: {info['rule'].text(name)} "
+            f"({info['doc']}, {info['symbol']}){note}"
+        )
 
     def replace(self, **changes: Any) -> "ExponentialSomaConfig":
         """A copy with ``changes`` applied, validated again."""
@@ -269,7 +287,7 @@ class ExponentialSomaConfig:
         ])
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class RefractoryExponentialSomaConfig(ExponentialSomaConfig):
     """ExpIF with an absolute refractory period ``cooldown`` (Brian2's convention:
     n = floor(t_ref/dt + 1e-3) steps, the first being the spike's own)."""
@@ -279,7 +297,7 @@ class RefractoryExponentialSomaConfig(ExponentialSomaConfig):
     )
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class AdaptiveExponentialSomaConfig(ExponentialSomaConfig):
     """Adaptive exponential integrate-and-fire (Brette & Gerstner 2005).
 
@@ -304,7 +322,7 @@ class AdaptiveExponentialSomaConfig(ExponentialSomaConfig):
     )
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class SimplifiedAdaptiveExponentialSomaConfig(RefractoryExponentialSomaConfig):
     """Refractory ExpIF whose threshold adapts instead of a current ``w``.
 
