@@ -40,7 +40,7 @@ POSITIVE = np.concatenate([np.arange(0.0, 50.0, 1e-4), np.geomspace(50.0, 1e8, 2
 
 def derivative(surrogate, x, dtype=jnp.float32) -> np.ndarray:
     """g(x) = d spike(x)/dx through jax.grad, elementwise."""
-    grad = jax.jit(jax.vmap(jax.grad(lambda v: ss.spike(v, surrogate))))
+    grad = jax.vmap(jax.grad(lambda v: ss.spike(v, surrogate)))
     return np.asarray(grad(jnp.asarray(x, dtype)), np.float64)
 
 
