@@ -1,0 +1,634 @@
+"""Checkpoint and resume with Orbax: parameters, optimizer state and the running neuron state.
+
+A soma is a deterministic map: one forward-Euler step takes the state
+x_t = (V_t [mV], w_t [pA], refractory countdown r_t [steps, int32], θ_t [mV])
+and the input I_t [pA] to x_{t+1} = F(x_t, I_t; p) with fixed or trained
+parameters p. Saving x_t and p bit for bit, in their own dtypes, and resuming
+with the same inputs and the same compiled F therefore continues a run
+exactly: the spikes and potentials after a restore are those the
+uninterrupted run would have produced. Training adds the optimizer state
+(Adam's moments and step count, Kingma & Ba 2015), which the next update
+reads just as F reads x_t.
+
+A checkpoint is one step directory of an Orbax ``CheckpointManager`` holding
+
+* ``state``: ``nnx.state(model)`` as a pure dict — every ``nnx.Param``,
+  :class:`~spark_somas.somas.SomaConstant` and
+  :class:`~spark_somas.somas.SomaState` (V, w, refractory counters, θ), and
+  any other Variable of the module tree (typed PRNG keys as their key data);
+* ``optimizer``: ``nnx.state(optimizer)`` when one was given;
+* ``metadata``: JSON — for every soma in the tree its class, config
+  (``config.to_dict()``), units, dt, dtype, param_dtype and trained fields;
+  the model's registered type and its spec (what :func:`load` rebuilds it
+  from); the package, jax, flax and orbax versions; the step's metrics and the
+  caller's ``extra``.
+
+Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it to
+``<step>`` when complete (an atomic rename on a POSIX file system), so a
+save killed mid-write leaves the earlier steps intact and is never listed.
+One process writes a directory at a time.
+
+Refusals: restoring into a model whose somas differ from the saved ones
+(class, units, dt, dtype, param_dtype, trained fields, any config field) or
+whose arrays differ in path, shape or dtype raises
+:class:`CheckpointMismatchError` naming the field and both values, before any
+array is read; a missing directory or step raises
+:class:`CheckpointNotFoundError`; an unreadable one
+:class:`CheckpointCorruptError`; saving a step that exists
+:class:`CheckpointExistsError`. All subclass :class:`CheckpointError`, a
+``ValueError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import importlib.metadata
+import json
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from orbax.checkpoint import checkpoint_managers
+
+from spark_somas import configs, somas
+
+__all__ = [
+    "Checkpointer",
+    "CheckpointInfo",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "CheckpointCorruptError",
+    "CheckpointMismatchError",
+    "CheckpointExistsError",
+    "ModelType",
+    "register_model",
+    "soma_spec",
+    "soma_from_spec",
+    "load",
+    "describe",
+    "format_listing",
+]
+
+FORMAT_VERSION = 1
+_ITEMS = ("state", "optimizer", "metadata")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read as asked; the message says why."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint directory, or the requested step in it, does not exist."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A step exists but cannot be read: missing files, garbled metadata or arrays."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The saved model and the target differ; names the field and both values."""
+
+
+class CheckpointExistsError(CheckpointError, FileExistsError):
+    """The step is already saved; a checkpoint is never overwritten."""
+
+
+# --------------------------------------------------------------------------- model registry
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelType:
+    """How :func:`load` rebuilds a model class from JSON: ``spec(model)``
+    describes an instance (a JSON-serialisable dict, saved in the metadata);
+    ``build(spec)`` returns a fresh instance of the same architecture, whose
+    arrays the checkpoint then overwrites."""
+
+    name: str
+    cls: type
+    spec: Callable[[Any], dict]
+    build: Callable[[Mapping[str, Any]], nnx.Module]
+
+
+_MODEL_TYPES: dict[str, ModelType] = {}
+
+
+def register_model(name: str, cls: type, *, spec: Callable[[Any], dict],
+                   build: Callable[[Mapping[str, Any]], nnx.Module]) -> None:
+    """Registers ``cls`` under ``name`` so that its checkpoints load from the
+    directory alone (see :class:`ModelType`). Registering the same name again
+    for the same class replaces the entry (module reloads)."""
+    old = _MODEL_TYPES.get(name)
+    if old is not None and old.cls.__qualname__ != cls.__qualname__:
+        raise ValueError(f"register_model: name {name!r} is taken by {old.cls.__qualname__}")
+    _MODEL_TYPES[name] = ModelType(name, cls, spec, build)
+
+
+def _model_type_of(model: Any) -> ModelType | None:
+    return next((t for t in _MODEL_TYPES.values() if type(model) is t.cls), None)
+
+
+def soma_spec(soma: somas.ExponentialSoma) -> dict[str, Any]:
+    """A soma's construction as JSON: class, config, units, dt, dtypes, trained fields.
+
+    A config field given as an initializer is recorded as the values it drew,
+    so the spec rebuilds the same soma without the random key.
+    """
+    config = soma.config.to_dict()
+    for name, value in config.items():
+        if configs.is_initializer(value):
+            config[name] = np.asarray(getattr(soma, name)[...], np.float64).tolist()
+    return {
+        "class": type(soma).__name__,
+        "module": type(soma).__module__,
+        "config": config,
+        "validated": soma.config.validated,
+        "units": list(soma.units),
+        "dt": soma.dt,
+        "dtype": soma.dtype.name,
+        "param_dtype": soma.param_dtype.name,
+        "trainable": list(soma.trainable),
+    }
+
+
+def _soma_class(name: str, module: str | None) -> type[somas.ExponentialSoma]:
+    if module:
+        importlib.import_module(module)
+    found, todo = {}, [somas.ExponentialSoma]
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.__name__, cls)
+        todo.extend(cls.__subclasses__())
+    if name not in found:
+        raise CheckpointError(f"soma class {name!r} is unknown; known: {sorted(found)}")
+    return found[name]
+
+
+def soma_from_spec(spec: Mapping[str, Any]) -> somas.ExponentialSoma:
+    """Inverse of :func:`soma_spec`: a soma at rest with the recorded config."""
+    cls = _soma_class(spec["class"], spec.get("module"))
+    config = (cls.config_class.from_dict(spec["config"]) if spec.get("validated", True)
+              else cls.config_class(**spec["config"], __skip_validation__=True))
+    return cls(config, units=tuple(spec["units"]), dt=spec["dt"], trainable=tuple(spec["trainable"]),
+               dtype=jnp.dtype(spec["dtype"]), param_dtype=jnp.dtype(spec["param_dtype"]))
+
+
+for _cls in (somas.ExponentialSoma, somas.RefractoryExponentialSoma,
+             somas.AdaptiveExponentialSoma, somas.SimplifiedAdaptiveExponentialSoma):
+    register_model(_cls.__name__, _cls, spec=soma_spec, build=soma_from_spec)
+
+
+def _build_model(model_meta: Mapping[str, Any]) -> nnx.Module:
+    name = model_meta.get("type")
+    if name is None:
+        raise CheckpointError(
+            f"the checkpoint holds a {model_meta.get('class')} that no register_model() call "
+            "describes, so it cannot be rebuilt from the directory alone; build the model "
+            "yourself and use Checkpointer.restore(model)"
+        )
+    if name not in _MODEL_TYPES and model_meta.get("module"):
+        importlib.import_module(model_meta["module"])  # its import registers it
+    if name not in _MODEL_TYPES:
+        raise CheckpointError(
+            f"model type {name!r} is not registered (known: {sorted(_MODEL_TYPES)}); import the "
+            "module that calls register_model for it"
+        )
+    return _MODEL_TYPES[name].build(model_meta["spec"])
+
+
+# --------------------------------------------------------------------------- trees
+
+
+def _path_str(path: Sequence[Any]) -> str:
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _is_key(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _stored(leaf: Any) -> Any:
+    """What is written for a leaf: typed PRNG keys as their raw key data."""
+    return jax.random.key_data(leaf) if _is_key(leaf) else leaf
+
+
+def _pure(module: Any) -> dict:
+    return nnx.to_pure_dict(nnx.state(module))
+
+
+def _soma_paths(model: Any) -> dict[str, somas.ExponentialSoma]:
+    return {_path_str(p) or ".": node for p, node in nnx.iter_graph(model)
+            if isinstance(node, somas.ExponentialSoma)}
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
+    """Every difference between the saved somas and ``model``'s, as text."""
+    have = _soma_paths(model)
+    problems = []
+    for path in sorted(set(saved) | set(have)):
+        if path not in have:
+            problems.append(f"soma {path!r}: checkpoint has a {saved[path]['class']}, model has none")
+            continue
+        if path not in saved:
+            problems.append(f"soma {path!r}: model has a {type(have[path]).__name__}, checkpoint has none")
+            continue
+        mine, theirs = soma_spec(have[path]), saved[path]
+        for key in ("class", "units", "dt", "dtype", "param_dtype", "trainable"):
+            if theirs.get(key) != mine[key]:
+                problems.append(f"soma {path!r} {key}: checkpoint {_show(theirs.get(key))}, "
+                                f"model {_show(mine[key])}")
+        if theirs.get("class") != mine["class"]:
+            continue
+        live = have[path].config
+        for name in mine["config"]:
+            # A field the model draws from an initializer takes the saved values.
+            if configs.is_initializer(getattr(live, name)):
+                continue
+            if theirs["config"].get(name) != mine["config"][name]:
+                problems.append(f"soma {path!r} config.{name}: checkpoint "
+                                f"{_show(theirs['config'].get(name))}, model {_show(mine['config'][name])}")
+    return problems
+
+
+def _array_mismatches(item: str, saved: Mapping[str, Any], target: Mapping[str, Any],
+                      loose: set[str]) -> list[str]:
+    """Differences in path, dtype and shape between saved array metadata and
+    the target's leaves; ``loose`` paths (neuron state) may differ in batch shape."""
+    problems = []
+    for path in sorted(set(saved) | set(target)):
+        if path not in target:
+            problems.append(f"{item} {path!r}: in the checkpoint, not in the model")
+        elif path not in saved:
+            problems.append(f"{item} {path!r}: in the model, not in the checkpoint")
+        else:
+            leaf, md = _stored(target[path]), saved[path]
+            dtype, shape = jnp.dtype(leaf.dtype), tuple(np.shape(leaf))
+            if jnp.dtype(md.dtype) != dtype:
+                problems.append(f"{item} {path!r} dtype: checkpoint {jnp.dtype(md.dtype).name}, "
+                                f"model {dtype.name}")
+            if path not in loose and tuple(md.shape) != shape:
+                problems.append(f"{item} {path!r} shape: checkpoint {tuple(md.shape)}, model {shape}")
+    return problems
+
+
+def _abstract(leaf: Any, shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
+    stored = _stored(leaf)
+    sharding = getattr(stored, "sharding", None)
+    if sharding is None or tuple(stored.shape) != shape:
+        devices = getattr(stored, "devices", None)
+        sharding = jax.sharding.SingleDeviceSharding(
+            next(iter(devices())) if devices else jax.devices()[0])
+    return jax.ShapeDtypeStruct(shape, stored.dtype, sharding=sharding)
+
+
+# --------------------------------------------------------------------------- the manager
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """One saved step: when (UTC, ISO 8601), its metrics, the model it holds
+    and the caller's ``extra``."""
+
+    step: int
+    time: str
+    metrics: dict[str, float]
+    model: str
+    extra: Any = None
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("spark_somas", "jax", "jaxlib", "flax", "orbax-checkpoint", "optax"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+class Checkpointer:
+    """Numbered checkpoints of a model (and optimizer) in one directory.
+
+    Wraps ``orbax.checkpoint.CheckpointManager``. Saves are asynchronous by
+    default: :meth:`save` returns once the arrays are copied off the device,
+    and the files are written in a background thread while training goes on;
+    :meth:`wait` blocks until they are committed, :meth:`close` (or leaving a
+    ``with`` block) waits and releases the manager.
+
+    Args:
+      directory: where the step directories live; created unless ``read_only``.
+      max_to_keep: keep the newest ``max_to_keep`` steps (None: all).
+      best_metric: a metric name, or a function ``metrics -> float``, ranking
+        the steps; with it every save must pass that metric.
+      best_mode: ``"min"`` (lower is better, e.g. a loss) or ``"max"``.
+      keep_best: how many of the best steps to keep besides the newest
+        ``max_to_keep`` (both sets survive clean-up).
+      async_save: write in the background (True) or before returning.
+      read_only: only restore and list; nothing in ``directory`` changes.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = None,
+        best_metric: str | Callable[[Mapping[str, float]], float] | None = None,
+        best_mode: str = "min",
+        keep_best: int = 1,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
+        self.directory = os.path.abspath(os.fspath(directory))
+        if max_to_keep is not None and not (isinstance(max_to_keep, int) and max_to_keep >= 1):
+            raise ValueError(f"max_to_keep = {max_to_keep!r} violates the rule: None or an int >= 1")
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode = {best_mode!r} violates the rule: 'min' or 'max'")
+        if not (isinstance(keep_best, int) and keep_best >= 1):
+            raise ValueError(f"keep_best = {keep_best!r} violates the rule: an int >= 1")
+        if read_only and not os.path.isdir(self.directory):
+            raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist")
+        self.best_metric = best_metric
+        self.read_only = read_only
+        best_fn = None
+        if best_metric is not None:
+            best_fn = best_metric if callable(best_metric) else (lambda m: m[best_metric])
+        policies = [checkpoint_managers.LatestN(n=max_to_keep)]
+        if best_fn is not None:
+            policies.append(checkpoint_managers.BestN(
+                get_metric_fn=best_fn, reverse=best_mode == "min", n=keep_best))
+        options = ocp.CheckpointManagerOptions(
+            best_fn=best_fn,
+            best_mode=best_mode,
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            # A writer removes what a killed save left behind. (Orbax's own
+            # read_only mode logs a warning per option; this class guards saves.)
+            cleanup_tmp_directories=not read_only,
+        )
+        handlers = {"state": ocp.StandardCheckpointHandler(),
+                    "optimizer": ocp.StandardCheckpointHandler(),
+                    "metadata": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS,
+                                              item_handlers=handlers, options=options)
+
+    # -- lifecycle
+
+    def wait(self) -> None:
+        """Blocks until every pending save is committed; re-raises its error."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves, then releases the manager."""
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- steps
+
+    def all_steps(self) -> list[int]:
+        """Committed steps (and the one being saved), ascending."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest step, or None when there is none."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The best step by ``best_metric`` (the newest without one)."""
+        return self._manager.best_step()
+
+    def _resolve(self, step: int | None) -> int:
+        steps = self.all_steps()
+        if not steps:
+            raise CheckpointNotFoundError(f"no checkpoints in {self.directory}")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise CheckpointNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
+                                          f"steps: {steps}")
+        return step
+
+    # -- save
+
+    def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None = None, *,
+             metrics: Mapping[str, float] | None = None, extra: Any = None) -> None:
+        """Saves ``model`` (every Variable: parameters, constants, neuron state)
+        and ``optimizer``'s state as ``step``; returns before the write ends
+        when asynchronous.
+
+        Args:
+          step: a non-negative int not yet saved here.
+          metrics: name -> number, listed with the step and used by ``best_metric``.
+          extra: anything JSON-serialisable to keep alongside (e.g. a data position).
+
+        Raises:
+          CheckpointExistsError: ``step`` is already saved.
+          ValueError: a bad step, metric or ``extra``.
+        """
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"step = {step!r} violates the rule: an int >= 0")
+        step = int(step)
+        if self.read_only:
+            raise CheckpointError(f"this Checkpointer of {self.directory} is read_only")
+        metrics = self._check_metrics(metrics)
+        model_type = _model_type_of(model)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "model": {
+                "class": f"{type(model).__module__}.{type(model).__qualname__}",
+                "type": model_type.name if model_type else None,
+                "module": model_type.cls.__module__ if model_type else None,
+                "spec": model_type.spec(model) if model_type else None,
+            },
+            "somas": {path: soma_spec(s) for path, s in _soma_paths(model).items()},
+            "optimizer": optimizer is not None,
+            "metrics": metrics,
+            "extra": extra,
+        }
+        try:
+            json.dumps(meta, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"extra = {_show(str(extra))} (or the model spec) violates the rule: "
+                             f"JSON-serialisable ({err})") from None
+        items = {"state": ocp.args.StandardSave(jax.tree.map(_stored, _pure(model))),
+                 "metadata": ocp.args.JsonSave(meta)}
+        if optimizer is not None:
+            items["optimizer"] = ocp.args.StandardSave(jax.tree.map(_stored, _pure(optimizer)))
+        try:
+            self._manager.save(step, args=ocp.args.Composite(**items),
+                               metrics=metrics if self.best_metric is not None else None, force=True)
+        except ocp.checkpoint_manager.StepAlreadyExistsError:
+            raise CheckpointExistsError(
+                f"step {step} is already saved in {self.directory}; checkpoints are never "
+                f"overwritten (steps: {self.all_steps()})") from None
+
+    def _check_metrics(self, metrics: Mapping[str, float] | None) -> dict[str, float]:
+        out = {}
+        for name, value in dict(metrics or {}).items():
+            try:
+                out[str(name)] = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"metrics[{name!r}] = {value!r} violates the rule: a number") from None
+            if not math.isfinite(out[str(name)]):
+                raise ValueError(f"metrics[{name!r}] = {value!r} violates the rule: finite")
+        if isinstance(self.best_metric, str) and self.best_metric not in out:
+            raise ValueError(f"metrics = {out!r} violates the rule: must contain best_metric "
+                             f"{self.best_metric!r}")
+        return out
+
+    # -- read
+
+    def metadata(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON metadata of ``step`` (default: the newest)."""
+        step = self._resolve(step)
+        try:
+            meta = self._manager.restore(
+                step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+        except Exception as err:  # orbax raises many kinds on unreadable files
+            raise self._corrupt(step, "metadata", err) from err
+        if not isinstance(meta, dict) or not {"format_version", "somas", "model"} <= set(meta):
+            raise self._corrupt(step, "metadata", "not spark_somas checkpoint metadata")
+        if meta["format_version"] > FORMAT_VERSION:
+            raise CheckpointError(f"step {step} in {self.directory} has format version "
+                                  f"{meta['format_version']}; this spark_somas reads up to "
+                                  f"{FORMAT_VERSION}")
+        return meta
+
+    def _corrupt(self, step: int, item: str, err: Any) -> CheckpointCorruptError:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        return CheckpointCorruptError(f"checkpoint step {step} in {self.directory} is corrupted or "
+                                      f"incomplete: cannot read its {item} ({reason})")
+
+    def list(self) -> list[CheckpointInfo]:
+        """Every step with its time, metrics, model and ``extra``."""
+        out = []
+        for step in self.all_steps():
+            meta = self.metadata(step)
+            model = meta["model"]
+            out.append(CheckpointInfo(step, meta["time"], meta.get("metrics") or {},
+                                      model.get("type") or model["class"], meta.get("extra")))
+        return out
+
+    def restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
+                step: int | None = None) -> int:
+        """Restores ``step`` (default: the newest) into ``model`` and
+        ``optimizer`` in place; returns the step.
+
+        The neuron state takes the saved batch shape. Somas, array paths,
+        shapes and dtypes are compared with the checkpoint first; on any
+        difference nothing is changed.
+
+        Raises:
+          CheckpointNotFoundError: no such directory or step.
+          CheckpointMismatchError: the model (or optimizer) differs from the saved one.
+          CheckpointCorruptError: the step's files cannot be read.
+        """
+        step = self._resolve(step)
+        meta = self.metadata(step)
+        problems = _soma_mismatches(meta["somas"], model)
+        if optimizer is not None and not meta.get("optimizer"):
+            problems.append("optimizer: the checkpoint has no optimizer state")
+        if problems:
+            raise CheckpointMismatchError(self._refusal(step, problems))
+        modules = {"state": model}
+        if optimizer is not None:
+            modules["optimizer"] = optimizer
+        try:
+            saved_md = self._manager.item_metadata(step)
+            saved = {name: _flat(saved_md[name].tree) for name in modules}
+        except Exception as err:
+            raise self._corrupt(step, "array metadata", err) from err
+        loose = set(_flat(nnx.to_pure_dict(nnx.state(model, somas.SomaState))))
+        targets, args = {}, {}
+        for name, module in modules.items():
+            targets[name] = _pure(module)
+            problems += _array_mismatches(name, saved[name], _flat(targets[name]),
+                                          loose if name == "state" else set())
+        if problems:
+            raise CheckpointMismatchError(self._refusal(step, problems))
+        for name, pure in targets.items():
+            shapes = saved[name]
+            abstract = jax.tree_util.tree_map_with_path(
+                lambda p, leaf: _abstract(leaf, tuple(shapes[_path_str(p)].shape)), pure)
+            args[name] = ocp.args.StandardRestore(abstract)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as err:
+            raise self._corrupt(step, "arrays", err) from err
+        for name, module in modules.items():
+            values = jax.tree.map(
+                lambda like, arr: jax.random.wrap_key_data(arr, impl=jax.random.key_impl(like))
+                if _is_key(like) else arr, targets[name], restored[name])
+            state = nnx.state(module)
+            nnx.replace_by_pure_dict(state, values)
+            nnx.update(module, state)
+        return step
+
+    def _refusal(self, step: int, problems: list[str]) -> str:
+        return (f"cannot restore step {step} of {self.directory} into this model: "
+                + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- one-call helpers
+
+
+def load(directory: str | os.PathLike, step: int | None = None) -> nnx.Module:
+    """The model saved in ``directory`` at ``step`` (default: the newest),
+    rebuilt from the metadata alone and restored: a soma, or any model type
+    registered with :func:`register_model`."""
+    with Checkpointer(directory, read_only=True) as ckpt:
+        step = ckpt._resolve(step)
+        model = _build_model(ckpt.metadata(step)["model"])
+        ckpt.restore(model, step=step)
+    return model
+
+
+def describe(directory: str | os.PathLike) -> list[CheckpointInfo]:
+    """The steps saved in ``directory``, oldest first, read-only."""
+    with Checkpointer(directory, read_only=True) as ckpt:
+        return ckpt.list()
+
+
+def format_listing(infos: Sequence[CheckpointInfo]) -> str:
+    """A plain-text table of :func:`describe`'s rows: step, time, model, metrics."""
+    if not infos:
+        return "no checkpoints"
+    rows = [("step", "time (UTC)", "model", "metrics")] + [
+        (str(i.step), i.time, i.model,
+         ", ".join(f"{k}={v:.6g}" for k, v in sorted(i.metrics.items())) or "-")
+        for i in infos
+    ]
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    return "\n".join("  ".join(r[c].ljust(widths[c]) for c in range(3)) + "  " + r[3] for r in rows)

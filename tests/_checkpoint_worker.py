@@ -1,0 +1,165 @@
+"""The other process of tests/test_checkpointing.py, and the setups both share.
+
+Usage:
+  python tests/_checkpoint_worker.py resume TMPDIR
+      Loads the four somas saved under TMPDIR/sim/<kind> from their metadata
+      alone and simulates the rest of TMPDIR/currents.npz; restores the
+      training run saved under TMPDIR/train into a fresh template and trains
+      the remaining steps. Writes TMPDIR/resumed.npz.
+  python tests/_checkpoint_worker.py crash TMPDIR
+      Saves step 1 of a soma under TMPDIR/ckpt (and its state to
+      TMPDIR/step1.npz), then saves step 2 with Orbax's final rename blocked:
+      writes TMPDIR/blocked when the step's files are on disk under their
+      temporary name and waits there to be killed (kill -9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import spark_somas as ss
+from spark_somas import checkpointing as ck
+
+# ----------------------------------------------------------------- simulation setup
+
+T, K, BATCH, UNITS = 300, 137, 3, 5  # steps, cut, batch, neurons
+SOMAS = {
+    "expif": ss.ExponentialSoma,
+    "refractory": ss.RefractoryExponentialSoma,
+    "adex": ss.AdaptiveExponentialSoma,
+    "simplified": ss.SimplifiedAdaptiveExponentialSoma,
+}
+
+
+def tau_init(key, shape, dtype):
+    """Per-neuron τ_m in 6…14 ms, an initializer (metadata records the draw)."""
+    return 6.0 + 8.0 * jax.random.uniform(key, shape, dtype)
+
+
+def make_soma(kind: str):
+    cls = SOMAS[kind]
+    extra = {"cooldown": 5.0} if "cooldown" in {f.name for f in cls.config_class.quantity_fields()} else {}
+    return cls(units=UNITS, trainable=("threshold",), potential_tau=tau_init,
+               rngs=nnx.Rngs(3), **extra)
+
+
+def make_currents(kind: str) -> np.ndarray:
+    """A noisy current around 3 nA (rheobase ≈ 0.55 nA), fresh noise each step."""
+    key = jax.random.fold_in(jax.random.key(7), list(SOMAS).index(kind))
+    return np.asarray(3000.0 + 2000.0 * jax.random.normal(key, (T, BATCH, UNITS)), np.float32)
+
+
+# ----------------------------------------------------------------- training setup
+
+N_TRAIN, M_TRAIN = 3, 3  # steps before the save, steps after
+STEPS_IN, B_TRAIN, F_IN, HIDDEN, CLASSES = 20, 4, 4, 8, 2
+
+
+class Net(nnx.Module):
+    """Linear → AdEx (trained τ_m and V_th) → linear readout of the mean V and rate."""
+
+    def __init__(self, seed: int = 0):
+        rngs = nnx.Rngs(seed)
+        self.inp = nnx.Linear(F_IN, HIDDEN, rngs=rngs)
+        self.soma = ss.AdaptiveExponentialSoma(units=HIDDEN, dt=0.5,
+                                               trainable=("potential_tau", "threshold"))
+        self.soma.reset((B_TRAIN,))  # the batched state from the start: one compilation
+        self.out = nnx.Linear(2 * HIDDEN, CLASSES, rngs=rngs)
+
+    def __call__(self, x):  # x: (T, B, F); the soma's state carries over between calls
+        rec = ss.simulate(self.soma, 1000.0 * jax.nn.softplus(self.inp(x)))
+        features = jnp.concatenate([rec.spikes.mean(0), (rec.potential.mean(0) + 60.0) / 10.0], -1)
+        return self.out(features)
+
+
+def batch(step: int):
+    """The data of ``step``: fixed by the seed and the step, as a resume needs."""
+    kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(11), step))
+    return (jax.random.normal(kx, (STEPS_IN, B_TRAIN, F_IN)),
+            jax.random.randint(ky, (B_TRAIN,), 0, CLASSES))
+
+
+def make_training():
+    model = Net()
+    return model, nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+
+@nnx.jit
+def train_step(model, optimizer, x, y):
+    def loss_fn(model):
+        return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def train(model, optimizer, start: int, stop: int) -> None:
+    for step in range(start, stop):
+        train_step(model, optimizer, *batch(step))
+
+
+def flat_state(prefix: str, module) -> dict[str, np.ndarray]:
+    """Every leaf of ``nnx.state(module)`` by its path, as numpy (keys as raw data)."""
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(module)))[0]
+    return {prefix + jax.tree_util.keystr(path): np.asarray(
+        jax.random.key_data(v) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key) else v)
+        for path, v in leaves}
+
+
+# ----------------------------------------------------------------- the two modes
+
+
+def resume(tmp: pathlib.Path) -> None:
+    currents = np.load(tmp / "currents.npz")
+    out = {}
+    for kind in SOMAS:
+        soma = ck.load(tmp / "sim" / kind)
+        rec = ss.simulate(soma, currents[kind][K:])
+        out[f"{kind}/spikes"], out[f"{kind}/potential"] = np.asarray(rec.spikes), np.asarray(rec.potential)
+    model, optimizer = make_training()
+    with ck.Checkpointer(tmp / "train") as ckpt:
+        start = ckpt.restore(model, optimizer)
+    train(model, optimizer, start, N_TRAIN + M_TRAIN)
+    out |= flat_state("model", model) | flat_state("optimizer", optimizer)
+    np.savez(tmp / "resumed.npz", **out)
+
+
+def crash(tmp: pathlib.Path) -> None:
+    from orbax.checkpoint._src.path import async_path  # where Orbax's commit rename lives
+
+    def away_from_rest(soma, step: int):  # a different state at each step
+        soma.potential[...] = jnp.linspace(-70.0, -45.0, UNITS) + step
+        soma.refractory[...] = jnp.arange(UNITS, dtype=jnp.int32) * step
+        soma.threshold_offset[...] = jnp.full((UNITS,), 0.5 * step)
+        return soma
+
+    soma = away_from_rest(make_soma("simplified"), 1)
+    ckpt = ck.Checkpointer(tmp / "ckpt")
+    ckpt.save(1, soma)
+    ckpt.wait()
+    np.savez(tmp / "step1.npz", **flat_state("model", soma))
+    away_from_rest(soma, 2)
+    rename = async_path.rename
+
+    async def blocked_rename(src, dst):
+        if pathlib.Path(dst).name != "2":  # items commit inside the step's temporary directory
+            return await rename(src, dst)
+        (tmp / "blocked").write_text(f"{src}\n")
+        await asyncio.sleep(3600)
+
+    async_path.rename = blocked_rename
+    ckpt.save(2, soma)
+    ckpt.wait()  # never returns: the test kills this process
+
+
+if __name__ == "__main__":
+    {"resume": resume, "crash": crash}[sys.argv[1]](pathlib.Path(sys.argv[2]))

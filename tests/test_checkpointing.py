@@ -1,0 +1,332 @@
+"""Checkpoint and resume (spark_somas.checkpointing): exact resume of
+simulations and training in a new process, crash safety under kill -9, clear
+refusals, retention. The second process runs tests/_checkpoint_worker.py."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import _checkpoint_worker as worker
+import spark_somas as ss
+from spark_somas import checkpointing as ck
+
+WORKER = pathlib.Path(__file__).with_name("_checkpoint_worker.py")
+
+
+def run_worker(*args: str, **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, str(WORKER), *args]
+    if kwargs.pop("background", False):
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def assert_states_equal(expected: dict, actual: dict) -> None:
+    assert sorted(expected) == sorted(actual)
+    for key in expected:
+        assert expected[key].dtype == actual[key].dtype, key
+        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+
+
+# ----------------------------------------------------------------- exact resume, new process
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """Uninterrupted runs here; the same runs cut, saved and resumed in one
+    new process (the four somas and the training loop together)."""
+    tmp = tmp_path_factory.mktemp("resume")
+    currents, sim = {}, {}
+    for kind in worker.SOMAS:
+        currents[kind] = worker.make_currents(kind)
+        whole = worker.make_soma(kind)
+        full = ss.simulate(whole, currents[kind], record=("spikes", "potential") + whole.state_names)
+        cut = worker.make_soma(kind)
+        head = ss.simulate(cut, currents[kind][: worker.K])
+        with ck.Checkpointer(tmp / "sim" / kind) as ckpt:
+            ckpt.save(worker.K, cut)
+        sim[kind] = (full, head, cut.neuron_state())
+    np.savez(tmp / "currents.npz", **currents)
+
+    model, optimizer = worker.make_training()
+    initial = worker.flat_state("model", model)
+    with ck.Checkpointer(tmp / "train") as ckpt:
+        worker.train(model, optimizer, 0, worker.N_TRAIN)
+        ckpt.save(worker.N_TRAIN, model, optimizer, metrics={"step": worker.N_TRAIN})
+        worker.train(model, optimizer, worker.N_TRAIN, worker.N_TRAIN + worker.M_TRAIN)
+    expected = worker.flat_state("model", model) | worker.flat_state("optimizer", optimizer)
+
+    start = time.perf_counter()
+    run_worker("resume", str(tmp))
+    print(f"resume subprocess: {time.perf_counter() - start:.1f} s")
+    return sim, initial, expected, dict(np.load(tmp / "resumed.npz"))
+
+
+@pytest.mark.parametrize("kind", list(worker.SOMAS))
+def test_simulation_resumes_bit_identically_in_a_new_process(resumed, kind):
+    sim, _, _, got = resumed
+    full, head, at_cut = sim[kind]
+    spikes = np.concatenate([head.spikes, got[f"{kind}/spikes"]])
+    potential = np.concatenate([head.potential, got[f"{kind}/potential"]])
+    chex.assert_shape(spikes, (worker.T, worker.BATCH, worker.UNITS))
+    np.testing.assert_array_equal(spikes, np.asarray(full.spikes))
+    np.testing.assert_array_equal(potential, np.asarray(full.potential))
+    # The cut falls where the state matters: spikes on both sides of it,
+    # neurons mid-refractory, w and θ away from rest.
+    assert full.spikes[: worker.K].sum() > 0 and full.spikes[worker.K:].sum() > 0
+    if "refractory" in at_cut:
+        counters = np.asarray(at_cut["refractory"])
+        assert counters.dtype == np.int32 and (counters > 0).sum() >= 2, counters
+    for name in ("adaptation", "threshold_offset"):
+        if name in at_cut:
+            assert np.all(np.asarray(at_cut[name]) != 0), name
+
+
+def test_training_resumes_bit_identically_in_a_new_process(resumed):
+    _, initial, expected, got = resumed
+    got = {k: v for k, v in got.items() if k.startswith(("model", "optimizer"))}
+    assert_states_equal(expected, got)
+    # Training moved the parameters, including the soma's trained fields.
+    for key in ("model['soma']['threshold']", "model['soma']['potential_tau']", "model['inp']['kernel']"):
+        assert not np.array_equal(initial[key], expected[key]), key
+    assert expected["optimizer['step']"] == worker.N_TRAIN + worker.M_TRAIN
+
+
+# ----------------------------------------------------------------- crash safety
+
+
+def test_save_killed_mid_write_leaves_previous_checkpoint(tmp_path):
+    proc = run_worker("crash", str(tmp_path), background=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "blocked").exists():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "the worker never reached the commit"
+            time.sleep(0.05)
+        half = glob.glob(str(tmp_path / "ckpt" / "2.orbax-checkpoint-tmp*"))
+        # Everything is on disk but the commit: the arrays under the temporary name.
+        assert half and glob.glob(os.path.join(half[0], "state", "**", "manifest.ocdbt"),
+                                  recursive=True), os.listdir(tmp_path / "ckpt")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    directory = tmp_path / "ckpt"
+    assert ck.describe(directory)[0].step == 1 and len(ck.describe(directory)) == 1
+    reader = ck.Checkpointer(directory, read_only=True)
+    assert reader.all_steps() == [1] and reader.latest_step() == 1
+    soma = ck.load(directory)
+    assert_states_equal(dict(np.load(tmp_path / "step1.npz")), worker.flat_state("model", soma))
+    # A new writer clears the half-written step and can save step 2 again.
+    with ck.Checkpointer(directory) as writer:
+        writer.save(2, soma)
+    assert not glob.glob(str(directory / "*tmp*"))
+    assert ck.Checkpointer(directory, read_only=True).all_steps() == [1, 2]
+
+
+# ----------------------------------------------------------------- metadata and round trips
+
+
+class Pair(nnx.Module):
+    """A container of two somas and a Linear, registered for load()."""
+
+    def __init__(self, hidden: int = 4, dtype=jnp.float32):
+        self.hidden_units = hidden
+        self.a = ss.RefractoryExponentialSoma(units=hidden, trainable=("threshold",), dtype=dtype)
+        self.b = ss.AdaptiveExponentialSoma(units=2, potential_tau=20.0, dtype=dtype)
+        self.w = nnx.Linear(hidden, 2, rngs=nnx.Rngs(0))
+
+    def __call__(self, current):
+        return self.b(self.w(self.a(current).spikes) * 1000.0)
+
+
+ck.register_model("test-pair", Pair, spec=lambda m: {"hidden": m.hidden_units},
+                  build=lambda spec: Pair(spec["hidden"]))
+
+
+def away_from_rest(model, batch: int = 2):
+    """Sets every neuron-state leaf to distinct values with a batch axis
+    (from numpy: no compilation, which eager soma steps would cost)."""
+    state = nnx.state(model, ss.SomaState)
+    nnx.update(model, jax.tree.map(lambda v: jnp.asarray(
+        (np.arange(batch * v.size).reshape((batch,) + v.shape) % 7 + 1).astype(v.dtype)), state))
+    return model
+
+
+def test_metadata_describes_every_soma_and_the_versions(tmp_path):
+    model = away_from_rest(Pair())
+    with ck.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(7, model, metrics={"loss": 0.25}, extra={"epoch": 2})
+        meta = ckpt.metadata()
+    json.dumps(meta)
+    assert meta["step"] == 7 and meta["metrics"] == {"loss": 0.25} and meta["extra"] == {"epoch": 2}
+    assert {"spark_somas", "jax", "flax", "orbax-checkpoint"} <= set(meta["versions"])
+    assert meta["versions"]["jax"] == jax.__version__
+    assert meta["model"]["type"] == "test-pair" and meta["model"]["spec"] == {"hidden": 4}
+    a, b = meta["somas"]["a"], meta["somas"]["b"]
+    assert a["class"] == "RefractoryExponentialSoma" and a["units"] == [4] and a["trainable"] == ["threshold"]
+    assert a["dt"] == 0.1 and a["dtype"] == a["param_dtype"] == "float32"
+    assert ss.RefractoryExponentialSomaConfig.from_dict(a["config"]) == model.a.config
+    assert b["config"]["potential_tau"] == 20.0
+    assert ck.format_listing(ck.describe(tmp_path)).splitlines()[1].split()[:3] == [
+        "7", meta["time"], "test-pair"]
+
+
+def test_load_rebuilds_a_registered_model_and_its_state(tmp_path):
+    model = away_from_rest(Pair())
+    with ck.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, model)
+    loaded = ck.load(tmp_path)
+    assert type(loaded) is Pair
+    assert_states_equal(worker.flat_state("m", model), worker.flat_state("m", loaded))
+    assert loaded.a.potential[...].shape == (2, 4)  # the saved batch shape
+    assert loaded.a.refractory[...].dtype == jnp.int32
+
+
+def test_unregistered_model_loads_only_into_a_template(tmp_path):
+    class Plain(nnx.Module):
+        def __init__(self):
+            self.soma = ss.ExponentialSoma(units=3)
+
+    with ck.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(0, Plain())
+        ckpt.wait()
+        with pytest.raises(ck.CheckpointError, match="register_model"):
+            ck.load(tmp_path)
+        assert ckpt.restore(Plain()) == 0
+
+
+def test_low_precision_state_and_prng_keys_round_trip(tmp_path):
+    class Noisy(nnx.Module):
+        def __init__(self):
+            self.soma = ss.SimplifiedAdaptiveExponentialSoma(units=3, dtype=jnp.bfloat16,
+                                                             param_dtype=jnp.float16)
+            self.rngs = nnx.Rngs(noise=5)
+
+    model = away_from_rest(Noisy())
+    model.rngs.noise()  # advance the key's counter
+    with ck.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(0, model)
+        target = Noisy()
+        ckpt.restore(target)
+    assert target.soma.potential[...].dtype == jnp.bfloat16
+    assert jnp.issubdtype(target.rngs.noise.key[...].dtype, jax.dtypes.prng_key)
+    assert_states_equal(worker.flat_state("m", model), worker.flat_state("m", target))
+    np.testing.assert_array_equal(jax.random.key_data(model.rngs.noise()),
+                                  jax.random.key_data(target.rngs.noise()))
+
+
+# ----------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("target, field, saved_value, model_value", [
+    (lambda: Pair(hidden=5), "units", "[4]", "[5]"),
+    (lambda: Pair(dtype=jnp.bfloat16), "dtype", "'float32'", "'bfloat16'"),
+    (lambda: (p := Pair(), setattr(p, "b", ss.AdaptiveExponentialSoma(units=2)))[0],
+     "config.potential_tau", "20.0", "9.37"),
+    (lambda: (p := Pair(), setattr(p, "b", ss.ExponentialSoma(units=2, potential_tau=20.0)))[0],
+     "class", "'AdaptiveExponentialSoma'", "'ExponentialSoma'"),
+    (lambda: (p := Pair(), setattr(p, "w", nnx.Linear(4, 3, rngs=nnx.Rngs(0))))[0],
+     "w/kernel' shape", "(4, 2)", "(4, 3)"),
+])
+def test_restore_into_a_different_model_names_field_and_both_values(
+        tmp_path, target, field, saved_value, model_value):
+    with ck.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(3, away_from_rest(Pair()))
+        model = target()
+        before = worker.flat_state("m", model)
+        with pytest.raises(ck.CheckpointMismatchError) as err:
+            ckpt.restore(model)
+    message = str(err.value)
+    assert field in message and f"checkpoint {saved_value}" in message, message
+    assert f"model {model_value}" in message, message
+    assert_states_equal(before, worker.flat_state("m", model))  # nothing touched
+
+
+def test_restore_with_an_optimizer_needs_saved_optimizer_state(tmp_path):
+    model, optimizer = worker.make_training()
+    with ck.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(0, model)
+        with pytest.raises(ck.CheckpointMismatchError, match="no optimizer state"):
+            ckpt.restore(model, optimizer)
+
+
+def test_missing_directory_and_step_say_so(tmp_path):
+    missing = tmp_path / "nowhere"
+    for call in (lambda: ck.load(missing), lambda: ck.describe(missing)):
+        with pytest.raises(ck.CheckpointNotFoundError, match="does not exist") as err:
+            call()
+        assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, ValueError)
+    assert not missing.exists()
+    with ck.Checkpointer(tmp_path / "empty") as ckpt:
+        with pytest.raises(ck.CheckpointNotFoundError, match="no checkpoints in"):
+            ckpt.restore(Pair())
+        ckpt.save(4, Pair())
+        with pytest.raises(ck.CheckpointNotFoundError, match=r"step 5 .*steps: \[4\]"):
+            ckpt.restore(Pair(), step=5)
+
+
+@pytest.mark.parametrize("damage, what", [
+    (lambda step: (step / "metadata" / "metadata").write_text("{not json"), "metadata"),
+    (lambda step: (step / "metadata" / "metadata").unlink(), "metadata"),
+    (lambda step: shutil.rmtree(step / "state"), "array metadata"),
+    (lambda step: [pathlib.Path(p).write_bytes(b"") for p in glob.glob(str(step / "state" / "d" / "*"))],
+     "array"),
+])
+def test_corrupted_checkpoint_says_so(tmp_path, damage, what):
+    with ck.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(9, away_from_rest(Pair()))
+    damage(tmp_path / "9")
+    with pytest.raises(ck.CheckpointCorruptError, match=f"step 9 .* corrupted .* its {what}"):
+        ck.load(tmp_path)
+
+
+def test_an_existing_step_is_never_overwritten(tmp_path):
+    first = away_from_rest(Pair())
+    with ck.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(5, first)
+        with pytest.raises(ck.CheckpointExistsError, match="step 5 is already saved"):
+            ckpt.save(5, Pair())
+    with ck.Checkpointer(tmp_path) as again:  # a later session, too
+        with pytest.raises(ck.CheckpointExistsError):
+            again.save(5, Pair())
+    assert_states_equal(worker.flat_state("m", first), worker.flat_state("m", ck.load(tmp_path)))
+
+
+# ----------------------------------------------------------------- retention
+
+
+def test_max_to_keep_keeps_the_newest_and_the_best(tmp_path):
+    soma = ss.ExponentialSoma(units=2)
+    losses = {1: 5.0, 2: 1.0, 3: 4.0, 4: 3.0, 5: 2.0}
+    with ck.Checkpointer(tmp_path, max_to_keep=2, best_metric="loss", best_mode="min") as ckpt:
+        for step, loss in losses.items():
+            ckpt.save(step, soma, metrics={"loss": loss, "acc": -loss})
+        with pytest.raises(ValueError, match="best_metric 'loss'"):
+            ckpt.save(6, soma, metrics={"acc": 1.0})
+        ckpt.wait()
+        assert ckpt.all_steps() == [2, 4, 5]
+        assert ckpt.best_step() == 2 and ckpt.latest_step() == 5
+        assert [(i.step, i.metrics["loss"]) for i in ckpt.list()] == [(2, 1.0), (4, 3.0), (5, 2.0)]
+    with ck.Checkpointer(tmp_path, max_to_keep=1, best_metric="acc", best_mode="max") as ckpt:
+        ckpt.save(6, soma, metrics={"loss": 9.0, "acc": 0.5})
+        ckpt.wait()
+        assert ckpt.all_steps() == [6]
