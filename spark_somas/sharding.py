@@ -26,16 +26,19 @@ shape ``units`` are thus split over neurons and replicated over data.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import re
 from typing import Any, Callable, Sequence, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from spark_somas.somas import ExponentialSoma
+from spark_somas.simulation import RECORDABLE, simulate
+from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
 __all__ = [
     "DATA",
@@ -46,6 +49,7 @@ __all__ = [
     "shard_currents",
     "shard_batch",
     "replicate",
+    "simulate_sharded",
     "collectives",
 ]
 
@@ -184,6 +188,68 @@ def shard_currents(
     spec = partition_spec(np.shape(currents), mesh, units_ndim=units_ndim, lead=1,
                           batch_axis=batch_axis, neuron_axis=neuron_axis, name="currents")
     return jax.device_put(currents, NamedSharding(mesh, spec))
+
+
+def simulate_sharded(
+    soma: ExponentialSoma,
+    currents: jax.Array,
+    mesh: Mesh,
+    *,
+    batch_axis: Axis = DATA,
+    neuron_axis: Axis = NEURONS,
+    **simulate_kwargs: Any,
+) -> SomaOutput:
+    """:func:`spark_somas.simulate` on every device's block, under ``jax.shard_map``.
+
+    Each device runs ``simulate`` on its own (T, B/D, N/M) block of currents
+    with its block of state and parameters (the layout of
+    :func:`partition_spec`); since a step is elementwise in (batch, neuron),
+    that is the whole run, with no communication by construction. Unlike
+    plain ``simulate`` on sharded arrays (where the compiler partitions the
+    scan), this also splits what the compiler cannot partition: the fused
+    Pallas kernels (``backend="fused"``), which then run once per device on
+    its block. ``simulate_kwargs`` go to ``simulate``; the final state is
+    left in ``soma``, laid out on ``mesh``.
+    """
+    currents = currents if isinstance(currents, jax.Array) else jnp.asarray(currents)
+    soma.broadcast_state(currents.shape[1:])
+    units_ndim = len(soma.units)
+
+    def spec(x: Any, lead: int, name: str) -> PartitionSpec:
+        return partition_spec(np.shape(x), mesh, units_ndim=units_ndim, lead=lead,
+                              batch_axis=batch_axis, neuron_axis=neuron_axis, name=name)
+
+    def specs(tree: Any) -> tuple[tuple[PartitionSpec, ...], Any]:  # hashable: static under jit
+        leaves, treedef = jax.tree.flatten(jax.tree_util.tree_map_with_path(
+            lambda p, x: spec(x, 0, type(soma).__name__ + jax.tree_util.keystr(p)), tree))
+        return tuple(leaves), treedef
+
+    graphdef, state, rest = nnx.split(soma, SomaState, ...)
+    record = tuple(simulate_kwargs.pop("record", ("spikes", "potential")))
+    out, final = _simulate_blocks(
+        graphdef, state, rest, currents, mesh=mesh, specs=(specs(state), specs(rest)),
+        current_spec=spec(currents, 1, "currents"), record=record,
+        kwargs=tuple(sorted(simulate_kwargs.items())))
+    nnx.update(soma, final)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "specs", "current_spec", "record",
+                                             "kwargs"))
+def _simulate_blocks(graphdef, state, rest, currents, *, mesh, specs, current_spec, record, kwargs):
+    def block(state, rest, currents):
+        local = nnx.merge(graphdef, state, rest)
+        # The block holds a slice of the neurons; the soma checks currents against its units.
+        local.units = tuple(currents.shape[currents.ndim - len(local.units):])
+        out = simulate(local, currents, record=record, **dict(kwargs))
+        return out, nnx.state(local, SomaState)
+
+    state_spec, rest_spec = (jax.tree.unflatten(treedef, leaves) for leaves, treedef in specs)
+    out_spec = SomaOutput(**{k: current_spec if k in record else None for k in RECORDABLE})
+    # check_vma=False: a pallas_call's outputs do not declare how they vary
+    # over the mesh; here every output is per block by construction.
+    return jax.shard_map(block, mesh=mesh, in_specs=(state_spec, rest_spec, current_spec),
+                         out_specs=(out_spec, state_spec), check_vma=False)(state, rest, currents)
 
 
 def shard_batch(batch: T, mesh: Mesh, *, axis: Axis = DATA, dim: int = 0) -> T:
