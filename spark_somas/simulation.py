@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from spark_somas import kernels
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
 __all__ = ["simulate", "RECORDABLE"]
@@ -32,6 +33,7 @@ def simulate(
     record: Sequence[str] = ("spikes", "potential"),
     remat: bool | int = False,
     unroll: int = 1,
+    backend: str = "auto",
 ) -> SomaOutput:
     """Runs ``soma`` over time-major ``currents`` (pA), shape (T, *batch, *units).
 
@@ -45,6 +47,10 @@ def simulate(
         of ⌈√T⌉ steps) or an int k (segments of k steps, recomputed on the
         backward pass).
       unroll: steps per loop iteration, passed to ``lax.scan``.
+      backend: ``"scan"`` (this module's ``lax.scan``), ``"fused"`` (the
+        Pallas time-loop kernels of :mod:`spark_somas.kernels`: same spikes,
+        gradients equal to float32 rounding; interpreted, hence slow, off a
+        GPU) or ``"auto"``: fused on a GPU, scan elsewhere.
 
     Returns:
       A :class:`SomaOutput` whose recorded fields have shape (T, *batch, *units).
@@ -64,6 +70,14 @@ def simulate(
     soma.broadcast_state(currents.shape[1:])
     steps = currents.shape[0]
     segment = _segment_length(remat, steps)
+    if kernels.resolve_backend(backend) == "fused":
+        final, recorded = kernels.run(
+            soma.parameters(), soma.neuron_state(), currents, dt=soma.dt,
+            surrogate=soma.config.surrogate, detach_reset=soma.config.detach_reset,
+            record=tuple(record), segment=segment)
+        for name, value in final.items():
+            getattr(soma, name).set_value(value)
+        return SomaOutput(**{k: recorded.get(k) for k in RECORDABLE})
     graphdef, state, rest = nnx.split(soma, SomaState, ...)
     final, recorded = _run(graphdef, state, rest, currents, tuple(record), segment, unroll)
     nnx.update(soma, final)
