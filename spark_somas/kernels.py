@@ -407,8 +407,9 @@ def run(
     state = dict(state)
     shape = state["potential"].shape
     steps = currents.shape[0]
-    if currents.shape[1:] != shape:
-        raise ValueError(f"currents of shape {currents.shape} do not match the state shape {shape}")
+    missing = len(shape) - (currents.ndim - 1)  # batch axes the current lacks
+    currents = jnp.broadcast_to(
+        currents.reshape((steps,) + (1,) * missing + currents.shape[1:]), (steps,) + shape)
     if steps == 0 or math.prod(shape) == 0:
         return state, {r: jnp.zeros((steps,) + shape, state["potential"].dtype if r == "spikes"
                                     else state[r].dtype) for r in record}
