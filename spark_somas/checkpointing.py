@@ -153,7 +153,7 @@ def soma_spec(soma: somas.ExponentialSoma) -> dict[str, Any]:
         "dt": soma.dt,
         "dtype": soma.dtype.name,
         "param_dtype": soma.param_dtype.name,
-        "trainable": list(soma.trainable),
+        "trainable": sorted(soma.trainable),  # order does not change the soma
     }
 
 
@@ -226,8 +226,11 @@ def _is_key(leaf: Any) -> bool:
 
 
 def _stored(leaf: Any) -> Any:
-    """What is written for a leaf: typed PRNG keys as their raw key data."""
-    return jax.random.key_data(leaf) if _is_key(leaf) else leaf
+    """What is written for a leaf: typed PRNG keys as their raw key data,
+    Python scalars as arrays."""
+    if _is_key(leaf):
+        return jax.random.key_data(leaf)
+    return leaf if hasattr(leaf, "dtype") else np.asarray(leaf)
 
 
 def _pure(module: Any) -> dict:
@@ -477,7 +480,7 @@ class Checkpointer:
             "extra": extra,
         }
         try:
-            json.dumps(meta, allow_nan=False)
+            json.dumps(meta)
         except (TypeError, ValueError) as err:
             raise ValueError(f"extra = {_show(str(extra))} (or the model spec) violates the rule: "
                              f"JSON-serialisable ({err})") from None
@@ -500,11 +503,11 @@ class Checkpointer:
                 out[str(name)] = float(value)
             except (TypeError, ValueError):
                 raise ValueError(f"metrics[{name!r}] = {value!r} violates the rule: a number") from None
-            if not math.isfinite(out[str(name)]):
-                raise ValueError(f"metrics[{name!r}] = {value!r} violates the rule: finite")
-        if isinstance(self.best_metric, str) and self.best_metric not in out:
-            raise ValueError(f"metrics = {out!r} violates the rule: must contain best_metric "
-                             f"{self.best_metric!r}")
+        if isinstance(self.best_metric, str):
+            value = out.get(self.best_metric)
+            if value is None or not math.isfinite(value):
+                raise ValueError(f"metrics = {out!r} violates the rule: must hold a finite "
+                                 f"best_metric {self.best_metric!r} (it ranks the steps)")
         return out
 
     # -- read

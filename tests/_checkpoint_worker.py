@@ -52,9 +52,10 @@ def make_soma(kind: str):
 
 
 def make_currents(kind: str) -> np.ndarray:
-    """A noisy current around 3 nA (rheobase ≈ 0.55 nA), fresh noise each step."""
-    key = jax.random.fold_in(jax.random.key(7), list(SOMAS).index(kind))
-    return np.asarray(3000.0 + 2000.0 * jax.random.normal(key, (T, BATCH, UNITS)), np.float32)
+    """A noisy current around 3 nA (rheobase ≈ 0.55 nA), fresh noise each step.
+    (Data come from numpy: no PRNG compilation in either process.)"""
+    rng = np.random.default_rng(list(SOMAS).index(kind))
+    return (3000.0 + 2000.0 * rng.standard_normal((T, BATCH, UNITS))).astype(np.float32)
 
 
 # ----------------------------------------------------------------- training setup
@@ -63,16 +64,23 @@ N_TRAIN, M_TRAIN = 3, 3  # steps before the save, steps after
 STEPS_IN, B_TRAIN, F_IN, HIDDEN, CLASSES = 20, 4, 4, 8, 2
 
 
+def lecun_numpy(key, shape, dtype):
+    """LeCun-normal weights drawn by numpy from the key's data (cheaper to
+    compile than jax.random's truncated normal)."""
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
+    return jnp.asarray(rng.normal(0.0, shape[0] ** -0.5, shape), dtype)
+
+
 class Net(nnx.Module):
     """Linear → AdEx (trained τ_m and V_th) → linear readout of the mean V and rate."""
 
     def __init__(self, seed: int = 0):
         rngs = nnx.Rngs(seed)
-        self.inp = nnx.Linear(F_IN, HIDDEN, rngs=rngs)
+        self.inp = nnx.Linear(F_IN, HIDDEN, kernel_init=lecun_numpy, rngs=rngs)
         self.soma = ss.AdaptiveExponentialSoma(units=HIDDEN, dt=0.5,
                                                trainable=("potential_tau", "threshold"))
         self.soma.reset((B_TRAIN,))  # the batched state from the start: one compilation
-        self.out = nnx.Linear(2 * HIDDEN, CLASSES, rngs=rngs)
+        self.out = nnx.Linear(2 * HIDDEN, CLASSES, kernel_init=lecun_numpy, rngs=rngs)
 
     def __call__(self, x):  # x: (T, B, F); the soma's state carries over between calls
         rec = ss.simulate(self.soma, 1000.0 * jax.nn.softplus(self.inp(x)))
@@ -82,9 +90,9 @@ class Net(nnx.Module):
 
 def batch(step: int):
     """The data of ``step``: fixed by the seed and the step, as a resume needs."""
-    kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(11), step))
-    return (jax.random.normal(kx, (STEPS_IN, B_TRAIN, F_IN)),
-            jax.random.randint(ky, (B_TRAIN,), 0, CLASSES))
+    rng = np.random.default_rng([11, step])
+    return (rng.standard_normal((STEPS_IN, B_TRAIN, F_IN)).astype(np.float32),
+            rng.integers(0, CLASSES, B_TRAIN))
 
 
 def make_training():

@@ -320,8 +320,9 @@ def test_max_to_keep_keeps_the_newest_and_the_best(tmp_path):
     with ck.Checkpointer(tmp_path, max_to_keep=2, best_metric="loss", best_mode="min") as ckpt:
         for step, loss in losses.items():
             ckpt.save(step, soma, metrics={"loss": loss, "acc": -loss})
-        with pytest.raises(ValueError, match="best_metric 'loss'"):
-            ckpt.save(6, soma, metrics={"acc": 1.0})
+        for bad in ({"acc": 1.0}, {"loss": float("nan")}):
+            with pytest.raises(ValueError, match="finite best_metric 'loss'"):
+                ckpt.save(6, soma, metrics=bad)
         ckpt.wait()
         assert ckpt.all_steps() == [2, 4, 5]
         assert ckpt.best_step() == 2 and ckpt.latest_step() == 5
