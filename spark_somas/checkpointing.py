@@ -158,16 +158,19 @@ def soma_spec(soma: somas.ExponentialSoma) -> dict[str, Any]:
 
 
 def _soma_class(name: str, module: str | None) -> type[somas.ExponentialSoma]:
+    """The soma class ``module.name`` (imported if need be), a subclass of ExponentialSoma."""
     if module:
         importlib.import_module(module)
-    found, todo = {}, [somas.ExponentialSoma]
+    found, todo = [], [somas.ExponentialSoma]
     while todo:
         cls = todo.pop()
-        found.setdefault(cls.__name__, cls)
+        found.append(cls)
         todo.extend(cls.__subclasses__())
-    if name not in found:
-        raise CheckpointError(f"soma class {name!r} is unknown; known: {sorted(found)}")
-    return found[name]
+    matches = [c for c in found if c.__name__ == name and c.__module__ == (module or c.__module__)]
+    if not matches:
+        raise CheckpointError(f"soma class {name!r} is unknown; known: "
+                              f"{sorted({c.__name__ for c in found})}")
+    return matches[0]
 
 
 def soma_from_spec(spec: Mapping[str, Any]) -> somas.ExponentialSoma:
@@ -322,6 +325,17 @@ class CheckpointInfo:
     extra: Any = None
 
 
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with numpy / jax scalars and arrays as Python numbers and lists."""
+    if isinstance(obj, Mapping):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
+        return np.asarray(obj).tolist()
+    return obj
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for dist in ("spark_somas", "jax", "jaxlib", "flax", "orbax-checkpoint", "optax"):
@@ -417,7 +431,8 @@ class Checkpointer:
     # -- steps
 
     def all_steps(self) -> list[int]:
-        """Committed steps (and the one being saved), ascending."""
+        """Saved steps, ascending; a save still being written by this
+        Checkpointer is included (other processes see it once committed)."""
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
@@ -429,6 +444,7 @@ class Checkpointer:
         return self._manager.best_step()
 
     def _resolve(self, step: int | None) -> int:
+        self.wait()  # reads see this Checkpointer's own pending saves committed
         steps = self.all_steps()
         if not steps:
             raise CheckpointNotFoundError(f"no checkpoints in {self.directory}")
@@ -450,7 +466,8 @@ class Checkpointer:
         Args:
           step: a non-negative int not yet saved here.
           metrics: name -> number, listed with the step and used by ``best_metric``.
-          extra: anything JSON-serialisable to keep alongside (e.g. a data position).
+          extra: anything JSON-serialisable (numpy / jax numbers and arrays are
+            converted) to keep alongside, e.g. a data position or a history.
 
         Raises:
           CheckpointExistsError: ``step`` is already saved.
@@ -477,7 +494,7 @@ class Checkpointer:
             "somas": {path: soma_spec(s) for path, s in _soma_paths(model).items()},
             "optimizer": optimizer is not None,
             "metrics": metrics,
-            "extra": extra,
+            "extra": _jsonable(extra),
         }
         try:
             json.dumps(meta)

@@ -311,6 +311,19 @@ def test_an_existing_step_is_never_overwritten(tmp_path):
     assert_states_equal(worker.flat_state("m", first), worker.flat_state("m", ck.load(tmp_path)))
 
 
+def test_async_save_owns_its_copy_of_the_arrays(tmp_path):
+    """After save() returns, training may donate or drop the model's buffers
+    while the write goes on in the background."""
+    soma = away_from_rest(ss.AdaptiveExponentialSoma(units=(40, 40)), batch=4)
+    expected = worker.flat_state("m", soma)
+    ckpt = ck.Checkpointer(tmp_path)
+    ckpt.save(1, soma)
+    for leaf in jax.tree.leaves(nnx.state(soma)):
+        leaf.delete()
+    ckpt.close()
+    assert_states_equal(expected, worker.flat_state("m", ck.load(tmp_path)))
+
+
 # ----------------------------------------------------------------- retention
 
 
