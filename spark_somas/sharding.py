@@ -80,9 +80,9 @@ def make_mesh(data: int | None = None, neurons: int = 1, *,
     compiler propagates it through jitted code.
     """
     devices = list(jax.devices() if devices is None else devices)
-    if not (isinstance(neurons, int) and neurons > 0 and len(devices) % neurons == 0):
+    if not (isinstance(neurons, int) and 0 < neurons <= len(devices)):
         raise ValueError(f"make_mesh: neurons = {neurons!r} violates the rule: a positive int "
-                         f"dividing the {len(devices)} devices")
+                         f"≤ {len(devices)} devices")
     data = len(devices) // neurons if data is None else data
     if not (isinstance(data, int) and data > 0 and data * neurons <= len(devices)):
         raise ValueError(f"make_mesh: data = {data!r} violates the rule: a positive int with "
