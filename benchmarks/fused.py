@@ -1,0 +1,192 @@
+"""Scan vs fused kernels: throughput, BPTT memory, training step.
+
+Modes (``--mode``, default all):
+
+* ``throughput`` — AdEx, float32, T = 1000, N = 2^10 … 2^20 neurons:
+  forward (records spikes and potential) and forward+backward (gradient of a
+  loss on both with respect to the input current and the trained τ_m, V_th)
+  in neuron-steps/s, for ``backend="scan"`` and ``backend="fused"``, with
+  the device's copy bandwidth measured in the same run (a jitted
+  ``x + 1`` over the same (T, N) array: the roofline of a kernel that reads
+  the current and writes spikes and potential, 12 bytes per neuron-step).
+  Off a GPU the fused kernels run in Pallas interpret mode (XLA while loops,
+  not a kernel): those rows say nothing about GPU speed. A configuration
+  whose compiled buffers exceed ``--max-gb`` is skipped and says so.
+* ``memory`` — BPTT through T = 10^4 steps: peak memory of the compiled
+  forward+backward (``Compiled.memory_analysis()``: arguments + outputs +
+  temporaries) for the scan with remat off, ⌈√T⌉ segments and 100-step
+  segments, and for the fused kernels with checkpoints every step and every
+  ⌈√T⌉ steps; then runs the √T-segment scan once to show it completes.
+* ``train`` — one jitted Optax train step of the ready network
+  (``spark_somas.training``), batch 128, T = 100, steps/s.
+
+    python benchmarks/fused.py [--mode throughput memory train] [--max-gb 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+import spark_somas as ss  # noqa: E402
+
+TRAINED = ("potential_tau", "threshold")
+
+
+def _currents(steps: int, n: int) -> jax.Array:
+    k1, k2 = jax.random.split(jax.random.key(0))
+    return (600.0 + 400.0 * jax.random.uniform(k1, (n,))
+            + 100.0 * jax.random.normal(k2, (steps, n))).astype(jnp.float32)
+
+
+def _programs(n: int, backend: str, remat):
+    """Pure jitted forward and forward+backward over (soma state, currents),
+    and that state: an AdEx soma of n neurons training τ_m and V_th."""
+    graphdef, state = nnx.split(ss.AdaptiveExponentialSoma(units=n, trainable=TRAINED))
+
+    def simulate(soma, currents):
+        rec = ss.simulate(soma, currents, backend=backend, remat=remat)
+        return rec.spikes, rec.potential
+
+    def loss(soma, currents):
+        spikes, potential = simulate(soma, currents)
+        return jnp.mean(spikes) + 1e-3 * jnp.mean(potential)
+
+    def run(state, currents):
+        return simulate(nnx.merge(graphdef, state), currents)
+
+    def backward(state, currents):
+        return nnx.grad(loss, argnums=(0, 1))(nnx.merge(graphdef, state), currents)
+
+    return jax.jit(run), jax.jit(backward), state
+
+
+def _peak_bytes(program, *args) -> int:
+    """Arguments + outputs + temporaries of the compiled program (bytes)."""
+    m = program.lower(*args).compile().memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+
+
+def throughput(args) -> list[dict]:
+    rows = []
+    for log_n in args.log2_sizes:
+        n = 1 << log_n
+        currents = _currents(args.steps, n)
+        copy = jax.jit(lambda x: x + 1.0)
+        t_copy = _common.best_times({"copy": lambda: copy(currents)}, args.repeats)["copy"]["wall_s"]
+        bandwidth = 2 * currents.size * 4 / t_copy
+        for mode in ("forward", "forward+backward"):
+            row = {"N": n, "T": args.steps, "mode": mode, "copy_GBps": bandwidth / 1e9,
+                   "roofline_neuron_steps_per_s": bandwidth / 12}
+            fns = {}
+            for backend in ("scan", "fused"):
+                if backend == "fused" and args.fused_max_n and n > args.fused_max_n:
+                    row["fused"] = f"skipped (N > --fused-max-n {args.fused_max_n})"
+                    continue
+                forward, backward, state = _programs(n, backend, False)
+                program = forward if mode == "forward" else backward
+                need = _peak_bytes(program, state, currents)
+                row[f"{backend}_GB"] = need / 1e9
+                if need > args.max_gb * 1e9:
+                    row[backend] = f"skipped (needs {need / 1e9:.1f} GB > --max-gb)"
+                    continue
+                jax.block_until_ready(program(state, currents))  # compile
+                fns[backend] = lambda p=program, s=state: p(s, currents)
+            times = _common.best_times(fns, args.repeats if n < (1 << 18) else max(2, args.repeats // 2))
+            for backend, t in times.items():
+                row[f"{backend}_neuron_steps_per_s"] = n * args.steps / t["wall_s"]
+                row[f"{backend}_cpu_s"] = t["cpu_s"]
+            if len(times) == 2:
+                row["fused_over_scan"] = times["scan"]["wall_s"] / times["fused"]["wall_s"]
+            print(_common.table([row], THROUGHPUT_COLUMNS), flush=True)
+            rows.append(row)
+        del currents
+    return rows
+
+
+def memory(args) -> list[dict]:
+    steps, n = args.memory_steps, args.memory_n
+    currents = _currents(steps, n)
+    rows = []
+    sqrt_t = math.isqrt(steps - 1) + 1
+    for backend, remat in (("scan", False), ("scan", True), ("scan", 100),
+                           ("fused", False), ("fused", True)):
+        _, backward, state = _programs(n, backend, remat)
+        peak = _peak_bytes(backward, state, currents)
+        rows.append({"backend": backend, "remat": str(remat), "T": steps, "N": n,
+                     "segment": {False: 1, True: sqrt_t}.get(remat, remat),
+                     "peak_MB": peak / 2**20, "bytes_per_neuron_step": peak / (n * steps)})
+        print(_common.table(rows[-1:], MEMORY_COLUMNS), flush=True)
+    _, backward, state = _programs(n, "scan", True)
+    t = _common.best_times({"run": lambda: backward(state, currents)}, 1)["run"]
+    rows.append({"backend": "scan", "remat": "True", "T": steps, "N": n, "ran_s": t["wall_s"]})
+    return rows
+
+
+def train(args) -> list[dict]:
+    try:
+        from spark_somas import training
+    except ImportError as e:
+        return [{"skipped": f"spark_somas.training not importable: {e}"}]
+    rows = []
+    batch, steps, features, classes = 128, 100, 64, 10
+    x = jax.random.uniform(jax.random.key(0), (batch, features))
+    labels = jax.random.randint(jax.random.key(1), (batch,), 0, classes)
+    for soma in ("adex",):
+        model = training.SpikingNetwork(features, 128, classes, soma=soma, rngs=nnx.Rngs(0))
+        optimizer = training.make_optimizer(model)
+        encoder = training.Encoder("current", steps)
+        key = jax.random.key(2)
+
+        def step():
+            return training.train_step(model, optimizer, x, labels, key, encoder=encoder)
+
+        jax.block_until_ready(step())
+        t = _common.best_times({"step": step}, args.repeats)["step"]
+        rows.append({"network": f"{features}-128({soma})-{classes}", "batch": batch, "T": steps,
+                     "steps_per_s": 1 / t["wall_s"], "step_ms": 1e3 * t["wall_s"],
+                     "hidden_neuron_steps_per_s": batch * 128 * steps / t["wall_s"]})
+        print(_common.table(rows[-1:], list(rows[-1])), flush=True)
+    return rows
+
+
+THROUGHPUT_COLUMNS = ["N", "mode", "scan_neuron_steps_per_s", "fused_neuron_steps_per_s",
+                      "fused_over_scan", "roofline_neuron_steps_per_s"]
+MEMORY_COLUMNS = ["backend", "remat", "segment", "T", "N", "peak_MB", "bytes_per_neuron_step"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", nargs="+", default=["throughput", "memory", "train"],
+                        choices=["throughput", "memory", "train"])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--log2-sizes", type=int, nargs="+", default=[10, 12, 14, 16, 18, 20])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-gb", type=float, default=6.0)
+    parser.add_argument("--fused-max-n", type=int, default=0,
+                        help="largest N for the fused backend (0: no limit)")
+    parser.add_argument("--memory-steps", type=int, default=10_000)
+    parser.add_argument("--memory-n", type=int, default=4096)
+    parser.add_argument("--out", default=str(_common.HERE / "fused.json"))
+    args = parser.parse_args()
+    info = _common.machine()
+    print(info)
+    results = {"machine": info}
+    for mode in args.mode:
+        results[mode] = {"throughput": throughput, "memory": memory, "train": train}[mode](args)
+    results["machine"]["load_average_end"] = _common.machine()["load_average"]
+    _common.write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
