@@ -33,6 +33,7 @@ def voltage_trace(
     spikes: Any = None,
     *,
     dt: float = 0.1,
+    start_ms: float = 0.0,
     peak: float = 0.0,
     ax: Axes | None = None,
     label: str | None = None,
@@ -43,10 +44,10 @@ def voltage_trace(
     ``potential`` (T,) is what :func:`spark_somas.simulate` records: V after
     any reset, so a spike step shows V_r. A stroke from that step's value up
     to ``peak`` marks each step where ``spikes`` (T,) is 1, the way Brian2's
-    examples draw spikes.
+    examples draw spikes. Step k is drawn at ``start_ms + k·dt``.
     """
     v = np.asarray(potential, np.float64).reshape(-1)
-    t = np.arange(len(v)) * dt
+    t = start_ms + np.arange(len(v)) * dt
     fig, ax = _axes(ax, (7, 2.5))
     (line,) = ax.plot(t, v, lw=1, label=label, color=color)
     if spikes is not None:

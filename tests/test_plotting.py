@@ -34,6 +34,8 @@ def test_voltage_trace_draws_v_and_one_stroke_per_spike():
     assert all(seg[1, 1] == 20.0 for seg in segments)
     with pytest.raises(ValueError, match="must match"):
         plotting.voltage_trace(v, s[:3])
+    _, ax = plotting.voltage_trace(v, s, dt=0.5, start_ms=100.0)
+    assert ax.lines[0].get_xdata()[0] == 100.0
 
 
 def test_voltage_trace_draws_on_given_axes():
