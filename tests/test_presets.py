@@ -44,7 +44,6 @@ def ours32():
 def brian_steps():
     """Brian2 (numpy target, float64, method='euler'), papers' parameterisation."""
     b2.prefs.codegen.target = "numpy"
-    b2.prefs.logging.file_log = False
     eqs = """
     dv/dt = (-g_L*(v - E_L) + g_L*D_T*exp((v - V_T)/D_T) - w + I)/C : volt
     dw/dt = (a*(v - E_L) - w)/tau_w : amp
