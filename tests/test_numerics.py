@@ -6,9 +6,11 @@ and float16, all four somas. Forward values, spikes and gradients with
 respect to the input must stay finite, and so must the parameter gradients
 wherever the parameters are not float16 (SPEC: float16 parameter gradients
 may exceed the format; the float16 somas here keep ``param_dtype=float32``).
-The extreme runs step eagerly (``soma(current)`` under ``jax.grad``), so all
-36 configurations share compiled primitives; one compiled ``simulate`` per
-dtype checks the scanned path too.
+The somas use a set as steep as Naud et al.'s, (V_th − V_T)/Δ_T = 25, where
+e^25 ≈ 7·10^10 would overflow float16 arithmetic. The extreme runs step
+eagerly (``soma(current)`` under ``nnx.grad``), so all 36 configurations
+share compiled primitives; one compiled ``simulate`` per dtype checks the
+scanned path too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ MODELS = list(ss.SOMAS)
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 STEPS = 6
 
+# Naud et al. (2008) "adaptation" with the cut-off at 0 mV: (V_th − V_T)/Δ_T = 25.
+STEEP = dict(potential_rest=-70.0, potential_reset=-58.0, potential_tau=200.0 / 12.0,
+             resistance=1.0 / 12.0, threshold=0.0, rheobase_threshold=-50.0, spike_slope=2.0,
+             cooldown=2.0, adaptation_tau=300.0, adaptation_delta=60.0,
+             adaptation_subthreshold=2.0, threshold_tau=50.0, threshold_delta=2.0)
+
 
 def extreme_currents(dtype, magnitude: float | None = None) -> jax.Array:
     """(STEPS, 6) currents in ``dtype``: +I, −I, alternating ±I, +I then 0,
@@ -39,9 +47,11 @@ def extreme_currents(dtype, magnitude: float | None = None) -> jax.Array:
 
 
 def make(model: str, dtype, dt: float):
+    """A soma of the STEEP set, every field trained (float32 parameters for float16)."""
     param_dtype = jnp.float32 if dtype == jnp.float16 else dtype
     fields = tuple(f.name for f in ss.SOMAS[model].config_class.quantity_fields())
-    return ss.SOMAS[model](units=6, dt=dt, dtype=dtype, param_dtype=param_dtype, trainable=fields)
+    return ss.SOMAS[model](units=6, dt=dt, dtype=dtype, param_dtype=param_dtype, trainable=fields,
+                           **{n: STEEP[n] for n in fields})
 
 
 def run_and_grad(soma, currents):
@@ -103,7 +113,7 @@ def test_largest_finite_input_stays_finite(model, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_compiled_simulate_stays_finite(dtype):
-    soma = make("adex", dtype, 1.0)
+    soma = ss.AdaptiveExponentialSoma(units=6, dt=1.0, dtype=dtype)  # the default set
     currents = extreme_currents(dtype)
 
     def loss(soma, currents):
@@ -113,13 +123,6 @@ def test_compiled_simulate_stays_finite(dtype):
     grad_input, out = nnx.grad(loss, argnums=1, has_aux=True)(soma, currents)
     assert_finite((out.spikes, out.potential, grad_input), "simulate")
     assert out.potential.dtype == dtype
-
-
-# Naud et al. (2008) "adaptation" with the cut-off at 0 mV: (V_th − V_T)/Δ_T = 25.
-STEEP = dict(potential_rest=-70.0, potential_reset=-58.0, potential_tau=200.0 / 12.0,
-             resistance=1.0 / 12.0, threshold=0.0, rheobase_threshold=-50.0, spike_slope=2.0,
-             cooldown=2.0, adaptation_tau=300.0, adaptation_delta=60.0,
-             adaptation_subthreshold=2.0, threshold_tau=50.0, threshold_delta=2.0)
 
 
 def steep(model: str, units: int, dtype) -> ss.ExponentialSoma:
