@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(BIN)/spark-somas demo
+	$(BIN)/spark-somas train --out out
 
 test: install-test
 	$(BIN)/python -m pytest -n 2 --dist loadfile

@@ -57,6 +57,7 @@ import optax
 from flax import nnx
 
 import spark_somas as ss
+from spark_somas import checkpointing
 from spark_somas.datasets import Dataset
 from spark_somas.somas import ExponentialSoma
 
@@ -71,6 +72,9 @@ __all__ = [
     "SpikingNetwork",
     "NetworkOutput",
     "leaky_integrate",
+    "network_from_spec",
+    "RECIPES",
+    "record",
     "READOUTS",
     "spike_count",
     "max_potential",
@@ -214,9 +218,10 @@ def rheobase_current(soma: ExponentialSoma) -> float:
 
 def _soma_class(soma: str | type[ExponentialSoma]) -> type[ExponentialSoma]:
     if isinstance(soma, str):
-        if soma not in ss.SOMAS:
+        by_class_name = {c.__name__: c for c in ss.SOMAS.values()}
+        if soma not in ss.SOMAS and soma not in by_class_name:
             raise ValueError(f"soma = {soma!r} violates the rule: one of {sorted(ss.SOMAS)}")
-        return ss.SOMAS[soma]
+        return ss.SOMAS.get(soma) or by_class_name[soma]
     if isinstance(soma, type) and issubclass(soma, ExponentialSoma):
         return soma
     raise ValueError(f"soma = {soma!r} violates the rule: a name in ss.SOMAS or a soma class")
@@ -341,6 +346,13 @@ class SpikingNetwork(nnx.Module):
         else:
             trainable = tuple(trainable_neurons)
         kwargs = dict(soma_kwargs or {}, dt=dt, trainable=trainable)
+        self.spec = {  # how to rebuild this architecture (checkpoint metadata)
+            "in_features": in_features, "hidden": hidden, "n_classes": n_classes,
+            "soma": cls.__name__, "dt": dt, "recurrent": recurrent, "output": output,
+            "readout": readout, "readout_tau": readout_tau, "trainable_neurons": list(trainable),
+            "input_gain": input_gain, "synapse_tau": synapse_tau,
+            "soma_kwargs": _jsonable_kwargs(soma_kwargs or {}),
+        }
         self.dt = float(dt)
         self.readout = readout
         self.readout_decay = float(np.exp(-dt / readout_tau))
@@ -407,6 +419,28 @@ class SpikingNetwork(nnx.Module):
         fn, trace = READOUTS[self.readout]
         logits = fn(out_spikes if trace == "spikes" else potential)
         return NetworkOutput(logits, spikes, potential, out_spikes)
+
+
+def _jsonable_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Soma kwargs as JSON: a config becomes its ``to_dict()`` (scalar fields only)."""
+    out = dict(kwargs)
+    if out.get("config") is not None:
+        out["config"] = out["config"].to_dict()
+    return out
+
+
+def network_from_spec(spec: Mapping[str, Any], rngs: nnx.Rngs | None = None) -> SpikingNetwork:
+    """A fresh :class:`SpikingNetwork` of the architecture ``net.spec`` describes."""
+    spec = dict(spec)
+    kwargs = dict(spec.pop("soma_kwargs"))
+    cls = _soma_class(spec["soma"])
+    if kwargs.get("config") is not None:
+        kwargs["config"] = cls.config_class.from_dict(kwargs["config"])
+    return SpikingNetwork(**spec, soma_kwargs=kwargs, rngs=rngs or nnx.Rngs(0))
+
+
+checkpointing.register_model("SpikingNetwork", SpikingNetwork, spec=lambda net: net.spec,
+                             build=network_from_spec)
 
 
 # --------------------------------------------------------------------------- losses
@@ -570,6 +604,14 @@ def eval_step(model: SpikingNetwork, x: Array, labels: Array, mask: Array, key: 
     }
 
 
+@nnx.jit(static_argnames=("encoder",))
+def record(model: SpikingNetwork, x: Array, key: Array, *, encoder: Encoder) -> NetworkOutput:
+    """The forward pass on a batch (logits and every trace); somas end at rest."""
+    out = model(encoder(x, key))
+    model.reset()
+    return out
+
+
 def evaluate(model: SpikingNetwork, x: np.ndarray, labels: np.ndarray, *, encoder: Encoder,
              objective: Objective = Objective(), key: Array | None = None,
              batch_size: int = 512) -> dict[str, float]:
@@ -594,6 +636,16 @@ def evaluate(model: SpikingNetwork, x: np.ndarray, labels: np.ndarray, *, encode
 
 
 # --------------------------------------------------------------------------- fit
+
+#: Per-task settings of the benchmarked recipe (benchmarks/TRAINING.md): the
+#: encoder kind, time steps T (dt = 1 ms), and the network's input gain and
+#: synapse. Digits: constant input currents, no synapse. Randman: one-step
+#: input spikes, which need the charge of a 5 ms synapse and gain 3.
+RECIPES: dict[str, dict[str, Any]] = {
+    "digits": {"encoder": "current", "steps": 25, "input_gain": 1.0, "synapse_tau": None},
+    "randman": {"encoder": "spikes", "steps": 50, "input_gain": 3.0, "synapse_tau": 5.0},
+}
+
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -694,27 +746,24 @@ def fit(
 def plot_training(history: Mapping[str, Sequence[float]], raster: np.ndarray | None = None, *,
                   dt: float = 1.0, title: str = ""):
     """A matplotlib Figure: loss and accuracy per epoch (train and test) and,
-    given ``raster`` (T, N) 0/1 of one sample, its spike raster."""
+    given ``raster`` (T, N) 0/1 of one sample, its hidden spike raster."""
     import matplotlib.pyplot as plt
+
+    from spark_somas import plotting
 
     panels = 3 if raster is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), layout="constrained")
-    epochs = history["epoch"]
     for ax, what in zip(axes, ("loss", "accuracy")):
-        ax.plot(epochs, history[f"train_{what}"], "o-", ms=3, label="train")
-        ax.plot(epochs, history[f"test_{what}"], "s-", ms=3, label="test")
+        ax.plot(history["epoch"], history[f"train_{what}"], "o-", ms=3, label="train")
+        ax.plot(history["epoch"], history[f"test_{what}"], "s-", ms=3, label="test")
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
         ax.legend()
     if raster is not None:
-        t, n = np.nonzero(np.asarray(raster))
-        axes[2].scatter(t * dt, n, s=3, marker="|", color="k")
-        axes[2].set_xlim(0, raster.shape[0] * dt)
-        axes[2].set_ylim(-0.5, raster.shape[1] - 0.5)
-        axes[2].set_xlabel("time (ms)")
+        plotting.raster(raster, dt=dt, ax=axes[2])
         axes[2].set_ylabel("hidden neuron")
-        axes[2].set_title("spike raster, one test sample")
+        axes[2].set_title("one test sample")
     if title:
         fig.suptitle(title)
     return fig

@@ -1,0 +1,243 @@
+"""The ``spark-somas`` command line.
+
+Subcommands (one ``add_<name>_parser`` / ``cmd_<name>`` pair each; register a
+new one in :data:`SUBCOMMANDS`):
+
+* ``spark-somas train`` — trains :class:`~spark_somas.training.SpikingNetwork`
+  on digits or Randman, prints progress, the final test accuracy and the
+  firing rates, and writes ``<out>/train_<task>_<soma>.png`` (loss and
+  accuracy curves, spike raster of one test sample) and ``.json`` (history
+  and settings). ``make demo`` runs it with its defaults: AdEx on digits.
+* ``spark-somas simulate`` — each of the four default somas under a step
+  current: spike counts, firing rates and ``<out>/simulate.png`` (voltage traces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+
+__all__ = ["main", "build_parser", "SUBCOMMANDS"]
+
+
+def _positive(kind: type) -> Callable[[str], float | int]:
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} violates the rule: > 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# --------------------------------------------------------------------------- train
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from spark_somas import SOMAS
+    from spark_somas.datasets import TASKS
+    from spark_somas.training import RECIPES
+
+    p = sub.add_parser(
+        "train", help="train a spiking network on digits or Randman",
+        description="Train input Linear -> soma layer -> Linear -> leaky readout with BPTT "
+                    "through surrogate spikes (Adam, cosine-decayed learning rate). "
+                    f"Per-task recipe (encoder, steps, input gain, synapse): {RECIPES}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--soma", choices=sorted(SOMAS), default="adex", help="hidden soma model")
+    p.add_argument("--task", choices=sorted(TASKS), default="digits")
+    p.add_argument("--epochs", type=_positive(int), default=30)
+    p.add_argument("--batch-size", type=_positive(int), default=64)
+    p.add_argument("--lr", type=_positive(float), default=5e-3,
+                   help="peak Adam learning rate (cosine decay to 0)")
+    p.add_argument("--hidden", type=_positive(int), default=256, help="hidden somas")
+    p.add_argument("--steps", type=_positive(int), default=None,
+                   help="time steps of dt = 1 ms (default: the task's recipe)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, data order, noise")
+    p.add_argument("--data-seed", type=int, default=0, help="train/test split, Randman manifolds")
+    p.add_argument("--encoder", choices=("current", "poisson", "latency"), default=None,
+                   help="input code for digits (default: the recipe's)")
+    p.add_argument("--recurrent", action="store_true", help="recurrent hidden layer")
+    p.add_argument("--trainable-neurons", action=argparse.BooleanOptionalAction, default=False,
+                   help="train per-neuron tau_m, threshold (and a, b, tau_w / theta tau, delta), "
+                        "projected into their config rules after each step")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="save model, optimizer and history after every epoch (Orbax)")
+    p.add_argument("--limit", type=_positive(int), default=None,
+                   help="use only the first N train and N test samples")
+    p.add_argument("--out", default="out", help="directory for the PNG and JSON")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="tqdm progress bar")
+    return p
+
+
+def _percent(x: float) -> str:
+    return f"{100.0 * x:.2f}%"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    import jax
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from spark_somas import datasets, training
+
+    recipe = dict(training.RECIPES[args.task])
+    steps = args.steps or recipe["steps"]
+    data_kwargs = {"seed": args.data_seed} | ({"n_steps": steps} if args.task == "randman" else {})
+    data = datasets.load_task(args.task, **data_kwargs).limit(args.limit)
+    kind = "spikes" if data.encoding == "spikes" else (args.encoder or recipe["encoder"])
+    if data.encoding == "spikes" and args.encoder not in (None, "spikes"):
+        raise SystemExit(f"--encoder {args.encoder} violates the rule: {args.task} is spike data")
+    encoder = training.Encoder(kind, steps)
+    model = training.SpikingNetwork(
+        data.n_features, args.hidden, data.n_classes, soma=args.soma, recurrent=args.recurrent,
+        trainable_neurons=args.trainable_neurons, input_gain=recipe["input_gain"],
+        synapse_tau=recipe["synapse_tau"], rngs=nnx.Rngs(args.seed),
+    )
+    batch = min(args.batch_size, len(data.x_train))
+    total = args.epochs * (len(data.x_train) // batch)
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adam(optax.cosine_decay_schedule(args.lr, total)))
+    optimizer = training.make_optimizer(model, tx=tx)
+    settings = {k: v for k, v in vars(args).items() if k != "func"} | {
+        "steps": steps, "encoder": kind, "dt_ms": model.dt, "input_gain": recipe["input_gain"],
+        "synapse_tau_ms": recipe["synapse_tau"], "current_scale_pA": model.hidden_scale}
+    print(f"spark-somas train: {data!r}\n  {settings}", flush=True)
+
+    on_epoch_end = checkpointer = None
+    if args.checkpoint_dir:
+        from spark_somas.checkpointing import Checkpointer
+
+        checkpointer = Checkpointer(args.checkpoint_dir)
+
+        def on_epoch_end(epoch, model, optimizer, history):
+            checkpointer.save(epoch + 1, model, optimizer,
+                              metrics={k: history[k][-1] for k in ("test_accuracy", "test_loss")},
+                              extra={"history": history, "settings": settings})
+    try:
+        history = training.fit(model, optimizer, data, encoder=encoder, epochs=args.epochs,
+                               batch_size=batch, seed=args.seed, on_epoch_end=on_epoch_end,
+                               progress=args.progress)
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+    wall = time.perf_counter() - t0
+    losses = np.asarray(history["train_loss"] + history["test_loss"])
+    sample = training.record(model, data.x_test[:1], jax.random.key(args.seed), encoder=encoder)
+    raster = np.asarray(sample.hidden_spikes[:, 0])
+    acc = history["test_accuracy"][-1]
+    print(f"final test accuracy {_percent(acc)} ({round(acc * len(data.x_test))}/"
+          f"{len(data.x_test)}), train accuracy {_percent(history['train_accuracy'][-1])}")
+    print(f"hidden firing rate: train {history['train_rate_hz'][-1]:.1f} Hz, test "
+          f"{history['test_rate_hz'][-1]:.1f} Hz; test sample shown: {int(raster.sum())} spikes "
+          f"from {int((raster.sum(0) > 0).sum())}/{raster.shape[1]} neurons")
+    print(f"wall time {wall:.1f} s (compilation included); NaN in losses: "
+          f"{bool(np.isnan(losses).any())}")
+    if args.trainable_neurons:
+        for name, value in model.hidden.parameters().items():
+            if name in model.hidden.trainable:
+                v = np.asarray(value)
+                print(f"  trained {name}: mean {v.mean():.4g}, range [{v.min():.4g}, {v.max():.4g}]")
+
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"train_{args.task}_{args.soma}")
+    fig = training.plot_training(
+        history, raster, dt=model.dt,
+        title=f"{args.soma} on {args.task}: test accuracy {_percent(acc)}")
+    fig.savefig(stem + ".png", dpi=120)
+    with open(stem + ".json", "w") as f:
+        json.dump({"settings": settings, "history": history, "wall_seconds": wall}, f, indent=1)
+    print(f"wrote {stem}.png and {stem}.json")
+    return 0
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def add_simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "simulate", help="the four default somas under a step current",
+        description="Run each default soma (Brette & Gerstner 2005 cell) from rest under a "
+                    "current step and report spike counts and firing rates.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--current", type=float, default=800.0, help="step amplitude (pA)")
+    p.add_argument("--duration", type=_positive(float), default=300.0, help="run length (ms)")
+    p.add_argument("--onset", type=float, default=20.0, help="step onset (ms)")
+    p.add_argument("--dt", type=_positive(float), default=0.1, help="time step (ms)")
+    p.add_argument("--out", default="out", help="directory for simulate.png")
+    return p
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    import spark_somas as ss
+    from spark_somas import plotting
+
+    steps = int(round(args.duration / args.dt))
+    t = np.arange(steps) * args.dt
+    current = np.where(t >= args.onset, args.current, 0.0).astype(np.float32)[:, None]
+    on_ms = max(args.duration - max(args.onset, 0.0), 0.0)
+    fig, axes = plt.subplots(len(ss.SOMAS), 1, figsize=(8, 1.9 * len(ss.SOMAS)), sharex=True,
+                             layout="constrained")
+    print(f"{args.current:g} pA step at {args.onset:g} ms, {args.duration:g} ms, dt = {args.dt:g} ms")
+    for ax, (name, cls) in zip(axes, ss.SOMAS.items()):
+        soma = cls(units=1, dt=args.dt)
+        rec = ss.simulate(soma, current)
+        spikes = np.asarray(rec.spikes[:, 0])
+        count = int(spikes.sum())
+        rate = 1000.0 * count / on_ms if on_ms else 0.0
+        print(f"  {name:<11} {cls.__name__:<36} {count:4d} spikes  {rate:7.1f} Hz")
+        plotting.voltage_trace(rec.potential[:, 0], spikes, dt=args.dt, ax=ax, label=name)
+        ax.set_title(f"{cls.__name__}: {count} spikes, {rate:.1f} Hz", fontsize=9)
+        ax.set_xlabel("")
+    axes[-1].set_xlabel("time (ms)")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "simulate.png")
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+#: name -> (add its parser, run it). Add a subcommand by adding an entry.
+SUBCOMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
+    "train": (add_train_parser, cmd_train),
+    "simulate": (add_simulate_parser, cmd_simulate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spark-somas",
+        description="Exponential integrate-and-fire somas (Flax NNX): simulate and train.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add, run in SUBCOMMANDS.values():
+        add(sub).set_defaults(func=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``spark-somas`` with ``argv`` (default: the process arguments)."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
