@@ -8,21 +8,27 @@ Usage: python tests/_sharding_worker.py TMPDIR
 
 from __future__ import annotations
 
+import functools
 import json
+import pathlib
 import sys
+import tempfile
+import time
 import traceback
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import spark_somas as ss
-from spark_somas import sharding
+from spark_somas import checkpointing, sharding, training
 
 T, B, N = 60, 8, 16
 CHECKS = {}
+TMPDIR = pathlib.Path(tempfile.gettempdir())  # main() sets the caller's
 
 
 def check(fn):
@@ -43,43 +49,80 @@ def currents():
 
 
 def simulate_twice(soma, drive):
-    """Two consecutive runs: the second starts from the state the first left."""
+    """Two consecutive runs: the second starts from the state the first left
+    (the first call also broadcasts an unbatched state to the batch)."""
     return [ss.simulate(soma, drive[: T // 2]), ss.simulate(soma, drive[T // 2:])]
+
+
+@functools.cache
+def references():
+    """Per soma name: the one-device run (two halves) and its final state."""
+    out = {}
+    for name, cls in ss.SOMAS.items():
+        soma = make_soma(cls)
+        out[name] = simulate_twice(soma, currents()), soma.neuron_state()
+        assert float(out[name][0][0].spikes.sum()) > 0, f"{name}: no spikes, a vacuous check"
+        assert out[name][0][0].potential.sharding.num_devices == 1
+    return out
+
+
+def assert_matches_and_stays_sharded(runs, soma, mesh, spec, where):
+    """Bitwise the one-device run; outputs and final state laid out as ``spec``."""
+    chex.assert_trees_all_equal((runs, soma.neuron_state()), references()[where.split("/")[0]],
+                                custom_message=where)
+    for out in runs:
+        for field in ("spikes", "potential"):
+            got = getattr(out, field).sharding
+            assert got.is_equivalent_to(NamedSharding(mesh, spec), 3), f"{where}: {field} {got}"
+    for state_name, value in soma.neuron_state().items():
+        assert value.sharding.is_equivalent_to(NamedSharding(mesh, P(*spec[1:])), 2), \
+            f"{where}: state {state_name} left as {value.sharding}"
 
 
 @check
 def simulation_matches_one_device():
-    """Batch-, neuron- and 2-D-sharded runs of all four somas equal the
-    one-device run bitwise, stay sharded and compile without collectives."""
-    drive = currents()
-    layouts = {"batch": ((8, 1), P(None, "data", None)),
-               "neurons": ((1, 8), P(None, None, "neurons")),
-               "both": ((4, 2), P(None, "data", "neurons"))}
+    """Batch- and neuron-sharded runs of all four somas equal the one-device
+    run bitwise, stay sharded and compile without collectives."""
+    for layout, ((data, neurons), spec) in {"batch": ((8, 1), P(None, "data", None)),
+                                            "neurons": ((1, 8), P(None, None, "neurons"))}.items():
+        mesh = sharding.make_mesh(data, neurons)
+        drive = sharding.shard_currents(currents(), mesh)
+        somas = {name: sharding.shard_soma(make_soma(cls), mesh, batch_shape=(B,))
+                 for name, cls in ss.SOMAS.items()}
+        for name, soma in somas.items():
+            runs = simulate_twice(soma, drive)
+            assert_matches_and_stays_sharded(runs, soma, mesh, spec, f"{name}/{layout}")
+        found = sharding.collectives(
+            lambda *args: [ss.simulate(soma, args[-1]) for soma in args[:-1]], *somas.values(), drive)
+        assert not found, f"{layout}: the compiled time loops communicate: {dict(found)}"
+
+
+@check
+def shard_map_blocks_match_one_device():
+    """simulate_sharded (one simulate per device block, batch × neurons) equals
+    the one-device run bitwise for all four somas and for the fused kernels,
+    without collectives."""
+    mesh = sharding.make_mesh(4, 2)
+    drive = sharding.shard_currents(currents(), mesh)
     for name, cls in ss.SOMAS.items():
-        reference_soma = make_soma(cls)
-        reference = simulate_twice(reference_soma, drive)
-        assert float(reference[0].spikes.sum()) > 0, f"{name}: no spikes, the check would be vacuous"
-        assert reference[0].potential.sharding.num_devices == 1
-        for layout, ((data, neurons), spec) in layouts.items():
-            mesh = sharding.make_mesh(data, neurons)
-            soma = sharding.shard_soma(make_soma(cls), mesh, batch_shape=(B,))
-            sharded_drive = sharding.shard_currents(drive, mesh)
-            runs = simulate_twice(soma, sharded_drive)
-            where = f"{name}/{layout}"
-            chex.assert_trees_all_equal(runs, reference, custom_message=where)
-            chex.assert_trees_all_equal(soma.neuron_state(), reference_soma.neuron_state(),
-                                        custom_message=where)
-            expected = NamedSharding(mesh, spec)
-            for out in runs:
-                for field in ("spikes", "potential"):
-                    got = getattr(out, field).sharding
-                    assert got.is_equivalent_to(expected, 3), f"{where}: {field} sharded as {got}"
-            state_sharding = NamedSharding(mesh, P(*spec[1:]))
-            for state_name, value in soma.neuron_state().items():
-                assert value.sharding.is_equivalent_to(state_sharding, 2), \
-                    f"{where}: state {state_name} left as {value.sharding}"
-            found = sharding.collectives(ss.simulate, soma, sharded_drive)
-            assert not found, f"{where}: the compiled time loop communicates: {dict(found)}"
+        soma = sharding.shard_soma(make_soma(cls), mesh, batch_shape=(B,))
+        runs = [sharding.simulate_sharded(soma, drive[: T // 2], mesh),
+                sharding.simulate_sharded(soma, drive[T // 2:], mesh)]
+        assert_matches_and_stays_sharded(runs, soma, mesh, P(None, "data", "neurons"),
+                                         f"{name}/shard_map")
+    found = sharding.collectives(lambda s, x: sharding.simulate_sharded(s, x, mesh), soma, drive)
+    assert not found, dict(found)
+    # The fused kernels (interpreted off a GPU), which the compiler cannot
+    # partition: one kernel per block, equal to the one-device kernel run.
+    reference = make_soma(ss.AdaptiveExponentialSoma)
+    want = ss.simulate(reference, currents(), backend="fused")
+    soma = sharding.shard_soma(make_soma(ss.AdaptiveExponentialSoma), mesh, batch_shape=(B,))
+    got = sharding.simulate_sharded(soma, drive, mesh, backend="fused")
+    chex.assert_trees_all_equal((got, soma.neuron_state()), (want, reference.neuron_state()))
+    assert got.spikes.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "data", "neurons")), 3)
+    found = sharding.collectives(
+        lambda s, x: sharding.simulate_sharded(s, x, mesh, backend="fused"), soma, drive)
+    assert not found, f"fused: {dict(found)}"
 
 
 @check
@@ -105,15 +148,138 @@ def collectives_sees_communication():
     assert found["all-reduce"] >= 1, dict(found)
 
 
+def network(place=lambda module: module):
+    """A small network with per-neuron trained thresholds and an input gain
+    that makes its hidden layer fire, and its optimizer, both passed to ``place``."""
+    model = training.SpikingNetwork(12, 16, 4, soma="expif", trainable_neurons=("threshold",),
+                                    input_gain=4.0, rngs=nnx.Rngs(0))
+    return place(model), place(training.make_optimizer(model, 1e-2))
+
+
+ENCODER, OBJECTIVE = training.Encoder("current", steps=10), training.Objective(rate_strength=0.1)
+
+
+def train(model, optimizer, place=lambda batch: batch, steps=range(3)):
+    """Train steps on fixed random batches of 16 (batch i from seed i); the metrics."""
+    metrics = []
+    for i in steps:
+        rng = np.random.default_rng(i)
+        x, y = place((rng.random((16, 12), np.float32), rng.integers(0, 4, 16)))
+        metrics.append(training.train_step(model, optimizer, x, y, jax.random.key(i),
+                                           encoder=ENCODER, objective=OBJECTIVE))
+    return metrics
+
+
+def trained_state(module):
+    return nnx.state(module, nnx.Param) if isinstance(module, nnx.Module) else nnx.state(module)
+
+
+def assert_float32_close(got, want, where):
+    """Equal up to float32 rounding: a data-parallel gradient all-reduce sums
+    per-device partial gradients in another order than one device does."""
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6, custom_message=where)
+
+
+@check
+def data_parallel_training_matches_one_device():
+    """The unchanged train step on a batch split over 8 devices, parameters
+    replicated: the same metrics, parameters and optimizer state as on one
+    device up to float32 rounding; parameters stay replicated; the compiled
+    step holds the gradient all-reduce and gathers nothing."""
+    model, optimizer = network()
+    reference = train(model, optimizer)
+    assert float(reference[0]["rate_hz"]) > 0, "silent hidden layer: a weak check"
+    mesh = sharding.make_mesh(8, 1)
+    on_mesh = lambda module: sharding.replicate(module, mesh)  # noqa: E731
+    sharded_model, sharded_optimizer = network(on_mesh)
+    metrics = train(sharded_model, sharded_optimizer, lambda batch: sharding.shard_batch(batch, mesh))
+    assert_float32_close(metrics, reference, "metrics")
+    assert_float32_close(nnx.state(sharded_model, nnx.Param), nnx.state(model, nnx.Param), "params")
+    assert_float32_close(nnx.state(sharded_optimizer), nnx.state(optimizer), "optimizer")
+    for leaf in jax.tree.leaves(nnx.state(sharded_model, nnx.Param)):
+        assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, P()), leaf.ndim), leaf.sharding
+    x, y = sharding.shard_batch((np.ones((16, 12), np.float32), np.zeros(16, np.int32)), mesh)
+    found = sharding.collectives(
+        lambda m, o, x, y: training.train_step(m, o, x, y, jax.random.key(0), encoder=ENCODER,
+                                               objective=OBJECTIVE),
+        sharded_model, sharded_optimizer, x, y)
+    assert found["all-reduce"] >= 1 and not found["all-gather"], dict(found)
+
+
+def restore_on(directory, place):
+    """A fresh network laid out by ``place``, restored from ``directory``."""
+    model, optimizer = network(place)
+    with checkpointing.Checkpointer(directory, read_only=True) as ckpt:
+        ckpt.restore(model, optimizer)
+    return model, optimizer
+
+
+@check
+def training_checkpoint_reshards():
+    """Network and Adam state saved from 8 devices restore bit for bit onto
+    2 devices (replicated there) and onto 1, and training continues there as
+    on the 8 devices, to float32 rounding."""
+    mesh8, mesh2 = sharding.make_mesh(8, 1), sharding.make_mesh(2, 1)
+    model, optimizer = network(lambda module: sharding.replicate(module, mesh8))
+    train(model, optimizer, lambda batch: sharding.shard_batch(batch, mesh8))
+    directory = TMPDIR / "network"
+    with checkpointing.Checkpointer(directory, async_save=False) as ckpt:
+        ckpt.save(3, model, optimizer)
+    saved = jax.device_get((nnx.state(model), nnx.state(optimizer)))
+    continued = train(model, optimizer, lambda batch: sharding.shard_batch(batch, mesh8), range(3, 5))
+    for name, mesh in (("2 devices", mesh2), ("1 device", None)):
+        place = (lambda module: sharding.replicate(module, mesh)) if mesh else (lambda module: module)
+        restored = restore_on(directory, place)
+        chex.assert_trees_all_equal(jax.device_get(tuple(map(nnx.state, restored))), saved,
+                                    custom_message=name)
+        devices = {d for leaf in jax.tree.leaves(nnx.state(restored[0]))
+                   for d in leaf.sharding.device_set}
+        assert devices == (set(mesh.devices.flat) if mesh else {jax.devices()[0]}), (name, devices)
+        batch = (lambda b: sharding.shard_batch(b, mesh)) if mesh else (lambda b: b)
+        assert_float32_close(train(*restored, batch, range(3, 5)), continued, name)
+
+
+@check
+def neuron_state_checkpoint_reshards():
+    """A soma's state mid-run, split over batch × neurons on 8 devices, saved
+    and restored onto 2 devices (one layout per axis) and onto 1: the rest of
+    the run is bitwise the run that never stopped, on the new layout."""
+    drive = currents()
+    make = lambda: make_soma(ss.SimplifiedAdaptiveExponentialSoma)  # noqa: E731
+    mesh8 = sharding.make_mesh(4, 2)
+    soma = sharding.shard_soma(make(), mesh8, batch_shape=(B,))
+    ss.simulate(soma, sharding.shard_currents(drive[: T // 2], mesh8))
+    directory = TMPDIR / "soma"
+    with checkpointing.Checkpointer(directory, async_save=False) as ckpt:
+        ckpt.save(T // 2, soma)
+    rest = ss.simulate(soma, sharding.shard_currents(drive[T // 2:], mesh8))
+    for data, neurons in ((2, 1), (1, 2), (1, 1)):
+        mesh = sharding.make_mesh(data, neurons)
+        restored = sharding.shard_soma(make(), mesh, batch_shape=(B,))
+        with checkpointing.Checkpointer(directory, read_only=True) as ckpt:
+            ckpt.restore(restored)
+        spec = P("data" if data > 1 else None, "neurons" if neurons > 1 else None)
+        for value in restored.neuron_state().values():
+            assert value.sharding.is_equivalent_to(NamedSharding(mesh, spec), 2), value.sharding
+        out = ss.simulate(restored, sharding.shard_currents(drive[T // 2:], mesh))
+        chex.assert_trees_all_equal((out, restored.neuron_state()), (rest, soma.neuron_state()),
+                                    custom_message=f"restored on {data}×{neurons}")
+
+
 def main(tmpdir: str) -> None:
+    global TMPDIR
+    TMPDIR = pathlib.Path(tmpdir)
     assert jax.device_count() == 8, f"needs 8 devices, has {jax.devices()}"
     results = {}
     for name, fn in CHECKS.items():
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             fn()
             results[name] = "ok"
         except Exception:  # reported per check, so one failure does not hide the others
             results[name] = traceback.format_exc()
+        print(f"{name}: {time.perf_counter() - start:.1f} s wall, {time.process_time() - cpu:.1f} s CPU",
+              file=sys.stderr)
     print(json.dumps(results))
 
 

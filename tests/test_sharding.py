@@ -18,8 +18,12 @@ from spark_somas import sharding
 WORKER = pathlib.Path(__file__).with_name("_sharding_worker.py")
 CHECKS = [
     "simulation_matches_one_device",
+    "shard_map_blocks_match_one_device",
     "remat_keeps_sharding",
     "collectives_sees_communication",
+    "data_parallel_training_matches_one_device",
+    "training_checkpoint_reshards",
+    "neuron_state_checkpoint_reshards",
 ]
 MESH = AbstractMesh((4, 2), (sharding.DATA, sharding.NEURONS))
 
