@@ -14,25 +14,25 @@ with C (pF), g_L (nS), a (nS), b (pA), τ_w (ms), potentials (mV), I (pA).
 Dividing by g_L gives the package's form (SPEC): τ_m = C/g_L (ms, since
 pF/nS = ms) and R = 1/g_L (GΩ), so that R·I and R·w are in mV.
 
-**Which numbers.** The eight rows are Table 1 as reproduced in Brian2's
-example ``examples/frompapers/Naud_et_al_2008_adex_firing_patterns.py``
-(Schmitt & Billaudelle 2022, values checked against the paper's Fig. 4 by
-P. Müller). ANNarchy's reproduction agrees on rows a–e and h but not on f
-(delayed regular bursting: 200 pF, 12 nS, -70 mV, a = -6 nS, 300 ms, b = 0,
-V_r = -58 mV, 110 pA) and g (transient: a = -10 nS, b = 30 pA, 350 pA); run
-here, those give no spike in 1 s and sustained firing at about 160 Hz, so we
-keep Brian2's rows, which show the named patterns (tests/test_presets.py
-checks all nine).
+**Which numbers.** The eight rows are Table 1 as Brian2's example
+``examples/frompapers/Naud_et_al_2008_adex_firing_patterns.py`` (Schmitt &
+Billaudelle 2022) gives them, with the values P. Müller adapted so that the
+simulations match the paper's Fig. 4. ANNarchy's reproduction agrees on rows
+a–e and h but not on f (delayed regular bursting: 200 pF, 12 nS, -70 mV, a =
+-6 nS, 300 ms, b = 0, V_r = -58 mV, 110 pA) and g (transient: a = -10 nS, b
+= 30 pA, 350 pA); run here, those give no spike in 1 s and sustained firing
+at about 160 Hz, so we keep Brian2's rows, which show the named patterns
+(tests/test_presets.py checks all nine).
 
-**Spike cut-off.** Table 1 has no cut-off: the paper's analysis treats a
-spike as the divergence of V in finite time. We cut at V_th = 0 mV for the
-Naud et al. sets, as Brian2's reproduction does: there the exponential
-term is e^{25} times Δ_T, so the time left to the divergence, and the w
-accumulated in it, is negligible, and V_th > V_T holds by 50 mV. A lower
-cut-off changes the dynamics measurably: at V_T + 5Δ_T the irregular set
-falls into a cycle of five ISIs within 600 ms. The Brette–Gerstner set keeps
-V_T + 5Δ_T = -40.4 mV, the cut-off of Brian2's example of that paper and the
-package's default config.
+**Spike cut-off.** The cut-off is a numerical choice, not one of the model's
+parameters: the paper's analysis treats a spike as the divergence of V in
+finite time. We cut at V_th = 0 mV for the Naud et al. sets, as Brian2's
+reproduction does: there the exponential term is e^{25} times Δ_T, so the
+time left to the divergence, and the w accumulated in it, is negligible, and
+V_th > V_T holds by 50 mV. A lower cut-off changes the dynamics measurably:
+at V_T + 5Δ_T the irregular set falls into a cycle of five ISIs within 600
+ms. The Brette–Gerstner set keeps V_T + 5Δ_T = -40.4 mV, the cut-off of
+Brian2's example of that paper and the package's default config.
 
 Every preset starts at rest (V = E_L, w = 0) with its step current switched
 on at t = 0, the protocol of Naud et al.'s Fig. 4 and of Brian2's example.
@@ -133,8 +133,8 @@ def _naud(name: str, pattern: str, figure: str, duration_ms: float, *, C, g_L, E
                      V_r=V_r, I=I)
     config = adex_config(C=C, g_L=g_L, E_L=E_L, V_T=V_T, Delta_T=Delta_T, a=a, tau_w=tau_w, b=b,
                          V_r=V_r, V_th=NAUD_CUTOFF_MV)
-    return Preset(name, pattern, config, float(I), duration_ms, f"{NAUD_2008}, Fig. {figure}",
-                  published)
+    source = f"{NAUD_2008}, Fig. {figure} (values of Brian2's reproduction, see module docstring)"
+    return Preset(name, pattern, config, float(I), duration_ms, source, published)
 
 
 _TABLE = (
