@@ -264,7 +264,11 @@ class ExponentialSomaConfig:
             _same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)
         )
 
-    __hash__ = object.__hash__
+    def __hash__(self) -> int:
+        # Consistent with __eq__: a soma keeps its config as static graph
+        # data, so equal configs must hash alike for jit caches to hit.
+        return hash((type(self),) + tuple(_hashable(getattr(self, f.name))
+                                          for f in dataclasses.fields(self)))
 
     def rows(self) -> list[tuple[str, str, str, str, str]]:
         """(field, symbol, value, units, meaning) for each numeric field."""
@@ -343,6 +347,13 @@ def _same(a: Any, b: Any) -> bool:
     if is_initializer(a) or is_initializer(b) or isinstance(a, (bool, surrogates_lib.Surrogate)):
         return a == b
     return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def _hashable(value: Any) -> Any:
+    if is_initializer(value) or isinstance(value, (bool, float, surrogates_lib.Surrogate)):
+        return value
+    arr = np.asarray(value, dtype=np.float64)
+    return arr.shape, arr.tobytes()
 
 
 def format_value(value: Any) -> str:
