@@ -217,7 +217,9 @@ class ExponentialSoma(nnx.Module):
         self.config = config
 
         values = {n: self._materialize(n, getattr(config, n), n in trainable, rngs) for n in fields}
-        if config.validated:
+        # Under a trace (a soma built inside jit) drawn values cannot be read;
+        # the config's own values were checked when it was built.
+        if config.validated and not any(isinstance(v, jax.core.Tracer) for v in values.values()):
             config.validate({n: np.asarray(v, np.float64) for n, v in values.items()})
         for n, v in values.items():
             meta = {"units": config.field_info(n)["units"]}

@@ -216,3 +216,18 @@ def test_repr_shows_units_and_trained_fields():
                      "adaptation_subthreshold=4 nS", "threshold=-40.4 mV"):
         assert fragment in text, text
     assert "<table>" in soma._repr_html_() and "GΩ" in soma._repr_html_()
+
+
+def test_soma_with_an_initializer_builds_inside_jit():
+    """Drawn values are tracers under jit: construction must not read them."""
+
+    def draw_tau(key, shape, dtype):
+        return 5.0 + jax.random.uniform(key, shape, dtype)
+
+    @jax.jit
+    def first_potential(current):
+        soma = ss.AdaptiveExponentialSoma(units=3, potential_tau=draw_tau, rngs=nnx.Rngs(0))
+        return soma(current).potential
+
+    eager = ss.AdaptiveExponentialSoma(units=3, potential_tau=draw_tau, rngs=nnx.Rngs(0))
+    chex.assert_trees_all_close(first_potential(jnp.full(3, 800.0)), eager(jnp.full(3, 800.0)).potential)
