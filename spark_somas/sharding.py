@@ -138,7 +138,7 @@ def partition_spec(
     return PartitionSpec(*spec)
 
 
-def _place_module(module: nnx.Module, place: Callable[[str, jax.Array], jax.Array]) -> None:
+def _place_module(module: nnx.Pytree, place: Callable[[str, jax.Array], jax.Array]) -> None:
     state = nnx.state(module)
     placed = jax.tree_util.tree_map_with_path(
         lambda path, x: place(jax.tree_util.keystr(path, simple=True, separator="."), x), state)
@@ -270,10 +270,11 @@ def shard_batch(batch: T, mesh: Mesh, *, axis: Axis = DATA, dim: int = 0) -> T:
 
 
 def replicate(tree: T, mesh: Mesh) -> T:
-    """Copies every array of a pytree, or of an ``nnx.Module`` (in place), to
-    every device of ``mesh``: the parameter layout of data parallelism."""
+    """Copies every array of a pytree, or of an NNX object (an ``nnx.Module``,
+    an ``nnx.Optimizer``: in place), to every device of ``mesh``: the
+    parameter layout of data parallelism. Returns what it was given."""
     everywhere = NamedSharding(mesh, PartitionSpec())
-    if isinstance(tree, nnx.Module):
+    if isinstance(tree, nnx.Pytree):
         _place_module(tree, lambda _, x: jax.device_put(x, everywhere))
         return tree
     return jax.device_put(tree, everywhere)

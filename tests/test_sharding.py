@@ -9,7 +9,9 @@ import subprocess
 import sys
 
 import jax
+import optax
 import pytest
+from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 import spark_somas as ss
@@ -83,3 +85,12 @@ def test_shard_soma_broadcasts_state_to_the_batch():
     soma = sharding.shard_soma(ss.RefractoryExponentialSoma(units=4), mesh, batch_shape=(3,))
     assert soma.potential[...].shape == soma.refractory[...].shape == (3, 4)
     assert soma.potential[...].sharding.mesh == mesh
+
+
+def test_replicate_places_an_optimizer_in_place():
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    assert sharding.replicate(optimizer, mesh) is optimizer
+    for leaf in jax.tree.leaves(nnx.state(optimizer)):
+        assert leaf.sharding.mesh == mesh, leaf.sharding
