@@ -50,10 +50,16 @@ and writes the current's cotangent (T·M). AdEx, float32, K = 1: 8 bytes per
 neuron per step, as much as the spikes and potential it records.
 
 **Backends.** On a GPU the kernels compile through Pallas' Triton lowering;
-elsewhere they run with ``interpret=True`` (correct, slow: for tests).
-:func:`resolve_backend` implements ``simulate(..., backend="auto")``: fused
-on GPU, scan on CPU/TPU, where the scan is already at the hardware floor
-(``benchmarks/README.md``).
+elsewhere they run with ``interpret=True`` (the kernel body as XLA loops:
+correct, not fast). :func:`resolve_backend` implements
+``simulate(..., backend="auto")``: fused on GPU, scan on CPU/TPU, where the
+scan is already at the hardware floor (``benchmarks/README.md``).
+
+**Limits.** Reverse mode only (``jax.custom_vjp``): ``jax.jvp`` through the
+fused path is not defined; ``vmap`` and ``jit`` compose. The GPU path has
+been checked to lower to Triton IR for CUDA (tests/test_fused.py), not yet
+compiled or timed on a GPU: :func:`block_size` and ``num_warps`` are
+untuned first guesses.
 """
 
 from __future__ import annotations
