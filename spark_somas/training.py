@@ -57,7 +57,7 @@ import optax
 from flax import nnx
 
 import spark_somas as ss
-from spark_somas import checkpointing
+from spark_somas import checkpointing, sharding
 from spark_somas.datasets import Dataset
 from spark_somas.somas import ExponentialSoma
 
@@ -614,12 +614,15 @@ def record(model: SpikingNetwork, x: Array, key: Array, *, encoder: Encoder) -> 
 
 def evaluate(model: SpikingNetwork, x: np.ndarray, labels: np.ndarray, *, encoder: Encoder,
              objective: Objective = Objective(), key: Array | None = None,
-             batch_size: int = 512) -> dict[str, float]:
+             batch_size: int = 512, mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
     """Cross-entropy, accuracy and hidden mean rate (Hz) over a whole split,
-    in fixed-size padded batches (one compilation)."""
+    in fixed-size padded batches (one compilation). With a ``mesh``, each
+    batch (padded to a multiple of its ``"data"`` axis) is split over it."""
     n = len(x)
     key = jax.random.key(0) if key is None else key
     batch_size = min(batch_size, n)
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.shape[sharding.DATA]) * mesh.shape[sharding.DATA]
     totals = {"loss": 0.0, "correct": 0.0, "rate": 0.0}
     for start in range(0, n, batch_size):
         xb, yb = x[start:start + batch_size], labels[start:start + batch_size]
@@ -627,6 +630,8 @@ def evaluate(model: SpikingNetwork, x: np.ndarray, labels: np.ndarray, *, encode
         mask = np.concatenate([np.ones(len(xb), np.float32), np.zeros(pad, np.float32)])
         xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
         yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
+        if mesh is not None:
+            xb, yb, mask = sharding.shard_batch((xb, yb, mask), mesh)
         sums = eval_step(model, xb, yb, mask, jax.random.fold_in(key, start),
                          encoder=encoder, objective=objective)
         for k in totals:
@@ -677,6 +682,7 @@ def fit(
     history: Mapping[str, list] | None = None,
     on_epoch_end: Callable[[int, SpikingNetwork, nnx.Optimizer, dict], None] | None = None,
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, list]:
     """Trains for epochs ``start_epoch`` … ``epochs − 1``; returns the history.
 
@@ -697,6 +703,11 @@ def fit(
 
     A tqdm bar counts the training steps and shows loss, accuracy and the
     hidden mean rate.
+
+    With a ``mesh`` (:func:`spark_somas.sharding.make_mesh`) training is data
+    parallel: ``model`` and ``optimizer`` are replicated onto it and every
+    batch is split over its ``"data"`` axis (``batch_size`` must divide by
+    that axis' size); the compiler all-reduces the gradients.
     """
     from tqdm.auto import tqdm
 
@@ -704,6 +715,11 @@ def fit(
     batch_size = min(batch_size, n)
     per_epoch = n // batch_size
     history = {k: list(history.get(k, [])) if history else [] for k in HISTORY_KEYS}
+    place = lambda batch: batch  # noqa: E731
+    if mesh is not None:
+        sharding.replicate(model, mesh)
+        sharding.replicate(optimizer, mesh)
+        place = lambda batch: sharding.shard_batch(batch, mesh)  # noqa: E731
     eval_key = jax.random.fold_in(jax.random.key(seed), 2**32 - 1)  # never an epoch
     bar = tqdm(total=(epochs - start_epoch) * per_epoch, disable=not progress, unit="step",
                dynamic_ncols=True)
@@ -714,7 +730,7 @@ def fit(
             sums = []
             for i in range(per_epoch):
                 idx = order[i * batch_size:(i + 1) * batch_size]
-                m = train_step(model, optimizer, data.x_train[idx], data.y_train[idx],
+                m = train_step(model, optimizer, *place((data.x_train[idx], data.y_train[idx])),
                                batch_key(seed, epoch, i), encoder=encoder, objective=objective)
                 sums.append(m)
                 bar.update(1)
@@ -724,7 +740,7 @@ def fit(
                                     rate=f"{float(m['rate_hz']):.1f}Hz", refresh=False)
             train = {k: float(np.mean([float(s[k]) for s in sums])) for k in sums[0]}
             test = evaluate(model, data.x_test, data.y_test, encoder=encoder,
-                            objective=objective, key=eval_key)
+                            objective=objective, key=eval_key, mesh=mesh)
             for k, v in (("epoch", epoch + 1), ("train_loss", train["loss"]),
                          ("train_accuracy", train["accuracy"]), ("train_rate_hz", train["rate_hz"]),
                          ("test_loss", test["loss"]), ("test_accuracy", test["accuracy"]),
