@@ -138,6 +138,7 @@ def train(args) -> list[dict]:
         from spark_somas import training
     except ImportError as e:
         return [{"skipped": f"spark_somas.training not importable: {e}"}]
+    # The network simulates with simulate's default backend ("auto"): the scan on a CPU.
     rows = []
     batch, steps, features, classes = 128, 100, 64, 10
     x = jax.random.uniform(jax.random.key(0), (batch, features))
@@ -145,11 +146,12 @@ def train(args) -> list[dict]:
     for soma in ("adex",):
         model = training.SpikingNetwork(features, 128, classes, soma=soma, rngs=nnx.Rngs(0))
         optimizer = training.make_optimizer(model)
-        encoder = training.Encoder("current", steps)
+        encoder, objective = training.Encoder("current", steps), training.Objective()
         key = jax.random.key(2)
 
         def step():
-            return training.train_step(model, optimizer, x, labels, key, encoder=encoder)
+            return training.train_step(model, optimizer, x, labels, key, encoder=encoder,
+                                       objective=objective)
 
         jax.block_until_ready(step())
         t = _common.best_times({"step": step}, args.repeats)["step"]
