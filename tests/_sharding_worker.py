@@ -20,11 +20,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import spark_somas as ss
-from spark_somas import checkpointing, sharding, training
+from spark_somas import checkpointing, datasets, sharding, training
 
 T, B, N = 60, 8, 16
 CHECKS = {}
@@ -42,16 +43,22 @@ def make_soma(cls):
     return cls(units=N, trainable=("threshold",), potential_tau=jnp.linspace(5.0, 15.0, N))
 
 
-def currents():
-    # 0 … 4000 pA around the 546 pA rheobase: every soma spikes, and refractory
-    # and adaptive ones differ from plain ExpIF within T steps.
-    return jax.random.uniform(jax.random.key(0), (T, B, N), minval=0.0, maxval=4000.0)
+# 0 … 4000 pA around the 546 pA rheobase: every soma spikes, and refractory
+# and adaptive ones differ from plain ExpIF within T steps.
+DRIVE = np.random.default_rng(0).uniform(0.0, 4000.0, (T, B, N)).astype(np.float32)
+HALVES = (slice(0, T // 2), slice(T // 2, T))
 
 
-def simulate_twice(soma, drive):
+def currents(mesh=None, steps=slice(None)):
+    """Steps of DRIVE, on ``mesh`` if given (sliced in numpy: slicing sharded
+    arrays would compile a program per layout)."""
+    return DRIVE[steps] if mesh is None else sharding.shard_currents(DRIVE[steps], mesh)
+
+
+def simulate_twice(soma, mesh=None, run=ss.simulate):
     """Two consecutive runs: the second starts from the state the first left
     (the first call also broadcasts an unbatched state to the batch)."""
-    return [ss.simulate(soma, drive[: T // 2]), ss.simulate(soma, drive[T // 2:])]
+    return [run(soma, currents(mesh, half)) for half in HALVES]
 
 
 @functools.cache
@@ -60,7 +67,7 @@ def references():
     out = {}
     for name, cls in ss.SOMAS.items():
         soma = make_soma(cls)
-        out[name] = simulate_twice(soma, currents()), soma.neuron_state()
+        out[name] = simulate_twice(soma), soma.neuron_state()
         assert float(out[name][0][0].spikes.sum()) > 0, f"{name}: no spikes, a vacuous check"
         assert out[name][0][0].potential.sharding.num_devices == 1
     return out
@@ -86,11 +93,11 @@ def simulation_matches_one_device():
     for layout, ((data, neurons), spec) in {"batch": ((8, 1), P(None, "data", None)),
                                             "neurons": ((1, 8), P(None, None, "neurons"))}.items():
         mesh = sharding.make_mesh(data, neurons)
-        drive = sharding.shard_currents(currents(), mesh)
+        drive = currents(mesh)
         somas = {name: sharding.shard_soma(make_soma(cls), mesh, batch_shape=(B,))
                  for name, cls in ss.SOMAS.items()}
         for name, soma in somas.items():
-            runs = simulate_twice(soma, drive)
+            runs = simulate_twice(soma, mesh)
             assert_matches_and_stays_sharded(runs, soma, mesh, spec, f"{name}/{layout}")
         found = sharding.collectives(
             lambda *args: [ss.simulate(soma, args[-1]) for soma in args[:-1]], *somas.values(), drive)
@@ -103,11 +110,10 @@ def shard_map_blocks_match_one_device():
     the one-device run bitwise for all four somas and for the fused kernels,
     without collectives."""
     mesh = sharding.make_mesh(4, 2)
-    drive = sharding.shard_currents(currents(), mesh)
+    drive = currents(mesh)
     for name, cls in ss.SOMAS.items():
         soma = sharding.shard_soma(make_soma(cls), mesh, batch_shape=(B,))
-        runs = [sharding.simulate_sharded(soma, drive[: T // 2], mesh),
-                sharding.simulate_sharded(soma, drive[T // 2:], mesh)]
+        runs = simulate_twice(soma, mesh, lambda s, x: sharding.simulate_sharded(s, x, mesh))
         assert_matches_and_stays_sharded(runs, soma, mesh, P(None, "data", "neurons"),
                                          f"{name}/shard_map")
     found = sharding.collectives(lambda s, x: sharding.simulate_sharded(s, x, mesh), soma, drive)
@@ -130,14 +136,12 @@ def remat_keeps_sharding():
     """Rematerialized segments (remat=k) reshape the time axis; the batch and
     neuron split survives it."""
     mesh = sharding.make_mesh(4, 2)
-    drive = currents()
-    reference = ss.simulate(make_soma(ss.AdaptiveExponentialSoma), drive, remat=7)
+    reference = ss.simulate(make_soma(ss.AdaptiveExponentialSoma), currents(), remat=7)
     soma = sharding.shard_soma(make_soma(ss.AdaptiveExponentialSoma), mesh, batch_shape=(B,))
-    out = ss.simulate(soma, sharding.shard_currents(drive, mesh), remat=7)
+    out = ss.simulate(soma, currents(mesh), remat=7)
     chex.assert_trees_all_equal(out, reference)
     assert out.potential.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "data", "neurons")), 3)
-    assert not sharding.collectives(lambda s, x: ss.simulate(s, x, remat=7), soma,
-                                    sharding.shard_currents(drive, mesh))
+    assert not sharding.collectives(lambda s, x: ss.simulate(s, x, remat=7), soma, currents(mesh))
 
 
 @check
@@ -153,25 +157,25 @@ def network(place=lambda module: module):
     that makes its hidden layer fire, and its optimizer, both passed to ``place``."""
     model = training.SpikingNetwork(12, 16, 4, soma="expif", trainable_neurons=("threshold",),
                                     input_gain=4.0, rngs=nnx.Rngs(0))
-    return place(model), place(training.make_optimizer(model, 1e-2))
+    return place(model), place(training.make_optimizer(model, tx=TX))
 
 
 ENCODER, OBJECTIVE = training.Encoder("current", steps=10), training.Objective(rate_strength=0.1)
+# One transformation for every optimizer: it is static in the optimizer's graph,
+# so equal networks then share one compiled train step per layout.
+TX = optax.adam(1e-2)
 
 
 def train(model, optimizer, place=lambda batch: batch, steps=range(3)):
-    """Train steps on fixed random batches of 16 (batch i from seed i); the metrics."""
+    """Train steps on fixed random batches of 16 (batch i from seed i), keyed
+    as fit keys them (so fit's compiled step is reused); the metrics."""
     metrics = []
     for i in steps:
         rng = np.random.default_rng(i)
         x, y = place((rng.random((16, 12), np.float32), rng.integers(0, 4, 16)))
-        metrics.append(training.train_step(model, optimizer, x, y, jax.random.key(i),
+        metrics.append(training.train_step(model, optimizer, x, y, training.batch_key(0, 0, i),
                                            encoder=ENCODER, objective=OBJECTIVE))
     return metrics
-
-
-def trained_state(module):
-    return nnx.state(module, nnx.Param) if isinstance(module, nnx.Module) else nnx.state(module)
 
 
 def assert_float32_close(got, want, where):
@@ -182,27 +186,32 @@ def assert_float32_close(got, want, where):
 
 @check
 def data_parallel_training_matches_one_device():
-    """The unchanged train step on a batch split over 8 devices, parameters
-    replicated: the same metrics, parameters and optimizer state as on one
-    device up to float32 rounding; parameters stay replicated; the compiled
-    step holds the gradient all-reduce and gathers nothing."""
-    model, optimizer = network()
-    reference = train(model, optimizer)
-    assert float(reference[0]["rate_hz"]) > 0, "silent hidden layer: a weak check"
+    """training.fit(mesh=...) — model and Adam state replicated, batches and
+    padded test batches split over 8 devices, the train step unchanged —
+    gives the history, parameters and optimizer state of fit on one device
+    up to float32 rounding (the gradient all-reduce sums in another order);
+    the parameters stay replicated; the compiled step holds the all-reduce
+    and gathers nothing."""
+    rng = np.random.default_rng(0)
+    data = datasets.Dataset("random", rng.random((64, 12), np.float32), rng.integers(0, 4, 64),
+                            rng.random((20, 12), np.float32), rng.integers(0, 4, 20), 4, "static")
     mesh = sharding.make_mesh(8, 1)
-    on_mesh = lambda module: sharding.replicate(module, mesh)  # noqa: E731
-    sharded_model, sharded_optimizer = network(on_mesh)
-    metrics = train(sharded_model, sharded_optimizer, lambda batch: sharding.shard_batch(batch, mesh))
-    assert_float32_close(metrics, reference, "metrics")
-    assert_float32_close(nnx.state(sharded_model, nnx.Param), nnx.state(model, nnx.Param), "params")
-    assert_float32_close(nnx.state(sharded_optimizer), nnx.state(optimizer), "optimizer")
-    for leaf in jax.tree.leaves(nnx.state(sharded_model, nnx.Param)):
+    runs = []
+    for on in (None, mesh):
+        model, optimizer = network()
+        history = training.fit(model, optimizer, data, encoder=ENCODER, objective=OBJECTIVE,
+                               epochs=1, batch_size=16, progress=False, mesh=on)
+        del history["seconds"]
+        runs.append((history, nnx.state(model, nnx.Param), nnx.state(optimizer)))
+    assert runs[0][0]["train_rate_hz"][0] > 0, "silent hidden layer: a weak check"
+    assert_float32_close(runs[1], runs[0], "fit on 8 devices vs 1")
+    for leaf in jax.tree.leaves(runs[1][1]):
         assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, P()), leaf.ndim), leaf.sharding
-    x, y = sharding.shard_batch((np.ones((16, 12), np.float32), np.zeros(16, np.int32)), mesh)
+    x, y = sharding.shard_batch((data.x_train[:16], data.y_train[:16]), mesh)
     found = sharding.collectives(
         lambda m, o, x, y: training.train_step(m, o, x, y, jax.random.key(0), encoder=ENCODER,
                                                objective=OBJECTIVE),
-        sharded_model, sharded_optimizer, x, y)
+        model, optimizer, x, y)
     assert found["all-reduce"] >= 1 and not found["all-gather"], dict(found)
 
 
@@ -244,15 +253,14 @@ def neuron_state_checkpoint_reshards():
     """A soma's state mid-run, split over batch × neurons on 8 devices, saved
     and restored onto 2 devices (one layout per axis) and onto 1: the rest of
     the run is bitwise the run that never stopped, on the new layout."""
-    drive = currents()
     make = lambda: make_soma(ss.SimplifiedAdaptiveExponentialSoma)  # noqa: E731
     mesh8 = sharding.make_mesh(4, 2)
     soma = sharding.shard_soma(make(), mesh8, batch_shape=(B,))
-    ss.simulate(soma, sharding.shard_currents(drive[: T // 2], mesh8))
+    ss.simulate(soma, currents(mesh8, HALVES[0]))
     directory = TMPDIR / "soma"
     with checkpointing.Checkpointer(directory, async_save=False) as ckpt:
         ckpt.save(T // 2, soma)
-    rest = ss.simulate(soma, sharding.shard_currents(drive[T // 2:], mesh8))
+    rest = ss.simulate(soma, currents(mesh8, HALVES[1]))
     for data, neurons in ((2, 1), (1, 2), (1, 1)):
         mesh = sharding.make_mesh(data, neurons)
         restored = sharding.shard_soma(make(), mesh, batch_shape=(B,))
@@ -261,7 +269,7 @@ def neuron_state_checkpoint_reshards():
         spec = P("data" if data > 1 else None, "neurons" if neurons > 1 else None)
         for value in restored.neuron_state().values():
             assert value.sharding.is_equivalent_to(NamedSharding(mesh, spec), 2), value.sharding
-        out = ss.simulate(restored, sharding.shard_currents(drive[T // 2:], mesh))
+        out = ss.simulate(restored, currents(mesh, HALVES[1]))
         chex.assert_trees_all_equal((out, restored.neuron_state()), (rest, soma.neuron_state()),
                                     custom_message=f"restored on {data}×{neurons}")
 
