@@ -65,6 +65,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="time steps of dt = 1 ms (default: the task's recipe)")
     p.add_argument("--seed", type=int, default=0, help="initialisation, data order, noise")
     p.add_argument("--data-seed", type=int, default=0, help="train/test split, Randman manifolds")
+    p.add_argument("--data-option", action="append", type=_data_option, default=[],
+                   metavar="KEY=VALUE",
+                   help="extra keyword of the task's loader, repeatable, e.g. manifold_dim=2 "
+                        "(see spark_somas.datasets.load_randman)")
     p.add_argument("--encoder", choices=("current", "poisson", "latency"), default=None,
                    help="input code for digits (default: the recipe's)")
     p.add_argument("--recurrent", action="store_true", help="recurrent hidden layer")
@@ -79,6 +83,19 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="tqdm progress bar")
     return p
+
+
+def _data_option(text: str) -> tuple[str, int | float]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} violates the rule: KEY=VALUE")
+    try:
+        return key, int(value)
+    except ValueError:
+        try:
+            return key, float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} violates the rule: a numeric VALUE") from None
 
 
 def _percent(x: float) -> str:
@@ -97,7 +114,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = dict(training.RECIPES[args.task])
     steps = args.steps or recipe["steps"]
     data_kwargs = {"seed": args.data_seed} | ({"n_steps": steps} if args.task == "randman" else {})
-    data = datasets.load_task(args.task, **data_kwargs).limit(args.limit)
+    data_kwargs |= dict(args.data_option)
+    try:
+        data = datasets.load_task(args.task, **data_kwargs).limit(args.limit)
+    except TypeError as err:  # an unknown --data-option key
+        raise SystemExit(f"--data-option violates the rule: a keyword of the {args.task} "
+                         f"loader ({err})") from None
     kind = "spikes" if data.encoding == "spikes" else (args.encoder or recipe["encoder"])
     if data.encoding == "spikes" and args.encoder not in (None, "spikes"):
         raise SystemExit(f"--encoder {args.encoder} violates the rule: {args.task} is spike data")

@@ -84,6 +84,7 @@ __all__ = [
     "firing_rate_loss",
     "Objective",
     "constrain_neurons",
+    "trained_neuron_values",
     "make_optimizer",
     "train_step",
     "eval_step",
@@ -526,10 +527,13 @@ def _feasible_interval(soma: ExponentialSoma, name: str) -> tuple[Array, Array]:
 def constrain_neurons(model: nnx.Module, previous: Mapping[tuple, Array] | None = None) -> None:
     """Projects every trained soma field of ``model`` back into its rules, in place.
 
-    Each value is clipped to its feasible interval (see the module docstring);
-    where it is not finite it takes its ``previous`` value (a dict from
-    (soma path, field) to array, as returned by :func:`_trained_neuron_values`)
-    or, without one, the nearest bound. Run after every optimizer update.
+    Each value is clipped to its feasible interval (see the module docstring).
+    A non-finite value takes its ``previous`` one (a dict from (soma path,
+    field) to array, as :func:`trained_neuron_values` returns) when given;
+    without it, ±inf become the dtype's largest finite values and NaN 0
+    before clipping. Either way every rule holds afterwards. Run after every
+    optimizer update; fields trained on both sides of a rule (V_th and V_T)
+    are projected in turn, each against the other's projected value.
     """
     for path, soma in nnx.iter_graph(model):
         if not isinstance(soma, ExponentialSoma):
@@ -537,13 +541,14 @@ def constrain_neurons(model: nnx.Module, previous: Mapping[tuple, Array] | None 
         for name in soma.trainable:
             var = getattr(soma, name)
             value = var[...]
-            lo, hi = _feasible_interval(soma, name)
             if previous is not None:
                 value = jnp.where(jnp.isfinite(value), value, previous[(path, name)])
-            var[...] = jnp.clip(jnp.nan_to_num(value, nan=jnp.inf), lo, hi).astype(value.dtype)
+            lo, hi = _feasible_interval(soma, name)
+            var[...] = jnp.clip(jnp.nan_to_num(value, nan=0.0), lo, hi).astype(value.dtype)
 
 
-def _trained_neuron_values(model: nnx.Module) -> dict[tuple, Array]:
+def trained_neuron_values(model: nnx.Module) -> dict[tuple, Array]:
+    """Every trained soma field of ``model``: {(soma path, field): array}."""
     return {(path, name): getattr(soma, name)[...]
             for path, soma in nnx.iter_graph(model) if isinstance(soma, ExponentialSoma)
             for name in soma.trainable}
@@ -576,7 +581,7 @@ def train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels
     update, neuron constraints, somas back to rest. Returns loss, accuracy
     and the hidden layer's mean rate (Hz) on the batch (before the update)."""
     inputs = encoder(x, key, train=True)
-    previous = _trained_neuron_values(model)
+    previous = trained_neuron_values(model)
 
     def loss_fn(model):
         out = model(inputs)

@@ -41,7 +41,8 @@ def test_simulate_reports_each_soma_and_writes_png(tmp_path, capsys):
 
 
 def test_bad_options_exit_with_usage(capsys):
-    for argv in (["train", "--soma", "lif"], ["train", "--epochs", "0"], []):
+    for argv in (["train", "--soma", "lif"], ["train", "--epochs", "0"], [],
+                 ["train", "--data-option", "manifold_dim"]):
         with pytest.raises(SystemExit) as err:
             cli.main(argv)
         assert err.value.code == 2

@@ -148,7 +148,7 @@ def test_huge_learning_rate_keeps_neuron_params_inside_rules(soma):
 def test_constrain_neurons_projects_and_keeps_previous_for_non_finite():
     model = tiny_net("simplified")
     soma = model.hidden
-    previous = tr._trained_neuron_values(model)
+    previous = tr.trained_neuron_values(model)
     bad = {"potential_tau": -5.0, "threshold": -80.0, "threshold_tau": 0.0,
            "threshold_delta": -1.0}
     for name, value in bad.items():
@@ -161,6 +161,18 @@ def test_constrain_neurons_projects_and_keeps_previous_for_non_finite():
     assert float(p["threshold_delta"][1]) == 0.0
     for name in bad:  # NaN entries take their value from before the step
         assert float(p[name][0]) == float(previous[(("hidden",), name)][0]), name
+
+
+def test_constrain_neurons_without_previous_makes_non_finite_values_finite():
+    model = tiny_net("adex")
+    soma = model.hidden
+    soma.adaptation_delta[...] = jnp.full((HIDDEN,), jnp.nan)
+    soma.adaptation_subthreshold[...] = jnp.full((HIDDEN,), -jnp.inf)
+    soma.adaptation_tau[...] = jnp.full((HIDDEN,), jnp.inf)
+    tr.constrain_neurons(model)
+    _assert_inside_rules(soma)
+    assert float(soma.adaptation_delta[...][0]) == 0.0
+    assert float(soma.adaptation_subthreshold[...][0]) == float(jnp.finfo(jnp.float32).min)
 
 
 def test_fit_resume_equals_uninterrupted_and_evaluate_pads():
