@@ -295,7 +295,8 @@ class SpikingNetwork(nnx.Module):
         with its default config (``soma_kwargs`` go to its constructor:
         config, field overrides).
       dt: time step (ms) of every layer.
-      recurrent: add Linear_rec(s_{t−1}) (no bias) to the hidden z_t.
+      recurrent: add Linear_rec(s_{t−1}) (no bias, zero-initialised: training
+        starts from the feedforward network) to the hidden z_t.
       output: ``"leaky"`` — non-spiking leaky integrator
         U_t = β U_{t−1} + z_t with β = exp(−dt/τ_out): each hidden spike
         adds its output weight to U, which then decays with τ_out (the
@@ -360,7 +361,8 @@ class SpikingNetwork(nnx.Module):
         self.synapse_decay = 0.0 if synapse_tau is None else float(np.exp(-dt / synapse_tau))
         self.input = nnx.Linear(in_features, hidden, rngs=rngs)
         self.hidden = cls(units=hidden, rngs=rngs, **kwargs)
-        self.recurrent = (nnx.Linear(hidden, hidden, use_bias=False, rngs=rngs)
+        self.recurrent = (nnx.Linear(hidden, hidden, use_bias=False, rngs=rngs,
+                                    kernel_init=nnx.initializers.zeros_init())
                           if recurrent else None)
         self.output = nnx.Linear(hidden, n_classes, rngs=rngs)
         self.readout_soma = cls(units=n_classes, rngs=rngs, **kwargs) if output == "soma" else None
