@@ -10,6 +10,13 @@ new one in :data:`SUBCOMMANDS`):
   and settings). ``make demo`` runs it with its defaults: AdEx on digits.
 * ``spark-somas simulate`` — each of the four default somas under a step
   current: spike counts, firing rates and ``<out>/simulate.png`` (voltage traces).
+
+``train --checkpoint-dir D`` saves after every epoch e (0-based) the step
+e + 1 of a :class:`spark_somas.checkpointing.Checkpointer`: model (weights,
+neuron parameters and state), optimizer (Adam moments, step count, hence the
+learning-rate schedule), test metrics, and ``extra = {"history", "settings"}``.
+Resuming is ``fit(..., start_epoch=e + 1, history=extra["history"])`` with
+the same settings: data order and noise are pure functions of (seed, epoch).
 """
 
 from __future__ import annotations
