@@ -100,7 +100,6 @@ class CheckpointExistsError(CheckpointError, FileExistsError):
     """The step is already saved; a checkpoint is never overwritten."""
 
 
-# --------------------------------------------------------------------------- model registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +204,6 @@ def _build_model(model_meta: Mapping[str, Any]) -> nnx.Module:
     return _MODEL_TYPES[name].build(model_meta["spec"])
 
 
-# --------------------------------------------------------------------------- trees
 
 
 def _path_str(path: Sequence[Any]) -> str:
@@ -310,7 +308,6 @@ def _abstract(leaf: Any, shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, stored.dtype, sharding=sharding)
 
 
-# --------------------------------------------------------------------------- the manager
 
 
 @dataclasses.dataclass(frozen=True)
@@ -621,7 +618,6 @@ class Checkpointer:
                 + "; ".join(problems))
 
 
-# --------------------------------------------------------------------------- one-call helpers
 
 
 def load(directory: str | os.PathLike, step: int | None = None) -> nnx.Module:

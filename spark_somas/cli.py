@@ -15,8 +15,11 @@ new one in :data:`SUBCOMMANDS`):
 e + 1 of a :class:`spark_somas.checkpointing.Checkpointer`: model (weights,
 neuron parameters and state), optimizer (Adam moments, step count, hence the
 learning-rate schedule), test metrics, and ``extra = {"history", "settings"}``.
-Resuming is ``fit(..., start_epoch=e + 1, history=extra["history"])`` with
-the same settings: data order and noise are pure functions of (seed, epoch).
+``train --resume D`` restores the newest step into a network built from the
+saved settings and runs ``fit(..., start_epoch=e + 1, history=extra["history"])``:
+data order and noise are pure functions of (seed, epoch), so the resumed run
+is the run that never stopped.
+* ``spark-somas checkpoints D`` — the steps saved in D with their metrics.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ def _positive(kind: type) -> Callable[[str], float | int]:
     return parse
 
 
-# --------------------------------------------------------------------------- train
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -84,6 +86,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "projected into their config rules after each step")
     p.add_argument("--checkpoint-dir", default=None,
                    help="save model, optimizer and history after every epoch (Orbax)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run checkpointed in DIR from its newest epoch, with the "
+                        "settings saved there (other options but --out are ignored); keeps "
+                        "saving to DIR")
     p.add_argument("--limit", type=_positive(int), default=None,
                    help="use only the first N train and N test samples")
     p.add_argument("--out", default="out", help="directory for the PNG and JSON")
@@ -109,6 +115,11 @@ def _percent(x: float) -> str:
     return f"{100.0 * x:.2f}%"
 
 
+#: Options that describe where and how to run, not the run itself: a resumed
+#: run takes them from the command line, everything else from its checkpoint.
+_SESSION_OPTIONS = ("out", "progress", "resume", "checkpoint_dir", "func")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     import jax
@@ -117,6 +128,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flax import nnx
 
     from spark_somas import datasets, training
+    from spark_somas.checkpointing import Checkpointer
+
+    resumed = None
+    if args.resume:
+        with Checkpointer(args.resume, read_only=True) as ckpt:
+            resumed = ckpt.metadata()["extra"]
+        for key, value in resumed["settings"].items():
+            if hasattr(args, key) and key not in _SESSION_OPTIONS:
+                setattr(args, key, value)
+        args.checkpoint_dir = args.resume
 
     recipe = dict(training.RECIPES[args.task])
     steps = args.steps or recipe["steps"]
@@ -147,10 +168,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"spark-somas train: {data!r}\n  {settings}", flush=True)
 
     on_epoch_end = checkpointer = None
+    start_epoch, history = 0, None
     if args.checkpoint_dir:
-        from spark_somas.checkpointing import Checkpointer
-
         checkpointer = Checkpointer(args.checkpoint_dir)
+        if resumed is not None:
+            start_epoch, history = checkpointer.restore(model, optimizer), resumed["history"]
+            print(f"resumed {args.resume} after epoch {start_epoch}", flush=True)
 
         def on_epoch_end(epoch, model, optimizer, history):
             checkpointer.save(epoch + 1, model, optimizer,
@@ -159,7 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         history = training.fit(model, optimizer, data, encoder=encoder, epochs=args.epochs,
                                batch_size=batch, seed=args.seed, on_epoch_end=on_epoch_end,
-                               progress=args.progress)
+                               start_epoch=start_epoch, history=history, progress=args.progress)
     finally:
         if checkpointer is not None:
             checkpointer.close()
@@ -193,7 +216,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- simulate
 
 
 def add_simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -243,12 +265,31 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- entry point
+
+def add_checkpoints_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "checkpoints", help="list the checkpoints in a directory",
+        description="List the steps saved in DIR with their time, model and metrics.")
+    p.add_argument("directory", metavar="DIR")
+    return p
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    from spark_somas.checkpointing import CheckpointError, describe, format_listing
+
+    try:
+        print(format_listing(describe(args.directory)))
+    except CheckpointError as err:
+        print(f"spark-somas checkpoints: {err}", file=sys.stderr)
+        return 1
+    return 0
+
 
 #: name -> (add its parser, run it). Add a subcommand by adding an entry.
 SUBCOMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "train": (add_train_parser, cmd_train),
     "simulate": (add_simulate_parser, cmd_simulate),
+    "checkpoints": (add_checkpoints_parser, cmd_checkpoints),
 }
 
 

@@ -107,7 +107,6 @@ def block_size(neurons: int, interpret: bool) -> int:
     return min(max(1 << (target.bit_length() - 1), 32), 1024)
 
 
-# ---------------------------------------------------------------------------
 # Inlining custom derivative rules and nested jits (Triton has no rule for
 # custom_vjp_call).
 
@@ -155,7 +154,6 @@ def _inline(fn: Callable) -> Callable:
     return wrapped
 
 
-# ---------------------------------------------------------------------------
 # The plan: everything static about one fused run.
 
 
@@ -208,7 +206,6 @@ def _float_names(state: Mapping[str, Any]) -> list[str]:
     return [n for n in state if n not in _INT_STATES]
 
 
-# ---------------------------------------------------------------------------
 # Forward kernel.
 
 
@@ -251,7 +248,6 @@ def _forward(plan: _Plan, params: dict, state: dict, currents: Array, with_check
     return plan.call(kernel, (params, state, currents), out_shape)
 
 
-# ---------------------------------------------------------------------------
 # Backward kernel.
 
 
@@ -328,7 +324,6 @@ def _backward(plan: _Plan, params: dict, checkpoints: dict, currents: Array, ct_
     return res["params"], res["state"], res["current"]
 
 
-# ---------------------------------------------------------------------------
 # custom_vjp over the flattened, padded arrays.
 
 

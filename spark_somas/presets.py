@@ -205,7 +205,7 @@ def spike_times(spikes: np.ndarray, dt: float = 0.1) -> np.ndarray:
     return np.nonzero(np.asarray(spikes))[0] * dt
 
 
-# --- Classifying a spike train by its interspike intervals -------------------
+# Classifying a spike train by its interspike intervals.
 
 PATTERNS = (
     "silent", "transient", "tonic", "adapting", "accelerating", "initial burst", "bursting",

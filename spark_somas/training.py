@@ -97,7 +97,6 @@ __all__ = [
 
 Array = jax.Array
 
-# --------------------------------------------------------------------------- encoders
 
 
 def encode_current(x: Array, steps: int) -> Array:
@@ -197,7 +196,6 @@ class Encoder:
         return jnp.swapaxes(x, 0, 1)
 
 
-# --------------------------------------------------------------------------- network
 
 #: Neuron parameters trained when ``trainable_neurons=True`` (those the soma's config has).
 NEURON_PARAMS = ("potential_tau", "threshold", "adaptation_tau", "adaptation_delta",
@@ -446,7 +444,6 @@ checkpointing.register_model("SpikingNetwork", SpikingNetwork, spec=lambda net: 
                              build=network_from_spec)
 
 
-# --------------------------------------------------------------------------- losses
 
 
 def cross_entropy(logits: Array, labels: Array) -> Array:
@@ -495,7 +492,6 @@ class Objective:
         return loss
 
 
-# --------------------------------------------------------------------------- constraints
 
 
 def _feasible_interval(soma: ExponentialSoma, name: str) -> tuple[Array, Array]:
@@ -556,7 +552,6 @@ def trained_neuron_values(model: nnx.Module) -> dict[tuple, Array]:
             for name in soma.trainable}
 
 
-# --------------------------------------------------------------------------- steps
 
 
 def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
@@ -647,7 +642,6 @@ def evaluate(model: SpikingNetwork, x: np.ndarray, labels: np.ndarray, *, encode
             "rate_hz": totals["rate"] / n * 1000.0 / model.dt}
 
 
-# --------------------------------------------------------------------------- fit
 
 #: Per-task settings of the benchmarked recipe (benchmarks/TRAINING.md): the
 #: encoder kind, time steps T (dt = 1 ms), and the network's input gain and
@@ -763,7 +757,6 @@ def fit(
     return history
 
 
-# --------------------------------------------------------------------------- plots
 
 
 def plot_training(history: Mapping[str, Sequence[float]], raster: np.ndarray | None = None, *,

@@ -28,7 +28,6 @@ from flax import nnx
 import spark_somas as ss
 from spark_somas import checkpointing as ck
 
-# ----------------------------------------------------------------- simulation setup
 
 T, K, BATCH, UNITS = 300, 137, 3, 5  # steps, cut, batch, neurons
 SOMAS = {
@@ -58,7 +57,6 @@ def make_currents(kind: str) -> np.ndarray:
     return (3000.0 + 2000.0 * rng.standard_normal((T, BATCH, UNITS))).astype(np.float32)
 
 
-# ----------------------------------------------------------------- training setup
 
 N_TRAIN, M_TRAIN = 3, 3  # steps before the save, steps after
 STEPS_IN, B_TRAIN, F_IN, HIDDEN, CLASSES = 20, 4, 4, 8, 2
@@ -123,7 +121,6 @@ def flat_state(prefix: str, module) -> dict[str, np.ndarray]:
         for path, v in leaves}
 
 
-# ----------------------------------------------------------------- the two modes
 
 
 def resume(tmp: pathlib.Path) -> None:

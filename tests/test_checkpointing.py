@@ -45,7 +45,6 @@ def assert_states_equal(expected: dict, actual: dict) -> None:
         np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
 
 
-# ----------------------------------------------------------------- exact resume, new process
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +108,6 @@ def test_training_resumes_bit_identically_in_a_new_process(resumed):
     assert expected["optimizer['step']"] == worker.N_TRAIN + worker.M_TRAIN
 
 
-# ----------------------------------------------------------------- crash safety
 
 
 def test_save_killed_mid_write_leaves_previous_checkpoint(tmp_path):
@@ -142,7 +140,6 @@ def test_save_killed_mid_write_leaves_previous_checkpoint(tmp_path):
     assert ck.Checkpointer(directory, read_only=True).all_steps() == [1, 2]
 
 
-# ----------------------------------------------------------------- metadata and round trips
 
 
 class Pair(nnx.Module):
@@ -234,7 +231,6 @@ def test_low_precision_state_and_prng_keys_round_trip(tmp_path):
                                   jax.random.key_data(target.rngs.noise()))
 
 
-# ----------------------------------------------------------------- refusals
 
 
 @pytest.mark.parametrize("target, field, saved_value, model_value", [
@@ -324,7 +320,6 @@ def test_async_save_owns_its_copy_of_the_arrays(tmp_path):
     assert_states_equal(expected, worker.flat_state("m", ck.load(tmp_path)))
 
 
-# ----------------------------------------------------------------- retention
 
 
 def test_max_to_keep_keeps_the_newest_and_the_best(tmp_path):

@@ -2,10 +2,13 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import chex
 import pytest
+from flax import nnx
 
 from spark_somas import checkpointing, cli, training
 
@@ -54,3 +57,35 @@ def test_console_script_help():
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "train" in result.stdout and "simulate" in result.stdout
+
+
+def test_resume_continues_the_checkpointed_run(tmp_path, capsys):
+    """2 epochs, then 1 + resume for the 2nd: same history, same weights."""
+    common = ["train", "--limit", "48", "--batch-size", "24", "--hidden", "12", "--steps", "10",
+              "--no-progress"]
+    whole_ckpt, part_ckpt = tmp_path / "whole", tmp_path / "part"
+    assert cli.main(common + ["--epochs", "2", "--checkpoint-dir", str(whole_ckpt),
+                              "--out", str(tmp_path / "a")]) == 0
+    assert cli.main(common + ["--epochs", "2", "--checkpoint-dir", str(part_ckpt),
+                              "--out", str(tmp_path / "b")]) == 0
+    shutil.rmtree(part_ckpt / "2")  # as if the run had stopped after epoch 1
+    capsys.readouterr()
+    # options on the command line other than --out are ignored in favour of the saved ones
+    assert cli.main(["train", "--resume", str(part_ckpt), "--hidden", "99", "--no-progress",
+                     "--out", str(tmp_path / "c")]) == 0
+    assert "resumed" in capsys.readouterr().out
+    whole = json.loads((tmp_path / "a" / "train_digits_adex.json").read_text())["history"]
+    resumed = json.loads((tmp_path / "c" / "train_digits_adex.json").read_text())["history"]
+    whole.pop("seconds"), resumed.pop("seconds")  # wall time per epoch, the only difference
+    assert resumed == whole
+    a, b = checkpointing.load(whole_ckpt), checkpointing.load(part_ckpt)
+    chex.assert_trees_all_equal(nnx.state(a, nnx.Param), nnx.state(b, nnx.Param))
+
+    assert cli.main(["checkpoints", str(part_ckpt)]) == 0
+    listing = capsys.readouterr().out
+    assert "test_accuracy" in listing and len([l for l in listing.splitlines() if l.strip()]) >= 3
+
+
+def test_checkpoints_of_a_missing_directory_is_an_error(tmp_path, capsys):
+    assert cli.main(["checkpoints", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere" in capsys.readouterr().err

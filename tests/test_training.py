@@ -46,7 +46,6 @@ def steps(model, opt, data, n):
                                 encoder=ENCODER, objective=OBJECTIVE)["loss"]) for i in range(n)]
 
 
-# --------------------------------------------------------------------------- encoders
 
 
 def test_encoders_shapes_and_codes():
@@ -81,7 +80,6 @@ def test_poisson_encoder_rate_matches_and_depends_on_key():
     chex.assert_trees_all_equal(s, enc(x, jax.random.key(0)))
 
 
-# --------------------------------------------------------------------------- readouts, losses
 
 
 def test_readouts_and_rate_loss():
@@ -110,7 +108,6 @@ def test_network_rejects_bad_settings():
         tiny_net(input_gain=-1.0)
 
 
-# --------------------------------------------------------------------------- training
 
 
 @pytest.mark.parametrize("soma", sorted(ss.SOMAS))
