@@ -15,10 +15,12 @@ potential stays at or below its cut-off V_th:
    min(largest finite value, 2^64) mV or pA, before casting. A current
    beyond any physical range (±1e6 pA and far more) therefore drives V to a
    finite, saturated value instead of ±inf.
-3. **Saturated cotangents.** The backward pass of ``widen`` clips the
-   cotangent to ±``bound(dtype)`` before casting it to the state dtype, so a
-   gradient that grows through the steep exponential stays finite, in
-   float16 included.
+3. **Saturated cotangents.** When the state dtype has a smaller range than
+   the compute dtype (float16: 65504), the backward pass of ``widen`` clips
+   the cotangent to ±``bound(dtype)`` before casting it down, so a gradient
+   that grows through the steep exponential stays finite. bfloat16 and
+   float32 share float32's range, so there ``widen`` is a plain cast and
+   forward-mode differentiation (``jax.jvp``, ``jacfwd``) works too.
 """
 
 from __future__ import annotations
@@ -55,9 +57,16 @@ def narrow(x: jax.Array, dtype) -> jax.Array:
     return saturate(x, dtype).astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def widen(x: jax.Array, dtype) -> jax.Array:
-    """Cast ``x`` up to ``dtype``; the cotangent coming back is saturated to x's bound."""
+    """Cast ``x`` up to ``dtype``; a cotangent coming back into a narrower
+    range (float16) is saturated to x's bound instead of overflowing."""
+    if jnp.finfo(x.dtype).max < jnp.finfo(dtype).max:
+        return _saturating_widen(x, dtype)
+    return x.astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _saturating_widen(x: jax.Array, dtype) -> jax.Array:
     return x.astype(dtype)
 
 
@@ -69,7 +78,7 @@ def _widen_bwd(dtype, proto, ct):
     return (narrow(ct, proto.dtype),)
 
 
-widen.defvjp(_widen_fwd, _widen_bwd)
+_saturating_widen.defvjp(_widen_fwd, _widen_bwd)
 
 
 def tamed_exp(u: jax.Array, u_max: jax.Array) -> jax.Array:

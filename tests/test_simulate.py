@@ -213,3 +213,17 @@ def test_integer_currents_are_cast_to_the_state_dtype():
     a = ss.simulate(ss.ExponentialSoma(units=N), jnp.full((T, N), 2000, jnp.int32))
     b = ss.simulate(ss.ExponentialSoma(units=N), jnp.full((T, N), 2000.0, jnp.float32))
     chex.assert_trees_all_equal(a, b)
+
+
+def test_forward_mode_matches_reverse_mode_in_float32():
+    """jax.jvp through simulate (float32 has no cotangent saturation, so no custom_vjp)."""
+    graphdef, state = nnx.split(ss.AdaptiveExponentialSoma(units=3))
+
+    def total_potential(currents):
+        return ss.simulate(nnx.merge(graphdef, state, copy=True), currents).potential.sum()
+
+    currents = jnp.linspace(600.0, 900.0, 3) * jnp.ones((80, 3))
+    tangent = jnp.cos(jnp.arange(240.0)).reshape(80, 3)
+    _, forward = jax.jvp(total_potential, (currents,), (tangent,))
+    reverse = jnp.vdot(jax.grad(total_potential)(currents), tangent)
+    chex.assert_trees_all_close(forward, reverse, rtol=1e-4)
