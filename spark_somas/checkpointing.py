@@ -100,8 +100,6 @@ class CheckpointExistsError(CheckpointError, FileExistsError):
     """The step is already saved; a checkpoint is never overwritten."""
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelType:
     """How :func:`load` rebuilds a model class from JSON: ``spec(model)``
@@ -204,8 +202,6 @@ def _build_model(model_meta: Mapping[str, Any]) -> nnx.Module:
     return _MODEL_TYPES[name].build(model_meta["spec"])
 
 
-
-
 def _path_str(path: Sequence[Any]) -> str:
     parts = []
     for key in path:
@@ -239,8 +235,7 @@ def _pure(module: Any) -> dict:
 
 
 def _soma_paths(model: Any) -> dict[str, somas.ExponentialSoma]:
-    return {_path_str(p) or ".": node for p, node in nnx.iter_graph(model)
-            if isinstance(node, somas.ExponentialSoma)}
+    return {_path_str(p) or ".": node for p, node in somas.iter_somas(model)}
 
 
 def _show(value: Any) -> str:
@@ -306,8 +301,6 @@ def _abstract(leaf: Any, shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
         sharding = jax.sharding.SingleDeviceSharding(
             next(iter(devices())) if devices else jax.devices()[0])
     return jax.ShapeDtypeStruct(shape, stored.dtype, sharding=sharding)
-
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -616,8 +609,6 @@ class Checkpointer:
     def _refusal(self, step: int, problems: list[str]) -> str:
         return (f"cannot restore step {step} of {self.directory} into this model: "
                 + "; ".join(problems))
-
-
 
 
 def load(directory: str | os.PathLike, step: int | None = None) -> nnx.Module:

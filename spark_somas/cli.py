@@ -49,8 +49,6 @@ def _positive(kind: type) -> Callable[[str], float | int]:
     return parse
 
 
-
-
 def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from spark_somas import SOMAS
     from spark_somas.datasets import TASKS
@@ -216,8 +214,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def add_simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "simulate", help="the four default somas under a step current",
@@ -263,7 +259,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
     return 0
-
 
 
 def add_checkpoints_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import flax.struct
 import jax
@@ -39,6 +39,7 @@ __all__ = [
     "SomaConstant",
     "SomaOutput",
     "exponential_step",
+    "iter_somas",
     "ExponentialSoma",
     "RefractoryExponentialSoma",
     "AdaptiveExponentialSoma",
@@ -138,6 +139,13 @@ def exponential_step(
         new["threshold_offset"] = theta * decay + param("threshold_delta") * s_reset
     out = {k: v if k == "refractory" else numerics.narrow(v, state[k].dtype) for k, v in new.items()}
     return out, s.astype(dtype)
+
+
+def iter_somas(model: Any) -> Iterator[tuple[tuple, "ExponentialSoma"]]:
+    """(path, soma) for every soma in an NNX module tree, ``model`` included."""
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, ExponentialSoma):
+            yield path, node
 
 
 def _as_units(units: int | Sequence[int]) -> tuple[int, ...]:

@@ -59,7 +59,7 @@ from flax import nnx
 import spark_somas as ss
 from spark_somas import checkpointing, sharding
 from spark_somas.datasets import Dataset
-from spark_somas.somas import ExponentialSoma
+from spark_somas.somas import ExponentialSoma, iter_somas
 
 __all__ = [
     "Encoder",
@@ -96,7 +96,6 @@ __all__ = [
 ]
 
 Array = jax.Array
-
 
 
 def encode_current(x: Array, steps: int) -> Array:
@@ -194,7 +193,6 @@ class Encoder:
                 f"(B, {self.steps}, F); got {x.shape}"
             )
         return jnp.swapaxes(x, 0, 1)
-
 
 
 #: Neuron parameters trained when ``trainable_neurons=True`` (those the soma's config has).
@@ -444,8 +442,6 @@ checkpointing.register_model("SpikingNetwork", SpikingNetwork, spec=lambda net: 
                              build=network_from_spec)
 
 
-
-
 def cross_entropy(logits: Array, labels: Array) -> Array:
     """Mean softmax cross-entropy of integer ``labels`` on readout ``logits``."""
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
@@ -492,8 +488,6 @@ class Objective:
         return loss
 
 
-
-
 def _feasible_interval(soma: ExponentialSoma, name: str) -> tuple[Array, Array]:
     """(low, high) bounds for trained field ``name`` from every config rule
     that involves it, with the other fields at their current values; strict
@@ -533,9 +527,7 @@ def constrain_neurons(model: nnx.Module, previous: Mapping[tuple, Array] | None 
     optimizer update; fields trained on both sides of a rule (V_th and V_T)
     are projected in turn, each against the other's projected value.
     """
-    for path, soma in nnx.iter_graph(model):
-        if not isinstance(soma, ExponentialSoma):
-            continue
+    for path, soma in iter_somas(model):
         for name in soma.trainable:
             var = getattr(soma, name)
             value = var[...]
@@ -548,10 +540,7 @@ def constrain_neurons(model: nnx.Module, previous: Mapping[tuple, Array] | None 
 def trained_neuron_values(model: nnx.Module) -> dict[tuple, Array]:
     """Every trained soma field of ``model``: {(soma path, field): array}."""
     return {(path, name): getattr(soma, name)[...]
-            for path, soma in nnx.iter_graph(model) if isinstance(soma, ExponentialSoma)
-            for name in soma.trainable}
-
-
+            for path, soma in iter_somas(model) for name in soma.trainable}
 
 
 def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
@@ -642,7 +631,6 @@ def evaluate(model: SpikingNetwork, x: np.ndarray, labels: np.ndarray, *, encode
             "rate_hz": totals["rate"] / n * 1000.0 / model.dt}
 
 
-
 #: Per-task settings of the benchmarked recipe (benchmarks/TRAINING.md): the
 #: encoder kind, time steps T (dt = 1 ms), and the network's input gain and
 #: synapse. Digits: constant input currents, no synapse. Randman: one-step
@@ -651,7 +639,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "digits": {"encoder": "current", "steps": 25, "input_gain": 1.0, "synapse_tau": None},
     "randman": {"encoder": "spikes", "steps": 50, "input_gain": 3.0, "synapse_tau": 5.0},
 }
-
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -755,8 +742,6 @@ def fit(
     finally:
         bar.close()
     return history
-
-
 
 
 def plot_training(history: Mapping[str, Sequence[float]], raster: np.ndarray | None = None, *,

@@ -57,7 +57,6 @@ def make_currents(kind: str) -> np.ndarray:
     return (3000.0 + 2000.0 * rng.standard_normal((T, BATCH, UNITS))).astype(np.float32)
 
 
-
 N_TRAIN, M_TRAIN = 3, 3  # steps before the save, steps after
 STEPS_IN, B_TRAIN, F_IN, HIDDEN, CLASSES = 20, 4, 4, 8, 2
 
@@ -119,8 +118,6 @@ def flat_state(prefix: str, module) -> dict[str, np.ndarray]:
     return {prefix + jax.tree_util.keystr(path): np.asarray(
         jax.random.key_data(v) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key) else v)
         for path, v in leaves}
-
-
 
 
 def resume(tmp: pathlib.Path) -> None:

@@ -45,8 +45,6 @@ def assert_states_equal(expected: dict, actual: dict) -> None:
         np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
 
 
-
-
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     """Uninterrupted runs here; the same runs cut, saved and resumed in one
@@ -108,8 +106,6 @@ def test_training_resumes_bit_identically_in_a_new_process(resumed):
     assert expected["optimizer['step']"] == worker.N_TRAIN + worker.M_TRAIN
 
 
-
-
 def test_save_killed_mid_write_leaves_previous_checkpoint(tmp_path):
     proc = run_worker("crash", str(tmp_path), background=True)
     try:
@@ -138,8 +134,6 @@ def test_save_killed_mid_write_leaves_previous_checkpoint(tmp_path):
         writer.save(2, soma)
     assert not glob.glob(str(directory / "*tmp*"))
     assert ck.Checkpointer(directory, read_only=True).all_steps() == [1, 2]
-
-
 
 
 class Pair(nnx.Module):
@@ -231,8 +225,6 @@ def test_low_precision_state_and_prng_keys_round_trip(tmp_path):
                                   jax.random.key_data(target.rngs.noise()))
 
 
-
-
 @pytest.mark.parametrize("target, field, saved_value, model_value", [
     (lambda: Pair(hidden=5), "units", "[4]", "[5]"),
     (lambda: Pair(dtype=jnp.bfloat16), "dtype", "'float32'", "'bfloat16'"),
@@ -318,8 +310,6 @@ def test_async_save_owns_its_copy_of_the_arrays(tmp_path):
         leaf.delete()
     ckpt.close()
     assert_states_equal(expected, worker.flat_state("m", ck.load(tmp_path)))
-
-
 
 
 def test_max_to_keep_keeps_the_newest_and_the_best(tmp_path):

@@ -46,8 +46,6 @@ def steps(model, opt, data, n):
                                 encoder=ENCODER, objective=OBJECTIVE)["loss"]) for i in range(n)]
 
 
-
-
 def test_encoders_shapes_and_codes():
     x = jnp.array([[0.0, 0.1, 0.2, 0.6, 1.0]])
     cur = tr.Encoder("current", 4)(x)
@@ -80,8 +78,6 @@ def test_poisson_encoder_rate_matches_and_depends_on_key():
     chex.assert_trees_all_equal(s, enc(x, jax.random.key(0)))
 
 
-
-
 def test_readouts_and_rate_loss():
     v = jnp.array([[[1.0, -2.0]], [[3.0, 0.0]]])  # (T=2, B=1, C=2)
     chex.assert_trees_all_close(tr.max_potential(v), jnp.array([[3.0, 0.0]]))
@@ -106,8 +102,6 @@ def test_network_rejects_bad_settings():
         tiny_net(readout="count")
     with pytest.raises(ValueError, match="input_gain"):
         tiny_net(input_gain=-1.0)
-
-
 
 
 @pytest.mark.parametrize("soma", sorted(ss.SOMAS))
