@@ -3,7 +3,7 @@
 Why: a ``lax.scan`` of an elementwise update launches a few kernels per time
 step; on a GPU each step then costs ~15 µs of loop overhead whatever the
 population size, so a layer of 10^3–10^5 neurons leaves the card idle
-(issue 6: ~15–19 ms for T = 1000 at any N ≤ 2^20 on an H100). Here one kernel
+(measured: ~15–19 ms for T = 1000 at any N ≤ 2^20 on an H100). Here one kernel
 runs the whole time loop for a block of neurons, keeps the state in
 registers, streams the input current in and the spikes (and any recorded
 state) out: its cost is the traffic of those arrays, not T launches.
@@ -21,7 +21,7 @@ nested ``jit``\\ s inside the step are inlined to plain primitives
 their derivative rules (the surrogate, ``widen``'s cotangent saturation).
 
 **Layout.** Batch and unit axes are flattened to one neuron axis of
-M = ∏(*batch, *units) neurons, padded (edge values, zero current) to a
+M = ∏ ``(*batch, *units)`` neurons, padded (edge values, zero current) to a
 multiple of the block B; parameters are broadcast to that axis (per-neuron
 parameter gradients are summed back by JAX's transpose of the broadcast).
 Program j owns neurons [jB, (j+1)B) for the whole run: ``fori_loop`` over t
@@ -391,9 +391,9 @@ def run(
 
     Args:
       params: config fields by name, each broadcastable to the state's shape.
-      state: the initial state, all of shape (*batch, *units); its keys
+      state: the initial state, all of shape ``(*batch, *units)``; its keys
         select the model.
-      currents: (T, *batch, *units) input current (pA).
+      currents: ``(T, *batch, *units)`` input current (pA).
       dt, surrogate, detach_reset: as in ``exponential_step``.
       record: outputs to return per step: "spikes" and state names.
       segment: K, steps between checkpoints for the backward pass (None: 1).
@@ -402,7 +402,7 @@ def run(
       interpret: run the kernels interpreted; None: unless on a GPU.
 
     Returns:
-      (final state, recorded outputs of shape (T, *batch, *units)).
+      (final state, recorded outputs of shape ``(T, *batch, *units)``).
     """
     interpret = jax.default_backend() != "gpu" if interpret is None else bool(interpret)
     state = dict(state)

@@ -64,7 +64,7 @@ def raster(
     spikes: Any, *, dt: float = 0.1, ax: Axes | None = None, color: Any = "k",
     neurons: Sequence[int] | None = None,
 ) -> tuple[Figure, Axes]:
-    """Spike raster of a (T, N) 0/1 array (or (T, *units), flattened to N rows).
+    """Spike raster of a (T, N) 0/1 array (or ``(T, *units)``, flattened to N rows).
 
     ``neurons`` picks rows to show (default: all). One tick per spike.
     """
@@ -87,7 +87,7 @@ def firing_rates(
 
     Runs ``soma`` from rest with a batch of constant currents (one batch
     entry per current, every unit receiving it) for ``duration_ms`` and
-    counts the spikes after ``transient_ms``. Returns shape (B, *units).
+    counts the spikes after ``transient_ms``. Returns shape ``(B, *units)``.
     The soma's own state is left as it was.
     """
     currents = np.asarray(currents_pA, np.float32).reshape(-1)

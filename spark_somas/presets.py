@@ -11,7 +11,7 @@ papers write the model as
     τ_w dw/dt = a (V - E_L) - w,       V > V_th ⇒ V ← V_r, w ← w + b
 
 with C (pF), g_L (nS), a (nS), b (pA), τ_w (ms), potentials (mV), I (pA).
-Dividing by g_L gives the package's form (SPEC): τ_m = C/g_L (ms, since
+Dividing by g_L gives the package's form: τ_m = C/g_L (ms, since
 pF/nS = ms) and R = 1/g_L (GΩ), so that R·I and R·w are in mV.
 
 **Which numbers.** The eight rows are Table 1 as Brian2's example
@@ -326,7 +326,7 @@ def classify(spike_times: np.ndarray, duration_ms: float, dt: float = 0.1) -> st
       group ended by an ISI ≥ 3× longer; delayed when the first spike comes
       after ≥ 2 mean steady-state ISIs; then the adaptation index decides
       adapting or accelerating when, summed over the train, it says the ISIs
-      lengthen or shorten by ≥ 20% (|(N-k-1)·A| ≥ ½ ln 1.2), else tonic.
+      lengthen or shorten by ≥ 20% (\\|(N-k-1)·A\\| ≥ ½ ln 1.2), else tonic.
       The summed index is used because A itself, a mean, shrinks as a
       long steady state dilutes the adapting onset.
     """

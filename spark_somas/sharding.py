@@ -1,7 +1,7 @@
 """Somas beyond one device: meshes, shardings and data parallelism with ``jax.sharding``.
 
 A population of N neurons driven by a batch of B inputs holds state of shape
-(B, *units). Every soma step is elementwise in (B, neuron): neuron i of
+``(B, *units)``. Every soma step is elementwise in (B, neuron): neuron i of
 sample b only reads its own V, w, θ, counter, parameters and current. So a
 2-D device mesh ``data × neurons`` can split the state into B/D × N/M blocks,
 one per device, and :func:`spark_somas.simulate` runs each block locally: the
@@ -17,7 +17,7 @@ compiler inserts the one all-reduce that adds them. Nothing in a train step
 changes; only where its inputs live.
 
 Which dimension goes where (``partition_spec``): an array of shape
-(*lead, *batch, *units) has its first batch dimension on ``batch_axis`` and
+``(*lead, *batch, *units)`` has its first batch dimension on ``batch_axis`` and
 its first units dimension on ``neuron_axis``; leading dimensions (time) and
 dimensions of size 1 (broadcast parameters) are replicated. Parameters of
 shape ``units`` are thus split over neurons and replicated over data.
@@ -110,7 +110,7 @@ def partition_spec(
     neuron_axis: Axis = NEURONS,
     name: str = "array",
 ) -> PartitionSpec:
-    """Where each dimension of an array of shape (*lead, *batch, *units) goes.
+    """Where each dimension of an array of shape ``(*lead, *batch, *units)`` goes.
 
     The first batch dimension (after ``lead`` replicated ones, e.g. time) is
     split over ``batch_axis``, the first of the ``units_ndim`` trailing
@@ -155,10 +155,10 @@ def shard_soma(
 ) -> ExponentialSoma:
     """Places a soma's state and parameters on ``mesh``, in place; returns it.
 
-    State (shape (*batch, *units)) is split over ``batch_axis`` and
+    State (shape ``(*batch, *units)``) is split over ``batch_axis`` and
     ``neuron_axis``; per-neuron parameters (shape ``units``) over
     ``neuron_axis`` and replicated over data; scalar fields are replicated.
-    ``batch_shape`` first broadcasts the state to (*batch_shape, *units)
+    ``batch_shape`` first broadcasts the state to ``(*batch_shape, *units)``
     (values kept), so an unbatched soma can be split over data.
     ``simulate`` then keeps this sharding through its time loop.
     """
@@ -182,7 +182,7 @@ def shard_currents(
     batch_axis: Axis = DATA,
     neuron_axis: Axis = NEURONS,
 ) -> jax.Array:
-    """Places time-major currents (T, *batch, *units) (pA) on ``mesh``: time
+    """Places time-major currents ``(T, *batch, *units)`` (pA) on ``mesh``: time
     replicated, batch over ``batch_axis``, neurons over ``neuron_axis`` —
     the layout :func:`shard_soma` gives the state, so no step moves data."""
     spec = partition_spec(np.shape(currents), mesh, units_ndim=units_ndim, lead=1,

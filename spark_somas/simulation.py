@@ -35,7 +35,7 @@ def simulate(
     unroll: int = 1,
     backend: str = "auto",
 ) -> SomaOutput:
-    """Runs ``soma`` over time-major ``currents`` (pA), shape (T, *batch, *units).
+    """Runs ``soma`` over time-major ``currents`` (pA), shape ``(T, *batch, *units)``.
 
     Args:
       soma: any of the four somas; its state is the initial condition and
@@ -53,7 +53,7 @@ def simulate(
         GPU) or ``"auto"``: fused on a GPU, scan elsewhere.
 
     Returns:
-      A :class:`SomaOutput` whose recorded fields have shape (T, *batch, *units).
+      A :class:`SomaOutput` whose recorded fields have shape ``(T, *batch, *units)``.
     """
     bad = sorted(set(record) - set(RECORDABLE))
     missing = sorted(set(record) - {"spikes", "potential"} - set(soma.state_names))

@@ -169,7 +169,7 @@ class ExponentialSoma(nnx.Module):
       config: the soma's config; None gives the defaults.
       units: neurons, an int or a shape tuple.
       dt: time step (ms).
-      trainable: config fields that become per-neuron ``nnx.Param``s.
+      trainable: config fields that become per-neuron ``nnx.Param``\\ s.
       dtype: dtype of the state and the outputs.
       param_dtype: dtype of the config fields.
       rngs: needed when a field is an initializer (draws ``rngs.params()``).
@@ -304,7 +304,7 @@ class ExponentialSoma(nnx.Module):
         return batch
 
     def __call__(self, current: Array) -> SomaOutput:
-        """One step with input ``current`` (pA), shape (*units) or (*batch, *units)."""
+        """One step with input ``current`` (pA), shape ``(*units)`` or ``(*batch, *units)``."""
         current = jnp.asarray(current)
         if not jnp.issubdtype(current.dtype, jnp.floating):
             current = current.astype(self.dtype)

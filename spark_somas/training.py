@@ -132,15 +132,16 @@ def encode_latency(x: Array, steps: int, *, threshold: float = 0.2) -> Array:
 class Encoder:
     """How samples become the network's time-major input; hashable (static under jit).
 
-    kind: ``"current"`` (:func:`encode_current`), ``"poisson"``
-      (:func:`encode_poisson`), ``"latency"`` (:func:`encode_latency`) or
-      ``"spikes"`` (samples already (B, T, F) spike trains: transposed).
-    steps: T, number of time steps.
-    dt: step (ms), used by the Poisson rate.
-    rate_hz: Poisson rate of a feature equal to 1 (Hz).
-    threshold: latency code's cut-off.
-    noise: std of Gaussian noise added to the direct current at every step
-      (feature units), in training only: a data-augmenting regularizer.
+    Attributes:
+      kind: ``"current"`` (:func:`encode_current`), ``"poisson"``
+        (:func:`encode_poisson`), ``"latency"`` (:func:`encode_latency`) or
+        ``"spikes"`` (samples already (B, T, F) spike trains: transposed).
+      steps: T, number of time steps.
+      dt: step (ms), used by the Poisson rate.
+      rate_hz: Poisson rate of a feature equal to 1 (Hz).
+      threshold: latency code's cut-off.
+      noise: std of Gaussian noise added to the direct current at every step
+        (feature units), in training only: a data-augmenting regularizer.
     """
 
     kind: str = "current"
