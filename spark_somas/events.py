@@ -41,9 +41,10 @@ every positive count becomes 1 (a 0/1 spike raster).
 
 The loaders return a :class:`~spark_somas.datasets.Dataset` with encoding
 ``"spikes"``: ``x`` is ``(N, steps, channels)``, time-major per sample, and
-``y`` int32. Float32 SHD at 100 steps × 700 channels takes 0.23 GB for the
-training file; SSC's training file takes 21 GB, so for SSC pool channels,
-pass ``dtype=np.uint8`` (counts saturate at 255) or ``limit``.
+``y`` int32. Mind the memory: at 100 steps × 700 channels the SHD training
+file takes 2.3 GB as float32 and SSC's 21 GB; ``pool``, an integer
+``dtype`` (``np.uint8``: a quarter; counts saturate at 255) and ``limit``
+bound it.
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ def load_shd(
 ) -> Dataset:
     """The Spiking Heidelberg Digits from ``data_dir``: 20 classes (spoken
     digits 0–9 in English and German), 700 channels binned as the module
-    describes (default 100 bins of 14 ms: 1.4 s, the longest sample).
+    describes (default 100 bins of 14 ms: a 1.4 s window).
 
     ``holdout="test"`` evaluates on ``shd_test.h5`` (speakers absent from
     the training file); ``holdout="validation"`` leaves the test file
@@ -305,8 +306,7 @@ def load_ssc(
 
     ``holdout`` picks the evaluation file: ``"test"`` (``ssc_test.h5``) or
     ``"validation"`` (``ssc_valid.h5``); the order of both splits is a pure
-    function of ``seed``. Mind the memory (see the module): ``pool``,
-    ``dtype=np.uint8`` and ``limit`` bound it.
+    function of ``seed``. Mind the memory (see the module).
     """
     return _load("ssc", data_dir, steps=steps, bin_ms=bin_ms, pool=pool, binary=binary,
                  holdout=holdout, validation_fraction=0.1, seed=seed, limit=limit, dtype=dtype)
