@@ -10,14 +10,12 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tensorboard.backend.event_processing import event_accumulator
 
 import spark_somas as ss
 from spark_somas import loggers
 from spark_somas import training as tr
 from spark_somas.datasets import Dataset
-
-pytest.importorskip("tensorboardX")
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
 
 def read_events(logdir):
