@@ -184,14 +184,13 @@ def read_events(path: str | os.PathLike, *, limit: int | None = None
         raise EventDatasetMissing(_missing_message(path))
     if limit is not None and not (isinstance(limit, int) and limit > 0):
         raise ValueError(f"limit = {limit!r} violates the rule: a positive int or None")
-    stop = limit if limit is not None else None
     with h5py.File(path, "r") as f:
         for key in ("spikes/times", "spikes/units", "labels"):
             if key not in f:
                 raise ValueError(f"{path} has no {key!r}: not an SHD/SSC file")
-        times = list(f["spikes/times"][:stop])
-        units = list(f["spikes/units"][:stop])
-        labels = np.asarray(f["labels"][:stop]).astype(np.int32)
+        times = list(f["spikes/times"][:limit])
+        units = list(f["spikes/units"][:limit])
+        labels = np.asarray(f["labels"][:limit]).astype(np.int32)
     if not len(times) == len(units) == len(labels):
         raise ValueError(f"{path}: {len(times)} time arrays, {len(units)} unit arrays and "
                          f"{len(labels)} labels: they must be equal in number")
@@ -241,20 +240,25 @@ def _load(
     for file in needed:
         if not os.path.isfile(os.path.join(data_dir, file)):
             raise EventDatasetMissing(_missing_message(os.path.join(data_dir, file)))
-    binning = dict(steps=steps, bin_ms=bin_ms, pool=pool, binary=binary, limit=limit, dtype=dtype)
-    x, y = load_events(os.path.join(data_dir, spec["train"]), **binning)
     rng = np.random.default_rng(seed)
+    times, units, y = read_events(os.path.join(data_dir, spec["train"]), limit=limit)
     if carve:
         train, held = _stratified_split(y, validation_fraction, rng)
-        x_train, y_train, x_held, y_held = x[train], y[train], x[held], y[held]
+        parts = [("training", times, units, y, train), (holdout, times, units, y, held)]
     else:
-        x_held, y_held = load_events(os.path.join(data_dir, spec[holdout]), **binning)
-        train, held = rng.permutation(len(y)), rng.permutation(len(y_held))
-        x_train, y_train, x_held, y_held = x[train], y[train], x_held[held], y_held[held]
-    for split, labels in (("training", y_train), (holdout, y_held)):
+        held_times, held_units, held_y = read_events(os.path.join(data_dir, spec[holdout]),
+                                                     limit=limit)
+        parts = [("training", times, units, y, rng.permutation(len(y))),
+                 (holdout, held_times, held_units, held_y, rng.permutation(len(held_y)))]
+    arrays = []
+    for split, t, u, labels, order in parts:
         if labels.size and not (labels.min() >= 0 and labels.max() < spec["classes"]):
             raise ValueError(f"{name.upper()} {split} labels span {labels.min()}…{labels.max()}: "
                              f"they must lie in 0 … {spec['classes'] - 1}")
+        arrays += [bin_events([t[i] for i in order], [u[i] for i in order], steps=steps,
+                              bin_ms=bin_ms, pool=pool, binary=binary, dtype=dtype),
+                   labels[order]]
+    x_train, y_train, x_held, y_held = arrays
     return Dataset(name, x_train, y_train, x_held, y_held, n_classes=spec["classes"],
                    encoding="spikes")
 
