@@ -1,0 +1,103 @@
+"""Sphinx configuration of the spark_somas site (``make docs``).
+
+Pages are MyST Markdown; notebooks and the pages with ``{code-cell}`` blocks
+are executed by MyST-NB at build time and cached (jupyter-cache, under
+``docs/_build/.jupyter_cache``), so a rebuild re-executes only a notebook
+whose code changed. The API reference is generated from the docstrings
+(autodoc + autosummary, Google-style sections through napoleon). Maths
+renders with MathJax, served from the build itself (no CDN needed).
+"""
+
+import os
+import pathlib
+import shutil
+import sys
+
+import mathjax  # django-static-mathjax: a copy of MathJax 3 as package data
+
+DOCS = pathlib.Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import spark_somas  # noqa: E402
+
+project = "spark_somas"
+author = "spark_somas developers"
+copyright = "spark_somas developers"
+release = version = spark_somas.__version__
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "sphinxarg.ext",
+    "sphinx_copybutton",
+]
+
+exclude_patterns = ["_build", "_templates", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+templates_path = ["_templates"]
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+
+# --- HTML: furo --------------------------------------------------------------
+html_theme = "furo"
+html_title = f"spark_somas {release}"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+html_theme_options = {"navigation_with_keys": True}
+pygments_style = "friendly"
+pygments_dark_style = "monokai"
+
+# --- Maths: MathJax 3 from the build's own _static ----------------------------
+MATHJAX_SRC = pathlib.Path(mathjax.__file__).resolve().parent / "static" / "mathjax" / "es5"
+mathjax_path = "mathjax/tex-svg.js"
+mathjax3_config = {"tex": {"inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]]}}
+
+
+def _copy_mathjax(app, exception):
+    """Copy the MathJax files the pages load (the SVG output needs no fonts)."""
+    if exception is not None or app.builder.format != "html":
+        return
+    target = pathlib.Path(app.outdir) / "_static" / "mathjax"
+    if (target / "tex-svg.js").exists():
+        return
+    for part in ("tex-svg.js", "input/tex/extensions", "output/svg", "ui", "a11y", "sre"):
+        src = MATHJAX_SRC / part
+        if src.is_dir():
+            shutil.copytree(src, target / part, dirs_exist_ok=True)
+        elif src.exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target / part)
+
+
+# --- MyST and MyST-NB ----------------------------------------------------------
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_heading_anchors = 3
+nb_execution_mode = "cache"
+nb_execution_timeout = 900
+nb_execution_raise_on_error = True
+nb_execution_in_temp = True  # notebooks write their files into a temporary folder
+nb_execution_show_tb = True
+nb_merge_streams = True
+
+# --- API reference -------------------------------------------------------------
+autosummary_generate = True
+autosummary_ignore_module_all = False  # a module's __all__ is its public API
+autosummary_imported_members = False
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = True
+autodoc_default_options = {"members": True, "show-inheritance": True}
+autoclass_content = "both"
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+add_module_names = False
+
+
+def setup(app):
+    app.connect("build-finished", _copy_mathjax)
