@@ -28,14 +28,25 @@ Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it to
 save killed mid-write leaves the earlier steps intact and is never listed.
 One process writes a directory at a time.
 
+Loading never imports or runs code named on disk: :func:`load` rebuilds a
+model only from a type registered in this process (:func:`register_model`;
+the four somas and :class:`~spark_somas.training.SpikingNetwork` register
+themselves), and the metadata is plain JSON read as data.
+
+A :class:`Checkpointer` that may write checks up front that it can create a
+file in its directory, and again before every save, so an unwritable
+directory is refused before any work depends on it.
+
 Refusals: restoring into a model whose somas differ from the saved ones
 (class, units, dt, dtype, param_dtype, trained fields, any config field) or
-whose arrays differ in path, shape or dtype raises
+whose arrays differ in path, shape or dtype (a neuron state's batch
+shape may differ, its trailing ``units`` may not) raises
 :class:`CheckpointMismatchError` naming the field and both values, before any
 array is read; a missing directory or step raises
-:class:`CheckpointNotFoundError`; an unreadable one
-:class:`CheckpointCorruptError`; saving a step that exists
-:class:`CheckpointExistsError`. All subclass :class:`CheckpointError`, a
+:class:`CheckpointNotFoundError`; an unreadable one, or one whose metadata disagrees with its
+arrays, :class:`CheckpointCorruptError`; saving a step that exists
+:class:`CheckpointExistsError`; a directory this process cannot write
+:class:`CheckpointNotWritableError`. All subclass :class:`CheckpointError`, a
 ``ValueError``.
 """
 
@@ -43,11 +54,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib
 import importlib.metadata
 import json
 import math
 import os
+import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -67,6 +78,7 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointMismatchError",
     "CheckpointExistsError",
+    "CheckpointNotWritableError",
     "ModelType",
     "register_model",
     "soma_spec",
@@ -100,6 +112,11 @@ class CheckpointExistsError(CheckpointError, FileExistsError):
     """The step is already saved; a checkpoint is never overwritten."""
 
 
+class CheckpointNotWritableError(CheckpointError, PermissionError):
+    """The directory cannot be created or written by this process, or a
+    save to it failed on the file system."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelType:
     """How :func:`load` rebuilds a model class from JSON: ``spec(model)``
@@ -120,7 +137,11 @@ def register_model(name: str, cls: type, *, spec: Callable[[Any], dict],
                    build: Callable[[Mapping[str, Any]], nnx.Module]) -> None:
     """Registers ``cls`` under ``name`` so that its checkpoints load from the
     directory alone (see :class:`ModelType`). Registering the same name again
-    for the same class replaces the entry (module reloads)."""
+    for the same class replaces the entry (module reloads).
+
+    This registry is the only place :func:`load` takes classes from: a
+    checkpoint names a registered type, never a module to import. A soma
+    subclass registers with ``spec=soma_spec, build=soma_from_spec``."""
     old = _MODEL_TYPES.get(name)
     if old is not None and old.cls.__qualname__ != cls.__qualname__:
         raise ValueError(f"register_model: name {name!r} is taken by {old.cls.__qualname__}")
@@ -143,7 +164,6 @@ def soma_spec(soma: somas.ExponentialSoma) -> dict[str, Any]:
             config[name] = np.asarray(getattr(soma, name)[...], np.float64).tolist()
     return {
         "class": type(soma).__name__,
-        "module": type(soma).__module__,
         "config": config,
         "validated": soma.config.validated,
         "units": list(soma.units),
@@ -154,25 +174,20 @@ def soma_spec(soma: somas.ExponentialSoma) -> dict[str, Any]:
     }
 
 
-def _soma_class(name: str, module: str | None) -> type[somas.ExponentialSoma]:
-    """The soma class ``module.name`` (imported if need be), a subclass of ExponentialSoma."""
-    if module:
-        importlib.import_module(module)
-    found, todo = [], [somas.ExponentialSoma]
-    while todo:
-        cls = todo.pop()
-        found.append(cls)
-        todo.extend(cls.__subclasses__())
-    matches = [c for c in found if c.__name__ == name and c.__module__ == (module or c.__module__)]
-    if not matches:
-        raise CheckpointError(f"soma class {name!r} is unknown; known: "
-                              f"{sorted({c.__name__ for c in found})}")
-    return matches[0]
+def _soma_class(name: Any) -> type[somas.ExponentialSoma]:
+    """The registered soma class named ``name``; never imports anything."""
+    known = sorted(n for n, t in _MODEL_TYPES.items() if issubclass(t.cls, somas.ExponentialSoma))
+    model_type = _MODEL_TYPES.get(name) if isinstance(name, str) else None
+    if model_type is None or not issubclass(model_type.cls, somas.ExponentialSoma):
+        raise CheckpointError(f"soma class {_show(name)} is not registered (known: {known}); "
+                              "register it with register_model before loading")
+    return model_type.cls
 
 
 def soma_from_spec(spec: Mapping[str, Any]) -> somas.ExponentialSoma:
-    """Inverse of :func:`soma_spec`: a soma at rest with the recorded config."""
-    cls = _soma_class(spec["class"], spec.get("module"))
+    """Inverse of :func:`soma_spec`: a soma at rest with the recorded config.
+    The class comes from the registry (:func:`register_model`)."""
+    cls = _soma_class(spec["class"])
     config = (cls.config_class.from_dict(spec["config"]) if spec.get("validated", True)
               else cls.config_class(**spec["config"], __skip_validation__=True))
     return cls(config, units=tuple(spec["units"]), dt=spec["dt"], trainable=tuple(spec["trainable"]),
@@ -192,14 +207,19 @@ def _build_model(model_meta: Mapping[str, Any]) -> nnx.Module:
             "describes, so it cannot be rebuilt from the directory alone; build the model "
             "yourself and use Checkpointer.restore(model)"
         )
-    if name not in _MODEL_TYPES and model_meta.get("module"):
-        importlib.import_module(model_meta["module"])  # its import registers it
-    if name not in _MODEL_TYPES:
+    if not isinstance(name, str) or name not in _MODEL_TYPES:
         raise CheckpointError(
-            f"model type {name!r} is not registered (known: {sorted(_MODEL_TYPES)}); import the "
-            "module that calls register_model for it"
+            f"model type {_show(name)} is not registered (known: {sorted(_MODEL_TYPES)}); "
+            "loading never imports a module named in a checkpoint: import or define the "
+            "model's class and call register_model for it first"
         )
-    return _MODEL_TYPES[name].build(model_meta["spec"])
+    try:
+        return _MODEL_TYPES[name].build(model_meta.get("spec"))
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointCorruptError(f"the checkpoint's spec of its {name} cannot rebuild it "
+                                     f"({type(err).__name__}: {err})") from None
 
 
 def _path_str(path: Sequence[Any]) -> str:
@@ -262,9 +282,11 @@ def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
         if theirs.get("class") != mine["class"]:
             continue
         live = have[path].config
+        drawn = {f.name for f in live.quantity_fields() if configs.is_initializer(getattr(live, f.name))}
         for name in mine["config"]:
-            # A field the model draws from an initializer takes the saved values.
-            if configs.is_initializer(getattr(live, name)):
+            # A field the model draws from an initializer takes the saved values;
+            # every other entry (the surrogate and detach_reset included) must agree.
+            if name in drawn:
                 continue
             if theirs["config"].get(name) != mine["config"][name]:
                 problems.append(f"soma {path!r} config.{name}: checkpoint "
@@ -272,10 +294,21 @@ def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
     return problems
 
 
+def _state_units(model: Any) -> dict[str, tuple[int, ...]]:
+    """Path of every neuron-state leaf of ``model`` -> its soma's units."""
+    out = {}
+    for path, soma in _soma_paths(model).items():
+        prefix = "" if path == "." else path + "/"
+        for name in _flat(nnx.to_pure_dict(nnx.state(soma, somas.SomaState))):
+            out[prefix + name] = soma.units
+    return out
+
+
 def _array_mismatches(item: str, saved: Mapping[str, Any], target: Mapping[str, Any],
-                      loose: set[str]) -> list[str]:
+                      loose: Mapping[str, tuple[int, ...]]) -> list[str]:
     """Differences in path, dtype and shape between saved array metadata and
-    the target's leaves; ``loose`` paths (neuron state) may differ in batch shape."""
+    the target's leaves; ``loose`` paths (neuron state, mapped to their
+    soma's units) may differ in batch shape but must end in those units."""
     problems = []
     for path in sorted(set(saved) | set(target)):
         if path not in target:
@@ -288,8 +321,14 @@ def _array_mismatches(item: str, saved: Mapping[str, Any], target: Mapping[str, 
             if jnp.dtype(md.dtype) != dtype:
                 problems.append(f"{item} {path!r} dtype: checkpoint {jnp.dtype(md.dtype).name}, "
                                 f"model {dtype.name}")
-            if path not in loose and tuple(md.shape) != shape:
-                problems.append(f"{item} {path!r} shape: checkpoint {tuple(md.shape)}, model {shape}")
+            saved_shape = tuple(md.shape)
+            if path in loose:
+                units = loose[path]
+                if len(saved_shape) < len(units) or saved_shape[len(saved_shape) - len(units):] != units:
+                    problems.append(f"{item} {path!r} shape: checkpoint {saved_shape}, which does "
+                                    f"not end in the model's units {units}")
+            elif saved_shape != shape:
+                problems.append(f"{item} {path!r} shape: checkpoint {saved_shape}, model {shape}")
     return problems
 
 
@@ -324,6 +363,27 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
         return np.asarray(obj).tolist()
     return obj
+
+
+def _check_step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"step = {step!r} violates the rule: an int >= 0")
+    return int(step)
+
+
+def _check_writable(directory: str) -> None:
+    """Creates ``directory`` if need be and a file in it (removed at once);
+    raises :class:`CheckpointNotWritableError` naming the directory when
+    either fails, whatever the reason (permissions, a read-only file system,
+    a file in the way)."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory, prefix=".spark-somas-write-check-"):
+            pass
+    except OSError as err:
+        raise CheckpointNotWritableError(
+            f"checkpoint directory {directory} violates the rule: a directory this process can "
+            f"create and write ({err.strerror or type(err).__name__})") from None
 
 
 def _versions() -> dict[str, str]:
@@ -377,6 +437,8 @@ class Checkpointer:
             raise ValueError(f"keep_best = {keep_best!r} violates the rule: an int >= 1")
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist")
+        if not read_only:
+            _check_writable(self.directory)
         self.best_metric = best_metric
         self.read_only = read_only
         best_fn = None
@@ -405,12 +467,25 @@ class Checkpointer:
     # -- lifecycle
 
     def wait(self) -> None:
-        """Blocks until every pending save is committed; re-raises its error."""
-        self._manager.wait_until_finished()
+        """Blocks until every pending save is committed.
+
+        Raises:
+          CheckpointNotWritableError: a pending save failed on the file system
+            (its step is not committed; earlier steps are intact).
+        """
+        try:
+            self._manager.wait_until_finished()
+        except OSError as err:
+            raise CheckpointNotWritableError(
+                f"a save to {self.directory} failed and was not committed: {err}") from err
 
     def close(self) -> None:
-        """Waits for pending saves, then releases the manager."""
-        self._manager.close()
+        """Waits for pending saves, then releases the manager (also when a
+        save failed, whose error it then raises as :meth:`wait` does)."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> "Checkpointer":
         return self
@@ -434,6 +509,8 @@ class Checkpointer:
         return self._manager.best_step()
 
     def _resolve(self, step: int | None) -> int:
+        if step is not None:
+            step = _check_step(step)
         self.wait()  # reads see this Checkpointer's own pending saves committed
         steps = self.all_steps()
         if not steps:
@@ -461,11 +538,11 @@ class Checkpointer:
 
         Raises:
           CheckpointExistsError: ``step`` is already saved.
+          CheckpointNotWritableError: the directory can no longer be written
+            (checked before anything is handed to the writer).
           ValueError: a bad step, metric or ``extra``.
         """
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"step = {step!r} violates the rule: an int >= 0")
-        step = int(step)
+        step = _check_step(step)
         if self.read_only:
             raise CheckpointError(f"this Checkpointer of {self.directory} is read_only")
         metrics = self._check_metrics(metrics)
@@ -478,7 +555,6 @@ class Checkpointer:
             "model": {
                 "class": f"{type(model).__module__}.{type(model).__qualname__}",
                 "type": model_type.name if model_type else None,
-                "module": model_type.cls.__module__ if model_type else None,
                 "spec": model_type.spec(model) if model_type else None,
             },
             "somas": {path: soma_spec(s) for path, s in _soma_paths(model).items()},
@@ -491,6 +567,7 @@ class Checkpointer:
         except (TypeError, ValueError) as err:
             raise ValueError(f"extra = {_show(str(extra))} (or the model spec) violates the rule: "
                              f"JSON-serialisable ({err})") from None
+        _check_writable(self.directory)
         items = {"state": ocp.args.StandardSave(jax.tree.map(_stored, _pure(model))),
                  "metadata": ocp.args.JsonSave(meta)}
         if optimizer is not None:
@@ -527,7 +604,9 @@ class Checkpointer:
                 step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
         except Exception as err:  # orbax raises many kinds on unreadable files
             raise self._corrupt(step, "metadata", err) from err
-        if not isinstance(meta, dict) or not {"format_version", "somas", "model"} <= set(meta):
+        if (not isinstance(meta, dict) or not {"format_version", "somas", "model"} <= set(meta)
+                or not isinstance(meta["somas"], dict) or not isinstance(meta["model"], dict)
+                or not isinstance(meta["format_version"], int)):
             raise self._corrupt(step, "metadata", "not spark_somas checkpoint metadata")
         if meta["format_version"] > FORMAT_VERSION:
             raise CheckpointError(f"step {step} in {self.directory} has format version "
@@ -580,12 +659,12 @@ class Checkpointer:
             saved = {name: _flat(saved_md[name].tree) for name in modules}
         except Exception as err:
             raise self._corrupt(step, "array metadata", err) from err
-        loose = set(_flat(nnx.to_pure_dict(nnx.state(model, somas.SomaState))))
+        loose = _state_units(model)
         targets, args = {}, {}
         for name, module in modules.items():
             targets[name] = _pure(module)
             problems += _array_mismatches(name, saved[name], _flat(targets[name]),
-                                          loose if name == "state" else set())
+                                          loose if name == "state" else {})
         if problems:
             raise CheckpointMismatchError(self._refusal(step, problems))
         for name, pure in targets.items():
@@ -606,6 +685,21 @@ class Checkpointer:
             nnx.update(module, state)
         return step
 
+    def _check_units(self, step: int, saved_somas: Mapping[str, Any]) -> None:
+        """Refuses metadata whose somas' units disagree with the stored
+        potentials, before anything is built from it."""
+        try:
+            stored = _flat(self._manager.item_metadata(step)["state"].tree)
+        except Exception as err:
+            raise self._corrupt(step, "array metadata", err) from err
+        for path, spec in saved_somas.items():
+            units = tuple(spec.get("units") or ()) if isinstance(spec, dict) else None
+            md = stored.get("potential" if path == "." else f"{path}/potential")
+            shape = None if md is None else tuple(md.shape)
+            if shape is None or units is None or shape[len(shape) - len(units):] != units:
+                raise self._corrupt(step, "metadata", f"soma {path!r} has units {units} in the "
+                                    f"metadata but a stored potential of shape {shape}")
+
     def _refusal(self, step: int, problems: list[str]) -> str:
         return (f"cannot restore step {step} of {self.directory} into this model: "
                 + "; ".join(problems))
@@ -617,7 +711,9 @@ def load(directory: str | os.PathLike, step: int | None = None) -> nnx.Module:
     registered with :func:`register_model`."""
     with Checkpointer(directory, read_only=True) as ckpt:
         step = ckpt._resolve(step)
-        model = _build_model(ckpt.metadata(step)["model"])
+        meta = ckpt.metadata(step)
+        ckpt._check_units(step, meta["somas"])
+        model = _build_model(meta["model"])
         ckpt.restore(model, step=step)
     return model
 

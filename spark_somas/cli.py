@@ -20,14 +20,24 @@ saved settings and runs ``fit(..., start_epoch=e + 1, history=extra["history"])`
 data order and noise are pure functions of (seed, epoch), so the resumed run
 is the run that never stopped.
 * ``spark-somas checkpoints D`` — the steps saved in D with their metrics.
+
+User errors end the command with one line on stderr naming the option and
+the rule it breaks, and no traceback: exit status 2 for an option value the
+parser refuses (usage), 1 for what is found while running — an unwritable
+``--out`` or ``--checkpoint-dir``, a ``--resume`` directory that holds no
+training run, a diverging loss. Everything that can be checked before
+training (options, directories, the checkpoint to resume) is checked before
+the data are loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 from typing import Callable, Sequence
 
@@ -35,18 +45,48 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 
-__all__ = ["main", "build_parser", "SUBCOMMANDS"]
+__all__ = ["main", "build_parser", "SUBCOMMANDS", "CommandError"]
+
+
+class CommandError(Exception):
+    """A user error found while a command runs: reported as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line: the option and the rule."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} violates the rule: finite")
+    return value
 
 
 def _positive(kind: type) -> Callable[[str], float | int]:
     def parse(text: str):
         value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text!r} violates the rule: > 0")
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} violates the rule: > 0 and finite")
         return value
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _writable_dir(path: str, option: str) -> None:
+    """Creates ``path`` and a file in it (removed at once), or raises
+    :class:`CommandError` naming ``option``: before any work depends on it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".spark-somas-write-check-"):
+            pass
+    except OSError as err:
+        raise CommandError(f"{option} {path} violates the rule: a directory this process can "
+                           f"create and write ({err.strerror or type(err).__name__})") from None
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -130,12 +170,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     resumed = None
     if args.resume:
-        with Checkpointer(args.resume, read_only=True) as ckpt:
-            resumed = ckpt.metadata()["extra"]
+        resumed = _resumable(args.resume)
         for key, value in resumed["settings"].items():
             if hasattr(args, key) and key not in _SESSION_OPTIONS:
                 setattr(args, key, value)
         args.checkpoint_dir = args.resume
+    _writable_dir(args.out, "--out")
+    if args.checkpoint_dir:
+        _writable_dir(args.checkpoint_dir, "--checkpoint-dir")
 
     recipe = dict(training.RECIPES[args.task])
     steps = args.steps or recipe["steps"]
@@ -143,12 +185,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     data_kwargs |= dict(args.data_option)
     try:
         data = datasets.load_task(args.task, **data_kwargs).limit(args.limit)
-    except TypeError as err:  # an unknown --data-option key
-        raise SystemExit(f"--data-option violates the rule: a keyword of the {args.task} "
-                         f"loader ({err})") from None
+    except (TypeError, ValueError) as err:  # an unknown --data-option key or a bad value
+        raise CommandError(f"--data-option violates the rule: a keyword of the {args.task} "
+                           f"loader with a valid value ({err})") from None
     kind = "spikes" if data.encoding == "spikes" else (args.encoder or recipe["encoder"])
     if data.encoding == "spikes" and args.encoder not in (None, "spikes"):
-        raise SystemExit(f"--encoder {args.encoder} violates the rule: {args.task} is spike data")
+        raise CommandError(f"--encoder {args.encoder} violates the rule: {args.task} is spike data")
     encoder = training.Encoder(kind, steps)
     model = training.SpikingNetwork(
         data.n_features, args.hidden, data.n_classes, soma=args.soma, recurrent=args.recurrent,
@@ -202,7 +244,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                 v = np.asarray(value)
                 print(f"  trained {name}: mean {v.mean():.4g}, range [{v.min():.4g}, {v.max():.4g}]")
 
-    os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"train_{args.task}_{args.soma}")
     fig = training.plot_training(
         history, raster, dt=model.dt,
@@ -214,6 +255,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resumable(directory: str) -> dict:
+    """The ``extra`` of the newest step in ``directory`` when it is a run that
+    ``train --checkpoint-dir`` wrote; else :class:`CommandError` naming ``--resume``."""
+    from spark_somas.checkpointing import CheckpointError, Checkpointer
+
+    try:
+        with Checkpointer(directory, read_only=True) as ckpt:
+            meta = ckpt.metadata()
+    except CheckpointError as err:
+        raise CommandError(f"--resume: {err}") from None
+    extra = meta.get("extra")
+    if (meta["model"].get("type") != "SpikingNetwork" or not isinstance(extra, dict)
+            or not isinstance(extra.get("settings"), dict)
+            or not isinstance(extra.get("history"), dict)):
+        raise CommandError(
+            f"--resume {directory} violates the rule: a directory written by 'spark-somas train "
+            f"--checkpoint-dir' (its step {meta['step']} holds a "
+            f"{meta['model'].get('type') or meta['model'].get('class')} without the training "
+            "settings and history)")
+    return extra
+
+
 def add_simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "simulate", help="the four default somas under a step current",
@@ -221,9 +284,9 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                     "current step and report spike counts and firing rates.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--current", type=float, default=800.0, help="step amplitude (pA)")
+    p.add_argument("--current", type=_finite, default=800.0, help="step amplitude (pA)")
     p.add_argument("--duration", type=_positive(float), default=300.0, help="run length (ms)")
-    p.add_argument("--onset", type=float, default=20.0, help="step onset (ms)")
+    p.add_argument("--onset", type=_finite, default=20.0, help="step onset (ms)")
     p.add_argument("--dt", type=_positive(float), default=0.1, help="time step (ms)")
     p.add_argument("--out", default="out", help="directory for simulate.png")
     return p
@@ -237,6 +300,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from spark_somas import plotting
 
     steps = int(round(args.duration / args.dt))
+    if steps < 1:
+        raise CommandError(f"--duration {args.duration:g} violates the rule: at least one step of "
+                           f"--dt {args.dt:g} ms")
+    _writable_dir(args.out, "--out")
     t = np.arange(steps) * args.dt
     current = np.where(t >= args.onset, args.current, 0.0).astype(np.float32)[:, None]
     on_ms = max(args.duration - max(args.onset, 0.0), 0.0)
@@ -254,7 +321,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         ax.set_title(f"{cls.__name__}: {count} spikes, {rate:.1f} Hz", fontsize=9)
         ax.set_xlabel("")
     axes[-1].set_xlabel("time (ms)")
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "simulate.png")
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
@@ -270,13 +336,9 @@ def add_checkpoints_parser(sub: argparse._SubParsersAction) -> argparse.Argument
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    from spark_somas.checkpointing import CheckpointError, describe, format_listing
+    from spark_somas.checkpointing import describe, format_listing
 
-    try:
-        print(format_listing(describe(args.directory)))
-    except CheckpointError as err:
-        print(f"spark-somas checkpoints: {err}", file=sys.stderr)
-        return 1
+    print(format_listing(describe(args.directory)))
     return 0
 
 
@@ -289,7 +351,7 @@ SUBCOMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spark-somas",
         description="Exponential integrate-and-fire somas (Flax NNX): simulate and train.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -301,7 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``spark-somas`` with ``argv`` (default: the process arguments)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from spark_somas.checkpointing import CheckpointError
+    from spark_somas.configs import ConfigError
+    from spark_somas.datasets import DataError
+    from spark_somas.training import NonFiniteLossError
+
+    try:
+        return args.func(args)
+    except (CommandError, CheckpointError, ConfigError, DataError, NonFiniteLossError) as err:
+        print(f"spark-somas {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

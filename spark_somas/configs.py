@@ -64,12 +64,13 @@ class Rule:
     def holds(self, value: np.ndarray, other: np.ndarray | None) -> np.ndarray:
         bound = other if isinstance(self.bound, str) else self.bound
         ok = np.isfinite(value)
+        # Not in place: ``bound`` may broadcast ``ok`` to a larger shape.
         if self.op == ">":
-            ok &= value > bound
+            ok = ok & (value > bound)
         elif self.op == ">=":
-            ok &= value >= bound
+            ok = ok & (value >= bound)
         elif self.op == "<":
-            ok &= value < bound
+            ok = ok & (value < bound)
         return ok
 
 
@@ -148,15 +149,27 @@ class ExponentialSomaConfig:
                     f"{type(self).__name__}.{f.name} = {value!r} violates the rule: "
                     "a float, an array or an initializer (key, shape, dtype) -> array"
                 )
+            if not is_initializer(value) and np.iscomplexobj(value):
+                raise ConfigError(
+                    f"{type(self).__name__}.{f.name} = {value!r} violates the rule: real "
+                    "values (a complex number would lose its imaginary part)"
+                )
             if isinstance(value, (int, float)):
                 object.__setattr__(self, f.name, float(value))
             elif isinstance(value, (list, tuple)):
                 object.__setattr__(self, f.name, np.asarray(value, dtype=np.float64))
         surrogate = self.surrogate
-        if isinstance(surrogate, str):
-            surrogate = surrogates_lib.by_name(surrogate)
-        elif isinstance(surrogate, Mapping):
-            surrogate = surrogates_lib.from_dict(surrogate)
+        try:
+            if isinstance(surrogate, str):
+                surrogate = surrogates_lib.by_name(surrogate)
+            elif isinstance(surrogate, Mapping):
+                surrogate = surrogates_lib.from_dict(surrogate)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(
+                f"{type(self).__name__}.surrogate = {self.surrogate!r} violates the rule: a "
+                f"surrogate name, one of {sorted(surrogates_lib.Surrogate._registry)}, or a "
+                f"dict of 'name' and its parameters ({type(err).__name__}: {err})"
+            ) from None
         if not isinstance(surrogate, surrogates_lib.Surrogate):
             raise ConfigError(
                 f"{type(self).__name__}.surrogate = {self.surrogate!r} violates the rule: "
@@ -201,6 +214,14 @@ class ExponentialSomaConfig:
                 self._require(name, arr, rule.holds(arr, None))
             elif rule.bound in arrays:
                 other = arrays[rule.bound]
+                try:
+                    np.broadcast_shapes(arr.shape, other.shape)
+                except ValueError:
+                    raise ConfigError(
+                        f"{type(self).__name__}.{name} has shape {arr.shape} and {rule.bound} "
+                        f"shape {other.shape}, which violate the rule: per-neuron arrays "
+                        "broadcast with each other"
+                    ) from None
                 self._require(name, arr, rule.holds(arr, other), (rule.bound, other))
 
     def _require(self, name: str, arr: np.ndarray, ok: np.ndarray,

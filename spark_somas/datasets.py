@@ -22,7 +22,12 @@ import math
 
 import numpy as np
 
-__all__ = ["Dataset", "load_digits", "load_randman", "TASKS", "load_task"]
+__all__ = ["DataError", "Dataset", "load_digits", "load_randman", "TASKS", "load_task"]
+
+
+class DataError(ValueError):
+    """A dataset breaks a rule a training run needs; names the array, the
+    offending value and the rule."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,6 +61,53 @@ class Dataset:
             self, x_train=self.x_train[:n], y_train=self.y_train[:n],
             x_test=self.x_test[:n], y_test=self.y_test[:n],
         )
+
+    def check(self) -> None:
+        """Checks what training relies on, before any step runs.
+
+        Each split is non-empty with as many labels as samples; inputs are
+        real and finite, ``(N, F)`` for static data or ``(N, T, F)`` for
+        spike data, with the same trailing shape in both splits; labels are
+        integers in [0, ``n_classes``).
+
+        Raises:
+          DataError: naming the array, the offending value (and its index) and the rule.
+        """
+        ndim = {"static": 2, "spikes": 3}.get(self.encoding)
+        if ndim is None:
+            raise DataError(f"{self.name}: encoding = {self.encoding!r} violates the rule: "
+                            "'static' or 'spikes'")
+        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, (int, np.integer)) \
+                or self.n_classes < 1:
+            raise DataError(f"{self.name}: n_classes = {self.n_classes!r} violates the rule: a "
+                            "positive int")
+        for split in ("train", "test"):
+            x, y = np.asarray(getattr(self, f"x_{split}")), np.asarray(getattr(self, f"y_{split}"))
+            where = f"{self.name}: x_{split}"
+            if x.ndim != ndim or x.shape[0] == 0:
+                raise DataError(f"{where} has shape {x.shape}, which violates the rule: "
+                                f"{'(N, F)' if ndim == 2 else '(N, T, F)'} with N >= 1 for "
+                                f"{self.encoding} data")
+            if x.shape[1:] != np.shape(self.x_train)[1:]:
+                raise DataError(f"{where} has shape {x.shape}, which violates the rule: the "
+                                f"trailing shape {np.shape(self.x_train)[1:]} of x_train")
+            if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+                    or x.dtype == bool):
+                raise DataError(f"{where} has dtype {x.dtype}, which violates the rule: real numbers")
+            bad = ~np.isfinite(x)
+            if bad.any():
+                index = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise DataError(f"{where}[{index}] = {x[index]!r} violates the rule: finite inputs "
+                                "(one NaN or inf would make every weight NaN)")
+            where = f"{self.name}: y_{split}"
+            if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+                raise DataError(f"{where} has shape {y.shape} and dtype {y.dtype}, which violate "
+                                f"the rule: {x.shape[0]} integer labels, one per sample")
+            bad = (y < 0) | (y >= self.n_classes)
+            if bad.any():
+                index = int(np.argmax(bad))
+                raise DataError(f"{where}[{index}] = {int(y[index])} violates the rule: "
+                                f"0 <= label < n_classes = {self.n_classes}")
 
     def __repr__(self) -> str:
         return (

@@ -149,8 +149,15 @@ def iter_somas(model: Any) -> Iterator[tuple[tuple, "ExponentialSoma"]]:
 
 
 def _as_units(units: int | Sequence[int]) -> tuple[int, ...]:
-    shape = (units,) if isinstance(units, (int, np.integer)) else tuple(units)
-    if not all(isinstance(u, (int, np.integer)) and not isinstance(u, bool) and u > 0 for u in shape):
+    if isinstance(units, (int, np.integer)):
+        shape = (units,)
+    else:
+        try:
+            shape = None if isinstance(units, (str, bytes)) else tuple(units)
+        except TypeError:
+            shape = None
+    if shape is None or not all(isinstance(u, (int, np.integer)) and not isinstance(u, bool) and u > 0
+                            for u in shape):
         raise ValueError(f"units = {units!r} violates the rule: an int or a tuple of positive ints")
     return tuple(int(u) for u in shape)
 
@@ -193,10 +200,13 @@ class ExponentialSoma(nnx.Module):
     ):
         name = type(self).__name__
         config = self.config_class() if config is None else config
-        if not isinstance(config, self.config_class):
+        ignored = sorted({f.name for f in dataclasses.fields(config)}
+                         - {f.name for f in dataclasses.fields(self.config_class)})
+        if not isinstance(config, self.config_class) or ignored:
             raise configs.ConfigError(
-                f"{name}(config=...) got a {type(config).__name__}; it needs a "
-                f"{self.config_class.__name__}"
+                f"{name}(config=...) got a {type(config).__name__}; it takes its own config "
+                f"class, {self.config_class.__name__}"
+                + (f" ({name} has no use for {ignored})" if ignored else "")
             )
         fields = [f.name for f in config.quantity_fields()]
         known = {f.name for f in dataclasses.fields(config)}
@@ -212,7 +222,8 @@ class ExponentialSoma(nnx.Module):
                 f"{name}: trainable = {bad} violates the rule: each must be a numeric config "
                 f"field, one of {fields}"
             )
-        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        if not (isinstance(dt, (int, float, np.integer, np.floating)) and not isinstance(dt, bool)
+                and math.isfinite(dt) and dt > 0):
             raise ValueError(f"{name}: dt = {dt!r} ms violates the rule: dt > 0 and finite")
         for label, dt_ in (("dtype", dtype), ("param_dtype", param_dtype)):
             if not jnp.issubdtype(dt_, jnp.floating):
@@ -306,6 +317,9 @@ class ExponentialSoma(nnx.Module):
     def __call__(self, current: Array) -> SomaOutput:
         """One step with input ``current`` (pA), shape ``(*units)`` or ``(*batch, *units)``."""
         current = jnp.asarray(current)
+        if jnp.issubdtype(current.dtype, jnp.complexfloating):
+            raise ValueError(f"{type(self).__name__}: a current of dtype {current.dtype} violates "
+                             "the rule: real values (pA)")
         if not jnp.issubdtype(current.dtype, jnp.floating):
             current = current.astype(self.dtype)
         self.broadcast_state(current.shape)

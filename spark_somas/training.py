@@ -58,7 +58,7 @@ from flax import nnx
 
 import spark_somas as ss
 from spark_somas import checkpointing, sharding
-from spark_somas.datasets import Dataset
+from spark_somas.datasets import DataError, Dataset
 from spark_somas.somas import ExponentialSoma, iter_somas
 
 __all__ = [
@@ -91,6 +91,7 @@ __all__ = [
     "evaluate",
     "epoch_order",
     "batch_key",
+    "NonFiniteLossError",
     "fit",
     "plot_training",
 ]
@@ -328,6 +329,10 @@ class SpikingNetwork(nnx.Module):
         rngs: nnx.Rngs,
     ):
         cls = _soma_class(soma)
+        for name, value in (("in_features", in_features), ("hidden", hidden),
+                            ("n_classes", n_classes)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} = {value!r} violates the rule: a positive int")
         if output not in ("leaky", "soma"):
             raise ValueError(f"output = {output!r} violates the rule: 'leaky' or 'soma'")
         if readout not in READOUTS:
@@ -342,6 +347,8 @@ class SpikingNetwork(nnx.Module):
             trainable = trainable_neuron_params(cls)
         elif trainable_neurons is False:
             trainable = ()
+        elif isinstance(trainable_neurons, str):
+            trainable = (trainable_neurons,)
         else:
             trainable = tuple(trainable_neurons)
         kwargs = dict(soma_kwargs or {}, dt=dt, trainable=trainable)
@@ -653,6 +660,38 @@ def batch_key(seed: int, epoch: int, index: int) -> Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), index)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the run stopped before the
+    epoch's ``on_epoch_end`` (so no checkpoint of it was written)."""
+
+
+def _check_fit(model: Any, data: Dataset, encoder: Encoder, epochs: Any, batch_size: Any,
+               start_epoch: Any) -> None:
+    """Refuses, before any step, settings and data that ``fit`` cannot train on."""
+    for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
+                             ("start_epoch", start_epoch, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} = {value!r} violates the rule: an int >= {low}")
+    if start_epoch > epochs:
+        raise ValueError(f"start_epoch = {start_epoch} violates the rule: start_epoch <= epochs "
+                         f"= {epochs}")
+    data.check()
+    spec = getattr(model, "spec", None) or {}
+    if "in_features" in spec and data.n_features != spec["in_features"]:
+        raise DataError(f"{data.name}: {data.n_features} features violate the rule: the model's "
+                        f"in_features = {spec['in_features']}")
+    if "n_classes" in spec and data.n_classes > spec["n_classes"]:
+        raise DataError(f"{data.name}: n_classes = {data.n_classes} violates the rule: at most the "
+                        f"model's n_classes = {spec['n_classes']}")
+    spikes = data.encoding == "spikes"
+    if spikes != (encoder.kind == "spikes"):
+        raise DataError(f"{data.name}: {data.encoding} data violate the rule: encoder kind "
+                        f"{encoder.kind!r} needs {'spikes' if encoder.kind == 'spikes' else 'static'} data")
+    if spikes and data.x_train.shape[1] != encoder.steps:
+        raise DataError(f"{data.name}: {data.x_train.shape[1]} time steps per sample violate the "
+                        f"rule: the encoder's steps = {encoder.steps}")
+
+
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "train_rate_hz",
                 "test_loss", "test_accuracy", "test_rate_hz", "seconds")
 
@@ -672,6 +711,7 @@ def fit(
     on_epoch_end: Callable[[int, SpikingNetwork, nnx.Optimizer, dict], None] | None = None,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    stop_on_nonfinite: bool = True,
 ) -> dict[str, list]:
     """Trains for epochs ``start_epoch`` … ``epochs − 1``; returns the history.
 
@@ -697,9 +737,23 @@ def fit(
     parallel: ``model`` and ``optimizer`` are replicated onto it and every
     batch is split over its ``"data"`` axis (``batch_size`` must divide by
     that axis' size); the compiler all-reduces the gradients.
+
+    Before the first step, the settings and ``data`` are checked
+    (:meth:`Dataset.check`: shapes, finite inputs, labels in range; the
+    model's input size and classes; the encoder's kind and steps). After
+    each epoch a NaN or infinite train or test loss raises
+    :class:`NonFiniteLossError` before ``on_epoch_end``, so the last
+    checkpoint written is the last good one; ``stop_on_nonfinite=False``
+    trains on regardless.
+
+    Raises:
+      ValueError: bad ``epochs``, ``batch_size`` or ``start_epoch``.
+      DataError: ``data`` that cannot train ``model`` (see above).
+      NonFiniteLossError: the loss diverged.
     """
     from tqdm.auto import tqdm
 
+    _check_fit(model, data, encoder, epochs, batch_size, start_epoch)
     n = len(data.x_train)
     batch_size = min(batch_size, n)
     per_epoch = n // batch_size
@@ -738,6 +792,11 @@ def fit(
             bar.set_postfix(epoch=epoch + 1, loss=f"{train['loss']:.3f}",
                             acc=f"{train['accuracy']:.3f}", test_acc=f"{test['accuracy']:.3f}",
                             rate=f"{train['rate_hz']:.1f}Hz")
+            if stop_on_nonfinite and not np.isfinite([train["loss"], test["loss"]]).all():
+                raise NonFiniteLossError(
+                    f"epoch {epoch + 1}: train loss {train['loss']}, test loss {test['loss']} "
+                    "violate the rule: a finite loss (lower the learning rate or check the "
+                    "inputs); training stopped before this epoch was saved")
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model, optimizer, history)
     finally:

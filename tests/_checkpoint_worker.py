@@ -6,11 +6,11 @@ Usage:
       alone and simulates the rest of TMPDIR/currents.npz; restores the
       training run saved under TMPDIR/train into a fresh template and trains
       the remaining steps. Writes TMPDIR/resumed.npz.
-  python tests/_checkpoint_worker.py crash TMPDIR
+  python tests/_checkpoint_worker.py crash TMPDIR POINT
       Saves step 1 of a soma under TMPDIR/ckpt (and its state to
-      TMPDIR/step1.npz), then saves step 2 with Orbax's final rename blocked:
-      writes TMPDIR/blocked when the step's files are on disk under their
-      temporary name and waits there to be killed (kill -9).
+      TMPDIR/step1.npz), then saves step 2 asynchronously and stops it at
+      POINT, one of CRASH_POINTS: writes TMPDIR/blocked when the save has
+      reached that point and waits there to be killed (kill -9).
 """
 
 from __future__ import annotations
@@ -135,8 +135,19 @@ def resume(tmp: pathlib.Path) -> None:
     np.savez(tmp / "resumed.npz", **out)
 
 
-def crash(tmp: pathlib.Path) -> None:
-    from orbax.checkpoint._src.path import async_path  # where Orbax's commit rename lives
+#: Where an asynchronous save of step 2 is stopped, in the order Orbax
+#: reaches them: (file-system call, path it acts on, before or after the call).
+CRASH_POINTS = {
+    "step directory created": ("mkdir", "2.orbax-checkpoint-tmp", "after"),
+    "array metadata written": ("write_text", "array_metadatas/process_0", "after"),
+    "state item committed": ("rename", "2.orbax-checkpoint-tmp/state", "after"),
+    "before the final rename": ("rename", "ckpt/2", "before"),
+    "after the final rename": ("rename", "ckpt/2", "after"),
+}
+
+
+def crash(tmp: pathlib.Path, point: str) -> None:
+    from orbax.checkpoint._src.path import async_path  # Orbax's file-system calls
 
     def away_from_rest(soma, step: int):  # a different state at each step
         soma.potential[...] = jnp.linspace(-70.0, -45.0, UNITS) + step
@@ -150,18 +161,26 @@ def crash(tmp: pathlib.Path) -> None:
     ckpt.wait()
     np.savez(tmp / "step1.npz", **flat_state("model", soma))
     away_from_rest(soma, 2)
-    rename = async_path.rename
+    np.savez(tmp / "step2.npz", **flat_state("model", soma))
+    name, suffix, when = CRASH_POINTS[point]
+    call = getattr(async_path, name)
 
-    async def blocked_rename(src, dst):
-        if pathlib.Path(dst).name != "2":  # items commit inside the step's temporary directory
-            return await rename(src, dst)
-        (tmp / "blocked").write_text(f"{src}\n")
+    async def stopped(*args, **kwargs):
+        path = str(args[1] if name == "rename" else args[0])
+        if not path.endswith(suffix):
+            return await call(*args, **kwargs)
+        if when == "after":
+            await call(*args, **kwargs)
+        (tmp / "blocked").write_text(f"{name} {path}\n")
         await asyncio.sleep(3600)
 
-    async_path.rename = blocked_rename
+    setattr(async_path, name, stopped)
     ckpt.save(2, soma)
     ckpt.wait()  # never returns: the test kills this process
 
 
 if __name__ == "__main__":
-    {"resume": resume, "crash": crash}[sys.argv[1]](pathlib.Path(sys.argv[2]))
+    if sys.argv[1] == "crash":
+        crash(pathlib.Path(sys.argv[2]), sys.argv[3])
+    else:
+        resume(pathlib.Path(sys.argv[2]))

@@ -106,34 +106,43 @@ def test_training_resumes_bit_identically_in_a_new_process(resumed):
     assert expected["optimizer['step']"] == worker.N_TRAIN + worker.M_TRAIN
 
 
-def test_save_killed_mid_write_leaves_previous_checkpoint(tmp_path):
-    proc = run_worker("crash", str(tmp_path), background=True)
+@pytest.mark.parametrize("point", list(worker.CRASH_POINTS))
+def test_save_killed_at_any_point_keeps_every_committed_step(tmp_path, point):
+    """kill -9 at several points of an asynchronous save: the previous step
+    always restores, the killed step exists only if its final rename ran,
+    and the next writer cleans up and saves again."""
+    proc = run_worker("crash", str(tmp_path), point, background=True)
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "blocked").exists():
             assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "the worker never reached the commit"
+            assert time.monotonic() < deadline, f"the worker never reached {point!r}"
             time.sleep(0.05)
-        half = glob.glob(str(tmp_path / "ckpt" / "2.orbax-checkpoint-tmp*"))
-        # Everything is on disk but the commit: the arrays under the temporary name.
-        assert half and glob.glob(os.path.join(half[0], "state", "**", "manifest.ocdbt"),
-                                  recursive=True), os.listdir(tmp_path / "ckpt")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
     directory = tmp_path / "ckpt"
-    assert ck.describe(directory)[0].step == 1 and len(ck.describe(directory)) == 1
-    reader = ck.Checkpointer(directory, read_only=True)
-    assert reader.all_steps() == [1] and reader.latest_step() == 1
-    soma = ck.load(directory)
-    assert_states_equal(dict(np.load(tmp_path / "step1.npz")), worker.flat_state("model", soma))
-    # A new writer clears the half-written step and can save step 2 again.
+    committed = point == "after the final rename"
+    if not committed:
+        assert glob.glob(str(directory / "2.orbax-checkpoint-tmp*")), os.listdir(directory)
+    expected_steps = [1, 2] if committed else [1]
+    assert [i.step for i in ck.describe(directory)] == expected_steps
+    assert ck.Checkpointer(directory, read_only=True).all_steps() == expected_steps
+    assert_states_equal(dict(np.load(tmp_path / "step1.npz")),
+                        worker.flat_state("model", ck.load(directory, step=1)))
+    if committed:
+        assert_states_equal(dict(np.load(tmp_path / "step2.npz")),
+                            worker.flat_state("model", ck.load(directory, step=2)))
+    # A new writer clears what the killed save left and saves the next step.
+    soma = ck.load(directory, step=1)
     with ck.Checkpointer(directory) as writer:
-        writer.save(2, soma)
+        writer.save(3, soma)
     assert not glob.glob(str(directory / "*tmp*"))
-    assert ck.Checkpointer(directory, read_only=True).all_steps() == [1, 2]
+    assert ck.Checkpointer(directory, read_only=True).all_steps() == expected_steps + [3]
+    assert_states_equal(dict(np.load(tmp_path / "step1.npz")),
+                        worker.flat_state("model", ck.load(directory)))
 
 
 class Pair(nnx.Module):
@@ -142,7 +151,7 @@ class Pair(nnx.Module):
     def __init__(self, hidden: int = 4, dtype=jnp.float32):
         self.hidden_units = hidden
         self.a = ss.RefractoryExponentialSoma(units=hidden, trainable=("threshold",), dtype=dtype)
-        self.b = ss.AdaptiveExponentialSoma(units=2, potential_tau=20.0, dtype=dtype)
+        self.b = ss.AdaptiveExponentialSoma(units=2, potential_tau=20.0)
         self.w = nnx.Linear(hidden, 2, rngs=nnx.Rngs(0))
 
     def __call__(self, current):
