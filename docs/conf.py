@@ -8,6 +8,7 @@ whose code changed. The API reference is generated from the docstrings
 renders with MathJax, served from the build itself (no CDN needed).
 """
 
+import importlib
 import os
 import pathlib
 import shutil
@@ -18,7 +19,9 @@ import mathjax  # django-static-mathjax: a copy of MathJax 3 as package data
 DOCS = pathlib.Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MPLBACKEND", "Agg")
+# Kernels must draw with Jupyter's inline backend, or the pages get no figures:
+# an inherited MPLBACKEND (e.g. Agg from a test environment) would win over it.
+os.environ.pop("MPLBACKEND", None)
 
 import spark_somas  # noqa: E402
 
@@ -89,6 +92,7 @@ autosummary_ignore_module_all = False  # a module's __all__ is its public API
 autosummary_imported_members = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 autodoc_default_options = {"members": True, "show-inheritance": True}
@@ -97,6 +101,19 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 add_module_names = False
+
+
+# Flax NNX classes are built by a metaclass whose ``__call__(*args, **kwargs)``
+# autodoc would show as every Module's signature; read ``__init__`` instead.
+_NNX_METACLASS_CALLS = {f"{type(cls).__call__.__module__}.{type(cls).__call__.__qualname__}"
+                        for cls in (spark_somas.ExponentialSoma, spark_somas.SomaState)}
+for _module in ("sphinx.ext.autodoc._dynamic._signatures",
+                "sphinx.ext.autodoc._legacy_class_based._documenters"):
+    try:
+        _mod = importlib.import_module(_module)
+    except ImportError:
+        continue
+    _mod._METACLASS_CALL_BLACKLIST = _mod._METACLASS_CALL_BLACKLIST | _NNX_METACLASS_CALLS
 
 
 def setup(app):
