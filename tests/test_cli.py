@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,10 @@ import chex
 import pytest
 from flax import nnx
 
+import spark_somas as ss
 from spark_somas import checkpointing, cli, training
+
+from test_bad_input import unwritable_dir  # noqa: F401  (a fixture)
 
 
 def test_train_end_to_end_tiny(tmp_path, capsys):
@@ -43,13 +47,29 @@ def test_simulate_reports_each_soma_and_writes_png(tmp_path, capsys):
     assert (tmp_path / "simulate.png").stat().st_size > 0
 
 
-def test_bad_options_exit_with_usage(capsys):
-    for argv in (["train", "--soma", "lif"], ["train", "--epochs", "0"], [],
-                 ["train", "--data-option", "manifold_dim"]):
-        with pytest.raises(SystemExit) as err:
-            cli.main(argv)
-        assert err.value.code == 2
-    assert "usage: spark-somas" in capsys.readouterr().err
+def run(argv: list[str]) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as exit:  # the parser's usage errors
+        return exit.code
+
+
+@pytest.mark.parametrize("argv, option, rule", [
+    (["train", "--soma", "lif"], "--soma", "invalid choice"),
+    (["train", "--epochs", "0"], "--epochs", "> 0 and finite"),
+    (["train", "--data-option", "manifold_dim"], "--data-option", "KEY=VALUE"),
+    (["train", "--lr", "inf"], "--lr", "'inf' violates the rule: > 0 and finite"),
+    (["train", "--lr", "nan"], "--lr", "'nan' violates the rule: > 0 and finite"),
+    (["simulate", "--duration", "inf"], "--duration", "'inf' violates the rule: > 0 and finite"),
+    (["simulate", "--onset", "nan"], "--onset", "'nan' violates the rule: finite"),
+    (["simulate", "--current=-inf"], "--current", "'-inf' violates the rule: finite"),
+    ([], "COMMAND", "required"),
+])
+def test_bad_option_values_are_one_line_usage_errors(capsys, argv, option, rule):
+    assert run(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1, err
+    assert option in err and rule in err and "--help" in err, err
 
 
 def test_console_script_help():
@@ -89,3 +109,57 @@ def test_resume_continues_the_checkpointed_run(tmp_path, capsys):
 def test_checkpoints_of_a_missing_directory_is_an_error(tmp_path, capsys):
     assert cli.main(["checkpoints", str(tmp_path / "nowhere")]) == 1
     assert "nowhere" in capsys.readouterr().err
+
+
+def empty_dir(directory):
+    directory.mkdir()
+    return directory
+
+
+def soma_checkpoint(directory):
+    """A directory saved through the Python API, not by train."""
+    with checkpointing.Checkpointer(directory) as ckpt:
+        ckpt.save(1, ss.ExponentialSoma(units=2))
+    return directory
+
+
+TINY = ["--limit", "16", "--hidden", "4", "--steps", "4", "--epochs", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (lambda tmp, ro: ["train", "--resume", str(tmp / "nowhere")], "--resume: .* does not exist"),
+    (lambda tmp, ro: ["train", "--resume", str(empty_dir(tmp / "empty"))],
+     "--resume: no checkpoints in"),
+    (lambda tmp, ro: ["train", "--resume", str(soma_checkpoint(tmp / "api"))],
+     "--resume .* violates the rule: a directory written by 'spark-somas train --checkpoint-dir' "
+     "\\(its step 1 holds a ExponentialSoma"),
+    (lambda tmp, ro: ["train", "--out", str(tmp / "file" / "x")],
+     "--out .*file/x violates the rule: a directory this process can create and write"),
+    (lambda tmp, ro: ["train", "--checkpoint-dir", str(ro)],
+     "--checkpoint-dir .* violates the rule: a directory this process can create and write"),
+    (lambda tmp, ro: ["train", "--data-option", "manifold_dim=2"],
+     "--data-option violates the rule: a keyword of the digits loader"),
+    (lambda tmp, ro: ["simulate", "--duration", "0.01", "--out", str(tmp)],
+     "--duration 0.01 violates the rule: at least one step of --dt 0.1 ms"),
+    (lambda tmp, ro: ["simulate", "--out", str(tmp / "file" / "x")],
+     "--out .* violates the rule: a directory this process can create and write"),
+])
+def test_user_errors_at_run_time_are_one_line_before_any_work(
+        tmp_path, unwritable_dir, capsys, argv, message):
+    (tmp_path / "file").write_text("")
+    argv = argv(tmp_path, unwritable_dir)
+    assert run(argv + (TINY if argv[0] == "train" else [])) == 1
+    out, err = capsys.readouterr()
+    assert out == "", out  # nothing loaded, trained or simulated
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"spark-somas {argv[0]}: error: ")
+    assert re.search(message, err), err
+
+
+def test_unwritable_checkpoint_dir_exits_at_once_from_the_console_script(unwritable_dir, tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "spark-somas")
+    result = subprocess.run([script, "train", "--checkpoint-dir", str(unwritable_dir), "--out",
+                             str(tmp_path), *TINY], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "--checkpoint-dir" in result.stderr, result.stderr
+    assert not os.listdir(tmp_path)

@@ -1,0 +1,339 @@
+"""Bad input and faults: every refusal is raised early, by name (field or
+option, value, rule), before any work or data is lost, and nothing hangs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import spark_somas as ss
+from spark_somas import checkpointing as ck
+from spark_somas import training as tr
+from spark_somas.datasets import DataError, Dataset
+
+
+def probe_fails(path: str) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            return False
+    except OSError:
+        return True
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """An existing directory this process cannot write: mode 0o555 for a
+    normal user; for root, who ignores mode bits, a kernel file system."""
+    if os.geteuid() != 0:
+        path = tmp_path / "read-only"
+        path.mkdir()
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+        return
+    for candidate in ("/sys/fs", "/proc"):
+        if os.path.isdir(candidate) and probe_fails(candidate):
+            yield pathlib.Path(candidate)
+            return
+    pytest.skip("no unwritable directory available to this (root) process")
+
+
+def run_python(code: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a fresh interpreter; a hang fails the test at ``timeout``."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# -- checkpoint directories that cannot be written
+
+def test_checkpointer_refuses_an_unwritable_directory_at_construction(unwritable_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for directory in (unwritable_dir, blocker / "run"):
+        with pytest.raises(ck.CheckpointNotWritableError, match="create and write") as err:
+            ck.Checkpointer(directory)
+        assert str(directory) in str(err.value)
+        assert isinstance(err.value, PermissionError) and isinstance(err.value, ck.CheckpointError)
+    assert blocker.read_text() == ""
+
+
+def test_unwritable_directory_fails_at_once_and_the_process_exits(unwritable_dir, tmp_path):
+    """Up front, and for a directory that stops being writable between saves:
+    a named error from the call itself, no pending save, a prompt exit."""
+    moved = tmp_path / "moved"
+    result = run_python(f"""
+        import os, shutil
+        import spark_somas as ss
+        from spark_somas import checkpointing as ck
+        soma = ss.ExponentialSoma(units=2)
+        try:
+            ck.Checkpointer({str(unwritable_dir)!r})
+        except ck.CheckpointNotWritableError as err:
+            print("construction:", type(err).__name__)
+        ckpt = ck.Checkpointer({str(moved)!r})
+        ckpt.save(1, soma)
+        ckpt.wait()
+        shutil.rmtree({str(moved)!r})
+        open({str(moved)!r}, "w").close()   # the directory is gone, a file is in its way
+        try:
+            ckpt.save(2, soma)
+        except ck.CheckpointNotWritableError as err:
+            print("save:", type(err).__name__)
+        ckpt.close()
+        print("closed")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["construction: CheckpointNotWritableError",
+                                              "save: CheckpointNotWritableError", "closed"]
+
+
+# -- what a checkpoint on disk can make load() do
+
+def saved_soma(directory, soma=None, step=1):
+    soma = soma or ss.RefractoryExponentialSoma(units=3)
+    with ck.Checkpointer(directory) as ckpt:
+        ckpt.save(step, soma)
+    return directory / str(step) / "metadata" / "metadata"
+
+
+def edit_json(path: pathlib.Path, change) -> None:
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+def test_load_never_imports_a_module_named_in_the_metadata(tmp_path, monkeypatch):
+    module_dir = tmp_path / "modules"
+    module_dir.mkdir()
+    marker = tmp_path / "imported"
+    (module_dir / "planted_module.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(module_dir))
+    path = saved_soma(tmp_path / "ckpt")
+
+    def plant(meta):
+        meta["model"].update(type="Planted", module="planted_module")
+        meta["somas"]["."]["module"] = "planted_module"
+
+    edit_json(path, plant)
+    with pytest.raises(ck.CheckpointError, match="'Planted' is not registered .*never imports"):
+        ck.load(tmp_path / "ckpt")
+    edit_json(path, lambda meta: meta["model"].update(type="RefractoryExponentialSoma"))
+    assert isinstance(ck.load(tmp_path / "ckpt"), ss.RefractoryExponentialSoma)  # module ignored
+    edit_json(path, lambda meta: meta["model"]["spec"].update({"class": "Planted"}))
+    with pytest.raises(ck.CheckpointError, match="soma class 'Planted' is not registered"):
+        ck.load(tmp_path / "ckpt")
+    assert not marker.exists() and "planted_module" not in sys.modules
+
+
+def test_metadata_units_that_disagree_with_the_stored_state_are_refused(tmp_path):
+    path = saved_soma(tmp_path)
+    edit_json(path, lambda meta: (meta["model"]["spec"].update(units=[2]),
+                                  meta["somas"]["."].update(units=[2])))
+    with pytest.raises(ck.CheckpointCorruptError,
+                       match=r"units \(2,\) in the metadata but a stored potential of shape \(3,\)"):
+        ck.load(tmp_path)
+
+
+def test_restoring_state_of_other_units_is_refused(tmp_path):
+    saved_soma(tmp_path, ss.ExponentialSoma(units=3))
+    with ck.Checkpointer(tmp_path, read_only=True) as ckpt:
+        with pytest.raises(ck.CheckpointMismatchError, match=r"units: checkpoint \[3\], model \[4\]"):
+            ckpt.restore(ss.ExponentialSoma(units=4))
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"surrogate": ss.surrogates.ArcTan()}, "config.surrogate"),
+    ({"surrogate": ss.surrogates.FastSigmoid(slope=2.0)}, "config.surrogate"),
+    ({"detach_reset": False}, "config.detach_reset"),
+])
+def test_restoring_into_a_soma_with_other_gradients_is_a_named_mismatch(tmp_path, change, field):
+    saved_soma(tmp_path, ss.ExponentialSoma(units=2))
+    with ck.Checkpointer(tmp_path, read_only=True) as ckpt:
+        with pytest.raises(ck.CheckpointMismatchError, match=field):
+            ckpt.restore(ss.ExponentialSoma(units=2, **change))
+
+
+def test_load_step_must_be_an_int(tmp_path):
+    saved_soma(tmp_path)
+    for step in ("1", 1.0, True, -1):
+        with pytest.raises(ValueError, match=r"step = .* violates the rule: an int >= 0"):
+            ck.load(tmp_path, step=step)
+    assert ck.load(tmp_path, step=np.int64(1)).units == (3,)
+
+
+# -- configs and somas
+
+@pytest.mark.parametrize("soma, config, ignored", [
+    (ss.ExponentialSoma, ss.RefractoryExponentialSomaConfig(cooldown=50.0), "['cooldown']"),
+    (ss.ExponentialSoma, ss.AdaptiveExponentialSomaConfig(), "'adaptation_delta'"),
+    (ss.RefractoryExponentialSoma, ss.SimplifiedAdaptiveExponentialSomaConfig(), "'threshold_delta'"),
+    (ss.AdaptiveExponentialSoma, ss.ExponentialSomaConfig(), None),
+])
+def test_a_config_of_another_model_is_refused_naming_both_classes(soma, config, ignored):
+    with pytest.raises(ss.ConfigError) as err:
+        soma(config, units=1)
+    message = str(err.value)
+    assert type(config).__name__ in message and soma.config_class.__name__ in message, message
+    assert ignored is None or ignored in message, message
+
+
+def test_per_neuron_arrays_that_broadcast_across_each_other_are_validated():
+    threshold = np.array([-40.0, -45.0])
+    cfg = ss.ExponentialSomaConfig(threshold=threshold,
+                                   rheobase_threshold=np.array([[-50.0], [-48.0], [-47.0]]))
+    soma = ss.ExponentialSoma(cfg, units=(3, 2))
+    np.testing.assert_array_equal(np.broadcast_to(soma.parameters()["rheobase_threshold"], (3, 2)),
+                                  np.broadcast_to([[-50.0], [-48.0], [-47.0]], (3, 2)))
+    assert soma(jnp.zeros((3, 2))).potential.shape == (3, 2)
+    with pytest.raises(ss.ConfigError, match=r"threshold = array of shape \(3, 2\) with -45.0 at "
+                                             r"index \(1, 1\) .* threshold > rheobase_threshold"):
+        ss.ExponentialSomaConfig(threshold=threshold,
+                                 rheobase_threshold=np.array([[-50.0], [-44.0], [-47.0]]))
+    with pytest.raises(ss.ConfigError, match=r"threshold has shape \(2,\) and rheobase_threshold "
+                                             r"shape \(3,\).*broadcast"):
+        ss.ExponentialSomaConfig(threshold=threshold, rheobase_threshold=np.full(3, -50.0))
+
+
+@pytest.mark.parametrize("value", [np.array([9.0 + 1.0j]), np.complex64(9.0), jnp.ones(2, jnp.complex64)])
+def test_complex_config_values_are_refused(value):
+    with pytest.raises(ss.ConfigError, match=r"potential_tau = .* violates the rule: real values"):
+        ss.ExponentialSomaConfig(potential_tau=value)
+
+
+def test_complex_currents_are_refused():
+    soma = ss.ExponentialSoma(units=2)
+    with pytest.raises(ValueError, match="complex64 violates the rule: real values"):
+        soma(jnp.full(2, 900.0 + 5.0j, jnp.complex64))
+    np.testing.assert_array_equal(soma.potential[...], ss.ExponentialSoma(units=2).potential[...])
+
+
+@pytest.mark.parametrize("surrogate, cause", [
+    ({"foo": 1}, "KeyError: 'name'"),
+    ({"name": "arctan", "width": 1.0}, "unexpected keyword"),
+    ({"name": "nope"}, "'nope' is not one of"),
+])
+def test_a_bad_surrogate_dict_is_a_config_error(surrogate, cause):
+    with pytest.raises(ss.ConfigError, match="surrogate = .* violates the rule") as err:
+        ss.ExponentialSomaConfig.from_dict({"surrogate": surrogate})
+    assert cause in str(err.value)
+
+
+def test_numpy_scalar_dt_is_accepted_and_bad_units_are_named():
+    soma = ss.ExponentialSoma(units=2, dt=np.float32(0.1))
+    assert soma.dt == float(np.float32(0.1))
+    assert ss.ExponentialSoma(units=np.int64(2), dt=np.float64(0.5)).dt == 0.5
+    for units in (2.0, "ab", None, (2, 0), (2.0,)):
+        with pytest.raises(ValueError, match=r"units = .* violates the rule: an int or a tuple"):
+            ss.ExponentialSoma(units=units)
+
+
+# -- training
+
+def dataset(n_train=8, n_test=4, features=3, classes=2, seed=0, **changes) -> Dataset:
+    rng = np.random.default_rng(seed)
+    data = Dataset("tiny", rng.uniform(size=(n_train, features)).astype(np.float32),
+                   rng.integers(0, classes, n_train).astype(np.int32),
+                   rng.uniform(size=(n_test, features)).astype(np.float32),
+                   rng.integers(0, classes, n_test).astype(np.int32), classes, "static")
+    return Dataset(**{**data.__dict__, **changes})
+
+
+ENCODER = tr.Encoder("current", 5)
+
+
+def net(**kwargs) -> tr.SpikingNetwork:
+    return tr.SpikingNetwork(3, 4, 2, soma="expif", rngs=nnx.Rngs(0), **kwargs)
+
+
+def nan_at(x, index):
+    x = x.copy()
+    x[index] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(x_train=np.zeros((0, 3), np.float32), y_train=np.zeros(0, np.int32)),
+     r"x_train has shape \(0, 3\).*N >= 1"),
+    (dict(x_test=np.zeros((0, 3), np.float32), y_test=np.zeros(0, np.int32)),
+     r"x_test has shape \(0, 3\).*N >= 1"),
+    (dict(y_train=np.array([0, 1, 2, 0, 1, 0, 1, 0], np.int32)),
+     r"y_train\[2\] = 2 violates the rule: 0 <= label < n_classes = 2"),
+    (dict(y_test=np.array([0, -1, 0, 1], np.int32)), r"y_test\[1\] = -1 violates"),
+    (dict(y_train=np.zeros(7, np.int32)), r"y_train has shape \(7,\).*8 integer labels"),
+    (dict(x_train=nan_at(dataset().x_train, (5, 1))),
+     r"x_train\[\(5, 1\)\] = .*nan.* violates the rule: finite inputs"),
+    (dict(x_train=np.zeros((8, 4), np.float32), x_test=np.zeros((4, 4), np.float32)),
+     r"4 features violate the rule: the model's in_features = 3"),
+    (dict(x_test=np.zeros((4, 5), np.float32)), r"x_test has shape \(4, 5\).*trailing shape \(3,\)"),
+])
+def test_fit_refuses_bad_data_before_any_step(changes, message):
+    model = net()
+    before = nnx.state(model, nnx.Param)
+    optimizer = tr.make_optimizer(model)
+    with pytest.raises(DataError, match=message):
+        tr.fit(model, optimizer, dataset(**changes), encoder=ENCODER, epochs=1, progress=False)
+    jax.tree.map(np.testing.assert_array_equal, before, nnx.state(model, nnx.Param))
+    assert int(optimizer.step[...]) == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "batch_size = 0 violates the rule: an int >= 1"),
+    (dict(batch_size=-4), "batch_size = -4 violates"),
+    (dict(epochs=-1), "epochs = -1 violates"),
+    (dict(epochs=1, start_epoch=2), "start_epoch = 2 violates the rule: start_epoch <= epochs"),
+])
+def test_fit_refuses_bad_settings(kwargs, message):
+    model = net()
+    with pytest.raises(ValueError, match=message):
+        tr.fit(model, tr.make_optimizer(model), dataset(),
+               encoder=ENCODER, progress=False, **{"epochs": 1, **kwargs})
+
+
+@pytest.mark.parametrize("name", ["in_features", "hidden", "n_classes"])
+def test_network_sizes_must_be_positive_ints(name):
+    sizes = {"in_features": 3, "hidden": 4, "n_classes": 2, name: 0}
+    with pytest.raises(ValueError, match=f"{name} = 0 violates the rule: a positive int"):
+        tr.SpikingNetwork(**sizes, rngs=nnx.Rngs(0))
+
+
+def test_trainable_neurons_may_name_one_field():
+    assert net(trainable_neurons="threshold").hidden.trainable == ("threshold",)
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Two steps per epoch; the learning rate becomes infinite at the third."""
+    model = net()
+    tx = optax.sgd(lambda count: jnp.where(count < 2, 1e-3, jnp.inf))
+    optimizer = tr.make_optimizer(model, tx=tx)
+    saved = []
+
+    def save(epoch, model, optimizer, history):
+        ckpt.save(epoch + 1, model, optimizer, metrics={"loss": history["train_loss"][-1]})
+        saved.append(epoch)
+
+    with ck.Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(tr.NonFiniteLossError, match=r"epoch 2: train loss nan.*finite loss"):
+            tr.fit(model, optimizer, dataset(), encoder=ENCODER, epochs=3, batch_size=4,
+                   on_epoch_end=save, progress=False)
+    assert saved == [0]
+    restored = ck.load(tmp_path)
+    assert ck.describe(tmp_path)[0].step == 1 and np.isfinite(ck.describe(tmp_path)[0].metrics["loss"])
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(nnx.state(restored, nnx.Param)))
+
+    model = net()
+    history = tr.fit(model, tr.make_optimizer(model, tx=tx), dataset(), encoder=ENCODER, epochs=2,
+                     batch_size=4, progress=False, stop_on_nonfinite=False)
+    assert np.isfinite(history["train_loss"][0]) and np.isnan(history["train_loss"][1])
