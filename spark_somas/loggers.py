@@ -86,7 +86,7 @@ def scalar_tags(history: Mapping[str, Sequence[Any]]) -> dict[str, float]:
 
 
 def chain(*hooks: EpochHook | None) -> EpochHook:
-    """One ``on_epoch_end`` that calls each of ``hooks`` in order (``None``s
+    """One ``on_epoch_end`` that calls each of ``hooks`` in order (``None``\\ s
     are skipped)."""
     active = [hook for hook in hooks if hook is not None]
 
