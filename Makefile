@@ -30,10 +30,11 @@ demo: install
 test: install-test
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-# The site, into docs/_build/html; notebooks and executable pages run once and are
-# cached in docs/_build/.jupyter_cache, so a rebuild re-executes only what changed.
+# The site, into docs/_build/html. Notebooks and executable pages run once and are
+# cached in docs/_build/.jupyter_cache, so a rebuild re-executes only what changed;
+# -E re-reads every page anyway, so each build reports every warning (as errors).
 docs: install-docs
-	$(BIN)/python -m sphinx -b html -W --keep-going docs docs/_build/html
+	$(BIN)/python -m sphinx -b html -W --keep-going -E docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) build *.egg-info

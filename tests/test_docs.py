@@ -56,7 +56,7 @@ def code_blocks(path: pathlib.Path) -> list[str]:
 def test_the_pages_are_there():
     names = {p.name for p in PAGES}
     assert {"index.md", "models.md", "training.md", "checkpointing.md", "sharding.md",
-            "numerics.md", "cli.md", "notebooks.md"} <= names
+            "numerics.md", "cli.md", "notebooks.md", "guarantees.md"} <= names
 
 
 @pytest.mark.parametrize("path", [p for p in PAGES if p.name not in SEVERAL_DEVICES],
