@@ -116,5 +116,26 @@ for _module in ("sphinx.ext.autodoc._dynamic._signatures",
     _mod._METACLASS_CALL_BLACKLIST = _mod._METACLASS_CALL_BLACKLIST | _NNX_METACLASS_CALLS
 
 
+def _config_fields(app, what, name, obj, options, lines):
+    """Append a table of a soma config's fields (symbol, units, default, rule) to its page,
+    read from the fields' own metadata, so it cannot drift from the code."""
+    if what != "class" or not isinstance(obj, type):
+        return
+    if not issubclass(obj, spark_somas.ExponentialSomaConfig):
+        return
+    lines += ["", ".. list-table:: Fields", "   :header-rows: 1", "",
+              "   * - field", "     - symbol", "     - units", "     - default",
+              "     - meaning", "     - rule"]
+    for field in obj.quantity_fields():
+        meta = field.metadata
+        lines += [f"   * - ``{field.name}``", f"     - {meta['symbol']}", f"     - {meta['units']}",
+                  f"     - {field.default:g}", f"     - {meta['doc']}",
+                  f"     - ``{meta['rule'].text(field.name)}``"]
+    lines += ["", "Every field takes a float, an array broadcastable to the soma's ``units`` "
+              "or an initializer ``(key, shape, dtype) -> array``; ``surrogate`` picks the "
+              "surrogate gradient and ``detach_reset`` whether the reset is detached from it.", ""]
+
+
 def setup(app):
     app.connect("build-finished", _copy_mathjax)
+    app.connect("autodoc-process-docstring", _config_fields)
