@@ -50,8 +50,8 @@ def test_simulate_reports_each_soma_and_writes_png(tmp_path, capsys):
 def run(argv: list[str]) -> int:
     try:
         return cli.main(argv)
-    except SystemExit as exit:  # the parser's usage errors
-        return exit.code
+    except SystemExit as stop:  # the parser's usage errors
+        return stop.code
 
 
 @pytest.mark.parametrize("argv, option, rule", [
