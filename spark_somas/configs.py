@@ -57,13 +57,15 @@ class Rule:
     bound: float | str | None = None
 
     def text(self, name: str) -> str:
+        within = f"finite, |{name}| ≤ {LARGEST:g}"
         if self.op == "finite":
-            return f"{name} must be finite"
-        return f"{name} {self.op} {self.bound}"
+            return f"{name} {within}"
+        bound = self.bound if isinstance(self.bound, str) else f"{self.bound:g}"
+        return f"{name} {self.op} {bound}, {within}"
 
     def holds(self, value: np.ndarray, other: np.ndarray | None) -> np.ndarray:
         bound = other if isinstance(self.bound, str) else self.bound
-        ok = np.isfinite(value)
+        ok = np.isfinite(value) & (np.abs(value) <= LARGEST)
         # Not in place: ``bound`` may broadcast ``ok`` to a larger shape.
         if self.op == ">":
             ok = ok & (value > bound)
@@ -74,8 +76,15 @@ class Rule:
         return ok
 
 
+# The representable range. Every field lies within ±LARGEST in its unit and
+# every positive one at or above SMALLEST: beyond that no neuron is
+# physical (a 1 kV potential, a time constant of 1 ns), and within it every
+# intermediate of a step is finite in float32 (spark_somas.numerics).
+LARGEST = 1e6
+SMALLEST = 1e-6
+
 FINITE = Rule("finite")
-POSITIVE = Rule(">", 0.0)
+POSITIVE = Rule(">=", SMALLEST)
 NON_NEGATIVE = Rule(">=", 0.0)
 
 
@@ -207,7 +216,7 @@ class ExponentialSomaConfig:
         arrays = {f.name: np.asarray(values[f.name], dtype=np.float64)
                   for f in self.quantity_fields() if not is_initializer(values[f.name])}
         for name, arr in arrays.items():
-            self._require(name, arr, np.isfinite(arr))
+            self._require(name, arr, np.isfinite(arr) & (np.abs(arr) <= LARGEST))
         for name, arr in arrays.items():
             rule = self.field_info(name)["rule"]
             if not isinstance(rule.bound, str):

@@ -103,7 +103,9 @@ def _run(graphdef, state, rest, currents, record, segment, unroll):
         return nnx.state(soma, SomaState), {k: values[k] for k in record}
 
     def run(carry, xs):
-        return jax.lax.scan(step, carry, xs, unroll=unroll)
+        # Each step is recomputed on the backward pass from its saved state
+        # and input: the guards then cost arithmetic, not stored residuals.
+        return jax.lax.scan(jax.checkpoint(step), carry, xs, unroll=unroll)
 
     if segment is None or segment >= currents.shape[0]:
         if segment is not None:

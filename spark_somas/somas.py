@@ -74,12 +74,25 @@ class SomaOutput:
     refractory: Array | None = None
 
 
+_TIME_CONSTANTS = ("potential_tau", "adaptation_tau", "threshold_tau")
 STATE_UNITS = {"potential": "mV", "adaptation": "pA", "refractory": "steps", "threshold_offset": "mV"}
 
 
 def refractory_steps(cooldown: Array, dt: float) -> Array:
-    """n = floor(t_ref/dt + 1e-3), Brian2's count of refractory steps (int32)."""
-    return jnp.floor(cooldown / dt + 1e-3).astype(jnp.int32)
+    """n = floor(t_ref/dt + 1e-3), Brian2's count of refractory steps (int32,
+    saturated at 2^30 so that it never wraps)."""
+    return jnp.minimum(jnp.floor(cooldown / dt + 1e-3), 2.0**30).astype(jnp.int32)
+
+
+RESIDUAL = "_residual"
+
+
+def residual_names(state_names: Sequence[str], dtype: Any) -> tuple[str, ...]:
+    """The low words of a compensated (half-precision) state, see
+    :mod:`spark_somas.numerics`; none in float32 and wider."""
+    if not numerics.is_compensated(dtype):
+        return ()
+    return tuple(n + RESIDUAL for n in state_names if n != "refractory")
 
 
 def exponential_step(
@@ -96,7 +109,9 @@ def exponential_step(
     ``params`` maps config field names to values (mV, ms, GΩ, pA, nS);
     ``state`` holds ``potential`` and, by model, ``adaptation``,
     ``refractory`` and ``threshold_offset`` — which keys are present selects
-    the model's terms. Returns the new state (same dtypes) and the spikes.
+    the model's terms — plus the low words ``*_residual`` of a compensated
+    half-precision state. Returns the new state (same keys and dtypes) and
+    the spikes. :mod:`spark_somas.numerics` explains each guard.
     """
     dtype = state["potential"].dtype
     wide = numerics.compute_dtype(dtype)
@@ -104,19 +119,24 @@ def exponential_step(
     def param(name: str) -> Array:
         return params[name].astype(wide)
 
-    e_l, v_r, v_th, v_t, delta_t = (
-        param(n) for n in ("potential_rest", "potential_reset", "threshold", "rheobase_threshold",
-                           "spike_slope")
-    )
-    resistance = param("resistance")
-    v = numerics.widen(state["potential"], wide)
-    theta = numerics.widen(state["threshold_offset"], wide) if "threshold_offset" in state else 0.0
-    drive = numerics.saturate(resistance * numerics.widen(current, wide))
+    def read(name: str) -> Array:
+        if name + RESIDUAL in state:
+            return numerics.join(state[name], state[name + RESIDUAL], wide)
+        return numerics.widen(state[name], wide)
+
+    e_l, v_r, v_th, v_t, delta_t, tau_m, resistance = (param(n) for n in (
+        "potential_rest", "potential_reset", "threshold", "rheobase_threshold", "spike_slope",
+        "potential_tau", "resistance"))
+    rate = dt / tau_m
+    v = read("potential")
+    theta = read("threshold_offset") if "threshold_offset" in state else 0.0
+    drive = resistance * numerics.saturate(numerics.widen(current, wide), dtype)
     if "adaptation" in state:
-        w = numerics.widen(state["adaptation"], wide)
+        w = read("adaptation")
         drive = drive - resistance * w
-    runaway = delta_t * numerics.tamed_exp((v - v_t - theta) / delta_t, (v_th - v_t) / delta_t)
-    v_new = v + dt / param("potential_tau") * (-(v - e_l) + runaway + drive)
+    runaway = numerics.exp_increment((v - v_t - theta) / delta_t,
+                                     jnp.log(dt * delta_t) - jnp.log(tau_m))
+    v_new = v + rate * (e_l - v + drive) + runaway
     s = surrogates_lib.spike(v_new - (v_th + theta), surrogate)
     if "refractory" in state:
         refractory = state["refractory"] > 0
@@ -127,17 +147,22 @@ def exponential_step(
     if "adaptation" in state:
         w_new = w + dt / param("adaptation_tau") * (param("adaptation_subthreshold") * (v - e_l) - w)
         new["adaptation"] = w_new + param("adaptation_delta") * s_reset
+    if "threshold_offset" in state:
+        decay = jnp.exp(-dt / param("threshold_tau"))
+        new["threshold_offset"] = theta * decay + param("threshold_delta") * s_reset
+    out = {}
+    for name, value in new.items():
+        if name + RESIDUAL in state:
+            out[name], out[name + RESIDUAL] = numerics.split(value, dtype)
+        else:
+            out[name] = numerics.narrow(value, state[name].dtype)
     if "refractory" in state:
         counter = state["refractory"]
-        new["refractory"] = jnp.where(
+        out["refractory"] = jnp.where(
             s > 0,
             jnp.maximum(refractory_steps(param("cooldown"), dt) - 1, 0),
             jnp.maximum(counter - 1, 0),
         ).astype(counter.dtype)
-    if "threshold_offset" in state:
-        decay = jnp.exp(-dt / param("threshold_tau"))
-        new["threshold_offset"] = theta * decay + param("threshold_delta") * s_reset
-    out = {k: v if k == "refractory" else numerics.narrow(v, state[k].dtype) for k, v in new.items()}
     return out, s.astype(dtype)
 
 
@@ -223,8 +248,9 @@ class ExponentialSoma(nnx.Module):
                 f"field, one of {fields}"
             )
         if not (isinstance(dt, (int, float, np.integer, np.floating)) and not isinstance(dt, bool)
-                and math.isfinite(dt) and dt > 0):
-            raise ValueError(f"{name}: dt = {dt!r} ms violates the rule: dt > 0 and finite")
+                and configs.SMALLEST <= dt <= configs.LARGEST):
+            raise ValueError(f"{name}: dt = {dt!r} ms violates the rule: "
+                             f"{configs.SMALLEST:g} ≤ dt ≤ {configs.LARGEST:g}")
         for label, dt_ in (("dtype", dtype), ("param_dtype", param_dtype)):
             if not jnp.issubdtype(dt_, jnp.floating):
                 raise ValueError(f"{name}: {label} = {dt_!r} violates the rule: a floating dtype")
@@ -243,8 +269,15 @@ class ExponentialSoma(nnx.Module):
         for n, v in values.items():
             meta = {"units": config.field_info(n)["units"]}
             setattr(self, n, nnx.Param(v, **meta) if n in trainable else SomaConstant(v, **meta))
-        for n in self.state_names:
-            setattr(self, n, SomaState(self._rest_value(n, ()), units=STATE_UNITS[n]))
+        problem = numerics.resolution_problem(self.dtype, self.dt, {
+            n: float(np.max(np.asarray(values[n], np.float64))) for n in _TIME_CONSTANTS
+            if n in values and not isinstance(values[n], jax.core.Tracer)})
+        if problem:
+            raise ValueError(f"{name}: {problem}")
+        self.residual_names = residual_names(self.state_names, self.dtype)
+        for n in self.state_names + self.residual_names:
+            units = STATE_UNITS[n.removesuffix(RESIDUAL)]
+            setattr(self, n, SomaState(self._rest_value(n, ()), units=units))
 
     def _materialize(self, name: str, value: Any, trainable: bool, rngs: nnx.Rngs | None) -> Array:
         if configs.is_initializer(value):
@@ -265,8 +298,10 @@ class ExponentialSoma(nnx.Module):
 
     def _rest_value(self, name: str, batch_shape: tuple[int, ...]) -> Array:
         shape = tuple(batch_shape) + self.units
-        if name == "potential":
-            return jnp.broadcast_to(self.potential_rest[...], shape).astype(self.dtype)
+        if name == "potential" or name == "potential" + RESIDUAL:
+            rest = jnp.broadcast_to(self.potential_rest[...], shape).astype(
+                numerics.compute_dtype(self.dtype))
+            return numerics.split(rest, self.dtype)[name != "potential"]
         if name == "refractory":
             return jnp.zeros(shape, jnp.int32)
         return jnp.zeros(shape, self.dtype)
@@ -275,13 +310,14 @@ class ExponentialSoma(nnx.Module):
         """Back to rest (V = E_L, w = 0, no refractoriness, θ = 0), shape
         ``(*units)`` or ``(*batch_shape, *units)``. Keeps the state dtype."""
         batch = () if batch_shape is None else tuple(batch_shape)
-        for n in self.state_names:
+        for n in self.state_names + self.residual_names:
             var = getattr(self, n)
             var.set_value(self._rest_value(n, batch).astype(var[...].dtype))
 
     def neuron_state(self) -> dict[str, Array]:
-        """The running state as a dict of arrays (a snapshot)."""
-        return {n: getattr(self, n)[...] for n in self.state_names}
+        """The running state as a dict of arrays (a snapshot), low words of a
+        compensated half-precision state included."""
+        return {n: getattr(self, n)[...] for n in self.state_names + self.residual_names}
 
     def parameters(self) -> dict[str, Array]:
         """Every config field's current value (trained or fixed), by name."""
@@ -309,7 +345,7 @@ class ExponentialSoma(nnx.Module):
                 f"with the neuron state of shape {state_shape}"
             ) from None
         if batch + self.units != state_shape:
-            for name in self.state_names:
+            for name in self.state_names + self.residual_names:
                 var = getattr(self, name)
                 var.set_value(jnp.broadcast_to(var[...], batch + self.units))
         return batch

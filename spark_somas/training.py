@@ -58,6 +58,7 @@ from flax import nnx
 
 import spark_somas as ss
 from spark_somas import checkpointing, sharding
+from spark_somas.configs import LARGEST
 from spark_somas.datasets import DataError, Dataset
 from spark_somas.somas import ExponentialSoma, iter_somas
 
@@ -502,7 +503,7 @@ def _feasible_interval(soma: ExponentialSoma, name: str) -> tuple[Array, Array]:
     inequalities move the bound to the next representable value."""
     values = soma.parameters()
     dtype = values[name].dtype
-    lo, hi = jnp.asarray(-jnp.inf, dtype), jnp.asarray(jnp.inf, dtype)
+    lo, hi = jnp.asarray(-LARGEST, dtype), jnp.asarray(LARGEST, dtype)
 
     def bound(b):
         return jnp.asarray(values[b] if isinstance(b, str) else b, dtype)
