@@ -11,6 +11,7 @@ from spark_somas.configs import (
     RefractoryExponentialSomaConfig,
     SimplifiedAdaptiveExponentialSomaConfig,
 )
+from spark_somas.registry import SOMAS
 from spark_somas.simulation import simulate
 from spark_somas.somas import (
     AdaptiveExponentialSoma,
@@ -26,12 +27,6 @@ from spark_somas.surrogates import spike
 
 __version__ = "0.1.0"
 
-SOMAS = {
-    "expif": ExponentialSoma,
-    "refractory": RefractoryExponentialSoma,
-    "adex": AdaptiveExponentialSoma,
-    "simplified": SimplifiedAdaptiveExponentialSoma,
-}
 
 __all__ = [
     "AdaptiveExponentialSoma",

@@ -30,8 +30,8 @@ One process writes a directory at a time.
 
 Loading never imports or runs code named on disk: :func:`load` rebuilds a
 model only from a type registered in this process (:func:`register_model`;
-the four somas and :class:`~spark_somas.training.SpikingNetwork` register
-themselves), and the metadata is plain JSON read as data.
+see :mod:`spark_somas.registry`; the four somas and
+:class:`~spark_somas.network.SpikingNetwork` register themselves), and the metadata is plain JSON read as data.
 
 A :class:`Checkpointer` that may write checks up front that it can create a
 file in its directory, and again before every save, so an unwritable
@@ -68,7 +68,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
-from spark_somas import configs, somas
+from spark_somas import registry, somas
+from spark_somas.configs import is_initializer
+from spark_somas.registry import ModelType, register_model, soma_from_spec, soma_spec
 
 __all__ = [
     "Checkpointer",
@@ -117,88 +119,6 @@ class CheckpointNotWritableError(CheckpointError, PermissionError):
     save to it failed on the file system."""
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelType:
-    """How :func:`load` rebuilds a model class from JSON: ``spec(model)``
-    describes an instance (a JSON-serialisable dict, saved in the metadata);
-    ``build(spec)`` returns a fresh instance of the same architecture, whose
-    arrays the checkpoint then overwrites."""
-
-    name: str
-    cls: type
-    spec: Callable[[Any], dict]
-    build: Callable[[Mapping[str, Any]], nnx.Module]
-
-
-_MODEL_TYPES: dict[str, ModelType] = {}
-
-
-def register_model(name: str, cls: type, *, spec: Callable[[Any], dict],
-                   build: Callable[[Mapping[str, Any]], nnx.Module]) -> None:
-    """Registers ``cls`` under ``name`` so that its checkpoints load from the
-    directory alone (see :class:`ModelType`). Registering the same name again
-    for the same class replaces the entry (module reloads).
-
-    This registry is the only place :func:`load` takes classes from: a
-    checkpoint names a registered type, never a module to import. A soma
-    subclass registers with ``spec=soma_spec, build=soma_from_spec``."""
-    old = _MODEL_TYPES.get(name)
-    if old is not None and old.cls.__qualname__ != cls.__qualname__:
-        raise ValueError(f"register_model: name {name!r} is taken by {old.cls.__qualname__}")
-    _MODEL_TYPES[name] = ModelType(name, cls, spec, build)
-
-
-def _model_type_of(model: Any) -> ModelType | None:
-    return next((t for t in _MODEL_TYPES.values() if type(model) is t.cls), None)
-
-
-def soma_spec(soma: somas.ExponentialSoma) -> dict[str, Any]:
-    """A soma's construction as JSON: class, config, units, dt, dtypes, trained fields.
-
-    A config field given as an initializer is recorded as the values it drew,
-    so the spec rebuilds the same soma without the random key.
-    """
-    config = soma.config.to_dict()
-    for name, value in config.items():
-        if configs.is_initializer(value):
-            config[name] = np.asarray(getattr(soma, name)[...], np.float64).tolist()
-    return {
-        "class": type(soma).__name__,
-        "config": config,
-        "validated": soma.config.validated,
-        "units": list(soma.units),
-        "dt": soma.dt,
-        "dtype": soma.dtype.name,
-        "param_dtype": soma.param_dtype.name,
-        "trainable": sorted(soma.trainable),  # order does not change the soma
-    }
-
-
-def _soma_class(name: Any) -> type[somas.ExponentialSoma]:
-    """The registered soma class named ``name``; never imports anything."""
-    known = sorted(n for n, t in _MODEL_TYPES.items() if issubclass(t.cls, somas.ExponentialSoma))
-    model_type = _MODEL_TYPES.get(name) if isinstance(name, str) else None
-    if model_type is None or not issubclass(model_type.cls, somas.ExponentialSoma):
-        raise CheckpointError(f"soma class {_show(name)} is not registered (known: {known}); "
-                              "register it with register_model before loading")
-    return model_type.cls
-
-
-def soma_from_spec(spec: Mapping[str, Any]) -> somas.ExponentialSoma:
-    """Inverse of :func:`soma_spec`: a soma at rest with the recorded config.
-    The class comes from the registry (:func:`register_model`)."""
-    cls = _soma_class(spec["class"])
-    config = (cls.config_class.from_dict(spec["config"]) if spec.get("validated", True)
-              else cls.config_class(**spec["config"], __skip_validation__=True))
-    return cls(config, units=tuple(spec["units"]), dt=spec["dt"], trainable=tuple(spec["trainable"]),
-               dtype=jnp.dtype(spec["dtype"]), param_dtype=jnp.dtype(spec["param_dtype"]))
-
-
-for _cls in (somas.ExponentialSoma, somas.RefractoryExponentialSoma,
-             somas.AdaptiveExponentialSoma, somas.SimplifiedAdaptiveExponentialSoma):
-    register_model(_cls.__name__, _cls, spec=soma_spec, build=soma_from_spec)
-
-
 def _build_model(model_meta: Mapping[str, Any]) -> nnx.Module:
     name = model_meta.get("type")
     if name is None:
@@ -207,31 +127,24 @@ def _build_model(model_meta: Mapping[str, Any]) -> nnx.Module:
             "describes, so it cannot be rebuilt from the directory alone; build the model "
             "yourself and use Checkpointer.restore(model)"
         )
-    if not isinstance(name, str) or name not in _MODEL_TYPES:
-        raise CheckpointError(
-            f"model type {_show(name)} is not registered (known: {sorted(_MODEL_TYPES)}); "
-            "loading never imports a module named in a checkpoint: import or define the "
-            "model's class and call register_model for it first"
-        )
     try:
-        return _MODEL_TYPES[name].build(model_meta.get("spec"))
-    except CheckpointError:
-        raise
+        entry = registry.model_type(name)
+    except registry.UnknownModelError as err:
+        raise CheckpointError(
+            f"model type {err}; loading never imports a module named in a checkpoint: import "
+            "or define the model's class and call register_model for it first") from None
+    try:
+        return entry.build(model_meta.get("spec"))
+    except registry.UnknownModelError as err:
+        raise CheckpointError(str(err)) from None
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointCorruptError(f"the checkpoint's spec of its {name} cannot rebuild it "
                                      f"({type(err).__name__}: {err})") from None
 
 
 def _path_str(path: Sequence[Any]) -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
+    """A tree path (key entries or, from ``iter_somas``, plain keys) as ``a/b/c``."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -282,7 +195,7 @@ def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
         if theirs.get("class") != mine["class"]:
             continue
         live = have[path].config
-        drawn = {f.name for f in live.quantity_fields() if configs.is_initializer(getattr(live, f.name))}
+        drawn = {f.name for f in live.quantity_fields() if is_initializer(getattr(live, f.name))}
         for name in mine["config"]:
             # A field the model draws from an initializer takes the saved values;
             # every other entry (the surrogate and detach_reset included) must agree.
@@ -546,7 +459,7 @@ class Checkpointer:
         if self.read_only:
             raise CheckpointError(f"this Checkpointer of {self.directory} is read_only")
         metrics = self._check_metrics(metrics)
-        model_type = _model_type_of(model)
+        model_type = registry.type_of(model)
         meta = {
             "format_version": FORMAT_VERSION,
             "step": step,

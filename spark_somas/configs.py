@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "Rule",
     "Value",
+    "require",
     "ExponentialSomaConfig",
     "RefractoryExponentialSomaConfig",
     "AdaptiveExponentialSomaConfig",
@@ -86,6 +87,14 @@ SMALLEST = 1e-6
 FINITE = Rule("finite")
 POSITIVE = Rule(">=", SMALLEST)
 NON_NEGATIVE = Rule(">=", 0.0)
+
+
+def require(ok: Any, name: str, value: Any, rule: str, *,
+            error: type[Exception] = ConfigError) -> None:
+    """Raises ``error("<name> = <value> violates the rule: <rule>")`` unless
+    ``ok``: the one form of every refusal that names field, value and rule."""
+    if not ok:
+        raise error(f"{name} = {value!r} violates the rule: {rule}")
 
 
 def quantity(default: float, *, symbol: str, units: str, doc: str, rule: Rule = FINITE) -> Any:

@@ -1,0 +1,322 @@
+"""The training loop: jit-compiled train and evaluation steps and ``fit``.
+
+Gradients flow back through time (BPTT) through the somas' surrogate spike
+function (Neftci, Mostafa & Zenke 2019; Zenke & Vogels 2021). A run's whole
+state is explicit — model, optimizer, seed and epoch counter — and every
+random choice is a pure function of (seed, epoch, batch), so a resumed run
+is the run that never stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from spark_somas import sharding
+from spark_somas.configs import require
+from spark_somas.constraints import constrain_neurons, trained_neuron_values
+from spark_somas.datasets import DataError, Dataset
+from spark_somas.encoders import Encoder
+from spark_somas.network import NetworkOutput, SpikingNetwork
+from spark_somas.objectives import Objective, firing_rate
+
+__all__ = [
+    "make_optimizer",
+    "train_step",
+    "eval_step",
+    "record",
+    "evaluate",
+    "RECIPES",
+    "epoch_order",
+    "batch_key",
+    "NonFiniteLossError",
+    "HISTORY_KEYS",
+    "fit",
+    "plot_training",
+]
+
+Array = jax.Array
+
+
+def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
+                   tx: optax.GradientTransformation | None = None) -> nnx.Optimizer:
+    """``nnx.Optimizer(model, tx, wrt=nnx.Param)``; default tx: global-norm
+    clipping at 1 then Adam(``learning_rate``). Any optax transformation works."""
+    if tx is None:
+        tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def _metrics(model, out: NetworkOutput, labels: Array, loss: Array) -> dict[str, Array]:
+    return {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(out.logits, -1) == labels),
+        "rate_hz": firing_rate(out.hidden_spikes, model.dt),
+    }
+
+
+@nnx.jit(static_argnames=("encoder", "objective"))
+def train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
+               key: Array, *, encoder: Encoder, objective: Objective) -> dict[str, Array]:
+    """One compiled update on a batch: encode, forward, BPTT, optimizer
+    update, neuron constraints, somas back to rest. Returns loss, accuracy
+    and the hidden layer's mean rate (Hz) on the batch (before the update)."""
+    inputs = encoder(x, key, train=True)
+    previous = trained_neuron_values(model)
+
+    def loss_fn(model):
+        out = model(inputs)
+        return objective(model, out, labels), out
+
+    (loss, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    constrain_neurons(model, previous)
+    model.reset()
+    return _metrics(model, out, labels, loss)
+
+
+@nnx.jit(static_argnames=("encoder", "objective"))
+def eval_step(model: SpikingNetwork, x: Array, labels: Array, mask: Array, key: Array, *,
+              encoder: Encoder, objective: Objective) -> dict[str, Array]:
+    """Sums over the samples where ``mask`` is 1: loss, correct predictions,
+    spikes per neuron-step (padding rows are masked out). Somas end at rest."""
+    out = model(encoder(x, key))
+    per_sample = optax.softmax_cross_entropy_with_integer_labels(out.logits, labels)
+    model.reset()
+    return {
+        "loss": jnp.sum(per_sample * mask),
+        "correct": jnp.sum((jnp.argmax(out.logits, -1) == labels) * mask),
+        "rate": jnp.sum(jnp.mean(out.hidden_spikes, axis=(0, 2)) * mask),
+    }
+
+
+@nnx.jit(static_argnames=("encoder",))
+def record(model: SpikingNetwork, x: Array, key: Array, *, encoder: Encoder) -> NetworkOutput:
+    """The forward pass on a batch (logits and every trace); somas end at rest."""
+    out = model(encoder(x, key))
+    model.reset()
+    return out
+
+
+def evaluate(model: SpikingNetwork, x: np.ndarray, labels: np.ndarray, *, encoder: Encoder,
+             objective: Objective = Objective(), key: Array | None = None,
+             batch_size: int = 512, mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+    """Cross-entropy, accuracy and hidden mean rate (Hz) over a whole split,
+    in fixed-size padded batches (one compilation). With a ``mesh``, each
+    batch (padded to a multiple of its ``"data"`` axis) is split over it."""
+    n = len(x)
+    key = jax.random.key(0) if key is None else key
+    batch_size = min(batch_size, n)
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.shape[sharding.DATA]) * mesh.shape[sharding.DATA]
+    totals = {"loss": 0.0, "correct": 0.0, "rate": 0.0}
+    for start in range(0, n, batch_size):
+        xb, yb = x[start:start + batch_size], labels[start:start + batch_size]
+        pad = batch_size - len(xb)
+        mask = np.concatenate([np.ones(len(xb), np.float32), np.zeros(pad, np.float32)])
+        xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
+        yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
+        if mesh is not None:
+            xb, yb, mask = sharding.shard_batch((xb, yb, mask), mesh)
+        sums = eval_step(model, xb, yb, mask, jax.random.fold_in(key, start),
+                         encoder=encoder, objective=objective)
+        for k in totals:
+            totals[k] += float(sums[k])
+    return {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n,
+            "rate_hz": totals["rate"] / n * 1000.0 / model.dt}
+
+
+#: Per-task settings of the benchmarked recipe (benchmarks/TRAINING.md): the
+#: encoder kind, time steps T (dt = 1 ms), and the network's input gain and
+#: synapse. Digits: constant input currents, no synapse. Randman: one-step
+#: input spikes, which need the charge of a 5 ms synapse and gain 3.
+RECIPES: dict[str, dict[str, Any]] = {
+    "digits": {"encoder": "current", "steps": 25, "input_gain": 1.0, "synapse_tau": None},
+    "randman": {"encoder": "spikes", "steps": 50, "input_gain": 3.0, "synapse_tau": 5.0},
+}
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The training order of epoch ``epoch``: a permutation of range(n) that is
+    a pure function of (seed, epoch), so a resumed run sees the same batches."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_key(seed: int, epoch: int, index: int) -> Array:
+    """The encoder's PRNG key for batch ``index`` of ``epoch``: a pure function."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), index)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the run stopped before the
+    epoch's ``on_epoch_end`` (so no checkpoint of it was written)."""
+
+
+def _check_fit(model: Any, data: Dataset, encoder: Encoder, epochs: Any, batch_size: Any,
+               start_epoch: Any) -> None:
+    """Refuses, before any step, settings and data that ``fit`` cannot train on."""
+    for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
+                             ("start_epoch", start_epoch, 0)):
+        require(not isinstance(value, bool) and isinstance(value, (int, np.integer))
+                and value >= low, name, value, f"an int >= {low}", error=ValueError)
+    require(start_epoch <= epochs, "start_epoch", start_epoch, f"start_epoch <= epochs = {epochs}",
+            error=ValueError)
+    data.check()
+    spec = getattr(model, "spec", None) or {}
+    if "in_features" in spec and data.n_features != spec["in_features"]:
+        raise DataError(f"{data.name}: {data.n_features} features violate the rule: the model's "
+                        f"in_features = {spec['in_features']}")
+    if "n_classes" in spec and data.n_classes > spec["n_classes"]:
+        raise DataError(f"{data.name}: n_classes = {data.n_classes} violates the rule: at most the "
+                        f"model's n_classes = {spec['n_classes']}")
+    spikes = data.encoding == "spikes"
+    if spikes != (encoder.kind == "spikes"):
+        raise DataError(f"{data.name}: {data.encoding} data violate the rule: encoder kind "
+                        f"{encoder.kind!r} needs {'spikes' if encoder.kind == 'spikes' else 'static'} data")
+    if spikes and data.x_train.shape[1] != encoder.steps:
+        raise DataError(f"{data.name}: {data.x_train.shape[1]} time steps per sample violate the "
+                        f"rule: the encoder's steps = {encoder.steps}")
+
+
+HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "train_rate_hz",
+                "test_loss", "test_accuracy", "test_rate_hz", "seconds")
+
+
+def fit(
+    model: SpikingNetwork,
+    optimizer: nnx.Optimizer,
+    data: Dataset,
+    *,
+    encoder: Encoder,
+    epochs: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    objective: Objective = Objective(),
+    start_epoch: int = 0,
+    history: Mapping[str, list] | None = None,
+    on_epoch_end: Callable[[int, SpikingNetwork, nnx.Optimizer, dict], None] | None = None,
+    progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    stop_on_nonfinite: bool = True,
+) -> dict[str, list]:
+    """Trains for epochs ``start_epoch`` … ``epochs − 1``; returns the history.
+
+    The run's whole state is explicit: ``model`` and ``optimizer`` (weights,
+    neuron parameters, Adam moments, step count), ``seed`` and the epoch
+    counter. Epoch e visits ``data``'s training set in the order
+    :func:`epoch_order` (seed, e) in batches of ``batch_size`` (the last,
+    incomplete one is dropped: one compiled shape); batch i uses encoder key
+    :func:`batch_key` (seed, e, i). So a run restored after epoch e and
+    continued with ``start_epoch=e + 1`` and the saved history is the run
+    that never stopped. ``on_epoch_end(epoch, model, optimizer, history)``
+    runs after each epoch (e.g. to checkpoint).
+
+    History: a dict of equal-length lists, one entry per epoch —
+    :data:`HISTORY_KEYS` (loss and accuracy on the training batches as
+    trained, and on the test split after the epoch; mean hidden rates in
+    Hz; wall seconds of the epoch, evaluation included).
+
+    A tqdm bar counts the training steps and shows loss, accuracy and the
+    hidden mean rate.
+
+    With a ``mesh`` (:func:`spark_somas.sharding.make_mesh`) training is data
+    parallel: ``model`` and ``optimizer`` are replicated onto it and every
+    batch is split over its ``"data"`` axis (``batch_size`` must divide by
+    that axis' size); the compiler all-reduces the gradients.
+
+    Before the first step, the settings and ``data`` are checked
+    (:meth:`Dataset.check`: shapes, finite inputs, labels in range; the
+    model's input size and classes; the encoder's kind and steps). After
+    each epoch a NaN or infinite train or test loss raises
+    :class:`NonFiniteLossError` before ``on_epoch_end``, so the last
+    checkpoint written is the last good one; ``stop_on_nonfinite=False``
+    trains on regardless.
+
+    Raises:
+      ValueError: bad ``epochs``, ``batch_size`` or ``start_epoch``.
+      DataError: ``data`` that cannot train ``model`` (see above).
+      NonFiniteLossError: the loss diverged.
+    """
+    from tqdm.auto import tqdm
+
+    _check_fit(model, data, encoder, epochs, batch_size, start_epoch)
+    n = len(data.x_train)
+    batch_size = min(batch_size, n)
+    per_epoch = n // batch_size
+    history = {k: list(history.get(k, [])) if history else [] for k in HISTORY_KEYS}
+    place = lambda batch: batch  # noqa: E731
+    if mesh is not None:
+        sharding.replicate(model, mesh)
+        sharding.replicate(optimizer, mesh)
+        place = lambda batch: sharding.shard_batch(batch, mesh)  # noqa: E731
+    eval_key = jax.random.fold_in(jax.random.key(seed), 2**32 - 1)  # never an epoch
+    bar = tqdm(total=(epochs - start_epoch) * per_epoch, disable=not progress, unit="step",
+               dynamic_ncols=True)
+    try:
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            order = epoch_order(seed, epoch, n)
+            sums = []
+            for i in range(per_epoch):
+                idx = order[i * batch_size:(i + 1) * batch_size]
+                m = train_step(model, optimizer, *place((data.x_train[idx], data.y_train[idx])),
+                               batch_key(seed, epoch, i), encoder=encoder, objective=objective)
+                sums.append(m)
+                bar.update(1)
+                if i % 10 == 0 or i == per_epoch - 1:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(m['loss']):.3f}",
+                                    acc=f"{float(m['accuracy']):.3f}",
+                                    rate=f"{float(m['rate_hz']):.1f}Hz", refresh=False)
+            train = {k: float(np.mean([float(s[k]) for s in sums])) for k in sums[0]}
+            test = evaluate(model, data.x_test, data.y_test, encoder=encoder,
+                            objective=objective, key=eval_key, mesh=mesh)
+            for k, v in (("epoch", epoch + 1), ("train_loss", train["loss"]),
+                         ("train_accuracy", train["accuracy"]), ("train_rate_hz", train["rate_hz"]),
+                         ("test_loss", test["loss"]), ("test_accuracy", test["accuracy"]),
+                         ("test_rate_hz", test["rate_hz"]), ("seconds", time.perf_counter() - t0)):
+                history[k].append(v)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{train['loss']:.3f}",
+                            acc=f"{train['accuracy']:.3f}", test_acc=f"{test['accuracy']:.3f}",
+                            rate=f"{train['rate_hz']:.1f}Hz")
+            if stop_on_nonfinite and not np.isfinite([train["loss"], test["loss"]]).all():
+                raise NonFiniteLossError(
+                    f"epoch {epoch + 1}: train loss {train['loss']}, test loss {test['loss']} "
+                    "violate the rule: a finite loss (lower the learning rate or check the "
+                    "inputs); training stopped before this epoch was saved")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model, optimizer, history)
+    finally:
+        bar.close()
+    return history
+
+
+def plot_training(history: Mapping[str, Sequence[float]], raster: np.ndarray | None = None, *,
+                  dt: float = 1.0, title: str = ""):
+    """A matplotlib Figure: loss and accuracy per epoch (train and test) and,
+    given ``raster`` (T, N) 0/1 of one sample, its hidden spike raster."""
+    import matplotlib.pyplot as plt
+
+    from spark_somas import plotting
+
+    panels = 3 if raster is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), layout="constrained")
+    for ax, what in zip(axes, ("loss", "accuracy")):
+        ax.plot(history["epoch"], history[f"train_{what}"], "o-", ms=3, label="train")
+        ax.plot(history["epoch"], history[f"test_{what}"], "s-", ms=3, label="test")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if raster is not None:
+        plotting.raster(raster, dt=dt, ax=axes[2])
+        axes[2].set_ylabel("hidden neuron")
+        axes[2].set_title("one test sample")
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -1,0 +1,300 @@
+"""The ready spiking network: Linear → soma layer → Linear → leaky integrator or readout soma.
+
+::
+
+    x_t ─ Linear ─·I_0─▶ soma layer (expif | refractory | adex | simplified)
+                            │ spikes s_t  (optionally + Linear_rec(s_{t-1}))
+                            ▼
+                         Linear ─▶ leaky integrator U_t  (or a readout soma)
+                            ▼
+                 readout over time (max U, mean U or spike count) = logits
+
+Somas take currents in pA. A Linear output z (dimensionless) becomes the
+current I = I_0 · z with I_0 = gain × the layer's **rheobase current**
+I_rh = (V_T − E_L − Δ_T)/R, 546 pA for Brette & Gerstner's cell: at gain 1,
+z = 1 is just enough to make a neuron fire eventually, so the default Linear
+initialisation (z of order 1) starts the network near its firing regime.
+Spike inputs (one step each) carry less charge and take a larger gain and
+an optional exponential synapse (see :class:`SpikingNetwork`).
+
+The network's default step is dt = 1 ms (the somas' own default is 0.1 ms):
+25-50 steps then span 25-50 ms, a few membrane time constants
+(τ_m = 9.37 ms), which is what a classification needs; forward Euler at
+dt/τ_m ≈ 0.1 is still stable.
+
+**Trainable neuron parameters** are per neuron ``nnx.Param`` inside the soma
+(physical values: ms, mV, pA, nS), kept inside the config rules by the
+optimizer (:mod:`spark_somas.constraints`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import spark_somas as ss
+from spark_somas import registry
+from spark_somas.somas import ExponentialSoma
+
+__all__ = [
+    "NEURON_PARAMS",
+    "trainable_neuron_params",
+    "rheobase_current",
+    "SpikingNetwork",
+    "NetworkOutput",
+    "leaky_integrate",
+    "network_from_spec",
+    "READOUTS",
+    "spike_count",
+    "max_potential",
+    "mean_potential",
+]
+
+Array = jax.Array
+
+
+#: Neuron parameters trained when ``trainable_neurons=True`` (those the soma's config has).
+NEURON_PARAMS = ("potential_tau", "threshold", "adaptation_tau", "adaptation_delta",
+                 "adaptation_subthreshold", "threshold_tau", "threshold_delta")
+
+
+def trainable_neuron_params(soma_class: type[ExponentialSoma]) -> tuple[str, ...]:
+    """The :data:`NEURON_PARAMS` that ``soma_class``'s config defines."""
+    fields = {f.name for f in soma_class.config_class.quantity_fields()}
+    return tuple(n for n in NEURON_PARAMS if n in fields)
+
+
+def rheobase_current(soma: ExponentialSoma) -> float:
+    """I_rh = (V_T − E_L − Δ_T)/R in pA (mean over neurons): the smallest
+    constant current that makes an ExpIF neuron fire (Fourcaud-Trocmé et al. 2003)."""
+    p = {k: float(np.mean(v)) for k, v in soma.parameters().items()}
+    return (p["rheobase_threshold"] - p["potential_rest"] - p["spike_slope"]) / p["resistance"]
+
+
+def spike_count(spikes: Array) -> Array:
+    """Spikes summed over time: (T, B, C) -> (B, C)."""
+    return jnp.sum(spikes, axis=0)
+
+
+def max_potential(potential: Array) -> Array:
+    """Largest potential over time: (T, B, C) -> (B, C)."""
+    return jnp.max(potential, axis=0)
+
+
+def mean_potential(potential: Array) -> Array:
+    """Potential averaged over time: (T, B, C) -> (B, C)."""
+    return jnp.mean(potential, axis=0)
+
+
+#: Readout name -> (function, which trace it reads: "spikes" or "potential").
+READOUTS: dict[str, tuple[Callable[[Array], Array], str]] = {
+    "max": (max_potential, "potential"),
+    "mean": (mean_potential, "potential"),
+    "count": (spike_count, "spikes"),
+}
+
+
+@flax.struct.dataclass
+class NetworkOutput:
+    """A forward pass: ``logits`` (B, C) from the readout; ``hidden_spikes``
+    (T, B, H); ``output_potential`` (T, B, C), the leaky readout U
+    (dimensionless) or the readout soma's V (mV); ``output_spikes`` (T, B, C)
+    for a readout soma, else None."""
+
+    logits: Array
+    hidden_spikes: Array
+    output_potential: Array
+    output_spikes: Array | None = None
+
+
+def leaky_integrate(z: Array, decay: float, u0: Array | None = None) -> Array:
+    """U_t = decay · U_{t−1} + z_t over the leading (time) axis, from U_{-1} = u0
+    (default 0); returns every U_t. A scan: linear, so exactly differentiable."""
+
+    def step(u, z_t):
+        u = decay * u + z_t
+        return u, u
+
+    return jax.lax.scan(step, jnp.zeros_like(z[0]) if u0 is None else u0, z)[1]
+
+
+class SpikingNetwork(nnx.Module):
+    """Input Linear → soma layer → Linear → leaky integrator or readout soma.
+
+    A soma layer's input current is I_t = I_0 · z_t (pA), z_t the Linear
+    output, with I_0 = ``input_gain`` · I_rh, the layer's
+    :func:`rheobase_current` (546 pA for the default cell). Static inputs in
+    [0, 1] train well with gain 1; brief inputs (spikes lasting one step)
+    need more charge per unit weight — a larger gain and/or a synaptic
+    filter. With ``synapse_tau`` τ_s set, the current is that of an
+    exponential current-based synapse, I_t = β_s I_{t−1} + I_0 z_t with
+    β_s = exp(−dt/τ_s) (Zenke & Vogels 2021 use τ_s = 5 ms).
+
+    Args:
+      in_features: F, input size.
+      hidden: H, number of hidden somas.
+      n_classes: C, number of outputs.
+      soma: the hidden layer's model, a name in ``ss.SOMAS`` or a soma class,
+        with its default config (``soma_kwargs`` go to its constructor:
+        config, field overrides).
+      dt: time step (ms) of every layer.
+      recurrent: add Linear_rec(s_{t−1}) (no bias, zero-initialised: training
+        starts from the feedforward network) to the hidden z_t.
+      output: ``"leaky"`` — non-spiking leaky integrator
+        U_t = β U_{t−1} + z_t with β = exp(−dt/τ_out): each hidden spike
+        adds its output weight to U, which then decays with τ_out (the
+        readout of Zenke & Vogels 2021); ``"soma"`` — a readout soma of the
+        same kind (same gain and synapse).
+      readout: ``"max"`` (max over time of U or V), ``"mean"`` (its mean) or
+        ``"count"`` (spike count; needs ``output="soma"``).
+      readout_tau: τ_out (ms) of the leaky integrator.
+      trainable_neurons: False, True (all :func:`trainable_neuron_params` of
+        the soma kind, per neuron, in every soma layer) or a tuple of field names.
+      input_gain: I_0 in units of the rheobase current.
+      synapse_tau: τ_s (ms) of the synaptic filter; None: no filter.
+      rngs: Linear initialisation.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        n_classes: int,
+        *,
+        soma: str | type[ExponentialSoma] = "adex",
+        dt: float = 1.0,
+        recurrent: bool = False,
+        output: str = "leaky",
+        readout: str = "mean",
+        readout_tau: float = 10.0,
+        trainable_neurons: bool | Sequence[str] = False,
+        input_gain: float = 1.0,
+        synapse_tau: float | None = None,
+        soma_kwargs: Mapping[str, Any] | None = None,
+        rngs: nnx.Rngs,
+    ):
+        cls = registry.soma_class(soma)
+        for name, value in (("in_features", in_features), ("hidden", hidden),
+                            ("n_classes", n_classes)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} = {value!r} violates the rule: a positive int")
+        if output not in ("leaky", "soma"):
+            raise ValueError(f"output = {output!r} violates the rule: 'leaky' or 'soma'")
+        if readout not in READOUTS:
+            raise ValueError(f"readout = {readout!r} violates the rule: one of {sorted(READOUTS)}")
+        if readout == "count" and output != "soma":
+            raise ValueError("readout = 'count' violates the rule: spike counts need output = 'soma'")
+        for name, value in (("readout_tau", readout_tau), ("input_gain", input_gain),
+                            ("synapse_tau", 1.0 if synapse_tau is None else synapse_tau)):
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} = {value!r} violates the rule: > 0 and finite")
+        if trainable_neurons is True:
+            trainable = trainable_neuron_params(cls)
+        elif trainable_neurons is False:
+            trainable = ()
+        elif isinstance(trainable_neurons, str):
+            trainable = (trainable_neurons,)
+        else:
+            trainable = tuple(trainable_neurons)
+        kwargs = dict(soma_kwargs or {}, dt=dt, trainable=trainable)
+        self.spec = {  # how to rebuild this architecture (checkpoint metadata)
+            "in_features": in_features, "hidden": hidden, "n_classes": n_classes,
+            "soma": cls.__name__, "dt": dt, "recurrent": recurrent, "output": output,
+            "readout": readout, "readout_tau": readout_tau, "trainable_neurons": list(trainable),
+            "input_gain": input_gain, "synapse_tau": synapse_tau,
+            "soma_kwargs": _jsonable_kwargs(soma_kwargs or {}),
+        }
+        self.dt = float(dt)
+        self.readout = readout
+        self.readout_decay = float(np.exp(-dt / readout_tau))
+        self.synapse_decay = 0.0 if synapse_tau is None else float(np.exp(-dt / synapse_tau))
+        self.input = nnx.Linear(in_features, hidden, rngs=rngs)
+        self.hidden = cls(units=hidden, rngs=rngs, **kwargs)
+        self.recurrent = (nnx.Linear(hidden, hidden, use_bias=False, rngs=rngs,
+                                    kernel_init=nnx.initializers.zeros_init())
+                          if recurrent else None)
+        self.output = nnx.Linear(hidden, n_classes, rngs=rngs)
+        self.readout_soma = cls(units=n_classes, rngs=rngs, **kwargs) if output == "soma" else None
+        self.hidden_scale = float(input_gain * rheobase_current(self.hidden))
+        self.output_scale = (float(input_gain * rheobase_current(self.readout_soma))
+                             if self.readout_soma is not None else 1.0)
+
+    def somas(self) -> list[ExponentialSoma]:
+        """The soma layers (hidden, then the readout soma if any)."""
+        return [s for s in (self.hidden, self.readout_soma) if s is not None]
+
+    def reset(self, batch_shape: Sequence[int] | None = None) -> None:
+        """Every soma back to rest (see ``ExponentialSoma.reset``)."""
+        for soma in self.somas():
+            soma.reset(batch_shape)
+
+    def _synaptic(self, z: Array, scale: float) -> Array:
+        """Current (pA) of Linear outputs ``z`` (T, B, N) through the synapse."""
+        current = scale * z
+        return leaky_integrate(current, self.synapse_decay) if self.synapse_decay else current
+
+    def _hidden_recurrent(self, z: Array) -> Array:
+        """The hidden time loop with recurrence: a scan that, unlike
+        ``ss.simulate``, feeds the previous step's spikes back (through the
+        synapse when there is one)."""
+        graphdef, state, rest = nnx.split(self.hidden, ss.SomaState, ...)
+        w_rec = self.recurrent.kernel[...]
+
+        def step(carry, z_t):
+            state, s_prev, i_prev = carry
+            soma = nnx.merge(graphdef, state, rest)
+            current = self.synapse_decay * i_prev + self.hidden_scale * (z_t + s_prev @ w_rec)
+            out = soma(current)
+            return (nnx.state(soma, ss.SomaState), out.spikes, current), out.spikes
+
+        zero = jnp.zeros(z.shape[1:], z.dtype)
+        (state, _, _), spikes = jax.lax.scan(step, (state, zero, zero), z)
+        nnx.update(self.hidden, state)
+        return spikes
+
+    def __call__(self, inputs: Array) -> NetworkOutput:
+        """Runs ``inputs`` (T, B, F) from rest; the somas keep their final state."""
+        self.reset(inputs.shape[1:-1])
+        z = self.input(inputs)
+        if self.recurrent is None:
+            currents = self._synaptic(z, self.hidden_scale)
+            spikes = ss.simulate(self.hidden, currents, record=("spikes",)).spikes
+        else:
+            spikes = self._hidden_recurrent(z)
+        drive = self.output(spikes)
+        out_spikes = None
+        if self.readout_soma is None:
+            potential = leaky_integrate(drive, self.readout_decay)
+        else:
+            rec = ss.simulate(self.readout_soma, self._synaptic(drive, self.output_scale))
+            out_spikes, potential = rec.spikes, rec.potential
+        fn, trace = READOUTS[self.readout]
+        logits = fn(out_spikes if trace == "spikes" else potential)
+        return NetworkOutput(logits, spikes, potential, out_spikes)
+
+
+def _jsonable_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Soma kwargs as JSON: a config becomes its ``to_dict()`` (scalar fields only)."""
+    out = dict(kwargs)
+    if out.get("config") is not None:
+        out["config"] = out["config"].to_dict()
+    return out
+
+
+def network_from_spec(spec: Mapping[str, Any], rngs: nnx.Rngs | None = None) -> SpikingNetwork:
+    """A fresh :class:`SpikingNetwork` of the architecture ``net.spec`` describes."""
+    spec = dict(spec)
+    kwargs = dict(spec.pop("soma_kwargs"))
+    cls = registry.soma_class(spec["soma"])
+    if kwargs.get("config") is not None:
+        kwargs["config"] = cls.config_class.from_dict(kwargs["config"])
+    return SpikingNetwork(**spec, soma_kwargs=kwargs, rngs=rngs or nnx.Rngs(0))
+
+
+registry.register_model("SpikingNetwork", SpikingNetwork, spec=lambda net: net.spec,
+                        build=network_from_spec)
