@@ -18,10 +18,10 @@ The pieces, each small:
 1. **The exponential in the log domain.** The Euler increment of the spike
    term is (dt/τ_m)·Δ_T·e^u with u = (V − V_T)/Δ_T, and u reaches 10^4
    and beyond for legal steep neurons (Δ_T = 0.005 mV), where e^u
-   overflows any float. The step computes it as ``exp(min(u + L, Z))``
-   with L = log(dt·Δ_T/τ_m), a parameter-only constant, and Z =
-   log(``EXP_CAP``). Below the cap it is the same number as the product
-   (one rounding of u + L instead of one of the product). At the cap the
+   overflows any float. The step computes e^u as ``exp(min(u, u_cap))``
+   (:func:`capped_exp`) with u_cap = log(``EXP_CAP``/k), k = dt·Δ_T/τ_m,
+   a parameter-only constant. Below the cap it is the plain expression,
+   rounding for rounding. At the cap the
    increment is ``EXP_CAP`` = 4·``STATE_LIMIT``: the true increment is
    larger still, and either one added to a linear part within ±
    ``STATE_LIMIT`` crosses any V_th the rules allow (\\|V_th + θ\\| ≤ 2·10^6 +
@@ -75,7 +75,7 @@ import numpy as np
 
 __all__ = [
     "STATE_LIMIT", "EXP_CAP", "bound", "compute_dtype", "saturate", "widen", "narrow",
-    "exp_increment", "is_compensated", "split", "join", "resolution_problem",
+    "capped_exp", "is_compensated", "split", "join", "resolution_problem",
 ]
 
 STATE_LIMIT = 2.0**40
@@ -129,10 +129,12 @@ def _widen_bwd(dtype, proto, ct):
 _saturating_widen.defvjp(_widen_fwd, _widen_bwd)
 
 
-def exp_increment(u: jax.Array, log_scale: jax.Array) -> jax.Array:
-    """``scale·exp(u)`` as ``exp(min(u + log(scale), log(EXP_CAP)))``: at most
-    ``EXP_CAP``, exact below it (item 1 of the module docstring)."""
-    return jnp.exp(jnp.minimum(u + log_scale, _LOG_EXP_CAP))
+def capped_exp(u: jax.Array, scale: jax.Array) -> jax.Array:
+    """``exp(min(u, log(EXP_CAP/scale)))``: ``exp(u)`` wherever
+    ``scale·exp(u)`` ≤ ``EXP_CAP``, and ``EXP_CAP/scale`` beyond (item 1 of
+    the module docstring). Within the config rules ``scale`` ≥ 10^-18, so
+    the result stays below 10^31."""
+    return jnp.exp(jnp.minimum(u, _LOG_EXP_CAP - jnp.log(scale)))
 
 
 def is_compensated(dtype) -> bool:
@@ -143,7 +145,8 @@ def is_compensated(dtype) -> bool:
 
 def split(x: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
     """(hi, lo) in ``dtype`` with hi = round(x) saturated, lo = round(x − hi)."""
-    hi = narrow(x, dtype)
+    x = saturate(x, dtype)
+    hi = x.astype(dtype)
     return hi, (x - hi.astype(x.dtype)).astype(dtype)
 
 

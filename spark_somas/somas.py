@@ -130,13 +130,12 @@ def exponential_step(
     rate = dt / tau_m
     v = read("potential")
     theta = read("threshold_offset") if "threshold_offset" in state else 0.0
-    drive = resistance * numerics.saturate(numerics.widen(current, wide), dtype)
+    drive = resistance * numerics.saturate(numerics.widen(current, wide))
     if "adaptation" in state:
         w = read("adaptation")
         drive = drive - resistance * w
-    runaway = numerics.exp_increment((v - v_t - theta) / delta_t,
-                                     jnp.log(dt * delta_t) - jnp.log(tau_m))
-    v_new = v + rate * (e_l - v + drive) + runaway
+    runaway = delta_t * numerics.capped_exp((v - v_t - theta) / delta_t, rate * delta_t)
+    v_new = v + rate * (-(v - e_l) + runaway + drive)
     s = surrogates_lib.spike(v_new - (v_th + theta), surrogate)
     if "refractory" in state:
         refractory = state["refractory"] > 0
