@@ -23,6 +23,7 @@ import html
 import json
 from typing import Any, Callable, ClassVar, Mapping, Union
 
+import jax.numpy as jnp
 import numpy as np
 
 from spark_somas import surrogates as surrogates_lib
@@ -32,6 +33,7 @@ __all__ = [
     "Rule",
     "Value",
     "require",
+    "feasible_interval",
     "ExponentialSomaConfig",
     "RefractoryExponentialSomaConfig",
     "AdaptiveExponentialSomaConfig",
@@ -95,6 +97,37 @@ def require(ok: Any, name: str, value: Any, rule: str, *,
     ``ok``: the one form of every refusal that names field, value and rule."""
     if not ok:
         raise error(f"{name} = {value!r} violates the rule: {rule}")
+
+
+def feasible_interval(config_class: type, name: str, values: Mapping[str, Any],
+                      dtype: Any) -> tuple[Any, Any]:
+    """The interval [low, high] of field ``name`` that every rule allows,
+    the other fields held at ``values`` (name -> number or array).
+
+    The representable range ±:data:`LARGEST` bounds every field; each rule on
+    ``name`` (``name > b``, ``name >= b``, ``name < b``) and each rule of
+    another field that names it (``other < name``, ``other > name``) narrows
+    it. A strict inequality moves its bound to the next value representable
+    in ``dtype``, so that ``clip(x, low, high)`` obeys every rule.
+    """
+    lo, hi = jnp.asarray(-LARGEST, dtype), jnp.asarray(LARGEST, dtype)
+
+    def value(b: float | str) -> Any:
+        return jnp.asarray(values[b] if isinstance(b, str) else b, dtype)
+
+    for f in config_class.quantity_fields():
+        rule = f.metadata["rule"]
+        if f.name == name and rule.op in (">", ">="):
+            b = value(rule.bound)
+            lo = jnp.maximum(lo, jnp.nextafter(b, jnp.inf) if rule.op == ">" else b)
+        elif f.name == name and rule.op == "<":
+            hi = jnp.minimum(hi, jnp.nextafter(value(rule.bound), -jnp.inf))
+        elif rule.bound == name and rule.op == "<":
+            lo = jnp.maximum(lo, jnp.nextafter(value(f.name), jnp.inf))
+        elif rule.bound == name and rule.op in (">", ">="):
+            b = value(f.name)
+            hi = jnp.minimum(hi, jnp.nextafter(b, -jnp.inf) if rule.op == ">" else b)
+    return lo, hi
 
 
 def quantity(default: float, *, symbol: str, units: str, doc: str, rule: Rule = FINITE) -> Any:

@@ -20,7 +20,7 @@ from flax import nnx
 
 from spark_somas import sharding
 from spark_somas.configs import require
-from spark_somas.constraints import constrain_neurons, trained_neuron_values
+from spark_somas.constraints import neuron_constraints
 from spark_somas.datasets import DataError, Dataset
 from spark_somas.encoders import Encoder
 from spark_somas.network import NetworkOutput, SpikingNetwork
@@ -45,12 +45,21 @@ Array = jax.Array
 
 
 def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
-                   tx: optax.GradientTransformation | None = None) -> nnx.Optimizer:
-    """``nnx.Optimizer(model, tx, wrt=nnx.Param)``; default tx: global-norm
-    clipping at 1 then Adam(``learning_rate``). Any optax transformation works."""
+                   tx: optax.GradientTransformation | None = None, *,
+                   total_steps: int | None = None) -> nnx.Optimizer:
+    """``nnx.Optimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=nnx.Param)``.
+
+    The default ``tx``: global-norm clipping at 1, then Adam with peak
+    ``learning_rate``, decayed to 0 over ``total_steps`` by a cosine schedule
+    when given. Any optax transformation works; the trained neuron
+    parameters are kept inside their rules either way
+    (:func:`~spark_somas.constraints.neuron_constraints`).
+    """
     if tx is None:
-        tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+        schedule = (learning_rate if total_steps is None
+                    else optax.cosine_decay_schedule(learning_rate, total_steps))
+        tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+    return nnx.Optimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=nnx.Param)
 
 
 def _metrics(model, out: NetworkOutput, labels: Array, loss: Array) -> dict[str, Array]:
@@ -64,11 +73,11 @@ def _metrics(model, out: NetworkOutput, labels: Array, loss: Array) -> dict[str,
 @nnx.jit(static_argnames=("encoder", "objective"))
 def train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
                key: Array, *, encoder: Encoder, objective: Objective) -> dict[str, Array]:
-    """One compiled update on a batch: encode, forward, BPTT, optimizer
-    update, neuron constraints, somas back to rest. Returns loss, accuracy
-    and the hidden layer's mean rate (Hz) on the batch (before the update)."""
+    """One compiled update on a batch: encode, forward, BPTT, the
+    optimizer's update (which keeps neuron parameters legal when built by
+    :func:`make_optimizer`), somas back to rest. Returns loss, accuracy and
+    the hidden layer's mean rate (Hz) on the batch (before the update)."""
     inputs = encoder(x, key, train=True)
-    previous = trained_neuron_values(model)
 
     def loss_fn(model):
         out = model(inputs)
@@ -76,7 +85,6 @@ def train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels
 
     (loss, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
-    constrain_neurons(model, previous)
     model.reset()
     return _metrics(model, out, labels, loss)
 

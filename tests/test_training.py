@@ -36,8 +36,8 @@ def tiny_net(soma="adex", seed=0, **kw) -> tr.SpikingNetwork:
 
 
 def optimizer(model, learning_rate: float) -> nnx.Optimizer:
-    opt = nnx.Optimizer(model, TX, wrt=nnx.Param)
-    opt.opt_state.hyperparams["learning_rate"][...] = learning_rate
+    opt = tr.make_optimizer(model, tx=TX)
+    opt.opt_state[0].hyperparams["learning_rate"][...] = learning_rate
     return opt
 
 
@@ -152,6 +152,24 @@ def test_constrain_neurons_projects_and_keeps_previous_for_non_finite():
     assert float(p["threshold_delta"][1]) == 0.0
     for name in bad:  # NaN entries take their value from before the step
         assert float(p[name][0]) == float(previous[(("hidden",), name)][0]), name
+
+
+@pytest.mark.parametrize("soma", ["adex", "simplified"])
+def test_neuron_constraints_is_an_optax_projection_after_the_update(soma):
+    model = tiny_net(soma)
+    tx = optax.chain(optax.sgd(1e3), tr.neuron_constraints(model))
+    params = nnx.as_pure(nnx.state(model, nnx.Param))
+    state = tx.init(params)
+    key = jax.random.key(1)
+    grads = jax.tree.map(lambda p: 1e3 * jax.random.normal(key, p.shape, p.dtype), params)
+    grads["hidden"]["threshold"] = grads["hidden"]["threshold"].at[0].set(jnp.nan)
+    updates, _ = jax.jit(tx.update)(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    nnx.update(model, new)
+    _assert_inside_rules(model.hidden)
+    assert float(new["hidden"]["threshold"][0]) == float(params["hidden"]["threshold"][0])
+    chex.assert_trees_all_equal(new["input"], jax.tree.map(lambda p, g: p - 1e3 * g,
+                                                           params["input"], grads["input"]))
 
 
 def test_constrain_neurons_without_previous_makes_non_finite_values_finite():
