@@ -14,9 +14,9 @@ new one in :data:`SUBCOMMANDS`):
 ``train --checkpoint-dir D`` saves after every epoch e (0-based) the step
 e + 1 of a :class:`spark_somas.checkpointing.Checkpointer`: model (weights,
 neuron parameters and state), optimizer (Adam moments, step count, hence the
-learning-rate schedule), test metrics, and ``extra = {"history", "settings"}``.
-``train --resume D`` restores the newest step into a network built from the
-saved settings and runs ``fit(..., start_epoch=e + 1, history=extra["history"])``:
+learning-rate schedule), test metrics, and ``extra = {"history", "run"}``, the
+run's :class:`~spark_somas.runs.RunConfig` as a dict. ``train --resume D``
+restores the newest step into a network built from the saved run and runs ``fit(..., start_epoch=e + 1, history=extra["history"])``:
 data order and noise are pure functions of (seed, epoch), so the resumed run
 is the run that never stopped.
 * ``spark-somas checkpoints D`` — the steps saved in D with their metrics.
@@ -90,9 +90,12 @@ def _writable_dir(path: str, option: str) -> None:
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from spark_somas import SOMAS
-    from spark_somas.datasets import TASKS
-    from spark_somas.training import RECIPES
+    """The ``train`` options: one per :class:`~spark_somas.runs.RunConfig`
+    field (``--batch-size`` for ``batch_size``), then where the run goes."""
+    import dataclasses
+    import typing
+
+    from spark_somas.runs import RECIPES, RunConfig
 
     p = sub.add_parser(
         "train", help="train a spiking network on digits or Randman",
@@ -101,35 +104,32 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                     f"Per-task recipe (encoder, steps, input gain, synapse): {RECIPES}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--soma", choices=sorted(SOMAS), default="adex", help="hidden soma model")
-    p.add_argument("--task", choices=sorted(TASKS), default="digits")
-    p.add_argument("--epochs", type=_positive(int), default=30)
-    p.add_argument("--batch-size", type=_positive(int), default=64)
-    p.add_argument("--lr", type=_positive(float), default=5e-3,
-                   help="peak Adam learning rate (cosine decay to 0)")
-    p.add_argument("--hidden", type=_positive(int), default=256, help="hidden somas")
-    p.add_argument("--steps", type=_positive(int), default=None,
-                   help="time steps of dt = 1 ms (default: the task's recipe)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation, data order, noise")
-    p.add_argument("--data-seed", type=int, default=0, help="train/test split, Randman manifolds")
-    p.add_argument("--data-option", action="append", type=_data_option, default=[],
-                   metavar="KEY=VALUE",
-                   help="extra keyword of the task's loader, repeatable, e.g. manifold_dim=2 "
-                        "(see spark_somas.datasets.load_randman)")
-    p.add_argument("--encoder", choices=("current", "poisson", "latency"), default=None,
-                   help="input code for digits (default: the recipe's)")
-    p.add_argument("--recurrent", action="store_true", help="recurrent hidden layer")
-    p.add_argument("--trainable-neurons", action=argparse.BooleanOptionalAction, default=False,
-                   help="train per-neuron tau_m, threshold (and a, b, tau_w / theta tau, delta), "
-                        "projected into their config rules after each step")
+    hints = typing.get_type_hints(RunConfig)
+    for field in dataclasses.fields(RunConfig):
+        meta = field.metadata
+        flag = "--" + field.name.replace("_", "-")
+        kind = next((t for t in (bool, int, float, str) if t in (hints[field.name],
+                                                                  *typing.get_args(hints[field.name]))),
+                    None)
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        kwargs = {"default": field.default, "help": meta["help"]}
+        if meta["metavar"]:
+            kwargs["metavar"] = meta["metavar"]
+        if field.name == "data_option":
+            kwargs |= {"action": "append", "type": _data_option, "default": []}
+        elif kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif choices is not None:
+            kwargs["choices"] = choices
+        else:
+            kwargs["type"] = _positive(kind) if meta["positive"] else kind
+        p.add_argument(flag, **kwargs)
     p.add_argument("--checkpoint-dir", default=None,
                    help="save model, optimizer and history after every epoch (Orbax)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run checkpointed in DIR from its newest epoch, with the "
                         "settings saved there (other options but --out are ignored); keeps "
                         "saving to DIR")
-    p.add_argument("--limit", type=_positive(int), default=None,
-                   help="use only the first N train and N test samples")
     p.add_argument("--out", default="out", help="directory for the PNG and JSON")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="tqdm progress bar")
@@ -153,58 +153,45 @@ def _percent(x: float) -> str:
     return f"{100.0 * x:.2f}%"
 
 
-#: Options that describe where and how to run, not the run itself: a resumed
-#: run takes them from the command line, everything else from its checkpoint.
-_SESSION_OPTIONS = ("out", "progress", "resume", "checkpoint_dir", "func")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    import dataclasses
+
     import jax
     import numpy as np
-    import optax
     from flax import nnx
 
     from spark_somas import datasets, training
     from spark_somas.checkpointing import Checkpointer
+    from spark_somas.runs import RunConfig
 
     resumed = None
     if args.resume:
         resumed = _resumable(args.resume)
-        for key, value in resumed["settings"].items():
-            if hasattr(args, key) and key not in _SESSION_OPTIONS:
-                setattr(args, key, value)
+        run = RunConfig.from_dict(resumed["run"])
         args.checkpoint_dir = args.resume
+    else:
+        run = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
     _writable_dir(args.out, "--out")
     if args.checkpoint_dir:
         _writable_dir(args.checkpoint_dir, "--checkpoint-dir")
 
-    recipe = dict(training.RECIPES[args.task])
-    steps = args.steps or recipe["steps"]
-    data_kwargs = {"seed": args.data_seed} | ({"n_steps": steps} if args.task == "randman" else {})
-    data_kwargs |= dict(args.data_option)
     try:
-        data = datasets.load_task(args.task, **data_kwargs).limit(args.limit)
+        data = datasets.load_task(run.task, **run.data_kwargs()).limit(run.limit)
     except (TypeError, ValueError) as err:  # an unknown --data-option key or a bad value
-        raise CommandError(f"--data-option violates the rule: a keyword of the {args.task} "
+        raise CommandError(f"--data-option violates the rule: a keyword of the {run.task} "
                            f"loader with a valid value ({err})") from None
-    kind = "spikes" if data.encoding == "spikes" else (args.encoder or recipe["encoder"])
-    if data.encoding == "spikes" and args.encoder not in (None, "spikes"):
-        raise CommandError(f"--encoder {args.encoder} violates the rule: {args.task} is spike data")
-    encoder = training.Encoder(kind, steps)
-    model = training.SpikingNetwork(
-        data.n_features, args.hidden, data.n_classes, soma=args.soma, recurrent=args.recurrent,
-        trainable_neurons=args.trainable_neurons, input_gain=recipe["input_gain"],
-        synapse_tau=recipe["synapse_tau"], rngs=nnx.Rngs(args.seed),
-    )
-    batch = min(args.batch_size, len(data.x_train))
-    total = args.epochs * (len(data.x_train) // batch)
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adam(optax.cosine_decay_schedule(args.lr, total)))
-    optimizer = training.make_optimizer(model, tx=tx)
-    settings = {k: v for k, v in vars(args).items() if k != "func"} | {
-        "steps": steps, "encoder": kind, "dt_ms": model.dt, "input_gain": recipe["input_gain"],
-        "synapse_tau_ms": recipe["synapse_tau"], "current_scale_pA": model.hidden_scale}
+    if data.encoding == "spikes" and run.encoder not in (None, "spikes"):
+        raise CommandError(f"--encoder {run.encoder} violates the rule: {run.task} is spike data")
+    encoder = run.make_encoder(data)
+    model = training.SpikingNetwork.from_config(run.network(data), nnx.Rngs(run.seed))
+    batch = min(run.batch_size, len(data.x_train))
+    optimizer = training.make_optimizer(model, run.lr,
+                                        total_steps=run.epochs * (len(data.x_train) // batch))
+    settings = run.to_dict() | {
+        "steps": run.time_steps, "encoder": encoder.kind, "dt_ms": model.dt,
+        "input_gain": run.recipe.input_gain, "synapse_tau_ms": run.recipe.synapse_tau,
+        "current_scale_pA": model.hidden_scale}
     print(f"spark-somas train: {data!r}\n  {settings}", flush=True)
 
     on_epoch_end = checkpointer = None
@@ -218,17 +205,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         def on_epoch_end(epoch, model, optimizer, history):
             checkpointer.save(epoch + 1, model, optimizer,
                               metrics={k: history[k][-1] for k in ("test_accuracy", "test_loss")},
-                              extra={"history": history, "settings": settings})
+                              extra={"history": history, "run": run.to_dict()})
     try:
-        history = training.fit(model, optimizer, data, encoder=encoder, epochs=args.epochs,
-                               batch_size=batch, seed=args.seed, on_epoch_end=on_epoch_end,
+        history = training.fit(model, optimizer, data, encoder=encoder, epochs=run.epochs,
+                               batch_size=batch, seed=run.seed, on_epoch_end=on_epoch_end,
                                start_epoch=start_epoch, history=history, progress=args.progress)
     finally:
         if checkpointer is not None:
             checkpointer.close()
     wall = time.perf_counter() - t0
     losses = np.asarray(history["train_loss"] + history["test_loss"])
-    sample = training.record(model, data.x_test[:1], jax.random.key(args.seed), encoder=encoder)
+    sample = training.record(model, data.x_test[:1], jax.random.key(run.seed), encoder=encoder)
     raster = np.asarray(sample.hidden_spikes[:, 0])
     acc = history["test_accuracy"][-1]
     print(f"final test accuracy {_percent(acc)} ({round(acc * len(data.x_test))}/"
@@ -238,16 +225,15 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"from {int((raster.sum(0) > 0).sum())}/{raster.shape[1]} neurons")
     print(f"wall time {wall:.1f} s (compilation included); NaN in losses: "
           f"{bool(np.isnan(losses).any())}")
-    if args.trainable_neurons:
-        for name, value in model.hidden.parameters().items():
-            if name in model.hidden.trainable:
-                v = np.asarray(value)
-                print(f"  trained {name}: mean {v.mean():.4g}, range [{v.min():.4g}, {v.max():.4g}]")
+    for name, value in model.hidden.parameters().items():
+        if name in model.hidden.trainable:
+            v = np.asarray(value)
+            print(f"  trained {name}: mean {v.mean():.4g}, range [{v.min():.4g}, {v.max():.4g}]")
 
-    stem = os.path.join(args.out, f"train_{args.task}_{args.soma}")
+    stem = os.path.join(args.out, f"train_{run.task}_{run.soma}")
     fig = training.plot_training(
         history, raster, dt=model.dt,
-        title=f"{args.soma} on {args.task}: test accuracy {_percent(acc)}")
+        title=f"{run.soma} on {run.task}: test accuracy {_percent(acc)}")
     fig.savefig(stem + ".png", dpi=120)
     with open(stem + ".json", "w") as f:
         json.dump({"settings": settings, "history": history, "wall_seconds": wall}, f, indent=1)
@@ -267,7 +253,7 @@ def _resumable(directory: str) -> dict:
         raise CommandError(f"--resume: {err}") from None
     extra = meta.get("extra")
     if (meta["model"].get("type") != "SpikingNetwork" or not isinstance(extra, dict)
-            or not isinstance(extra.get("settings"), dict)
+            or not isinstance(extra.get("run"), dict)
             or not isinstance(extra.get("history"), dict)):
         raise CommandError(
             f"--resume {directory} violates the rule: a directory written by 'spark-somas train "

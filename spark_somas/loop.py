@@ -32,7 +32,6 @@ __all__ = [
     "eval_step",
     "record",
     "evaluate",
-    "RECIPES",
     "epoch_order",
     "batch_key",
     "NonFiniteLossError",
@@ -140,16 +139,6 @@ def evaluate(model: SpikingNetwork, x: np.ndarray, labels: np.ndarray, *, encode
             "rate_hz": totals["rate"] / n * 1000.0 / model.dt}
 
 
-#: Per-task settings of the benchmarked recipe (benchmarks/TRAINING.md): the
-#: encoder kind, time steps T (dt = 1 ms), and the network's input gain and
-#: synapse. Digits: constant input currents, no synapse. Randman: one-step
-#: input spikes, which need the charge of a 5 ms synapse and gain 3.
-RECIPES: dict[str, dict[str, Any]] = {
-    "digits": {"encoder": "current", "steps": 25, "input_gain": 1.0, "synapse_tau": None},
-    "randman": {"encoder": "spikes", "steps": 50, "input_gain": 3.0, "synapse_tau": 5.0},
-}
-
-
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The training order of epoch ``epoch``: a permutation of range(n) that is
     a pure function of (seed, epoch), so a resumed run sees the same batches."""
@@ -176,7 +165,7 @@ def _check_fit(model: Any, data: Dataset, encoder: Encoder, epochs: Any, batch_s
     require(start_epoch <= epochs, "start_epoch", start_epoch, f"start_epoch <= epochs = {epochs}",
             error=ValueError)
     data.check()
-    spec = getattr(model, "spec", None) or {}
+    spec = model.spec if isinstance(model, SpikingNetwork) else {}
     if "in_features" in spec and data.n_features != spec["in_features"]:
         raise DataError(f"{data.name}: {data.n_features} features violate the rule: the model's "
                         f"in_features = {spec['in_features']}")

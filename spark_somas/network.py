@@ -29,6 +29,7 @@ optimizer (:mod:`spark_somas.constraints`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.struct
@@ -39,6 +40,7 @@ from flax import nnx
 
 import spark_somas as ss
 from spark_somas import registry
+from spark_somas.configs import require
 from spark_somas.somas import ExponentialSoma
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "NetworkOutput",
     "leaky_integrate",
     "network_from_spec",
+    "NetworkConfig",
     "READOUTS",
     "spike_count",
     "max_potential",
@@ -123,6 +126,79 @@ def leaky_integrate(z: Array, decay: float, u0: Array | None = None) -> Array:
     return jax.lax.scan(step, jnp.zeros_like(z[0]) if u0 is None else u0, z)[1]
 
 
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """The architecture of a :class:`SpikingNetwork`: its constructor's
+    arguments, checked, as a frozen value (see there for each field).
+
+    ``soma`` is the registered class name; ``trainable_neurons`` the tuple
+    of trained field names (True and False resolved); ``soma_kwargs`` what
+    the soma constructors receive besides dt and trainable (a soma config
+    object or its dict, field overrides). :meth:`to_dict` is JSON when the
+    soma config's fields are scalars: it is what checkpoints store and
+    :meth:`SpikingNetwork.from_config` rebuilds from.
+    """
+
+    in_features: int
+    hidden: int
+    n_classes: int
+    soma: str = "AdaptiveExponentialSoma"
+    dt: float = 1.0
+    recurrent: bool = False
+    output: str = "leaky"
+    readout: str = "mean"
+    readout_tau: float = 10.0
+    trainable_neurons: bool | tuple[str, ...] = ()
+    input_gain: float = 1.0
+    synapse_tau: float | None = None
+    soma_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cls = registry.soma_class(self.soma)
+        for name in ("in_features", "hidden", "n_classes"):
+            value = getattr(self, name)
+            require(not isinstance(value, bool) and isinstance(value, (int, np.integer))
+                    and value >= 1, name, value, "a positive int", error=ValueError)
+        require(self.output in ("leaky", "soma"), "output", self.output, "'leaky' or 'soma'",
+                error=ValueError)
+        require(self.readout in READOUTS, "readout", self.readout, f"one of {sorted(READOUTS)}",
+                error=ValueError)
+        require(self.readout != "count" or self.output == "soma", "readout", self.readout,
+                "spike counts need output = 'soma'", error=ValueError)
+        for name in ("readout_tau", "input_gain", "synapse_tau"):
+            value = getattr(self, name)
+            require(value is None and name == "synapse_tau" or np.isfinite(value) and value > 0,
+                    name, value, "> 0 and finite", error=ValueError)
+        trainable = self.trainable_neurons
+        if trainable is True:
+            trainable = trainable_neuron_params(cls)
+        elif trainable is False:
+            trainable = ()
+        elif isinstance(trainable, str):
+            trainable = (trainable,)
+        object.__setattr__(self, "soma", cls.__name__)
+        object.__setattr__(self, "trainable_neurons", tuple(trainable))
+        kwargs = dict(self.soma_kwargs)
+        if isinstance(kwargs.get("config"), Mapping):
+            kwargs["config"] = cls.config_class.from_dict(kwargs["config"])
+        object.__setattr__(self, "soma_kwargs", kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values: tuples as lists, a soma config as its ``to_dict()``."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["trainable_neurons"] = list(self.trainable_neurons)
+        kwargs = dict(self.soma_kwargs)
+        if kwargs.get("config") is not None:
+            kwargs["config"] = kwargs["config"].to_dict()
+        out["soma_kwargs"] = kwargs
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "NetworkConfig":
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{**d, "trainable_neurons": tuple(d.get("trainable_neurons", ()))})
+
+
 class SpikingNetwork(nnx.Module):
     """Input Linear → soma layer → Linear → leaky integrator or readout soma.
 
@@ -178,37 +254,13 @@ class SpikingNetwork(nnx.Module):
         soma_kwargs: Mapping[str, Any] | None = None,
         rngs: nnx.Rngs,
     ):
-        cls = registry.soma_class(soma)
-        for name, value in (("in_features", in_features), ("hidden", hidden),
-                            ("n_classes", n_classes)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} = {value!r} violates the rule: a positive int")
-        if output not in ("leaky", "soma"):
-            raise ValueError(f"output = {output!r} violates the rule: 'leaky' or 'soma'")
-        if readout not in READOUTS:
-            raise ValueError(f"readout = {readout!r} violates the rule: one of {sorted(READOUTS)}")
-        if readout == "count" and output != "soma":
-            raise ValueError("readout = 'count' violates the rule: spike counts need output = 'soma'")
-        for name, value in (("readout_tau", readout_tau), ("input_gain", input_gain),
-                            ("synapse_tau", 1.0 if synapse_tau is None else synapse_tau)):
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{name} = {value!r} violates the rule: > 0 and finite")
-        if trainable_neurons is True:
-            trainable = trainable_neuron_params(cls)
-        elif trainable_neurons is False:
-            trainable = ()
-        elif isinstance(trainable_neurons, str):
-            trainable = (trainable_neurons,)
-        else:
-            trainable = tuple(trainable_neurons)
-        kwargs = dict(soma_kwargs or {}, dt=dt, trainable=trainable)
-        self.spec = {  # how to rebuild this architecture (checkpoint metadata)
-            "in_features": in_features, "hidden": hidden, "n_classes": n_classes,
-            "soma": cls.__name__, "dt": dt, "recurrent": recurrent, "output": output,
-            "readout": readout, "readout_tau": readout_tau, "trainable_neurons": list(trainable),
-            "input_gain": input_gain, "synapse_tau": synapse_tau,
-            "soma_kwargs": _jsonable_kwargs(soma_kwargs or {}),
-        }
+        self.config = config = NetworkConfig(
+            in_features, hidden, n_classes, soma=registry.soma_class(soma).__name__, dt=dt,
+            recurrent=recurrent, output=output, readout=readout, readout_tau=readout_tau,
+            trainable_neurons=trainable_neurons, input_gain=input_gain, synapse_tau=synapse_tau,
+            soma_kwargs=soma_kwargs or {})
+        cls = registry.soma_class(config.soma)
+        kwargs = dict(config.soma_kwargs, dt=dt, trainable=config.trainable_neurons)
         self.dt = float(dt)
         self.readout = readout
         self.readout_decay = float(np.exp(-dt / readout_tau))
@@ -223,6 +275,17 @@ class SpikingNetwork(nnx.Module):
         self.hidden_scale = float(input_gain * rheobase_current(self.hidden))
         self.output_scale = (float(input_gain * rheobase_current(self.readout_soma))
                              if self.readout_soma is not None else 1.0)
+
+    @classmethod
+    def from_config(cls, config: NetworkConfig, rngs: nnx.Rngs | None = None) -> "SpikingNetwork":
+        """A fresh network of ``config``'s architecture (``rngs`` default: seed 0)."""
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return cls(**fields, rngs=rngs or nnx.Rngs(0))
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """``self.config.to_dict()``: how checkpoints describe this architecture."""
+        return self.config.to_dict()
 
     def somas(self) -> list[ExponentialSoma]:
         """The soma layers (hidden, then the readout soma if any)."""
@@ -278,22 +341,9 @@ class SpikingNetwork(nnx.Module):
         return NetworkOutput(logits, spikes, potential, out_spikes)
 
 
-def _jsonable_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Soma kwargs as JSON: a config becomes its ``to_dict()`` (scalar fields only)."""
-    out = dict(kwargs)
-    if out.get("config") is not None:
-        out["config"] = out["config"].to_dict()
-    return out
-
-
 def network_from_spec(spec: Mapping[str, Any], rngs: nnx.Rngs | None = None) -> SpikingNetwork:
     """A fresh :class:`SpikingNetwork` of the architecture ``net.spec`` describes."""
-    spec = dict(spec)
-    kwargs = dict(spec.pop("soma_kwargs"))
-    cls = registry.soma_class(spec["soma"])
-    if kwargs.get("config") is not None:
-        kwargs["config"] = cls.config_class.from_dict(kwargs["config"])
-    return SpikingNetwork(**spec, soma_kwargs=kwargs, rngs=rngs or nnx.Rngs(0))
+    return SpikingNetwork.from_config(NetworkConfig.from_dict(spec), rngs)
 
 
 registry.register_model("SpikingNetwork", SpikingNetwork, spec=lambda net: net.spec,
