@@ -1,18 +1,29 @@
-"""Compiled time loops over a soma: :func:`simulate`.
+"""The one time loop: :func:`drive`, and :func:`simulate` for a lone soma.
 
-``simulate(soma, currents)`` is T calls of ``soma(current)`` fused into one
-``jax.lax.scan`` under ``jax.jit``: it starts from the soma's state and
-leaves the final state in it. It differentiates (BPTT through the surrogate
-spikes) and can rematerialize: with ``remat=k`` the run is cut into segments
-of k steps whose insides are recomputed on the backward pass
-(``jax.checkpoint``), so BPTT memory grows as T/k + k states rather than T.
+``drive(module, inputs, step)`` is T calls of ``step(module, x_t)`` fused into
+one ``jax.lax.scan`` under ``jax.jit``, for any NNX module whose running
+state lives in :class:`~spark_somas.somas.SomaState` Variables — a soma, or
+a whole network step (Linear → soma → recurrent Linear → synapse → readout,
+:class:`~spark_somas.network.SpikingNetwork`). The SomaState Variables are
+the scan's carry; every other Variable (weights, constants) is read only. It
+starts from the module's state and leaves the final state in it. It
+differentiates (BPTT through the surrogate spikes): each step is recomputed
+on the backward pass from its saved state and input (``jax.checkpoint``), so
+the guards inside a soma step cost arithmetic, not stored residuals; with
+``remat=k`` the run is further cut into segments of k steps whose insides
+are recomputed, so BPTT memory grows as T/k + k states rather than T.
+
+``simulate(soma, currents)`` runs a soma through :func:`drive`, or through the
+fused Pallas kernels of :mod:`spark_somas.kernels` — which fuse a lone soma
+only: :func:`drive` refuses ``backend="fused"`` with :class:`FusedBackendError`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+import dataclasses
+from typing import Any, Callable, Sequence, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +32,74 @@ from flax import nnx
 from spark_somas import kernels
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
-__all__ = ["simulate", "RECORDABLE"]
+__all__ = ["drive", "simulate", "RECORDABLE", "FusedBackendError"]
+
+M = TypeVar("M", bound=nnx.Module)
 
 RECORDABLE = ("spikes", "potential", "adaptation", "threshold_offset", "refractory")
+
+
+class FusedBackendError(ValueError):
+    """``backend="fused"`` asked of something the Pallas kernels do not fuse:
+    they run a lone soma's loop (:func:`simulate`), not a network step."""
+
+
+def _call(module: nnx.Module, x: Any) -> Any:
+    return module(x)
+
+
+def drive(
+    module: M,
+    inputs: Any,
+    step: Callable[[M, Any], Any] = _call,
+    *,
+    remat: bool | int = False,
+    unroll: int = 1,
+    backend: str = "auto",
+) -> Any:
+    """Runs ``step(module, x_t)`` for every x_t along the leading (time) axis of ``inputs``.
+
+    Args:
+      module: an NNX module whose running state is in ``SomaState``
+        Variables, already shaped for the batch (``reset(batch_shape)``):
+        the state is the loop's carry and must keep its shape.
+      inputs: a pytree of arrays, time-major ``(T, ...)``.
+      step: one step; its outputs (a pytree of arrays) are stacked over
+        time. Default: ``module(x_t)``. A module-level function or method
+        (not a fresh lambda per call) lets the compiled loop be reused.
+      remat: False (each step rematerialized, nothing more), True
+        (segments of ⌈√T⌉ steps) or an int k (segments of k steps,
+        recomputed on the backward pass).
+      unroll: steps per loop iteration, passed to ``lax.scan``.
+      backend: ``"auto"`` or ``"scan"``; ``"fused"`` raises
+        :class:`FusedBackendError` (only :func:`simulate` fuses, a lone soma).
+
+    Returns:
+      ``step``'s outputs with a leading time axis of length T.
+    """
+    if backend == "fused":
+        raise FusedBackendError(
+            f"backend = 'fused' violates the rule: the Pallas kernels fuse a lone soma "
+            f"(ss.simulate), not a {type(module).__name__} step; use 'scan' or 'auto'")
+    if backend not in ("auto", "scan"):
+        raise ValueError(f"backend = {backend!r} violates the rule: 'auto', 'scan' or 'fused'")
+    steps = jax.tree.leaves(inputs)[0].shape[0]
+    graphdef, state, rest = nnx.split(module, SomaState, ...)
+    final, outputs = _scan(graphdef, state, rest, inputs, step, _segment_length(remat, steps),
+                           unroll)
+    nnx.update(module, final)
+    return outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    """A soma step that returns the named fields (hashable: a static argument)."""
+
+    names: tuple[str, ...]
+
+    def __call__(self, soma: ExponentialSoma, current: jax.Array) -> dict[str, jax.Array]:
+        values = {"spikes": soma(current).spikes, **soma.neuron_state()}
+        return {k: values[k] for k in self.names}
 
 
 def simulate(
@@ -78,9 +154,8 @@ def simulate(
         for name, value in final.items():
             getattr(soma, name).set_value(value)
         return SomaOutput(**{k: recorded.get(k) for k in RECORDABLE})
-    graphdef, state, rest = nnx.split(soma, SomaState, ...)
-    final, recorded = _run(graphdef, state, rest, currents, tuple(record), segment, unroll)
-    nnx.update(soma, final)
+    recorded = drive(soma, currents, _Record(tuple(record)), remat=remat, unroll=unroll,
+                     backend="scan")
     return SomaOutput(**{k: recorded.get(k) for k in RECORDABLE})
 
 
@@ -95,28 +170,27 @@ def _segment_length(remat: bool | int, steps: int) -> int | None:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-def _run(graphdef, state, rest, currents, record, segment, unroll):
-    def step(carry, current):
-        soma = nnx.merge(graphdef, carry, rest)
-        out = soma(current)
-        values = {"spikes": out.spikes, **soma.neuron_state()}
-        return nnx.state(soma, SomaState), {k: values[k] for k in record}
+def _scan(graphdef, state, rest, inputs, step, segment, unroll):
+    def one(carry, x):
+        module = nnx.merge(graphdef, carry, rest)
+        y = step(module, x)
+        return nnx.state(module, SomaState), y
 
     def run(carry, xs):
-        # Each step is recomputed on the backward pass from its saved state
-        # and input: the guards then cost arithmetic, not stored residuals.
-        return jax.lax.scan(jax.checkpoint(step), carry, xs, unroll=unroll)
+        return jax.lax.scan(jax.checkpoint(one), carry, xs, unroll=unroll)
 
-    if segment is None or segment >= currents.shape[0]:
+    steps = jax.tree.leaves(inputs)[0].shape[0]
+    if segment is None or segment >= steps:
         if segment is not None:
             run = jax.checkpoint(run)
-        return run(state, currents)
+        return run(state, inputs)
     run = jax.checkpoint(run)
-    whole, tail = divmod(currents.shape[0], segment)
-    head = currents[: whole * segment].reshape((whole, segment) + currents.shape[1:])
+    whole, tail = divmod(steps, segment)
+    head = jax.tree.map(lambda x: x[: whole * segment].reshape((whole, segment) + x.shape[1:]),
+                        inputs)
     state, ys = jax.lax.scan(run, state, head)
     ys = jax.tree.map(lambda y: y.reshape((whole * segment,) + y.shape[2:]), ys)
     if tail:
-        state, ys_tail = run(state, currents[whole * segment:])
+        state, ys_tail = run(state, jax.tree.map(lambda x: x[whole * segment:], inputs))
         ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, ys_tail)
     return state, ys
