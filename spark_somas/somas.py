@@ -130,7 +130,9 @@ def exponential_step(
     rate = dt / tau_m
     v = read("potential")
     theta = read("threshold_offset") if "threshold_offset" in state else 0.0
-    drive = resistance * numerics.saturate(numerics.widen(current, wide))
+    # Saturated before and after the product: R·I is finite for I = ±inf (no
+    # 0·inf in its gradient) and is rounded on its own, as in Brian2.
+    drive = numerics.saturate(resistance * numerics.saturate(numerics.widen(current, wide)))
     if "adaptation" in state:
         w = read("adaptation")
         drive = drive - resistance * w
