@@ -30,6 +30,7 @@ optimizer (:mod:`spark_somas.constraints`).
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.struct
@@ -38,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import spark_somas as ss
 from spark_somas import registry
 from spark_somas.configs import require
-from spark_somas.somas import ExponentialSoma
+from spark_somas.simulation import drive
+from spark_somas.somas import ExponentialSoma, SomaState
 
 __all__ = [
     "NEURON_PARAMS",
@@ -49,7 +50,6 @@ __all__ = [
     "rheobase_current",
     "SpikingNetwork",
     "NetworkOutput",
-    "leaky_integrate",
     "network_from_spec",
     "NetworkConfig",
     "READOUTS",
@@ -115,17 +115,6 @@ class NetworkOutput:
     output_spikes: Array | None = None
 
 
-def leaky_integrate(z: Array, decay: float, u0: Array | None = None) -> Array:
-    """U_t = decay · U_{t−1} + z_t over the leading (time) axis, from U_{-1} = u0
-    (default 0); returns every U_t. A scan: linear, so exactly differentiable."""
-
-    def step(u, z_t):
-        u = decay * u + z_t
-        return u, u
-
-    return jax.lax.scan(step, jnp.zeros_like(z[0]) if u0 is None else u0, z)[1]
-
-
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
     """The architecture of a :class:`SpikingNetwork`: its constructor's
@@ -182,6 +171,10 @@ class NetworkConfig:
         if isinstance(kwargs.get("config"), Mapping):
             kwargs["config"] = cls.config_class.from_dict(kwargs["config"])
         object.__setattr__(self, "soma_kwargs", kwargs)
+
+    def __hash__(self) -> int:
+        # A module's config is static graph data: equal configs hash alike.
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=repr))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values: tuples as lists, a soma config as its ``to_dict()``."""
@@ -271,6 +264,10 @@ class SpikingNetwork(nnx.Module):
                                     kernel_init=nnx.initializers.zeros_init())
                           if recurrent else None)
         self.output = nnx.Linear(hidden, n_classes, rngs=rngs)
+        self.hidden_current = SomaState(jnp.zeros((hidden,), self.hidden.dtype))
+        self.hidden_spikes = SomaState(jnp.zeros((hidden,), self.hidden.dtype))
+        self.output_current = SomaState(jnp.zeros((n_classes,), self.hidden.dtype))
+        self.readout_potential = SomaState(jnp.zeros((n_classes,), self.hidden.dtype))
         self.readout_soma = cls(units=n_classes, rngs=rngs, **kwargs) if output == "soma" else None
         self.hidden_scale = float(input_gain * rheobase_current(self.hidden))
         self.output_scale = (float(input_gain * rheobase_current(self.readout_soma))
@@ -292,50 +289,49 @@ class SpikingNetwork(nnx.Module):
         return [s for s in (self.hidden, self.readout_soma) if s is not None]
 
     def reset(self, batch_shape: Sequence[int] | None = None) -> None:
-        """Every soma back to rest (see ``ExponentialSoma.reset``)."""
+        """Every soma back to rest (see ``ExponentialSoma.reset``), synaptic
+        currents, previous spikes and the leaky readout to 0, with shape
+        ``(N,)`` or ``(*batch_shape, N)``."""
+        batch = () if batch_shape is None else tuple(batch_shape)
         for soma in self.somas():
             soma.reset(batch_shape)
+        for name in ("hidden_current", "hidden_spikes", "output_current", "readout_potential"):
+            var = getattr(self, name)
+            var.set_value(jnp.zeros(batch + var[...].shape[-1:], var[...].dtype))
 
-    def _synaptic(self, z: Array, scale: float) -> Array:
-        """Current (pA) of Linear outputs ``z`` (T, B, N) through the synapse."""
-        current = scale * z
-        return leaky_integrate(current, self.synapse_decay) if self.synapse_decay else current
+    def step(self, x_t: Array) -> tuple[Array, Array, Array | None]:
+        """One time step of the whole network on input ``x_t`` (B, F).
 
-    def _hidden_recurrent(self, z: Array) -> Array:
-        """The hidden time loop with recurrence: a scan that, unlike
-        ``ss.simulate``, feeds the previous step's spikes back (through the
-        synapse when there is one)."""
-        graphdef, state, rest = nnx.split(self.hidden, ss.SomaState, ...)
-        w_rec = self.recurrent.kernel[...]
-
-        def step(carry, z_t):
-            state, s_prev, i_prev = carry
-            soma = nnx.merge(graphdef, state, rest)
-            current = self.synapse_decay * i_prev + self.hidden_scale * (z_t + s_prev @ w_rec)
-            out = soma(current)
-            return (nnx.state(soma, ss.SomaState), out.spikes, current), out.spikes
-
-        zero = jnp.zeros(z.shape[1:], z.dtype)
-        (state, _, _), spikes = jax.lax.scan(step, (state, zero, zero), z)
-        nnx.update(self.hidden, state)
-        return spikes
-
-    def __call__(self, inputs: Array) -> NetworkOutput:
-        """Runs ``inputs`` (T, B, F) from rest; the somas keep their final state."""
-        self.reset(inputs.shape[1:-1])
-        z = self.input(inputs)
-        if self.recurrent is None:
-            currents = self._synaptic(z, self.hidden_scale)
-            spikes = ss.simulate(self.hidden, currents, record=("spikes",)).spikes
-        else:
-            spikes = self._hidden_recurrent(z)
-        drive = self.output(spikes)
-        out_spikes = None
+        z = Linear(x_t) (+ Linear_rec(s_{t−1})); I_t = β_s I_{t−1} + I_0 z;
+        s_t = hidden(I_t); then either U_t = β U_{t−1} + Linear_out(s_t) or
+        the readout soma driven as the hidden one. Returns (s_t, U_t or the
+        readout's V_t, the readout's spikes or None); the running state is
+        in SomaState Variables, so :func:`~spark_somas.simulation.drive`
+        runs it.
+        """
+        z = self.input(x_t)
+        if self.recurrent is not None:
+            z = z + self.recurrent(self.hidden_spikes[...])
+        current = self.synapse_decay * self.hidden_current[...] + self.hidden_scale * z
+        self.hidden_current[...] = current
+        spikes = self.hidden(current).spikes
+        self.hidden_spikes[...] = spikes
+        drive_out = self.output(spikes)
         if self.readout_soma is None:
-            potential = leaky_integrate(drive, self.readout_decay)
-        else:
-            rec = ss.simulate(self.readout_soma, self._synaptic(drive, self.output_scale))
-            out_spikes, potential = rec.spikes, rec.potential
+            potential = self.readout_decay * self.readout_potential[...] + drive_out
+            self.readout_potential[...] = potential
+            return spikes, potential, None
+        current = self.synapse_decay * self.output_current[...] + self.output_scale * drive_out
+        self.output_current[...] = current
+        out = self.readout_soma(current)
+        return spikes, out.potential, out.spikes
+
+    def __call__(self, inputs: Array, *, remat: bool | int = False, unroll: int = 1) -> NetworkOutput:
+        """Runs ``inputs`` (T, B, F) from rest through :func:`~spark_somas.simulation.drive`
+        (``remat``, ``unroll`` as there); the network keeps its final state."""
+        self.reset(inputs.shape[1:-1])
+        spikes, potential, out_spikes = drive(self, inputs, SpikingNetwork.step, remat=remat,
+                                              unroll=unroll)
         fn, trace = READOUTS[self.readout]
         logits = fn(out_spikes if trace == "spikes" else potential)
         return NetworkOutput(logits, spikes, potential, out_spikes)

@@ -90,9 +90,39 @@ def test_readouts_and_rate_loss():
     assert float(tr.firing_rate_loss(s, 2.0, 250.0)) == pytest.approx(0.25)
 
 
-def test_leaky_integrate_is_the_recursion():
-    z = jnp.array([1.0, 0.0, 2.0])
-    chex.assert_trees_all_close(tr.leaky_integrate(z, 0.5), jnp.array([1.0, 0.5, 2.25]))
+@pytest.mark.parametrize("remat", [False, True, 3])
+@pytest.mark.parametrize("output", ["leaky", "soma"])
+def test_recurrent_network_through_the_driver_equals_a_python_loop(remat, output):
+    model = tiny_net("refractory", recurrent=True, output=output, synapse_tau=4.0)
+    model.recurrent.kernel[...] = 0.3 * jax.random.normal(jax.random.key(2), (HIDDEN, HIDDEN))
+    x = ENCODER(tiny_data().x_train)
+
+    def loss(model, x, driver):
+        if driver:
+            out = model(x, remat=remat)
+            return jnp.sum(out.logits), out
+        model.reset(x.shape[1:-1])
+        traces = [model.step(x_t) for x_t in x]
+        spikes, potential = jnp.stack([t[0] for t in traces]), jnp.stack([t[1] for t in traces])
+        return jnp.sum(jnp.mean(potential, 0) if output == "leaky"
+                       else jnp.mean(potential, 0)), (spikes, potential)
+
+    (l_drive, out), g_drive = nnx.value_and_grad(loss, has_aux=True)(model, x, True)
+    (l_loop, (spikes, potential)), g_loop = nnx.value_and_grad(loss, has_aux=True)(model, x, False)
+    assert float(out.hidden_spikes.sum()) > 0
+    chex.assert_trees_all_close(out.hidden_spikes, spikes)
+    chex.assert_trees_all_close(out.output_potential, potential, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(l_drive, l_loop, rtol=1e-5)
+    chex.assert_trees_all_close(nnx.state(g_drive, nnx.Param), nnx.state(g_loop, nnx.Param),
+                                rtol=1e-3, atol=1e-4)
+
+
+def test_the_driver_refuses_to_fuse_a_network():
+    model = tiny_net()
+    model.reset((2,))
+    with pytest.raises(ss.simulation.FusedBackendError, match="lone soma"):
+        ss.simulation.drive(model, jnp.zeros((3, 2, FEATURES)), tr.SpikingNetwork.step,
+                            backend="fused")
 
 
 def test_network_rejects_bad_settings():
