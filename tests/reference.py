@@ -1,6 +1,6 @@
-"""A second oracle: the SPEC's four models as one plain NumPy loop in float64.
+"""A second oracle: the four models as one plain NumPy loop in float64.
 
-Written from the "Dynamics" section of SPEC.md, not from ``spark_somas``:
+Written from the model equations (docs/models.md), not from ``spark_somas``:
 forward Euler with step dt (ms), input I (pA), units mV, ms, pA, GΩ, nS.
 
     V_new = V + dt/τ_m · ( −(V − E_L) + Δ_T·exp((V − V_T − θ)/Δ_T) − R·w + R·I )
@@ -35,7 +35,7 @@ def simulate(
 ) -> dict[str, np.ndarray]:
     """Runs ``model`` over time-major ``currents`` (pA), shape (T, *units).
 
-    ``params`` maps SPEC field names to scalars or per-neuron arrays;
+    ``params`` maps config field names to scalars or per-neuron arrays;
     ``potential`` is the initial V (mV), E_L by default. Returns the spikes
     (0/1) and V, w, θ after each step (after any reset), each (T, *units).
     """
