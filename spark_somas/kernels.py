@@ -52,8 +52,11 @@ neuron per step, as much as the spikes and potential it records.
 **Backends.** On a GPU the kernels compile through Pallas' Triton lowering;
 elsewhere they run with ``interpret=True`` (the kernel body as XLA loops:
 correct, not fast). :func:`resolve_backend` implements
-``simulate(..., backend="auto")``: fused on GPU, scan on CPU/TPU, where the
-scan is already at the hardware floor (``benchmarks/README.md``).
+``simulate(..., backend="auto")``: the scan everywhere, until a run of the
+kernel tests and ``benchmarks/fused.py`` on a GPU is recorded in
+``benchmarks/README.md`` and shows the kernels winning there; then that
+platform joins ``FUSED_BY_DEFAULT``. Until then the fused path is used only
+when asked for by name, ``backend="fused"``.
 
 **Limits.** Reverse mode only (``jax.custom_vjp``): ``jax.jvp`` through the
 fused path is not defined; ``vmap`` and ``jit`` compose. The GPU path has
@@ -78,19 +81,25 @@ from jax.extend import core as jex_core
 from spark_somas import somas
 from spark_somas import surrogates as surrogates_lib
 
-__all__ = ["BACKENDS", "resolve_backend", "run", "block_size"]
+__all__ = ["BACKENDS", "FUSED_BY_DEFAULT", "resolve_backend", "run", "block_size"]
 
 Array = jax.Array
 BACKENDS = ("auto", "scan", "fused")
 _INT_STATES = ("refractory",)
 
 
+# Platforms where the fused kernels have been run, checked and timed faster
+# than the scan (benchmarks/README.md): none yet, not even a GPU.
+FUSED_BY_DEFAULT: tuple[str, ...] = ()
+
+
 def resolve_backend(backend: str) -> str:
-    """``"scan"`` or ``"fused"``: ``"auto"`` is fused on a GPU, scan elsewhere."""
+    """``"scan"`` or ``"fused"``: ``"auto"`` is fused only on a platform in
+    ``FUSED_BY_DEFAULT`` (none yet), the scan elsewhere."""
     if backend not in BACKENDS:
         raise ValueError(f"backend = {backend!r} violates the rule: one of {BACKENDS}")
     if backend == "auto":
-        return "fused" if jax.default_backend() == "gpu" else "scan"
+        return "fused" if jax.default_backend() in FUSED_BY_DEFAULT else "scan"
     return backend
 
 

@@ -126,7 +126,8 @@ def simulate(
       backend: ``"scan"`` (this module's ``lax.scan``), ``"fused"`` (the
         Pallas time-loop kernels of :mod:`spark_somas.kernels`: same spikes,
         gradients equal to float32 rounding; interpreted, hence slow, off a
-        GPU) or ``"auto"``: fused on a GPU, scan elsewhere.
+        GPU) or ``"auto"``: the scan, until the kernels have been measured
+        faster on the platform (``kernels.FUSED_BY_DEFAULT``, empty so far).
 
     Returns:
       A :class:`SomaOutput` whose recorded fields have shape ``(T, *batch, *units)``.

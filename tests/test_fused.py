@@ -93,8 +93,14 @@ def test_fused_equals_scan(name, surrogate, remat, detach, monkeypatch):
     chex.assert_trees_all_close(got_grads, want_grads, rtol=2e-5, atol=1e-6 * scale)
 
 
-def test_backend_choice():
-    assert kernels.resolve_backend("auto") == ("fused" if jax.default_backend() == "gpu" else "scan")
+def test_backend_choice(monkeypatch):
+    assert kernels.resolve_backend("auto") == "scan"
+    # No GPU run of the kernels is on record: "auto" keeps the scan on a GPU too.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert kernels.FUSED_BY_DEFAULT == ()
+    assert kernels.resolve_backend("auto") == "scan"
+    assert kernels.resolve_backend("fused") == "fused"
+    monkeypatch.undo()
     soma, currents = _driven("expif")
     with pytest.raises(ValueError, match="backend = 'triton'"):
         ss.simulate(soma, currents, backend="triton")
