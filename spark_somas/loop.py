@@ -9,6 +9,8 @@ is the run that never stopped.
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -29,7 +31,10 @@ from spark_somas.objectives import Objective, firing_rate
 __all__ = [
     "make_optimizer",
     "train_step",
+    "train_epoch",
     "eval_step",
+    "classification_metrics",
+    "fits_on_device",
     "record",
     "evaluate",
     "epoch_order",
@@ -69,13 +74,8 @@ def _metrics(model, out: NetworkOutput, labels: Array, loss: Array) -> dict[str,
     }
 
 
-@nnx.jit(static_argnames=("encoder", "objective"))
-def train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
-               key: Array, *, encoder: Encoder, objective: Objective) -> dict[str, Array]:
-    """One compiled update on a batch: encode, forward, BPTT, the
-    optimizer's update (which keeps neuron parameters legal when built by
-    :func:`make_optimizer`), somas back to rest. Returns loss, accuracy and
-    the hidden layer's mean rate (Hz) on the batch (before the update)."""
+def _train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
+                key: Array, *, encoder: Encoder, objective: Objective) -> dict[str, Array]:
     inputs = encoder(x, key, train=True)
 
     def loss_fn(model):
@@ -89,17 +89,62 @@ def train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels
 
 
 @nnx.jit(static_argnames=("encoder", "objective"))
-def eval_step(model: SpikingNetwork, x: Array, labels: Array, mask: Array, key: Array, *,
+def train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
+               key: Array, *, encoder: Encoder, objective: Objective) -> dict[str, Array]:
+    """One compiled update on a batch: encode, forward, BPTT, the
+    optimizer's update (which keeps neuron parameters legal when built by
+    :func:`make_optimizer`), somas back to rest. Returns loss, accuracy and
+    the hidden layers' mean rate (Hz) on the batch (before the update)."""
+    return _train_step(model, optimizer, x, labels, key, encoder=encoder, objective=objective)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "encoder", "objective"),
+                   donate_argnames=("state",))
+def _scan_epoch(graphdef, state, x, labels, order, keys, *, encoder, objective):
+    def one(state, batch):
+        idx, key = batch
+        model, optimizer = nnx.merge(graphdef, state)
+        metrics = _train_step(model, optimizer, x[idx], labels[idx], key, encoder=encoder,
+                              objective=objective)
+        return nnx.state((model, optimizer)), metrics
+
+    return jax.lax.scan(one, state, (order, keys))
+
+
+def train_epoch(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
+                order: Array, keys: Array, *, encoder: Encoder,
+                objective: Objective) -> dict[str, Array]:
+    """A whole epoch as one compiled program: the updates of
+    :func:`train_step` on batches ``x[order[i]]``, ``labels[order[i]]`` with
+    key ``keys[i]``, for i = 0 … K − 1, scanned on the device
+    (``jax.lax.scan`` over batches) instead of K Python calls.
+
+    ``x`` and ``labels`` are the whole training split (on the device);
+    ``order`` (K, B) holds the batches' sample indices, ``keys`` (K,) their
+    encoder keys. The model and optimizer are split once into a graph
+    definition and their state, which the scan carries (no per-batch
+    traversal of the module graph in Python), and the state's buffers are
+    donated. Returns each batch's metrics stacked, shape (K,).
+    """
+    graphdef, state = nnx.split((model, optimizer))
+    state, metrics = _scan_epoch(graphdef, state, x, labels, order, keys, encoder=encoder,
+                                 objective=objective)
+    nnx.update((model, optimizer), state)
+    return metrics
+
+
+@nnx.jit(static_argnames=("encoder", "objective"))
+def eval_step(model: SpikingNetwork, x: Array, labels: Array, key: Array, *,
               encoder: Encoder, objective: Objective) -> dict[str, Array]:
-    """Sums over the samples where ``mask`` is 1: loss, correct predictions,
-    spikes per neuron-step (padding rows are masked out). Somas end at rest."""
+    """Per sample: the objective's task loss, the logits and the hidden
+    layers' mean rate (Hz). Somas end at rest."""
     out = model(encoder(x, key))
-    per_sample = optax.softmax_cross_entropy_with_integer_labels(out.logits, labels)
     model.reset()
+    spikes = out.hidden_spikes
     return {
-        "loss": jnp.sum(per_sample * mask),
-        "correct": jnp.sum((jnp.argmax(out.logits, -1) == labels) * mask),
-        "rate": jnp.sum(jnp.mean(out.hidden_spikes, axis=(0, 2)) * mask),
+        "loss": objective.per_sample(out, labels),
+        "logits": out.logits,
+        "rate_hz": firing_rate(spikes, model.dt, (0, spikes.ndim - 1)),
     }
 
 
@@ -111,32 +156,40 @@ def record(model: SpikingNetwork, x: Array, key: Array, *, encoder: Encoder) -> 
     return out
 
 
+def classification_metrics() -> nnx.MultiMetric:
+    """``flax.nnx`` metrics of a split: mean task loss, accuracy (argmax of
+    the logits) and mean hidden rate (Hz); updated with ``loss``, ``logits``,
+    ``labels``, ``rate_hz`` and an optional 0/1 ``mask``."""
+    return nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy(),
+                           rate_hz=nnx.metrics.Average("rate_hz"))
+
+
 def evaluate(model: SpikingNetwork, x: np.ndarray, labels: np.ndarray, *, encoder: Encoder,
              objective: Objective = Objective(), key: Array | None = None,
              batch_size: int = 512, mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
-    """Cross-entropy, accuracy and hidden mean rate (Hz) over a whole split,
-    in fixed-size padded batches (one compilation). With a ``mesh``, each
-    batch (padded to a multiple of its ``"data"`` axis) is split over it."""
+    """Task loss, accuracy and hidden mean rate (Hz) over a whole split
+    (:func:`classification_metrics`), in fixed-size batches (one
+    compilation; the last batch is padded and the padding masked out). With
+    a ``mesh``, each batch (padded to a multiple of its ``"data"`` axis) is
+    split over it."""
     n = len(x)
     key = jax.random.key(0) if key is None else key
     batch_size = min(batch_size, n)
     if mesh is not None:
         batch_size = -(-batch_size // mesh.shape[sharding.DATA]) * mesh.shape[sharding.DATA]
-    totals = {"loss": 0.0, "correct": 0.0, "rate": 0.0}
+    metrics = classification_metrics()
     for start in range(0, n, batch_size):
         xb, yb = x[start:start + batch_size], labels[start:start + batch_size]
         pad = batch_size - len(xb)
-        mask = np.concatenate([np.ones(len(xb), np.float32), np.zeros(pad, np.float32)])
+        mask = np.concatenate([np.ones(len(xb), bool), np.zeros(pad, bool)])
         xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-        yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
+        yb = np.concatenate([yb, np.zeros(pad, yb.dtype)]).astype(np.int32)
         if mesh is not None:
-            xb, yb, mask = sharding.shard_batch((xb, yb, mask), mesh)
-        sums = eval_step(model, xb, yb, mask, jax.random.fold_in(key, start),
-                         encoder=encoder, objective=objective)
-        for k in totals:
-            totals[k] += float(sums[k])
-    return {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n,
-            "rate_hz": totals["rate"] / n * 1000.0 / model.dt}
+            xb, yb = sharding.shard_batch((xb, yb), mesh)
+        out = eval_step(model, xb, yb, jax.random.fold_in(key, start), encoder=encoder,
+                        objective=objective)
+        metrics.update(labels=yb, mask=mask, **out)
+    return {k: float(v) for k, v in metrics.compute().items()}
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -185,6 +238,18 @@ HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "train_rate_hz",
                 "test_loss", "test_accuracy", "test_rate_hz", "seconds")
 
 
+def fits_on_device(nbytes: int, device: jax.Device | None = None, *, fraction: float = 0.25) -> bool:
+    """Whether ``nbytes`` take at most ``fraction`` of ``device``'s memory
+    (default: the first device; its ``bytes_limit``, or the machine's
+    physical memory for a CPU, which reports none)."""
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    limit = (stats or {}).get("bytes_limit")
+    if limit is None:
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return nbytes <= fraction * limit
+
+
 def fit(
     model: SpikingNetwork,
     optimizer: nnx.Optimizer,
@@ -201,6 +266,7 @@ def fit(
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
     stop_on_nonfinite: bool = True,
+    epoch_on_device: bool | None = None,
 ) -> dict[str, list]:
     """Trains for epochs ``start_epoch`` … ``epochs − 1``; returns the history.
 
@@ -211,21 +277,37 @@ def fit(
     incomplete one is dropped: one compiled shape); batch i uses encoder key
     :func:`batch_key` (seed, e, i). So a run restored after epoch e and
     continued with ``start_epoch=e + 1`` and the saved history is the run
-    that never stopped. ``on_epoch_end(epoch, model, optimizer, history)``
-    runs after each epoch (e.g. to checkpoint).
+    that never stopped.
+
+    **Epochs on the device.** With ``epoch_on_device`` True the training
+    split is copied to the device once and each epoch is one compiled
+    program (:func:`train_epoch`: the batches scanned on the device); with
+    False each batch is one call of the compiled :func:`train_step` from a
+    Python loop (the module graph cached with ``nnx.cached_partial``). Both
+    run the same updates in the same order. None (default) chooses the
+    device when there is no ``mesh`` and the training split takes at most a
+    quarter of the device's memory (:func:`fits_on_device`).
+
+    **Logging.** ``on_epoch_end(epoch, model, optimizer, history)`` runs
+    after each epoch, ``epoch`` being the 0-based index of the epoch just
+    finished and ``history`` every epoch so far: checkpoint there, or log
+    (:mod:`spark_somas.loggers`: JSON lines, TensorBoard, a three-line
+    Weights & Biases hook; :func:`~spark_somas.loggers.chain` runs several).
 
     History: a dict of equal-length lists, one entry per epoch —
     :data:`HISTORY_KEYS` (loss and accuracy on the training batches as
     trained, and on the test split after the epoch; mean hidden rates in
-    Hz; wall seconds of the epoch, evaluation included).
+    Hz; wall seconds of the epoch, evaluation included). The metrics are
+    ``flax.nnx.metrics`` (:func:`classification_metrics`).
 
-    A tqdm bar counts the training steps and shows loss, accuracy and the
-    hidden mean rate.
+    A tqdm bar counts training steps (Python loop) or epochs (on the
+    device) and shows loss, accuracy and the hidden mean rate.
 
     With a ``mesh`` (:func:`spark_somas.sharding.make_mesh`) training is data
     parallel: ``model`` and ``optimizer`` are replicated onto it and every
     batch is split over its ``"data"`` axis (``batch_size`` must divide by
-    that axis' size); the compiler all-reduces the gradients.
+    that axis' size); the compiler all-reduces the gradients. It runs the
+    Python loop.
 
     Before the first step, the settings and ``data`` are checked
     (:meth:`Dataset.check`: shapes, finite inputs, labels in range; the
@@ -236,41 +318,57 @@ def fit(
     trains on regardless.
 
     Raises:
-      ValueError: bad ``epochs``, ``batch_size`` or ``start_epoch``.
+      ValueError: bad ``epochs``, ``batch_size`` or ``start_epoch``, or
+        ``epoch_on_device=True`` with a ``mesh``.
       DataError: ``data`` that cannot train ``model`` (see above).
       NonFiniteLossError: the loss diverged.
     """
     from tqdm.auto import tqdm
 
     _check_fit(model, data, encoder, epochs, batch_size, start_epoch)
+    require(not (epoch_on_device and mesh is not None), "epoch_on_device", epoch_on_device,
+            "False with a mesh (a sharded run loops over batches in Python)", error=ValueError)
     n = len(data.x_train)
     batch_size = min(batch_size, n)
     per_epoch = n // batch_size
+    if epoch_on_device is None:
+        epoch_on_device = mesh is None and fits_on_device(data.x_train.nbytes + data.y_train.nbytes)
     history = {k: list(history.get(k, [])) if history else [] for k in HISTORY_KEYS}
     place = lambda batch: batch  # noqa: E731
     if mesh is not None:
         sharding.replicate(model, mesh)
         sharding.replicate(optimizer, mesh)
         place = lambda batch: sharding.shard_batch(batch, mesh)  # noqa: E731
+    if epoch_on_device:
+        x_all, y_all = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    else:
+        step = nnx.cached_partial(train_step, model, optimizer)
     eval_key = jax.random.fold_in(jax.random.key(seed), 2**32 - 1)  # never an epoch
-    bar = tqdm(total=(epochs - start_epoch) * per_epoch, disable=not progress, unit="step",
+    bar = tqdm(total=(epochs - start_epoch) * (1 if epoch_on_device else per_epoch),
+               disable=not progress, unit="epoch" if epoch_on_device else "step",
                dynamic_ncols=True)
     try:
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
-            order = epoch_order(seed, epoch, n)
-            sums = []
-            for i in range(per_epoch):
-                idx = order[i * batch_size:(i + 1) * batch_size]
-                m = train_step(model, optimizer, *place((data.x_train[idx], data.y_train[idx])),
-                               batch_key(seed, epoch, i), encoder=encoder, objective=objective)
-                sums.append(m)
+            order = epoch_order(seed, epoch, n)[:per_epoch * batch_size].reshape(per_epoch,
+                                                                                 batch_size)
+            train = nnx.MultiMetric(**{k: nnx.metrics.Average(k)
+                                       for k in ("loss", "accuracy", "rate_hz")})
+            if epoch_on_device:
+                keys = jax.vmap(lambda i: batch_key(seed, epoch, i))(jnp.arange(per_epoch))
+                train.update(**train_epoch(model, optimizer, x_all, y_all, jnp.asarray(order),
+                                           keys, encoder=encoder, objective=objective))
+                bar.update(1)
+            for i in range(0 if epoch_on_device else per_epoch):
+                m = step(*place((data.x_train[order[i]], data.y_train[order[i]])),
+                         batch_key(seed, epoch, i), encoder=encoder, objective=objective)
+                train.update(**m)
                 bar.update(1)
                 if i % 10 == 0 or i == per_epoch - 1:
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(m['loss']):.3f}",
                                     acc=f"{float(m['accuracy']):.3f}",
                                     rate=f"{float(m['rate_hz']):.1f}Hz", refresh=False)
-            train = {k: float(np.mean([float(s[k]) for s in sums])) for k in sums[0]}
+            train = {k: float(v) for k, v in train.compute().items()}
             test = evaluate(model, data.x_test, data.y_test, encoder=encoder,
                             objective=objective, key=eval_key, mesh=mesh)
             for k, v in (("epoch", epoch + 1), ("train_loss", train["loss"]),

@@ -1,13 +1,17 @@
-"""The ready spiking network: Linear → soma layer → Linear → leaky integrator or readout soma.
+"""The ready spiking network: Linear → soma layers → Linear → leaky integrator or readout soma.
 
 ::
 
-    x_t ─ Linear ─·I_0─▶ soma layer (expif | refractory | adex | simplified)
-                            │ spikes s_t  (optionally + Linear_rec(s_{t-1}))
-                            ▼
-                         Linear ─▶ leaky integrator U_t  (or a readout soma)
-                            ▼
-                 readout over time (max U, mean U or spike count) = logits
+    x_t ─ Linear ─·I_0─▶ soma layer 1 ─ Linear ─·I_0─▶ … ─▶ soma layer L
+                  (synapse)  │ s_t (+ Linear_rec(s_{t-1}))        │
+                                                                  ▼
+                                     Linear ─▶ leaky integrator U_t  (or a readout soma)
+                                                                  ▼
+               readout over (a window of) time: max U, mean U, spike count, first spike = logits
+
+Each hidden layer (:class:`Layer`) is any soma kind, with optional
+recurrent weights, an optional current-based exponential synapse, its own
+input gain and its own trained neuron parameters.
 
 Somas take currents in pA. A Linear output z (dimensionless) becomes the
 current I = I_0 · z with I_0 = gain × the layer's **rheobase current**
@@ -42,12 +46,14 @@ from flax import nnx
 from spark_somas import registry
 from spark_somas.configs import require
 from spark_somas.simulation import drive
-from spark_somas.somas import ExponentialSoma, SomaState
+from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
 __all__ = [
     "NEURON_PARAMS",
     "trainable_neuron_params",
     "rheobase_current",
+    "Layer",
+    "HiddenLayer",
     "SpikingNetwork",
     "NetworkOutput",
     "network_from_spec",
@@ -56,6 +62,7 @@ __all__ = [
     "spike_count",
     "max_potential",
     "mean_potential",
+    "first_spike_time",
 ]
 
 Array = jax.Array
@@ -94,25 +101,125 @@ def mean_potential(potential: Array) -> Array:
     return jnp.mean(potential, axis=0)
 
 
-#: Readout name -> (function, which trace it reads: "spikes" or "potential").
-READOUTS: dict[str, tuple[Callable[[Array], Array], str]] = {
-    "max": (max_potential, "potential"),
-    "mean": (mean_potential, "potential"),
-    "count": (spike_count, "spikes"),
+def first_spike_time(spikes: Array, dt: float = 1.0) -> Array:
+    """Time (ms) of each neuron's first spike, differentiable through the spikes.
+
+    t_first = dt · Σ_t Π_{t' ≤ t} (1 − s_{t'}): the number of steps before
+    the first spike, times dt; T · dt for a neuron that never fires. With
+    0/1 spikes this is exact; through the surrogate, an earlier spike at
+    step j < k (the first spike) shortens it by (k − j) · dt, so gradients
+    pull the right neuron's spike earlier. (T, B, C) -> (B, C).
+    """
+    return dt * jnp.sum(jnp.cumprod(1.0 - spikes, axis=0), axis=0)
+
+
+#: Readout name -> (function of (trace, dt), which trace it reads: "spikes" or
+#: "potential"). "first_spike" gives the logits −t_first (ms): the earliest
+#: neuron wins (Mostafa 2018).
+READOUTS: dict[str, tuple[Callable[[Array, float], Array], str]] = {
+    "max": (lambda v, dt: max_potential(v), "potential"),
+    "mean": (lambda v, dt: mean_potential(v), "potential"),
+    "count": (lambda s, dt: spike_count(s), "spikes"),
+    "first_spike": (lambda s, dt: -first_spike_time(s, dt), "spikes"),
 }
 
 
 @flax.struct.dataclass
 class NetworkOutput:
-    """A forward pass: ``logits`` (B, C) from the readout; ``hidden_spikes``
-    (T, B, H); ``output_potential`` (T, B, C), the leaky readout U
-    (dimensionless) or the readout soma's V (mV); ``output_spikes`` (T, B, C)
-    for a readout soma, else None."""
+    """A forward pass: ``logits`` (B, C) from the readout; ``layer_spikes``,
+    each hidden layer's spikes (T, B, N_l); ``output_potential`` (T, B, C),
+    the leaky readout U (dimensionless) or the readout soma's V (mV);
+    ``output_spikes`` (T, B, C) for a readout soma, else None;
+    ``output_counts`` (B, C), the readout soma's spike counts in the readout
+    window, else None."""
 
     logits: Array
-    hidden_spikes: Array
+    layer_spikes: tuple[Array, ...]
     output_potential: Array
     output_spikes: Array | None = None
+    output_counts: Array | None = None
+
+    @property
+    def hidden_spikes(self) -> Array:
+        """Every hidden layer's spikes side by side: (T, B, Σ N_l)."""
+        if len(self.layer_spikes) == 1:
+            return self.layer_spikes[0]
+        return jnp.concatenate(self.layer_spikes, axis=-1)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    require(not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1,
+            name, value, "a positive int", error=ValueError)
+
+
+def _value_hash(config: Any) -> int:
+    # A module's config is static graph data: equal configs hash alike.
+    return hash(json.dumps(config.to_dict(), sort_keys=True, default=repr))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One hidden layer of a :class:`SpikingNetwork`, as a frozen value.
+
+    Attributes:
+      units: N, somas in the layer.
+      soma: its model, a name in ``ss.SOMAS``, a class name or a soma class
+        (stored as the class name).
+      recurrent: add Linear_rec(s_{t−1}) (no bias, zero-initialised, so
+        training starts from the feedforward network) to the layer's z_t.
+      synapse_tau: τ_s (ms) of a current-based exponential synapse,
+        I_t = β_s I_{t−1} + I_0 z_t with β_s = exp(−dt/τ_s); None: I_t = I_0 z_t.
+      trainable_neurons: False, True (every :func:`trainable_neuron_params`
+        of the kind, per neuron) or field names (a tuple, or one name).
+      input_gain: I_0 in units of the layer's rheobase current.
+      soma_kwargs: what the soma's constructor receives besides units, dt
+        and trainable (a config object or its dict, field overrides).
+    """
+
+    units: int
+    soma: str | type = "adex"
+    recurrent: bool = False
+    synapse_tau: float | None = None
+    trainable_neurons: bool | str | tuple[str, ...] = ()
+    input_gain: float = 1.0
+    soma_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cls = registry.soma_class(self.soma)
+        _positive_int("units", self.units)
+        for name in ("input_gain", "synapse_tau"):
+            value = getattr(self, name)
+            require(value is None and name == "synapse_tau" or np.isfinite(value) and value > 0,
+                    name, value, "> 0 and finite", error=ValueError)
+        trainable = self.trainable_neurons
+        if trainable is True:
+            trainable = trainable_neuron_params(cls)
+        elif trainable is False:
+            trainable = ()
+        elif isinstance(trainable, str):
+            trainable = (trainable,)
+        kwargs = dict(self.soma_kwargs)
+        if isinstance(kwargs.get("config"), Mapping):
+            kwargs["config"] = cls.config_class.from_dict(kwargs["config"])
+        object.__setattr__(self, "units", int(self.units))
+        object.__setattr__(self, "soma", cls.__name__)
+        object.__setattr__(self, "trainable_neurons", tuple(trainable))
+        object.__setattr__(self, "soma_kwargs", kwargs)
+
+    __hash__ = _value_hash
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values: tuples as lists, a soma config as its ``to_dict()``."""
+        kwargs = dict(self.soma_kwargs)
+        if kwargs.get("config") is not None:
+            kwargs["config"] = kwargs["config"].to_dict()
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {
+            "trainable_neurons": list(self.trainable_neurons), "soma_kwargs": kwargs}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Layer":
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{**d, "trainable_neurons": tuple(d.get("trainable_neurons", ()))})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,16 +227,17 @@ class NetworkConfig:
     """The architecture of a :class:`SpikingNetwork`: its constructor's
     arguments, checked, as a frozen value (see there for each field).
 
-    ``soma`` is the registered class name; ``trainable_neurons`` the tuple
-    of trained field names (True and False resolved); ``soma_kwargs`` what
-    the soma constructors receive besides dt and trainable (a soma config
-    object or its dict, field overrides). :meth:`to_dict` is JSON when the
-    soma config's fields are scalars: it is what checkpoints store and
+    ``hidden`` is an int (one layer) or a tuple whose entries are ints or
+    :class:`Layer`\\ s; an int entry is a layer of that many somas with the
+    network-wide ``soma``, ``recurrent``, ``synapse_tau``,
+    ``trainable_neurons``, ``input_gain`` and ``soma_kwargs``.
+    :attr:`layers` resolves them. :meth:`to_dict` is JSON when the soma
+    configs' fields are scalars: it is what checkpoints store and
     :meth:`SpikingNetwork.from_config` rebuilds from.
     """
 
     in_features: int
-    hidden: int
+    hidden: int | tuple[int | Layer, ...]
     n_classes: int
     soma: str = "AdaptiveExponentialSoma"
     dt: float = 1.0
@@ -141,61 +249,131 @@ class NetworkConfig:
     input_gain: float = 1.0
     synapse_tau: float | None = None
     soma_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    readout_window: tuple[int | None, int | None] | None = None
 
     def __post_init__(self) -> None:
-        cls = registry.soma_class(self.soma)
-        for name in ("in_features", "hidden", "n_classes"):
-            value = getattr(self, name)
-            require(not isinstance(value, bool) and isinstance(value, (int, np.integer))
-                    and value >= 1, name, value, "a positive int", error=ValueError)
+        for name in ("in_features", "n_classes"):
+            _positive_int(name, getattr(self, name))
+        if isinstance(self.hidden, (int, np.integer)) or isinstance(self.hidden, bool):
+            _positive_int("hidden", self.hidden)
+        else:
+            entries = tuple(Layer.from_dict(h) if isinstance(h, Mapping) else h
+                            for h in self.hidden)
+            require(len(entries) > 0 and all(isinstance(h, Layer) or (
+                isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1)
+                for h in entries), "hidden", self.hidden,
+                "a positive int or a non-empty sequence of positive ints and Layers",
+                error=ValueError)
+            object.__setattr__(self, "hidden", tuple(
+                h if isinstance(h, Layer) else int(h) for h in entries))
         require(self.output in ("leaky", "soma"), "output", self.output, "'leaky' or 'soma'",
                 error=ValueError)
         require(self.readout in READOUTS, "readout", self.readout, f"one of {sorted(READOUTS)}",
                 error=ValueError)
-        require(self.readout != "count" or self.output == "soma", "readout", self.readout,
-                "spike counts need output = 'soma'", error=ValueError)
-        for name in ("readout_tau", "input_gain", "synapse_tau"):
-            value = getattr(self, name)
-            require(value is None and name == "synapse_tau" or np.isfinite(value) and value > 0,
-                    name, value, "> 0 and finite", error=ValueError)
-        trainable = self.trainable_neurons
-        if trainable is True:
-            trainable = trainable_neuron_params(cls)
-        elif trainable is False:
-            trainable = ()
-        elif isinstance(trainable, str):
-            trainable = (trainable,)
-        object.__setattr__(self, "soma", cls.__name__)
-        object.__setattr__(self, "trainable_neurons", tuple(trainable))
-        kwargs = dict(self.soma_kwargs)
-        if isinstance(kwargs.get("config"), Mapping):
-            kwargs["config"] = cls.config_class.from_dict(kwargs["config"])
-        object.__setattr__(self, "soma_kwargs", kwargs)
+        require(READOUTS[self.readout][1] != "spikes" or self.output == "soma", "readout",
+                self.readout, "spike counts and times need output = 'soma'", error=ValueError)
+        require(np.isfinite(self.readout_tau) and self.readout_tau > 0, "readout_tau",
+                self.readout_tau, "> 0 and finite", error=ValueError)
+        window = self.readout_window
+        if window is not None:
+            window = tuple(window)
+            require(len(window) == 2 and all(
+                w is None or isinstance(w, (int, np.integer)) and not isinstance(w, bool)
+                for w in window), "readout_window", self.readout_window,
+                "None or (start, stop): steps as in a slice, ints or None", error=ValueError)
+            object.__setattr__(self, "readout_window", window)
+        template = Layer(1, self.soma, self.recurrent, self.synapse_tau, self.trainable_neurons,
+                         self.input_gain, self.soma_kwargs)  # checks the network-wide fields
+        object.__setattr__(self, "soma", template.soma)
+        object.__setattr__(self, "trainable_neurons", template.trainable_neurons)
+        object.__setattr__(self, "soma_kwargs", template.soma_kwargs)
 
-    def __hash__(self) -> int:
-        # A module's config is static graph data: equal configs hash alike.
-        return hash(json.dumps(self.to_dict(), sort_keys=True, default=repr))
+    __hash__ = _value_hash
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """The hidden layers, int entries resolved with the network-wide settings."""
+        entries = (self.hidden,) if isinstance(self.hidden, int) else self.hidden
+        return tuple(h if isinstance(h, Layer) else Layer(
+            h, self.soma, self.recurrent, self.synapse_tau, self.trainable_neurons,
+            self.input_gain, self.soma_kwargs) for h in entries)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values: tuples as lists, a soma config as its ``to_dict()``."""
+        """Plain values: tuples as lists, Layers and soma configs as their ``to_dict()``."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["trainable_neurons"] = list(self.trainable_neurons)
         kwargs = dict(self.soma_kwargs)
         if kwargs.get("config") is not None:
             kwargs["config"] = kwargs["config"].to_dict()
         out["soma_kwargs"] = kwargs
+        if not isinstance(self.hidden, int):
+            out["hidden"] = [h.to_dict() if isinstance(h, Layer) else h for h in self.hidden]
+        if self.readout_window is not None:
+            out["readout_window"] = list(self.readout_window)
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "NetworkConfig":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (a dict without the newer keys, from an
+        older checkpoint, gives their defaults)."""
         return cls(**{**d, "trainable_neurons": tuple(d.get("trainable_neurons", ()))})
 
 
-class SpikingNetwork(nnx.Module):
-    """Input Linear → soma layer → Linear → leaky integrator or readout soma.
+class HiddenLayer(nnx.Module):
+    """One hidden layer's step: z_t = Linear(x_t) (+ Linear_rec(s_{t−1})),
+    I_t = β_s I_{t−1} + I_0 z_t (pA), s_t = soma(I_t).
 
-    A soma layer's input current is I_t = I_0 · z_t (pA), z_t the Linear
+    Its running state — the synaptic current I (with a synapse) and the
+    previous spikes s (when recurrent) — is in ``SomaState`` Variables, as
+    the soma's own, so :func:`~spark_somas.simulation.drive` carries it.
+    """
+
+    def __init__(self, in_features: int, layer: Layer, *, dt: float, rngs: nnx.Rngs):
+        cls = registry.soma_class(layer.soma)
+        n = layer.units
+        self.input = nnx.Linear(in_features, n, rngs=rngs)
+        self.soma = cls(units=n, rngs=rngs, dt=dt, trainable=layer.trainable_neurons,
+                        **layer.soma_kwargs)
+        self.recurrent = (nnx.Linear(n, n, use_bias=False, rngs=rngs,
+                                     kernel_init=nnx.initializers.zeros_init())
+                          if layer.recurrent else None)
+        self.scale = float(layer.input_gain * rheobase_current(self.soma))
+        self.decay = None if layer.synapse_tau is None else float(np.exp(-dt / layer.synapse_tau))
+        dtype = self.soma.dtype
+        self.current = SomaState(jnp.zeros((n,), dtype)) if self.decay is not None else None
+        self.spikes = SomaState(jnp.zeros((n,), dtype)) if layer.recurrent else None
+
+    def reset(self, batch_shape: Sequence[int] | None = None) -> None:
+        """The soma to rest, synaptic current and previous spikes to 0."""
+        self.soma.reset(batch_shape)
+        batch = () if batch_shape is None else tuple(batch_shape)
+        for var in (self.current, self.spikes):
+            if var is not None:
+                var.set_value(jnp.zeros(batch + var[...].shape[-1:], var[...].dtype))
+
+    def __call__(self, x_t: Array) -> SomaOutput:
+        z = self.input(x_t)
+        if self.recurrent is not None:
+            z = z + self.recurrent(self.spikes[...])
+        current = self.scale * z
+        if self.current is not None:
+            current = self.decay * self.current[...] + current
+            self.current[...] = current
+        out = self.soma(current)
+        if self.spikes is not None:
+            self.spikes[...] = out.spikes
+        return out
+
+
+class SpikingNetwork(nnx.Module):
+    """Input → hidden soma layers → Linear → leaky integrator or readout soma.
+
+    One line builds it: ``SpikingNetwork(700, [256, 256], 20, soma="adex",
+    recurrent=True, synapse_tau=5.0, rngs=nnx.Rngs(0))`` is two recurrent
+    AdEx layers with synapses; ``hidden=(Layer(256, "adex", recurrent=True),
+    Layer(128, "expif"))`` mixes kinds.
+
+    A soma layer's input current is I_t = I_0 · z_t (pA), z_t its Linear
     output, with I_0 = ``input_gain`` · I_rh, the layer's
     :func:`rheobase_current` (546 pA for the default cell). Static inputs in
     [0, 1] train well with gain 1; brief inputs (spikes lasting one step)
@@ -206,33 +384,42 @@ class SpikingNetwork(nnx.Module):
 
     Args:
       in_features: F, input size.
-      hidden: H, number of hidden somas.
+      hidden: an int N (one hidden layer of N somas) or a sequence of ints
+        and :class:`Layer`\\ s, one per layer, input side first; an int
+        entry takes the network-wide ``soma``, ``recurrent``,
+        ``synapse_tau``, ``trainable_neurons``, ``input_gain``, ``soma_kwargs``.
       n_classes: C, number of outputs.
-      soma: the hidden layer's model, a name in ``ss.SOMAS`` or a soma class,
+      soma: the hidden layers' model, a name in ``ss.SOMAS`` or a soma class,
         with its default config (``soma_kwargs`` go to its constructor:
         config, field overrides).
       dt: time step (ms) of every layer.
       recurrent: add Linear_rec(s_{t−1}) (no bias, zero-initialised: training
-        starts from the feedforward network) to the hidden z_t.
+        starts from the feedforward network) to each hidden z_t.
       output: ``"leaky"`` — non-spiking leaky integrator
-        U_t = β U_{t−1} + z_t with β = exp(−dt/τ_out): each hidden spike
-        adds its output weight to U, which then decays with τ_out (the
-        readout of Zenke & Vogels 2021); ``"soma"`` — a readout soma of the
-        same kind (same gain and synapse).
-      readout: ``"max"`` (max over time of U or V), ``"mean"`` (its mean) or
-        ``"count"`` (spike count; needs ``output="soma"``).
+        U_t = β U_{t−1} + z_t with z_t = ``output``\\ (s_t), β = exp(−dt/τ_out):
+        each hidden spike adds its output weight to U, which then decays
+        with τ_out (the readout of Zenke & Vogels 2021); ``"soma"`` — a
+        readout layer (``readout_layer``, a :class:`HiddenLayer` of C somas
+        of the last hidden layer's kind, gain and synapse, not recurrent).
+      readout: ``"max"`` (max over time of U or V), ``"mean"`` (its mean),
+        ``"count"`` (spike count) or ``"first_spike"`` (−time of the first
+        spike, ms, :func:`first_spike_time`); the last two need ``output="soma"``.
       readout_tau: τ_out (ms) of the leaky integrator.
       trainable_neurons: False, True (all :func:`trainable_neuron_params` of
         the soma kind, per neuron, in every soma layer) or a tuple of field names.
       input_gain: I_0 in units of the rheobase current.
       synapse_tau: τ_s (ms) of the synaptic filter; None: no filter.
+      readout_window: ``(start, stop)``: the readout (and the loss) reads
+        steps ``start:stop`` of the trace only, as a slice (negative: from
+        the end; None: open), e.g. ``(-150, None)`` for a 150-step recall
+        period; None reads every step.
       rngs: Linear initialisation.
     """
 
     def __init__(
         self,
         in_features: int,
-        hidden: int,
+        hidden: int | Sequence[int | Layer],
         n_classes: int,
         *,
         soma: str | type[ExponentialSoma] = "adex",
@@ -245,33 +432,29 @@ class SpikingNetwork(nnx.Module):
         input_gain: float = 1.0,
         synapse_tau: float | None = None,
         soma_kwargs: Mapping[str, Any] | None = None,
+        readout_window: tuple[int | None, int | None] | None = None,
         rngs: nnx.Rngs,
     ):
         self.config = config = NetworkConfig(
             in_features, hidden, n_classes, soma=registry.soma_class(soma).__name__, dt=dt,
             recurrent=recurrent, output=output, readout=readout, readout_tau=readout_tau,
             trainable_neurons=trainable_neurons, input_gain=input_gain, synapse_tau=synapse_tau,
-            soma_kwargs=soma_kwargs or {})
-        cls = registry.soma_class(config.soma)
-        kwargs = dict(config.soma_kwargs, dt=dt, trainable=config.trainable_neurons)
+            soma_kwargs=soma_kwargs or {}, readout_window=readout_window)
         self.dt = float(dt)
         self.readout = readout
         self.readout_decay = float(np.exp(-dt / readout_tau))
-        self.synapse_decay = 0.0 if synapse_tau is None else float(np.exp(-dt / synapse_tau))
-        self.input = nnx.Linear(in_features, hidden, rngs=rngs)
-        self.hidden = cls(units=hidden, rngs=rngs, **kwargs)
-        self.recurrent = (nnx.Linear(hidden, hidden, use_bias=False, rngs=rngs,
-                                    kernel_init=nnx.initializers.zeros_init())
-                          if recurrent else None)
-        self.output = nnx.Linear(hidden, n_classes, rngs=rngs)
-        self.hidden_current = SomaState(jnp.zeros((hidden,), self.hidden.dtype))
-        self.hidden_spikes = SomaState(jnp.zeros((hidden,), self.hidden.dtype))
-        self.output_current = SomaState(jnp.zeros((n_classes,), self.hidden.dtype))
-        self.readout_potential = SomaState(jnp.zeros((n_classes,), self.hidden.dtype))
-        self.readout_soma = cls(units=n_classes, rngs=rngs, **kwargs) if output == "soma" else None
-        self.hidden_scale = float(input_gain * rheobase_current(self.hidden))
-        self.output_scale = (float(input_gain * rheobase_current(self.readout_soma))
-                             if self.readout_soma is not None else 1.0)
+        layers, width = [], in_features
+        for layer in config.layers:
+            layers.append(HiddenLayer(width, layer, dt=dt, rngs=rngs))
+            width = layer.units
+        self.layers = nnx.List(layers)
+        soma_out = output == "soma"
+        readout = dataclasses.replace(config.layers[-1], units=n_classes, recurrent=False)
+        self.readout_layer = nnx.data(HiddenLayer(width, readout, dt=dt, rngs=rngs)
+                                      if soma_out else None)
+        self.output = nnx.data(None if soma_out else nnx.Linear(width, n_classes, rngs=rngs))
+        self.readout_potential = nnx.data(
+            None if soma_out else SomaState(jnp.zeros((n_classes,), layers[-1].soma.dtype)))
 
     @classmethod
     def from_config(cls, config: NetworkConfig, rngs: nnx.Rngs | None = None) -> "SpikingNetwork":
@@ -284,47 +467,54 @@ class SpikingNetwork(nnx.Module):
         """``self.config.to_dict()``: how checkpoints describe this architecture."""
         return self.config.to_dict()
 
+    @property
+    def hidden(self) -> ExponentialSoma:
+        """The first hidden layer's soma."""
+        return self.layers[0].soma
+
+    @property
+    def readout_soma(self) -> ExponentialSoma | None:
+        """The readout soma (``output="soma"``), else None."""
+        return None if self.readout_layer is None else self.readout_layer.soma
+
     def somas(self) -> list[ExponentialSoma]:
-        """The soma layers (hidden, then the readout soma if any)."""
-        return [s for s in (self.hidden, self.readout_soma) if s is not None]
+        """The soma layers (hidden, input side first, then the readout soma if any)."""
+        return [layer.soma for layer in self.layers] + (
+            [] if self.readout_layer is None else [self.readout_layer.soma])
 
     def reset(self, batch_shape: Sequence[int] | None = None) -> None:
         """Every soma back to rest (see ``ExponentialSoma.reset``), synaptic
         currents, previous spikes and the leaky readout to 0, with shape
         ``(N,)`` or ``(*batch_shape, N)``."""
-        batch = () if batch_shape is None else tuple(batch_shape)
-        for soma in self.somas():
-            soma.reset(batch_shape)
-        for name in ("hidden_current", "hidden_spikes", "output_current", "readout_potential"):
-            var = getattr(self, name)
+        for layer in self.layers:
+            layer.reset(batch_shape)
+        if self.readout_layer is not None:
+            self.readout_layer.reset(batch_shape)
+        else:
+            batch = () if batch_shape is None else tuple(batch_shape)
+            var = self.readout_potential
             var.set_value(jnp.zeros(batch + var[...].shape[-1:], var[...].dtype))
 
-    def step(self, x_t: Array) -> tuple[Array, Array, Array | None]:
+    def step(self, x_t: Array) -> tuple[tuple[Array, ...], Array, Array | None]:
         """One time step of the whole network on input ``x_t`` (B, F).
 
-        z = Linear(x_t) (+ Linear_rec(s_{t−1})); I_t = β_s I_{t−1} + I_0 z;
-        s_t = hidden(I_t); then either U_t = β U_{t−1} + Linear_out(s_t) or
-        the readout soma driven as the hidden one. Returns (s_t, U_t or the
+        Each hidden layer in turn (:class:`HiddenLayer`), then either the
+        leaky readout U_t = β U_{t−1} + Linear_out(s_t) or the readout soma
+        driven as a hidden layer. Returns (every layer's s_t, U_t or the
         readout's V_t, the readout's spikes or None); the running state is
         in SomaState Variables, so :func:`~spark_somas.simulation.drive`
         runs it.
         """
-        z = self.input(x_t)
-        if self.recurrent is not None:
-            z = z + self.recurrent(self.hidden_spikes[...])
-        current = self.synapse_decay * self.hidden_current[...] + self.hidden_scale * z
-        self.hidden_current[...] = current
-        spikes = self.hidden(current).spikes
-        self.hidden_spikes[...] = spikes
-        drive_out = self.output(spikes)
-        if self.readout_soma is None:
-            potential = self.readout_decay * self.readout_potential[...] + drive_out
+        spikes = []
+        for layer in self.layers:
+            x_t = layer(x_t).spikes
+            spikes.append(x_t)
+        if self.readout_layer is None:
+            potential = self.readout_decay * self.readout_potential[...] + self.output(x_t)
             self.readout_potential[...] = potential
-            return spikes, potential, None
-        current = self.synapse_decay * self.output_current[...] + self.output_scale * drive_out
-        self.output_current[...] = current
-        out = self.readout_soma(current)
-        return spikes, out.potential, out.spikes
+            return tuple(spikes), potential, None
+        out = self.readout_layer(x_t)
+        return tuple(spikes), out.potential, out.spikes
 
     def __call__(self, inputs: Array, *, remat: bool | int = False, unroll: int = 1) -> NetworkOutput:
         """Runs ``inputs`` (T, B, F) from rest through :func:`~spark_somas.simulation.drive`
@@ -332,9 +522,11 @@ class SpikingNetwork(nnx.Module):
         self.reset(inputs.shape[1:-1])
         spikes, potential, out_spikes = drive(self, inputs, SpikingNetwork.step, remat=remat,
                                               unroll=unroll)
+        window = slice(*(self.config.readout_window or (None, None)))
         fn, trace = READOUTS[self.readout]
-        logits = fn(out_spikes if trace == "spikes" else potential)
-        return NetworkOutput(logits, spikes, potential, out_spikes)
+        logits = fn((out_spikes if trace == "spikes" else potential)[window], self.dt)
+        counts = None if out_spikes is None else spike_count(out_spikes[window])
+        return NetworkOutput(logits, spikes, potential, out_spikes, counts)
 
 
 def network_from_spec(spec: Mapping[str, Any], rngs: nnx.Rngs | None = None) -> SpikingNetwork:

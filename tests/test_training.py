@@ -94,7 +94,8 @@ def test_readouts_and_rate_loss():
 @pytest.mark.parametrize("output", ["leaky", "soma"])
 def test_recurrent_network_through_the_driver_equals_a_python_loop(remat, output):
     model = tiny_net("refractory", recurrent=True, output=output, synapse_tau=4.0)
-    model.recurrent.kernel[...] = 0.3 * jax.random.normal(jax.random.key(2), (HIDDEN, HIDDEN))
+    model.layers[0].recurrent.kernel[...] = 0.3 * jax.random.normal(jax.random.key(2),
+                                                                    (HIDDEN, HIDDEN))
     x = ENCODER(tiny_data().x_train)
 
     def loss(model, x, driver):
@@ -103,9 +104,9 @@ def test_recurrent_network_through_the_driver_equals_a_python_loop(remat, output
             return jnp.sum(out.logits), out
         model.reset(x.shape[1:-1])
         traces = [model.step(x_t) for x_t in x]
-        spikes, potential = jnp.stack([t[0] for t in traces]), jnp.stack([t[1] for t in traces])
-        return jnp.sum(jnp.mean(potential, 0) if output == "leaky"
-                       else jnp.mean(potential, 0)), (spikes, potential)
+        spikes = jnp.stack([t[0][0] for t in traces])
+        potential = jnp.stack([t[1] for t in traces])
+        return jnp.sum(jnp.mean(potential, 0)), (spikes, potential)
 
     (l_drive, out), g_drive = nnx.value_and_grad(loss, has_aux=True)(model, x, True)
     (l_loop, (spikes, potential)), g_loop = nnx.value_and_grad(loss, has_aux=True)(model, x, False)
@@ -181,7 +182,7 @@ def test_constrain_neurons_projects_and_keeps_previous_for_non_finite():
     assert float(p["threshold"][1]) > soma.rheobase_threshold[...]  # strictly above V_T
     assert float(p["threshold_delta"][1]) == 0.0
     for name in bad:  # NaN entries take their value from before the step
-        assert float(p[name][0]) == float(previous[(("hidden",), name)][0]), name
+        assert float(p[name][0]) == float(previous[(("layers", 0, "soma"), name)][0]), name
 
 
 @pytest.mark.parametrize("soma", ["adex", "simplified"])
@@ -192,14 +193,16 @@ def test_neuron_constraints_is_an_optax_projection_after_the_update(soma):
     state = tx.init(params)
     key = jax.random.key(1)
     grads = jax.tree.map(lambda p: 1e3 * jax.random.normal(key, p.shape, p.dtype), params)
-    grads["hidden"]["threshold"] = grads["hidden"]["threshold"].at[0].set(jnp.nan)
+    hidden = grads["layers"][0]["soma"]
+    hidden["threshold"] = hidden["threshold"].at[0].set(jnp.nan)
     updates, _ = jax.jit(tx.update)(grads, state, params)
     new = optax.apply_updates(params, updates)
     nnx.update(model, new)
     _assert_inside_rules(model.hidden)
-    assert float(new["hidden"]["threshold"][0]) == float(params["hidden"]["threshold"][0])
-    chex.assert_trees_all_equal(new["input"], jax.tree.map(lambda p, g: p - 1e3 * g,
-                                                           params["input"], grads["input"]))
+    assert (float(new["layers"][0]["soma"]["threshold"][0])
+            == float(params["layers"][0]["soma"]["threshold"][0]))
+    chex.assert_trees_all_equal(new["output"], jax.tree.map(lambda p, g: p - 1e3 * g,
+                                                            params["output"], grads["output"]))
 
 
 def test_constrain_neurons_without_previous_makes_non_finite_values_finite():
