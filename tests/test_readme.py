@@ -1,9 +1,13 @@
-"""The README's Python examples run as written, in order, in one namespace."""
+"""The README's Python examples run as written, in order, in one namespace,
+and its relative links point at files of the repository."""
 
 import pathlib
 import re
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# [text](target) and [text]: target; the target up to whitespace or ")".
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)[^)]*\)|^\[[^\]]+\]:\s*(\S+)", re.M)
 
 
 def test_readme_python_blocks_run(tmp_path, monkeypatch):
@@ -13,3 +17,21 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
+
+
+def relative_links(text: str) -> list[str]:
+    """Link targets that are paths in the repository (no scheme, not a bare #anchor)."""
+    targets = [a or b for a, b in LINK.findall(text)]
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
+
+
+def test_readme_relative_links_resolve():
+    links = relative_links(README.read_text())
+    assert any(link.startswith("docs/") for link in links), "README links into no docs page"
+    missing = [link for link in links if not (ROOT / link.split("#")[0]).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
+
+
+def test_link_finder_sees_relative_links_only():
+    text = "[a](docs/x.md) [b](https://x.org) [c](#top) [d](notebooks/ \"t\")\n[e]: benchmarks/y.md"
+    assert relative_links(text) == ["docs/x.md", "notebooks/", "benchmarks/y.md"]
