@@ -4,10 +4,13 @@ Subcommands (one ``add_<name>_parser`` / ``cmd_<name>`` pair each; register a
 new one in :data:`SUBCOMMANDS`):
 
 * ``spark-somas train`` — trains :class:`~spark_somas.training.SpikingNetwork`
-  on digits or Randman, prints progress, the final test accuracy and the
-  firing rates, and writes ``<out>/train_<task>_<soma>.png`` (loss and
-  accuracy curves, spike raster of one test sample) and ``.json`` (history
-  and settings). ``make demo`` runs it with its defaults: AdEx on digits.
+  on a task of :data:`spark_somas.datasets.TASKS` (digits, Randman, the cue
+  task, or SHD/SSC read from ``--data-dir``), prints progress, the final
+  test accuracy and the firing rates, and writes
+  ``<out>/train_<task>_<soma>.png`` (loss and accuracy curves, spike raster
+  of one test sample) and ``.json`` (history and settings); with
+  ``--tensorboard DIR`` also TensorBoard event files, one scalar per history
+  key per epoch. ``make demo`` runs it with its defaults: AdEx on digits.
 * ``spark-somas simulate`` — each of the four default somas under a step
   current: spike counts, firing rates and ``<out>/simulate.png`` (voltage traces).
 
@@ -33,6 +36,7 @@ the data are loaded.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -98,8 +102,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     from spark_somas.runs import RECIPES, RunConfig
 
     p = sub.add_parser(
-        "train", help="train a spiking network on digits or Randman",
-        description="Train input Linear -> soma layer -> Linear -> leaky readout with BPTT "
+        "train", help="train a spiking network on digits, Randman, the cue task, SHD or SSC",
+        description="Train input Linear -> soma layers -> Linear -> leaky readout with BPTT "
                     "through surrogate spikes (Adam, cosine-decayed learning rate). "
                     f"Per-task recipe (encoder, steps, input gain, synapse): {RECIPES}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -131,6 +135,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "settings saved there (other options but --out are ignored); keeps "
                         "saving to DIR")
     p.add_argument("--out", default="out", help="directory for the PNG and JSON")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write TensorBoard event files (scalars per epoch, parameter "
+                        "histograms) to DIR; needs the tensorboard extra")
+    p.add_argument("--epoch-on-device", action=argparse.BooleanOptionalAction, default=None,
+                   help="run each epoch as one compiled program over batches on the device "
+                        "(default: when the training split fits in a quarter of its memory)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="tqdm progress bar")
     return p
@@ -161,8 +171,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
     from flax import nnx
 
-    from spark_somas import datasets, training
+    from spark_somas import datasets, loggers, training
     from spark_somas.checkpointing import Checkpointer
+    from spark_somas.events import EventDatasetMissing
     from spark_somas.runs import RunConfig
 
     resumed = None
@@ -171,13 +182,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = RunConfig.from_dict(resumed["run"])
         args.checkpoint_dir = args.resume
     else:
-        run = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
+        try:
+            run = RunConfig(**{f.name: getattr(args, f.name)
+                               for f in dataclasses.fields(RunConfig)})
+        except ValueError as err:  # a rule between options, e.g. --task shd without --data-dir
+            raise CommandError(f"{err} (--{str(err).split()[0].replace('_', '-')})") from None
     _writable_dir(args.out, "--out")
-    if args.checkpoint_dir:
-        _writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+    for option, directory in (("--checkpoint-dir", args.checkpoint_dir),
+                              ("--tensorboard", args.tensorboard)):
+        if directory:
+            _writable_dir(directory, option)
+    if args.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise CommandError('--tensorboard needs tensorboardX: pip install '
+                           '"spark_somas[tensorboard]"')
 
     try:
         data = datasets.load_task(run.task, **run.data_kwargs()).limit(run.limit)
+    except EventDatasetMissing as err:
+        raise CommandError(f"--data-dir {run.data_dir}: {err}") from None
     except (TypeError, ValueError) as err:  # an unknown --data-option key or a bad value
         raise CommandError(f"--data-option violates the rule: a keyword of the {run.task} "
                            f"loader with a valid value ({err})") from None
@@ -189,12 +211,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     optimizer = training.make_optimizer(model, run.lr,
                                         total_steps=run.epochs * (len(data.x_train) // batch))
     settings = run.to_dict() | {
-        "steps": run.time_steps, "encoder": encoder.kind, "dt_ms": model.dt,
+        "steps": encoder.steps, "encoder": encoder.kind, "dt_ms": model.dt,
         "input_gain": run.recipe.input_gain, "synapse_tau_ms": run.recipe.synapse_tau,
-        "current_scale_pA": model.hidden_scale}
+        "current_scale_pA": [layer.scale for layer in model.layers],
+        "readout_window": model.config.readout_window}
     print(f"spark-somas train: {data!r}\n  {settings}", flush=True)
 
-    on_epoch_end = checkpointer = None
+    save = checkpointer = None
     start_epoch, history = 0, None
     if args.checkpoint_dir:
         checkpointer = Checkpointer(args.checkpoint_dir)
@@ -202,17 +225,24 @@ def cmd_train(args: argparse.Namespace) -> int:
             start_epoch, history = checkpointer.restore(model, optimizer), resumed["history"]
             print(f"resumed {args.resume} after epoch {start_epoch}", flush=True)
 
-        def on_epoch_end(epoch, model, optimizer, history):
+        def save(epoch, model, optimizer, history):
             checkpointer.save(epoch + 1, model, optimizer,
                               metrics={k: history[k][-1] for k in ("test_accuracy", "test_loss")},
                               extra={"history": history, "run": run.to_dict()})
+    tensorboard = None
+    if args.tensorboard:  # a resumed run hides the events the old run wrote after its save
+        tensorboard = loggers.TensorBoardLogger(args.tensorboard, histograms=True,
+                                                purge_step=start_epoch + 1 if start_epoch else None)
     try:
         history = training.fit(model, optimizer, data, encoder=encoder, epochs=run.epochs,
-                               batch_size=batch, seed=run.seed, on_epoch_end=on_epoch_end,
-                               start_epoch=start_epoch, history=history, progress=args.progress)
+                               batch_size=batch, seed=run.seed,
+                               on_epoch_end=loggers.chain(save, tensorboard),
+                               start_epoch=start_epoch, history=history, progress=args.progress,
+                               epoch_on_device=args.epoch_on_device)
     finally:
-        if checkpointer is not None:
-            checkpointer.close()
+        for closing in (checkpointer, tensorboard):
+            if closing is not None:
+                closing.close()
     wall = time.perf_counter() - t0
     losses = np.asarray(history["train_loss"] + history["test_loss"])
     sample = training.record(model, data.x_test[:1], jax.random.key(run.seed), encoder=encoder)
@@ -225,10 +255,11 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"from {int((raster.sum(0) > 0).sum())}/{raster.shape[1]} neurons")
     print(f"wall time {wall:.1f} s (compilation included); NaN in losses: "
           f"{bool(np.isnan(losses).any())}")
-    for name, value in model.hidden.parameters().items():
-        if name in model.hidden.trainable:
-            v = np.asarray(value)
-            print(f"  trained {name}: mean {v.mean():.4g}, range [{v.min():.4g}, {v.max():.4g}]")
+    for index, soma in enumerate(model.somas()):
+        for name in soma.trainable:
+            v = np.asarray(soma.parameters()[name])
+            print(f"  soma layer {index}, trained {name}: mean {v.mean():.4g}, "
+                  f"range [{v.min():.4g}, {v.max():.4g}]")
 
     stem = os.path.join(args.out, f"train_{run.task}_{run.soma}")
     fig = training.plot_training(
@@ -237,7 +268,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     fig.savefig(stem + ".png", dpi=120)
     with open(stem + ".json", "w") as f:
         json.dump({"settings": settings, "history": history, "wall_seconds": wall}, f, indent=1)
-    print(f"wrote {stem}.png and {stem}.json")
+    print(f"wrote {stem}.png and {stem}.json"
+          + (f"; TensorBoard: tensorboard --logdir {args.tensorboard}" if tensorboard else ""))
     return 0
 
 

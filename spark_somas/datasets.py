@@ -1,4 +1,6 @@
-"""Classification data with no downloads: sklearn's digits and Randman.
+"""Classification data with no downloads: sklearn's digits and Randman
+(the SHD/SSC files and the cue task are in :mod:`spark_somas.events` and
+:mod:`spark_somas.tasks`; :data:`TASKS` names them all).
 
 * :func:`load_digits` — the 1797 8×8 handwritten digits bundled with
   scikit-learn (UCI optdigits test set), pixels scaled to [0, 1], split into
@@ -237,7 +239,29 @@ def load_randman(
                    encoding="spikes")
 
 
-TASKS = {"digits": load_digits, "randman": load_randman}
+def _load_shd(**kwargs) -> Dataset:
+    from spark_somas.events import load_shd
+
+    return load_shd(**kwargs)
+
+
+def _load_ssc(**kwargs) -> Dataset:
+    from spark_somas.events import load_ssc
+
+    return load_ssc(**kwargs)
+
+
+def _load_cues(**kwargs) -> Dataset:
+    from spark_somas.tasks import load_evidence_accumulation
+
+    return load_evidence_accumulation(**kwargs)
+
+
+#: Task name -> loader: the bundled digits, Randman, the SHD and SSC files
+#: (:mod:`spark_somas.events`, from a ``data_dir``) and the evidence
+#: accumulation cue task (:mod:`spark_somas.tasks`, generated).
+TASKS = {"digits": load_digits, "randman": load_randman, "shd": _load_shd, "ssc": _load_ssc,
+         "cues": _load_cues}
 
 
 def load_task(name: str, **kwargs) -> Dataset:

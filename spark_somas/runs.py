@@ -17,29 +17,40 @@ from spark_somas import registry
 from spark_somas.configs import require
 from spark_somas.datasets import TASKS, Dataset
 from spark_somas.encoders import Encoder
+from spark_somas.events import EVENT_DATASETS
 from spark_somas.network import NetworkConfig
+from spark_somas.tasks import EvidenceAccumulation
 
-__all__ = ["Recipe", "RECIPES", "RunConfig"]
+__all__ = ["Recipe", "RECIPES", "FILE_TASKS", "RunConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """A task's benchmarked settings: encoder kind, time steps T (dt = 1 ms),
-    and the network's input gain and synapse τ_s (ms, None: no synapse)."""
+    """A task's settings: encoder kind, time steps T (dt = 1 ms; None: set
+    by the task's data), and the network's input gain and synapse τ_s (ms,
+    None: no synapse)."""
 
     encoder: str
-    steps: int
+    steps: int | None
     input_gain: float
     synapse_tau: float | None
 
 
 #: Per-task recipe (benchmarks/TRAINING.md). Digits: constant input
-#: currents, no synapse. Randman: one-step input spikes, which need the
-#: charge of a 5 ms synapse and gain 3.
+#: currents, no synapse. Spike data (Randman, SHD/SSC bins, the cue task's
+#: Bernoulli spikes): one-step inputs, which need the charge of a 5 ms
+#: synapse and gain 3. SHD/SSC: 100 bins (14 ms for SHD, 10 ms for SSC),
+#: one network step of dt = 1 ms each. Cues: the trial's own length.
 RECIPES: dict[str, Recipe] = {
     "digits": Recipe("current", 25, 1.0, None),
     "randman": Recipe("spikes", 50, 3.0, 5.0),
+    "shd": Recipe("spikes", 100, 3.0, 5.0),
+    "ssc": Recipe("spikes", 100, 3.0, 5.0),
+    "cues": Recipe("spikes", None, 3.0, 5.0),
 }
+
+#: Tasks read from files in ``RunConfig.data_dir``.
+FILE_TASKS = ("shd", "ssc")
 
 
 def option(default: Any, help: str, *, positive: bool = False, choices: Any = None,
@@ -60,14 +71,18 @@ class RunConfig:
     epochs: int = option(30, "epochs", positive=True)
     batch_size: int = option(64, "batch size", positive=True)
     lr: float = option(5e-3, "peak Adam learning rate (cosine decay to 0)", positive=True)
-    hidden: int = option(256, "hidden somas", positive=True)
-    steps: int | None = option(None, "time steps of dt = 1 ms (default: the task's recipe)",
-                               positive=True)
+    hidden: int = option(256, "hidden somas per layer", positive=True)
+    depth: int = option(1, "hidden layers, each of --hidden somas", positive=True)
+    steps: int | None = option(None, "time steps of dt = 1 ms (default: the task's recipe; "
+                               "shd/ssc: bins; cues: set by the trial's timing)", positive=True)
     seed: int = option(0, "initialisation, data order, noise")
-    data_seed: int = option(0, "train/test split, Randman manifolds")
+    data_seed: int = option(0, "train/test split, Randman manifolds, cue trials")
+    data_dir: str | None = option(None, "directory holding the SHD/SSC HDF5 files "
+                                  "(shd_train.h5, shd_test.h5; ssc_*.h5)", metavar="DIR")
     data_option: tuple[tuple[str, float], ...] = option(
-        (), "extra keyword of the task's loader, repeatable, e.g. manifold_dim=2 "
-        "(see spark_somas.datasets.load_randman)", metavar="KEY=VALUE")
+        (), "extra keyword of the task's loader, repeatable, e.g. manifold_dim=2 (randman), "
+        "bin_ms=10 or pool=2 (shd/ssc), delay_ms=500 or n_samples=400 (cues); see "
+        "spark_somas.datasets, .events, .tasks", metavar="KEY=VALUE")
     encoder: str | None = option(None, "input code for digits (default: the recipe's)",
                                  choices=("current", "poisson", "latency"))
     recurrent: bool = option(False, "recurrent hidden layer")
@@ -80,6 +95,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         require(self.task in TASKS, "task", self.task, f"one of {sorted(TASKS)}", error=ValueError)
         registry.soma_class(self.soma)
+        if self.task in FILE_TASKS:
+            files = [f for k, f in EVENT_DATASETS[self.task].items() if k != "classes" and f]
+            require(self.data_dir is not None, "data_dir", self.data_dir,
+                    f"the directory holding {', '.join(files[:-1])} and {files[-1]} for task "
+                    f"{self.task!r}", error=ValueError)
         object.__setattr__(self, "data_option", tuple(tuple(kv) for kv in self.data_option))
 
     @property
@@ -87,26 +107,41 @@ class RunConfig:
         return RECIPES[self.task]
 
     @property
-    def time_steps(self) -> int:
-        """T: ``steps``, or the recipe's."""
+    def time_steps(self) -> int | None:
+        """T: ``steps``, or the recipe's (None: set by the task's data)."""
         return self.steps or self.recipe.steps
 
     def data_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the task's loader."""
-        steps = {"n_steps": self.time_steps} if self.task == "randman" else {}
-        return {"seed": self.data_seed} | steps | dict(self.data_option)
+        extra: dict[str, Any] = {}
+        if self.task == "randman":
+            extra = {"n_steps": self.time_steps}
+        elif self.task in FILE_TASKS:
+            extra = {"data_dir": self.data_dir, "steps": self.time_steps, "limit": self.limit}
+        return {"seed": self.data_seed} | extra | dict(self.data_option)
+
+    def cue_task(self) -> EvidenceAccumulation:
+        """The cue task's timing (``data_option`` entries that are its fields)."""
+        names = {f.name for f in dataclasses.fields(EvidenceAccumulation)}
+        return EvidenceAccumulation(**{k: v for k, v in self.data_option if k in names})
 
     def make_encoder(self, data: Dataset) -> Encoder:
-        """Spike data pass through; static data take ``encoder`` or the recipe's."""
-        kind = "spikes" if data.encoding == "spikes" else (self.encoder or self.recipe.encoder)
-        return Encoder(kind, self.time_steps)
+        """Spike data pass through (T: the data's); static data take
+        ``encoder`` or the recipe's."""
+        if data.encoding == "spikes":
+            return Encoder("spikes", int(data.x_train.shape[1]))
+        return Encoder(self.encoder or self.recipe.encoder, self.time_steps)
 
     def network(self, data: Dataset) -> NetworkConfig:
-        """The architecture for ``data``'s features and classes."""
-        return NetworkConfig(data.n_features, self.hidden, data.n_classes, soma=self.soma,
+        """The architecture for ``data``'s features and classes: ``depth``
+        layers of ``hidden`` somas; for the cue task, a readout over the
+        recall period only."""
+        window = (-self.cue_task().recall_steps, None) if self.task == "cues" else None
+        return NetworkConfig(data.n_features, self.hidden if self.depth == 1
+                             else (self.hidden,) * self.depth, data.n_classes, soma=self.soma,
                              recurrent=self.recurrent, trainable_neurons=self.trainable_neurons,
                              input_gain=self.recipe.input_gain,
-                             synapse_tau=self.recipe.synapse_tau)
+                             synapse_tau=self.recipe.synapse_tau, readout_window=window)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (JSON)."""
@@ -114,5 +149,6 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
+        """Inverse of :meth:`to_dict` (keys added since, missing from an older
+        run's dict, take their defaults); unknown keys raise ``TypeError``."""
         return cls(**d)

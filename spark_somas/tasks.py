@@ -119,9 +119,16 @@ class EvidenceAccumulation:
         return self.cue_period_steps + _steps("delay_ms", self.delay_ms, self.dt, positive=False)
 
     @property
+    def recall_steps(self) -> int:
+        """Steps in the recall period: a readout over the last ``recall_steps``
+        steps of a trial (``readout_window=(-recall_steps, None)``) answers
+        from the recall period only."""
+        return _steps("recall_ms", self.recall_ms, self.dt, positive=True)
+
+    @property
     def steps(self) -> int:
         """Steps in a trial."""
-        return self.recall_start + _steps("recall_ms", self.recall_ms, self.dt, positive=True)
+        return self.recall_start + self.recall_steps
 
     @property
     def n_inputs(self) -> int:

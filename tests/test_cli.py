@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import chex
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -163,3 +164,61 @@ def test_unwritable_checkpoint_dir_exits_at_once_from_the_console_script(unwrita
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "--checkpoint-dir" in result.stderr, result.stderr
     assert not os.listdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shd_dir(tmp_path_factory):
+    """shd_train.h5 and shd_test.h5 in the official layout, 40 + 20 samples."""
+    from test_events import make_samples, write_events_file
+
+    d = tmp_path_factory.mktemp("shd")
+    rng = np.random.default_rng(0)
+    write_events_file(d / "shd_train.h5", *make_samples(rng, 40, 20))
+    write_events_file(d / "shd_test.h5", *make_samples(rng, 20, 20))
+    return d
+
+
+def test_train_shd_from_a_data_dir_with_two_recurrent_layers_and_tensorboard(shd_dir, tmp_path,
+                                                                            capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, board = tmp_path / "out", tmp_path / "tb"
+    assert cli.main(["train", "--task", "shd", "--data-dir", str(shd_dir), "--epochs", "2",
+                     "--hidden", "6", "--depth", "2", "--recurrent", "--steps", "12",
+                     "--batch-size", "20", "--out", str(out), "--tensorboard", str(board),
+                     "--no-progress"]) == 0
+    assert "Dataset('shd', train=(40, 12, 700), test=(20, 12, 700)" in capsys.readouterr().out
+    record = json.loads((out / "train_shd_adex.json").read_text())
+    assert record["history"]["epoch"] == [1, 2] and record["settings"]["depth"] == 2
+    events = EventAccumulator(str(board))
+    events.Reload()
+    scalars = events.Scalars("test/accuracy")
+    assert [e.step for e in scalars] == [1, 2]
+    assert [e.value for e in scalars] == pytest.approx(record["history"]["test_accuracy"])
+
+
+@pytest.mark.parametrize("task, argv, message", [
+    ("shd", ["--data-dir", "EMPTY"], "--data-dir EMPTY: shd_train.h5 is missing in EMPTY: "
+                                      "download shd_train.h5.gz from"),
+    ("ssc", ["--data-dir", "EMPTY"], "--data-dir EMPTY: ssc_train.h5 is missing in EMPTY"),
+    ("shd", [], "data_dir = None violates the rule: the directory holding shd_train.h5 and "
+                "shd_test.h5 for task 'shd' (--data-dir)"),
+])
+def test_event_tasks_without_their_files_fail_in_one_line(tmp_path, capsys, task, argv, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = [str(empty) if a == "EMPTY" else a for a in argv]
+    assert run(["train", "--task", task, *argv, "--out", str(tmp_path / "out")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1, err
+    assert message.replace("EMPTY", str(empty)) in err, err
+
+
+def test_train_cues_reads_the_recall_window_only(tmp_path, capsys):
+    assert cli.main(["train", "--task", "cues", "--epochs", "1", "--hidden", "8", "--recurrent",
+                     "--data-option", "delay_ms=40", "--data-option", "n_samples=32",
+                     "--data-option", "recall_ms=30", "--batch-size", "16",
+                     "--out", str(tmp_path), "--no-progress"]) == 0
+    record = json.loads((tmp_path / "train_cues_adex.json").read_text())
+    assert record["settings"]["readout_window"] == [-30, None]
+    assert record["settings"]["steps"] == 7 * 150 - 50 + 40 + 30
