@@ -19,7 +19,7 @@ differs, the row says so:
   recorded states: its exponential is pivoted at its threshold (set to
   V_T = -50.4 mV, the spike cut-off then being V_T) and it has a synaptic
   current, here made instantaneous (τ_syn = dt); input R·I in mV.
-* ``brian2-numpy`` / ``brian2-cython`` — a ``NeuronGroup`` with the SPEC's
+* ``brian2-numpy`` / ``brian2-cython`` — a ``NeuronGroup`` with the package's
   equations, ``method="euler"``, input through a 2-D ``TimedArray``,
   ``StateMonitor`` + ``SpikeMonitor``; float64 (Brian2's only choice). Cython
   code is compiled on the warm-up run and cached; timed runs reuse it.

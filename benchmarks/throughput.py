@@ -1,11 +1,11 @@
 """Neuron-steps/s of ``ss.simulate`` for AdEx against a plain ``lax.scan`` floor.
 
-The floor is the same forward-Euler AdEx update (SPEC "Dynamics") written
+The floor is the same forward-Euler AdEx update (docs/models.md, "Equations") written
 inline below with the default parameters as Python constants, in a jitted
 ``lax.scan`` that records the same outputs (spikes and potential per step),
 without any of the library's guards (clamped exponent, saturating casts,
 surrogate spike, Variables). The ratio library/floor time is the library's
-cost over the plainest compiled loop; the target (issue 2) is ≤ 1.25 at
+cost over the plainest compiled loop; the target is ≤ 1.25 at
 N ≥ 10^4. Both wall and process-CPU times are reported (least of the
 interleaved repeats): on a CPU shared with other jobs, the CPU-time ratio is
 the steadier one.
@@ -40,7 +40,7 @@ CHUNK_ELEMENTS = 10**8
 
 
 def plain_adex(p: dict[str, float], dt: float):
-    """The AdEx Euler step of the SPEC, plain jnp, constants folded."""
+    """The documented AdEx Euler step, plain jnp, constants folded."""
 
     def step(carry, current):
         v, w = carry

@@ -27,7 +27,7 @@ Naud, Marcille, Clopath & Gerstner (2008, Biol. Cybern. 99:335, Table 1:
 The ExpIF and refractory models use the same sets without a, b, τ_w.
 
 The simplified adaptive model has no Brian2 counterpart here; it is held to
-``tests/reference.py`` (float64 NumPy loop of the SPEC), an oracle that is
+``tests/reference.py`` (float64 NumPy loop of the documented equations), an oracle that is
 itself held to Brian2 on the three other models in the same test.
 """
 
@@ -77,7 +77,7 @@ SETS = {
         cooldown=0.3, threshold_tau=20.0, threshold_delta=1.0, current=210.0),
 }
 
-# SPEC field -> (Brian2 name, Brian2 unit)
+# config field -> (Brian2 name, Brian2 unit)
 BRIAN = {
     "potential_rest": ("EL", b2.mV), "potential_reset": ("Vr", b2.mV),
     "potential_tau": ("taum", b2.ms), "resistance": ("R", b2.Gohm),

@@ -1,4 +1,4 @@
-"""Configs: SPEC fields, inheritance, rules, skipping, dict/JSON round trip, defaults."""
+"""Configs: documented fields, inheritance, rules, skipping, dict/JSON round trip, defaults."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ SOMA_OF = {ss.ExponentialSomaConfig: ss.ExponentialSoma,
            ss.AdaptiveExponentialSomaConfig: ss.AdaptiveExponentialSoma,
            ss.SimplifiedAdaptiveExponentialSomaConfig: ss.SimplifiedAdaptiveExponentialSoma}
 
-# The SPEC's table: field -> (units, rule as printed, values that break it).
+# The documented fields (docs/models.md): field -> (units, rule as printed, values that break it).
 NON_FINITE = [math.nan, math.inf, -math.inf]
-SPEC_FIELDS = {
+DOCUMENTED_FIELDS = {
     "potential_rest": ("mV", ("finite",), [-2e6] + NON_FINITE),
     "potential_reset": ("mV", ("< threshold",), [-40.4, 0.0] + NON_FINITE),
     "potential_tau": ("ms", (">= 1e-06",), [0.0, -1.0, 1e-7, 2e6] + NON_FINITE),
@@ -53,7 +53,7 @@ VALID_NON_DEFAULT = dict(
     threshold=-35.0, rheobase_threshold=-52.0, spike_slope=1.5, cooldown=1.5, adaptation_tau=100.0,
     adaptation_delta=40.0, adaptation_subthreshold=2.5, threshold_tau=30.0, threshold_delta=1.5)
 CASES = [(cls, name, value) for cls in CONFIGS for name in FIELDS_OF[cls]
-         for value in SPEC_FIELDS[name][2]]
+         for value in DOCUMENTED_FIELDS[name][2]]
 
 
 def quantity_names(cls) -> list[str]:
@@ -66,21 +66,21 @@ def assert_names(error: pytest.ExceptionInfo, field: str, value: str) -> None:
     message = str(error.value)
     assert field in message, message
     assert value in message, message
-    assert any(rule in message for rule in SPEC_FIELDS[field][1]), message
+    assert any(rule in message for rule in DOCUMENTED_FIELDS[field][1]), message
 
 
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
-def test_fields_units_and_metadata_as_in_spec(cls):
+def test_fields_units_and_metadata_as_documented(cls):
     assert quantity_names(cls) == FIELDS_OF[cls]
     assert {f.name for f in dataclasses.fields(cls) if f.init} == set(FIELDS_OF[cls]) | {
         "surrogate", "detach_reset"}
     for name in FIELDS_OF[cls]:
         info = cls.field_info(name)
-        assert info["units"] == SPEC_FIELDS[name][0]
+        assert info["units"] == DOCUMENTED_FIELDS[name][0]
         assert info["symbol"] and info["doc"]
 
 
-def test_inheritance_as_in_spec():
+def test_inheritance_as_documented():
     assert issubclass(ss.RefractoryExponentialSomaConfig, ss.ExponentialSomaConfig)
     assert issubclass(ss.AdaptiveExponentialSomaConfig, ss.ExponentialSomaConfig)
     assert not issubclass(ss.AdaptiveExponentialSomaConfig, ss.RefractoryExponentialSomaConfig)
@@ -96,11 +96,11 @@ def test_rule_rejects_bad_scalar(cls, name, value):
     assert_names(error, name, repr(value))
 
 
-@pytest.mark.parametrize("name", list(SPEC_FIELDS))
+@pytest.mark.parametrize("name", list(DOCUMENTED_FIELDS))
 def test_rule_rejects_one_bad_element_of_a_per_neuron_array(name):
     cls = (ss.AdaptiveExponentialSomaConfig if name.startswith("adaptation")
            else ss.SimplifiedAdaptiveExponentialSomaConfig)
-    bad = SPEC_FIELDS[name][2][0]
+    bad = DOCUMENTED_FIELDS[name][2][0]
     values = np.full(5, getattr(cls(), name))
     values[3] = bad
     with pytest.raises(ss.ConfigError) as error:

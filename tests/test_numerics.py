@@ -4,7 +4,7 @@ Extremes: ±1e6 pA (clipped to the input dtype's range) and the input dtype's
 largest finite value, dt ∈ {0.01, 0.1, 1.0} ms, states in float32, bfloat16
 and float16, all four somas. Forward values, spikes and gradients with
 respect to the input must stay finite, and so must the parameter gradients
-wherever the parameters are not float16 (SPEC: float16 parameter gradients
+wherever the parameters are not float16 (documented: float16 parameter gradients
 may exceed the format; the float16 somas here keep ``param_dtype=float32``).
 The somas use a set as steep as Naud et al.'s, (V_th − V_T)/Δ_T = 25, where
 e^25 ≈ 7·10^10 would overflow float16 arithmetic. The extreme runs step

@@ -125,7 +125,7 @@ def currents(draw, dtype) -> np.ndarray:
 def build(model: str, params: dict, dtype, dt: float, trainable=()):
     """The soma, or a rejected example where the constructor refuses it by
     name: a rule broken once the values are rounded to float32 parameters, or
-    a half precision that cannot resolve dt/τ (both are the contract)."""
+    a half precision that cannot resolve dt/τ (both are documented refusals)."""
     param_dtype = jnp.float64 if dtype == jnp.float64 else jnp.float32
     try:
         return ss.SOMAS[model](units=UNITS, dt=dt, dtype=dtype, param_dtype=param_dtype,

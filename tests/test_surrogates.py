@@ -1,4 +1,4 @@
-"""The shared spike function and its surrogate gradients (SPEC "Spikes and gradients").
+"""The shared spike function and its surrogate gradients (docs/models.md, "Spikes and gradients").
 
 Each surrogate's pseudo-derivative g is read back through ``jax.grad`` of
 ``spike`` — what training actually sees — and checked against the ``peak``
