@@ -3,7 +3,7 @@
 The config rules (:mod:`spark_somas.configs`) define, for each trained field
 and the other fields' current values, a feasible interval
 (:func:`~spark_somas.configs.feasible_interval`): the representable range
-|x| ≤ 10^6 (positive fields ≥ 10^-6), V_th > max(V_T, V_r) — strict: the
+``|x| ≤ 10^6`` (positive fields ≥ 10^-6), V_th > max(V_T, V_r) — strict: the
 next representable value — τ > 0, Δθ ≥ 0. Training adds one bound of its
 own: time constants (τ_m, τ_w, τ_θ) stay ≥ dt, so the forward-Euler leak
 factor 1 − dt/τ is non-negative.
