@@ -21,7 +21,8 @@ from spark_somas.somas import (
     SomaConstant,
     SomaOutput,
     SomaState,
-    exponential_step,
+    StepOptions,
+    step,
 )
 from spark_somas.surrogates import spike
 
@@ -42,8 +43,9 @@ __all__ = [
     "SomaConstant",
     "SomaOutput",
     "SomaState",
-    "exponential_step",
+    "StepOptions",
     "simulate",
     "spike",
+    "step",
     "surrogates",
 ]

@@ -9,12 +9,12 @@ registers, streams the input current in and the spikes (and any recorded
 state) out: its cost is the traffic of those arrays, not T launches.
 
 **One generator, one set of equations.** The kernel bodies call the same pure
-:func:`spark_somas.somas.exponential_step` that :func:`spark_somas.simulate`
+:func:`spark_somas.somas.step` that :func:`spark_somas.simulate`
 scans (forward), and ``jax.vjp`` of it (backward), so all four models, every
 surrogate, ``detach_reset`` and the numerics guarantees of
 :mod:`spark_somas.numerics` (clamped exponent, wide arithmetic, saturated
-state and cotangents) are the scan's, by construction. Which state keys exist
-selects the model, as in the step. ``custom_jvp``/``custom_vjp`` calls and
+state and cotangents) are the scan's, by construction, for every model and
+integration method. ``custom_jvp``/``custom_vjp`` calls and
 nested ``jit``\\ s inside the step are inlined to plain primitives
 (:func:`_inline`) because the Triton lowering has no rule for
 ``custom_vjp_call``; in the backward kernel ``jax.vjp`` has already applied
@@ -168,9 +168,8 @@ def _inline(fn: Callable) -> Callable:
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    dt: float
-    surrogate: surrogates_lib.Surrogate
-    detach_reset: bool
+    model: type
+    options: somas.StepOptions
     record: tuple[str, ...]
     steps: int
     segment: int
@@ -180,8 +179,7 @@ class _Plan:
     def step(self, inline: bool = True) -> Callable:
         """The step; inlined for the kernels' primal use, raw for ``jax.vjp``
         (inlining first would drop the surrogate, a custom_jvp rule)."""
-        fn = functools.partial(somas.exponential_step, dt=self.dt, surrogate=self.surrogate,
-                               detach_reset=self.detach_reset)
+        fn = functools.partial(somas.step, self.model, options=self.options)
         return _inline(fn) if inline else fn
 
     @property
@@ -361,9 +359,9 @@ def _fused_bwd(plan, residuals, cts):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("dt", "surrogate", "detach_reset", "record", "segment",
-                                             "block", "interpret"))
-def _run(params, state, currents, *, dt, surrogate, detach_reset, record, segment, block, interpret):
+@functools.partial(jax.jit, static_argnames=("model", "options", "record", "segment", "block",
+                                             "interpret"))
+def _run(params, state, currents, *, model, options, record, segment, block, interpret):
     steps = currents.shape[0]
     shape = state["potential"].shape
     neurons = math.prod(shape)
@@ -375,7 +373,7 @@ def _run(params, state, currents, *, dt, surrogate, detach_reset, record, segmen
     flat_params = {n: flat(jnp.broadcast_to(v, shape)) for n, v in params.items()}
     flat_state = {n: flat(v) for n, v in state.items()}
     flat_currents = jnp.pad(currents.reshape(steps, neurons), ((0, 0), (0, padded - neurons)))
-    plan = _Plan(dt=dt, surrogate=surrogate, detach_reset=detach_reset, record=record, steps=steps,
+    plan = _Plan(model=model, options=options, record=record, steps=steps,
                  segment=segment, block=block, interpret=interpret)
     final, recorded = _fused(plan, flat_params, flat_state, flat_currents)
     final = {n: v[:neurons].reshape(shape) for n, v in final.items()}
@@ -384,26 +382,25 @@ def _run(params, state, currents, *, dt, surrogate, detach_reset, record, segmen
 
 
 def run(
+    model: type,
     params: Mapping[str, Array],
     state: Mapping[str, Array],
     currents: Array,
+    options: "somas.StepOptions",
     *,
-    dt: float,
-    surrogate: surrogates_lib.Surrogate,
-    detach_reset: bool,
     record: Sequence[str] = ("spikes", "potential"),
     segment: int | None = None,
     block: int | None = None,
     interpret: bool | None = None,
 ) -> tuple[dict[str, Array], dict[str, Array]]:
-    """T steps of :func:`~spark_somas.somas.exponential_step` in one fused kernel.
+    """T steps of :func:`~spark_somas.somas.step` in one fused kernel.
 
     Args:
+      model: the soma class whose equations to run.
       params: config fields by name, each broadcastable to the state's shape.
-      state: the initial state, all of shape ``(*batch, *units)``; its keys
-        select the model.
+      state: the initial state, all of shape ``(*batch, *units)``.
       currents: ``(T, *batch, *units)`` input current (pA).
-      dt, surrogate, detach_reset: as in ``exponential_step``.
+      options: dt, method, surrogate and reset detachment, as for ``step``.
       record: outputs to return per step: "spikes" and state names.
       segment: K, steps between checkpoints for the backward pass (None: 1).
       block: neurons per program (a power of two); None picks
@@ -428,6 +425,5 @@ def run(
     if block <= 0 or block & (block - 1):
         raise ValueError(f"block = {block} violates the rule: a positive power of two")
     segment = 1 if segment is None else max(1, min(int(segment), steps))
-    return _run(dict(params), state, currents, dt=float(dt), surrogate=surrogate,
-                detach_reset=bool(detach_reset), record=tuple(record), segment=segment, block=block,
-                interpret=interpret)
+    return _run(dict(params), state, currents, model=model, options=options,
+                record=tuple(record), segment=segment, block=block, interpret=interpret)

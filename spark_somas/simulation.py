@@ -149,8 +149,7 @@ def simulate(
     segment = _segment_length(remat, steps)
     if kernels.resolve_backend(backend) == "fused":
         final, recorded = kernels.run(
-            soma.parameters(), soma.neuron_state(), currents, dt=soma.dt,
-            surrogate=soma.config.surrogate, detach_reset=soma.config.detach_reset,
+            type(soma), soma.parameters(), soma.neuron_state(), currents, soma.options,
             record=tuple(record), segment=segment)
         for name, value in final.items():
             getattr(soma, name).set_value(value)

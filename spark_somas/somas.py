@@ -1,27 +1,36 @@
 """The four exponential integrate-and-fire somas as Flax NNX modules.
 
-One forward-Euler step of size dt (ms), with input current I (pA):
+Each soma class states its own equations, in relaxation form τ_x·dx/dt =
+F_x for each integrated variable (``time_constants`` and ``drives``), its
+threshold and its reset; one shared pure function, :func:`step`, applies
+them: integrate (:mod:`spark_somas.integrators`, forward Euler by default),
+detect, gate refractoriness, reset. With input current I (pA) held over the
+step, units mV, ms, pA, GΩ, nS:
 
-    ExpIF:  V' = V + dt/τ_m · ( -(V - E_L) + Δ_T·exp((V - V_T - θ)/Δ_T) - R·w + R·I )
-    AdEx:   w' = w + dt/τ_w · ( a·(V - E_L) - w )          (V: before this step)
-    spike = V' > V_th + θ   →   V' ← V_r ;  w' ← w' + b
-    θ' = θ·exp(-dt/τ_θ) + Δθ·spike                          (simplified AdEx)
+    ExpIF:   τ_m dV/dt = −(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) + R·I
+    AdEx:    τ_m dV/dt = −(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) − R·w + R·I
+             τ_w dw/dt = a·(V − E_L) − w
+    spike = V > V_th   →   V ← V_r ;  AdEx: w ← w + b
+    simplified AdEx: V_T and V_th shifted by θ, then θ ← θ·exp(−dt/τ_θ) + Δθ·spike
 
-w and θ are zero for the models that lack them. Order inside a step:
-integrate, detect, reset (Brian2's and NEST's), so spike times agree with
-Brian2's ``method='euler'`` to the step. On a refractory step (Brian2's
-convention, n = floor(t_ref/dt + 1e-3): after a spike at step k, steps
-k+1 … k+n-1) V is held, the input ignored and no spike emitted; θ still
-decays. :mod:`spark_somas.numerics` explains how the exponential is tamed.
+Order inside a step: integrate, detect, reset (Brian2's and NEST's), so
+spike times agree with Brian2's method of the same name to the step. On a
+refractory step (Brian2's convention, n = floor(t_ref/dt + 1e-3): after a
+spike at step k, steps k+1 … k+n−1) V is held, the input ignored and no
+spike emitted; θ still decays. :mod:`spark_somas.numerics` explains how the
+exponential is tamed and half precision kept faithful.
 
 State lives in :class:`SomaState` Variables, trained fields in ``nnx.Param``,
-the other fields in :class:`SomaConstant`.
+the other fields in :class:`SomaConstant`. Adding a model is one small
+class: its config, ``state_names``, ``time_constants``, ``drives`` and, if
+they differ, ``spike_threshold`` and ``after_spike``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import flax.struct
@@ -31,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from spark_somas import configs
+from spark_somas import integrators
 from spark_somas import numerics
 from spark_somas import surrogates as surrogates_lib
 
@@ -38,7 +48,8 @@ __all__ = [
     "SomaState",
     "SomaConstant",
     "SomaOutput",
-    "exponential_step",
+    "StepOptions",
+    "step",
     "iter_somas",
     "ExponentialSoma",
     "RefractoryExponentialSoma",
@@ -95,76 +106,79 @@ def residual_names(state_names: Sequence[str], dtype: Any) -> tuple[str, ...]:
     return tuple(n + RESIDUAL for n in state_names if n != "refractory")
 
 
-def exponential_step(
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """What is fixed about a soma's step: dt (ms), the integration method
+    (one of :data:`spark_somas.integrators.METHODS`), the surrogate of the
+    spike's derivative and whether the reset is detached from the gradient."""
+
+    dt: float
+    method: str = "euler"
+    surrogate: surrogates_lib.Surrogate = surrogates_lib.DEFAULT
+    detach_reset: bool = True
+
+
+def step(
+    model: type["ExponentialSoma"],
     params: Mapping[str, Array],
     state: Mapping[str, Array],
     current: Array,
-    *,
-    dt: float,
-    surrogate: surrogates_lib.Surrogate,
-    detach_reset: bool,
+    options: StepOptions,
 ) -> tuple[dict[str, Array], Array]:
-    """One Euler step of any of the four models; a pure function.
+    """One step of ``model``'s equations; a pure function.
 
     ``params`` maps config field names to values (mV, ms, GΩ, pA, nS);
-    ``state`` holds ``potential`` and, by model, ``adaptation``,
-    ``refractory`` and ``threshold_offset`` — which keys are present selects
-    the model's terms — plus the low words ``*_residual`` of a compensated
-    half-precision state. Returns the new state (same keys and dtypes) and
-    the spikes. :mod:`spark_somas.numerics` explains each guard.
+    ``state`` holds the model's ``state_names`` plus the low words
+    ``*_residual`` of a compensated half-precision state. Integrate, detect,
+    gate refractoriness, reset, store. Returns the new state (same keys and
+    dtypes) and the spikes (0/1 in the state dtype).
     """
     dtype = state["potential"].dtype
     wide = numerics.compute_dtype(dtype)
-
-    def param(name: str) -> Array:
-        return params[name].astype(wide)
+    p = types.SimpleNamespace(**{k: v.astype(wide) for k, v in params.items()})
 
     def read(name: str) -> Array:
         if name + RESIDUAL in state:
             return numerics.join(state[name], state[name + RESIDUAL], wide)
         return numerics.widen(state[name], wide)
 
-    e_l, v_r, v_th, v_t, delta_t, tau_m, resistance = (param(n) for n in (
-        "potential_rest", "potential_reset", "threshold", "rheobase_threshold", "spike_slope",
-        "potential_tau", "resistance"))
-    rate = dt / tau_m
-    v = read("potential")
-    theta = read("threshold_offset") if "threshold_offset" in state else 0.0
-    # Saturated before and after the product: R·I is finite for I = ±inf (no
-    # 0·inf in its gradient) and is rounded on its own, as in Brian2.
-    drive = numerics.saturate(resistance * numerics.saturate(numerics.widen(current, wide)))
-    if "adaptation" in state:
-        w = read("adaptation")
-        drive = drive - resistance * w
-    runaway = delta_t * numerics.capped_exp((v - v_t - theta) / delta_t, rate * delta_t)
-    v_new = v + rate * (-(v - e_l) + runaway + drive)
-    s = surrogates_lib.spike(v_new - (v_th + theta), surrogate)
-    if "refractory" in state:
+    x = {n: read(n) for n in model.state_names if n != "refractory"}
+    current = numerics.saturate(numerics.widen(current, wide))
+    x_new = {**x, **integrators.advance(
+        options.method, lambda y, exp_term: model.drives(p, y, current, exp_term),
+        model.time_constants(p), x, options.dt)}
+    s = surrogates_lib.spike(x_new["potential"] - model.spike_threshold(p, x), options.surrogate)
+    if model.refractory:
         refractory = state["refractory"] > 0
-        v_new = jnp.where(refractory, v, v_new)
+        x_new["potential"] = jnp.where(refractory, x["potential"], x_new["potential"])
         s = jnp.where(refractory, 0.0, s)
-    s_reset = jax.lax.stop_gradient(s) if detach_reset else s
-    new = {"potential": v_new * (1.0 - s_reset) + v_r * s_reset}
-    if "adaptation" in state:
-        w_new = w + dt / param("adaptation_tau") * (param("adaptation_subthreshold") * (v - e_l) - w)
-        new["adaptation"] = w_new + param("adaptation_delta") * s_reset
-    if "threshold_offset" in state:
-        decay = jnp.exp(-dt / param("threshold_tau"))
-        new["threshold_offset"] = theta * decay + param("threshold_delta") * s_reset
+    new = model.after_spike(p, x_new, jax.lax.stop_gradient(s) if options.detach_reset else s,
+                      options.dt)
     out = {}
     for name, value in new.items():
         if name + RESIDUAL in state:
             out[name], out[name + RESIDUAL] = numerics.split(value, dtype)
         else:
             out[name] = numerics.narrow(value, state[name].dtype)
-    if "refractory" in state:
+    if model.refractory:
         counter = state["refractory"]
         out["refractory"] = jnp.where(
             s > 0,
-            jnp.maximum(refractory_steps(param("cooldown"), dt) - 1, 0),
+            jnp.maximum(refractory_steps(p.cooldown, options.dt) - 1, 0),
             jnp.maximum(counter - 1, 0),
         ).astype(counter.dtype)
     return out, s.astype(dtype)
+
+
+def _membrane(p: Any, v: Array, v_t: Array, drive: Array, exp_term: integrators.ExpTerm) -> Array:
+    """−(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) + drive, the exponential tamed by
+    the integrator's ``exp_term``."""
+    return -(v - p.potential_rest) + exp_term(p.spike_slope, (v - v_t) / p.spike_slope) + drive
+
+
+def _input(p: Any, current: Array) -> Array:
+    """R·I (mV), saturated as a product of its own (numerics: input)."""
+    return numerics.saturate(p.resistance * current)
 
 
 def iter_somas(model: Any) -> Iterator[tuple[tuple, "ExponentialSoma"]]:
@@ -202,6 +216,8 @@ class ExponentialSoma(nnx.Module):
       config: the soma's config; None gives the defaults.
       units: neurons, an int or a shape tuple.
       dt: time step (ms).
+      method: integration method, one of ``spark_somas.integrators.METHODS``:
+        ``"euler"`` (default), ``"rk2"``, ``"rk4"``, ``"exponential_euler"``.
       trainable: config fields that become per-neuron ``nnx.Param``\\ s.
       dtype: dtype of the state and the outputs.
       param_dtype: dtype of the config fields.
@@ -211,6 +227,29 @@ class ExponentialSoma(nnx.Module):
 
     config_class: ClassVar[type[configs.ExponentialSomaConfig]] = configs.ExponentialSomaConfig
     state_names: ClassVar[tuple[str, ...]] = ("potential",)
+    refractory: ClassVar[bool] = False
+
+    @staticmethod
+    def time_constants(p: Any) -> dict[str, Array]:
+        return {"potential": p.potential_tau}
+
+    @staticmethod
+    def drives(p: Any, x: Mapping[str, Array], current: Array,
+               exp_term: integrators.ExpTerm) -> dict[str, Array]:
+        """τ_m dV/dt = −(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) + R·I"""
+        return {"potential": _membrane(p, x["potential"], p.rheobase_threshold,
+                                       _input(p, current), exp_term)}
+
+    @staticmethod
+    def spike_threshold(p: Any, x: Mapping[str, Array]) -> Array:
+        """A spike when V > V_th."""
+        return p.threshold
+
+    @staticmethod
+    def after_spike(p: Any, x: Mapping[str, Array], spike: Array, dt: float) -> dict[str, Array]:
+        """V ← V_r where spiking (a blend, so that an undetached reset carries
+        the spike's gradient)."""
+        return {**x, "potential": x["potential"] * (1.0 - spike) + p.potential_reset * spike}
 
     def __init__(
         self,
@@ -218,6 +257,7 @@ class ExponentialSoma(nnx.Module):
         *,
         units: int | Sequence[int],
         dt: float = 0.1,
+        method: str = "euler",
         trainable: Sequence[str] = (),
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
@@ -225,6 +265,9 @@ class ExponentialSoma(nnx.Module):
         **field_overrides: Any,
     ):
         name = type(self).__name__
+        if method not in integrators.METHODS:
+            raise ValueError(f"{name}: method = {method!r} violates the rule: one of "
+                             f"{integrators.METHODS}")
         config = self.config_class() if config is None else config
         ignored = sorted({f.name for f in dataclasses.fields(config)}
                          - {f.name for f in dataclasses.fields(self.config_class)})
@@ -257,6 +300,7 @@ class ExponentialSoma(nnx.Module):
                 raise ValueError(f"{name}: {label} = {dt_!r} violates the rule: a floating dtype")
         self.units = _as_units(units)
         self.dt = float(dt)
+        self.method = method
         self.trainable = trainable
         self.dtype = jnp.dtype(dtype)
         self.param_dtype = jnp.dtype(param_dtype)
@@ -315,6 +359,13 @@ class ExponentialSoma(nnx.Module):
             var = getattr(self, n)
             var.set_value(self._rest_value(n, batch).astype(var[...].dtype))
 
+    @property
+    def options(self) -> StepOptions:
+        """dt, method, surrogate and reset detachment: what :func:`step` needs
+        beside the parameters and the state."""
+        return StepOptions(dt=self.dt, method=self.method, surrogate=self.config.surrogate,
+                           detach_reset=self.config.detach_reset)
+
     def neuron_state(self) -> dict[str, Array]:
         """The running state as a dict of arrays (a snapshot), low words of a
         compensated half-precision state included."""
@@ -361,10 +412,7 @@ class ExponentialSoma(nnx.Module):
             current = current.astype(self.dtype)
         self.broadcast_state(current.shape)
         state = self.neuron_state()
-        new, spikes = exponential_step(
-            self.parameters(), state, current, dt=self.dt,
-            surrogate=self.config.surrogate, detach_reset=self.config.detach_reset,
-        )
+        new, spikes = step(type(self), self.parameters(), state, current, self.options)
         for name, value in new.items():
             getattr(self, name)[...] = jnp.broadcast_to(value, state[name].shape)
         return SomaOutput(spikes=jnp.broadcast_to(spikes, state["potential"].shape),
@@ -404,6 +452,7 @@ class RefractoryExponentialSoma(ExponentialSoma):
 
     config_class = configs.RefractoryExponentialSomaConfig
     state_names = ("potential", "refractory")
+    refractory = True
 
 
 class AdaptiveExponentialSoma(ExponentialSoma):
@@ -417,6 +466,28 @@ class AdaptiveExponentialSoma(ExponentialSoma):
     config_class = configs.AdaptiveExponentialSomaConfig
     state_names = ("potential", "adaptation")
 
+    @staticmethod
+    def time_constants(p: Any) -> dict[str, Array]:
+        return {"potential": p.potential_tau, "adaptation": p.adaptation_tau}
+
+    @staticmethod
+    def drives(p: Any, x: Mapping[str, Array], current: Array,
+               exp_term: integrators.ExpTerm) -> dict[str, Array]:
+        """τ_m dV/dt = −(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) − R·w + R·I,
+        τ_w dw/dt = a·(V − E_L) − w"""
+        v, w = x["potential"], x["adaptation"]
+        return {
+            "potential": _membrane(p, v, p.rheobase_threshold,
+                                   _input(p, current) - p.resistance * w, exp_term),
+            "adaptation": p.adaptation_subthreshold * (v - p.potential_rest) - w,
+        }
+
+    @staticmethod
+    def after_spike(p: Any, x: Mapping[str, Array], spike: Array, dt: float) -> dict[str, Array]:
+        """V ← V_r, w ← w + b."""
+        return {**ExponentialSoma.after_spike(p, x, spike, dt),
+                "adaptation": x["adaptation"] + p.adaptation_delta * spike}
+
 
 class SimplifiedAdaptiveExponentialSoma(RefractoryExponentialSoma):
     """Refractory ExpIF with an adaptive threshold offset θ (mV) in place of w.
@@ -427,3 +498,22 @@ class SimplifiedAdaptiveExponentialSoma(RefractoryExponentialSoma):
 
     config_class = configs.SimplifiedAdaptiveExponentialSomaConfig
     state_names = ("potential", "refractory", "threshold_offset")
+
+    @staticmethod
+    def drives(p: Any, x: Mapping[str, Array], current: Array,
+               exp_term: integrators.ExpTerm) -> dict[str, Array]:
+        """τ_m dV/dt = −(V − E_L) + Δ_T·exp((V − V_T − θ)/Δ_T) + R·I"""
+        return {"potential": _membrane(p, x["potential"], p.rheobase_threshold
+                                       + x["threshold_offset"], _input(p, current), exp_term)}
+
+    @staticmethod
+    def spike_threshold(p: Any, x: Mapping[str, Array]) -> Array:
+        """A spike when V > V_th + θ."""
+        return p.threshold + x["threshold_offset"]
+
+    @staticmethod
+    def after_spike(p: Any, x: Mapping[str, Array], spike: Array, dt: float) -> dict[str, Array]:
+        """V ← V_r; θ ← θ·exp(−dt/τ_θ) + Δθ·spike, every step."""
+        return {**ExponentialSoma.after_spike(p, x, spike, dt),
+                "threshold_offset": x["threshold_offset"] * jnp.exp(-dt / p.threshold_tau)
+                + p.threshold_delta * spike}

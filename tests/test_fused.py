@@ -36,8 +36,7 @@ def test_forward_half_precision_and_many_blocks():
     soma, currents = _driven("simplified", dtype=jnp.bfloat16)
     params, state = soma.parameters(), soma.neuron_state()
     want = ss.simulate(soma, currents[:, 0], backend="scan")
-    final, got = kernels.run(params, state, currents[:, 0], dt=soma.dt,
-                             surrogate=soma.config.surrogate, detach_reset=True, block=8)
+    final, got = kernels.run(type(soma), params, state, currents[:, 0], soma.options, block=8)
     assert got["spikes"].dtype == jnp.bfloat16 and float(want.spikes.sum()) > 10
     np.testing.assert_array_equal(np.asarray(got["spikes"]), np.asarray(want.spikes))
     np.testing.assert_array_equal(np.asarray(got["potential"]), np.asarray(want.potential))
@@ -105,8 +104,8 @@ def test_backend_choice(monkeypatch):
     with pytest.raises(ValueError, match="backend = 'triton'"):
         ss.simulate(soma, currents, backend="triton")
     with pytest.raises(ValueError, match="block = 12"):
-        kernels.run(soma.parameters(), soma.neuron_state(), currents, dt=soma.dt,
-                    surrogate=soma.config.surrogate, detach_reset=True, block=12)
+        kernels.run(type(soma), soma.parameters(), soma.neuron_state(), currents, soma.options,
+                    block=12)
 
 
 @pytest.mark.parametrize("name", ["adex", "simplified"])
@@ -118,8 +117,8 @@ def test_kernels_lower_to_triton(name):
     params, state = soma.parameters(), soma.neuron_state()
 
     def loss(params, currents):
-        final, rec = kernels.run(params, state, currents, dt=soma.dt, surrogate=soma.config.surrogate,
-                                 detach_reset=True, segment=4, interpret=False)
+        final, rec = kernels.run(type(soma), params, state, currents, soma.options, segment=4,
+                                 interpret=False)
         return jnp.sum(rec["spikes"]) + jnp.sum(rec["potential"]) + jnp.sum(final["potential"])
 
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(

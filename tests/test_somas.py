@@ -156,12 +156,12 @@ def test_split_merge_round_trip(model):
 
 def test_one_step_follows_the_equations_and_the_pure_step_agrees():
     """A spike is reported in the step that crosses V_th and V reads V_r
-    after it; w jumps by b; the functional ``exponential_step`` does the same."""
+    after it; w jumps by b; the functional ``ss.step`` does the same."""
     soma = ss.AdaptiveExponentialSoma(units=N, potential_reset=-60.0)
     current = jnp.asarray([0.0, 600.0, 1e5])
     params, state = soma.parameters(), soma.neuron_state()
-    new, spikes = ss.exponential_step(params, state, current, dt=0.1,
-                                      surrogate=ss.surrogates.DEFAULT, detach_reset=True)
+    new, spikes = ss.step(ss.AdaptiveExponentialSoma, params, state, current,
+                          ss.StepOptions(dt=0.1))
     out = soma(current)
     chex.assert_trees_all_equal((out.spikes, out.potential), (spikes, new["potential"]))
     np.testing.assert_array_equal(out.spikes, [0.0, 0.0, 1.0])
