@@ -113,7 +113,7 @@ def first_spike_time(spikes: Array, dt: float = 1.0) -> Array:
     return dt * jnp.sum(jnp.cumprod(1.0 - spikes, axis=0), axis=0)
 
 
-#: Readout name -> (function of (trace, dt), which trace it reads: "spikes" or
+#: Readout name -> (function of (trace, dt), the trace it reads, "spikes" or
 #: "potential"). "first_spike" gives the logits −t_first (ms): the earliest
 #: neuron wins (Mostafa 2018).
 READOUTS: dict[str, tuple[Callable[[Array, float], Array], str]] = {

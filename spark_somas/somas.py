@@ -361,7 +361,7 @@ class ExponentialSoma(nnx.Module):
 
     @property
     def options(self) -> StepOptions:
-        """dt, method, surrogate and reset detachment: what :func:`step` needs
+        """The dt, method, surrogate and reset detachment that :func:`step` needs
         beside the parameters and the state."""
         return StepOptions(dt=self.dt, method=self.method, surrogate=self.config.surrogate,
                            detach_reset=self.config.detach_reset)
