@@ -5,7 +5,7 @@ F_x for each integrated variable (``time_constants`` and ``drives``), its
 threshold and its reset; one shared pure function, :func:`step`, applies
 them: integrate (:mod:`spark_somas.integrators`, forward Euler by default),
 detect, gate refractoriness, reset. With input current I (pA) held over the
-step, units mV, ms, pA, GΩ, nS:
+step, units mV, ms, pA, GΩ, nS::
 
     ExpIF:   τ_m dV/dt = −(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) + R·I
     AdEx:    τ_m dV/dt = −(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) − R·w + R·I
