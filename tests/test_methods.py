@@ -1,0 +1,190 @@
+"""Integration methods: ``rk2`` and ``rk4`` against Brian2's methods of the
+same name, ``exponential_euler`` against a float64 NumPy loop of its formula.
+
+Brian2 is set up so that the input current is constant over each step for
+every stage of a multi-stage method: ``I`` is a per-neuron variable set from
+the frozen samples at the start of each step by ``run_regularly(...,
+when="start")``. (A ``TimedArray`` read inside the equations would be
+evaluated at t + c·dt and feed stage 4 of rk4 the next step's sample.)
+Brian2's ``exponential_euler`` needs equations linear in their own variable,
+which the exponential of spike initiation is not, so that method is held to
+its formula instead (see :mod:`spark_somas.integrators`).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import spark_somas as ss
+from test_brian2_parity import BRIAN, BRIAN_MODELS, DT, FIELDS, population, spike_steps
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import brian2 as b2
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:(brian2|pyparsing)")
+
+STEPS = 1500  # 150 ms
+
+
+@functools.cache
+def brian2_spikes(model: str, method: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Brian2's spike steps per neuron, and per neuron the first step whose V
+    is not finite (STEPS if none): its multi-stage methods evaluate the
+    untamed exponential at intermediate stages, which overflows for steep
+    sets (cut-off far above V_T) and turns V into NaN for good."""
+    params, currents, _ = population()
+    currents = currents[:STEPS]
+    steps, n = currents.shape
+    adaptive, refractory = model == "adex", model == "refractory"
+    eqs = ("dv/dt = (-(v - EL) + DeltaT*exp((v - VT)/DeltaT)"
+           + (" - R*w" if adaptive else "") + " + R*I)/taum : volt"
+           + (" (unless refractory)" if refractory else "") + "\nI : amp\n")
+    if adaptive:
+        eqs += "dw/dt = (a*(v - EL) - w)/tauw : amp\n"
+    eqs += "".join(f"{BRIAN[f][0]} : {b2.get_unit(BRIAN[f][1].dim)!r}\n" for f in FIELDS[model])
+    b2.defaultclock.dt = DT * b2.ms
+    group = b2.NeuronGroup(
+        n, eqs, threshold="v > Vth", reset="v = Vr" + ("; w += b" if adaptive else ""),
+        refractory="t_ref" if refractory else False, method=method,
+        namespace={"I_arr": b2.TimedArray(currents * b2.pA, dt=DT * b2.ms)})
+    group.run_regularly("I = I_arr(t, i)", when="start")
+    for field in FIELDS[model]:
+        name, unit = BRIAN[field]
+        setattr(group, name, params[field] * unit)
+    group.v = params["potential_rest"] * b2.mV
+    monitor, trace = b2.SpikeMonitor(group), b2.StateMonitor(group, "v", record=True, when="end")
+    with np.errstate(over="ignore", invalid="ignore"):
+        b2.Network(group, monitor, trace).run(steps * DT * b2.ms)
+    finite = np.isfinite(np.asarray(trace.v / b2.mV))
+    horizon = np.where(finite.all(1), steps, np.argmin(finite, axis=1))
+    trains = monitor.spike_trains()
+    return ([np.round(np.asarray(trains[i] / (DT * b2.ms))).astype(int) for i in range(n)],
+            horizon)
+
+
+def compare(model: str, method: str, dtype, only=lambda label: True) -> int:
+    """Asserts equal spike steps on every neuron up to where Brian2's V stays
+    finite; returns how many neurons Brian2 kept finite throughout."""
+    _, _, labels = population()
+    theirs_all, horizon = brian2_spikes(model, method)
+    for label, theirs, mine, end in zip(labels, theirs_all, soma_spikes(model, method, dtype),
+                                        horizon):
+        if only(label):
+            np.testing.assert_array_equal(mine[mine < end], theirs[theirs < end],
+                                          err_msg=f"{model} {method} {label}")
+    return int((horizon == STEPS).sum())
+
+
+def soma_spikes(model: str, method: str, dtype) -> list[np.ndarray]:
+    params, currents, _ = population()
+    with jax.enable_x64(jnp.dtype(dtype) == jnp.float64):
+        soma = ss.SOMAS[model](units=currents.shape[1], dt=DT, method=method, dtype=dtype,
+                               param_dtype=dtype, **{f: params[f] for f in FIELDS[model]})
+        spikes = ss.simulate(soma, jnp.asarray(currents[:STEPS], dtype), record=("spikes",)).spikes
+        return spike_steps(np.asarray(spikes, np.float64))
+
+
+@pytest.mark.parametrize("method", ["rk2", "rk4"])
+@pytest.mark.parametrize("model", BRIAN_MODELS)
+def test_spike_steps_match_brian2_float64(model, method):
+    finite = compare(model, method, jnp.float64)
+    _, _, labels = population()
+    theirs, horizon = brian2_spikes(model, method)
+    # Brette & Gerstner's cut-off, V_T + 5Δ_T, keeps Brian2 finite; Naud's, at
+    # 0 mV, makes its rk4 stages overflow on the way up a spike.
+    kept = [end == STEPS for label, end in zip(labels, horizon) if label.startswith("brette")]
+    assert all(kept) and finite >= 4, (kept, finite)
+    assert sum(len(t[t < end]) for t, end in zip(theirs, horizon)) >= 30
+
+
+@pytest.mark.parametrize("method", ["rk2", "rk4"])
+@pytest.mark.parametrize("model", BRIAN_MODELS)
+def test_float32_matches_brian2_on_step_currents(model, method):
+    compare(model, method, jnp.float32, only=lambda label: label.endswith("/step"))
+
+
+def exponential_euler_reference(params: dict, currents: np.ndarray, adaptive: bool):
+    """Float64 loop of the linearised exponential Euler step, written from its
+    formula: every term but the variable's own linear one frozen at the
+    start of the step,
+
+        V∞ = E_L + Δ_T·exp((V − V_T)/Δ_T) − R·w + R·I,  V ← V∞ + (V − V∞)·e^(−dt/τ_m)
+        w∞ = a·(V − E_L),                             w ← w∞ + (w − w∞)·e^(−dt/τ_w)
+
+    then threshold and reset as for every method."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    v = np.array(p["potential_rest"], np.float64) * np.ones(currents.shape[1])
+    w = np.zeros_like(v)
+    spikes, potential = np.zeros(currents.shape), np.zeros(currents.shape)
+    for k, current in enumerate(currents):
+        v_inf = (p["potential_rest"] + p["spike_slope"] * np.exp(
+            (v - p["rheobase_threshold"]) / p["spike_slope"]) + p["resistance"] * current
+            - (p["resistance"] * w if adaptive else 0.0))
+        v_new = v_inf + (v - v_inf) * np.exp(-DT / p["potential_tau"])
+        if adaptive:
+            w_inf = p["adaptation_subthreshold"] * (v - p["potential_rest"])
+            w = w_inf + (w - w_inf) * np.exp(-DT / p["adaptation_tau"])
+        fired = v_new > p["threshold"]
+        v = np.where(fired, p["potential_reset"], v_new)
+        if adaptive:
+            w = w + p["adaptation_delta"] * fired
+        spikes[k], potential[k] = fired, v
+    return spikes, potential
+
+
+@pytest.mark.parametrize("model", ["expif", "adex"])
+def test_exponential_euler_follows_its_formula(model):
+    params, currents, labels = population()
+    currents = currents[:STEPS]
+    fields = {f: params[f] for f in FIELDS[model]}
+    want_spikes, want_v = exponential_euler_reference(fields, currents, model == "adex")
+    with jax.enable_x64(True):
+        soma = ss.SOMAS[model](units=currents.shape[1], dt=DT, method="exponential_euler",
+                               dtype=jnp.float64, param_dtype=jnp.float64, **fields)
+        rec = ss.simulate(soma, jnp.asarray(currents))
+        spikes, v = np.asarray(rec.spikes), np.asarray(rec.potential)
+    assert want_spikes.sum(0).min() >= 2
+    np.testing.assert_array_equal(spikes, want_spikes)
+    np.testing.assert_allclose(v, want_v, rtol=0, atol=1e-9)
+    euler = ss.simulate(ss.SOMAS[model](units=currents.shape[1], dt=DT, **{
+        f: np.asarray(v, np.float32) for f, v in fields.items()}), jnp.asarray(currents, jnp.float32))
+    assert not np.array_equal(np.asarray(euler.potential), np.asarray(v, np.float32))
+
+
+@pytest.mark.parametrize("method", ["rk2", "rk4", "exponential_euler"])
+def test_every_method_is_finite_for_a_steep_neuron_under_extreme_input(method):
+    """(V_th − V_T)/Δ_T = 10^4 and ±1e30 pA: finite values and gradients, spikes 0/1."""
+    x = jnp.asarray(np.tile([[1e30, -1e30, 700.0]], (20, 1)), jnp.float32)
+
+    def loss(x):
+        soma = ss.AdaptiveExponentialSoma(units=3, method=method, spike_slope=0.00504,
+                                          threshold=0.0, rheobase_threshold=-50.4)
+        rec = ss.simulate(soma, x)
+        return jnp.sum(rec.spikes) + jnp.mean(rec.potential), rec
+
+    (value, rec), grad = jax.value_and_grad(loss, has_aux=True)(x)
+    assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
+    assert set(np.unique(np.asarray(rec.spikes))) <= {0.0, 1.0}
+    assert np.asarray(rec.spikes)[:, 0].all()
+
+
+def test_fused_kernels_run_the_chosen_method():
+    soma = ss.AdaptiveExponentialSoma(units=4, method="rk4")
+    x = jnp.asarray(np.random.default_rng(0).normal(900.0, 300.0, (200, 4)), jnp.float32)
+    want = ss.simulate(soma, x, backend="scan")
+    soma.reset()
+    got = ss.simulate(soma, x, backend="fused")
+    np.testing.assert_array_equal(np.asarray(got.spikes), np.asarray(want.spikes))
+    np.testing.assert_allclose(np.asarray(got.potential), np.asarray(want.potential), rtol=1e-6)
+
+
+def test_unknown_method_is_refused_by_name():
+    with pytest.raises(ValueError, match="method = 'heun' violates the rule"):
+        ss.ExponentialSoma(units=1, method="heun")
