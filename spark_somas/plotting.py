@@ -7,6 +7,7 @@ currents and adaptation in pA, rates in Hz.
 
 from __future__ import annotations
 
+import types
 from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -145,19 +146,22 @@ def _adex_parameters(model: Any, neuron: int) -> Mapping[str, float]:
 
 
 def nullclines(model: Any, current_pA: float, v: Any, *, neuron: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The AdEx nullclines at potentials ``v`` (mV), in pA.
+    """The AdEx nullclines at potentials ``v`` (mV), in pA, from the soma's own
+    drives (:meth:`AdaptiveExponentialSoma.drives`, F_V and F_w at w = 0):
 
-    dV/dt = 0:  w = ( -(V - E_L) + Δ_T exp((V - V_T)/Δ_T) ) / R + I
-    dw/dt = 0:  w = a (V - E_L)
+    dV/dt = 0:  w = F_V(V, w=0)/R = ( -(V - E_L) + Δ_T exp((V - V_T)/Δ_T) ) / R + I
+    dw/dt = 0:  w = F_w(V, w=0)   = a (V - E_L)
 
     ``model`` is an AdEx config or soma (``neuron`` picks one of a
     population's neurons).
     """
-    p = _adex_parameters(model, neuron)
+    p = types.SimpleNamespace(**_adex_parameters(model, neuron))
     v = np.asarray(v, np.float64)
-    dv = (-(v - p["potential_rest"]) + p["spike_slope"]
-          * np.exp((v - p["rheobase_threshold"]) / p["spike_slope"])) / p["resistance"] + current_pA
-    return dv, p["adaptation_subthreshold"] * (v - p["potential_rest"])
+    drives = AdaptiveExponentialSoma.drives(
+        p, {"potential": v, "adaptation": np.zeros_like(v)}, np.asarray(current_pA, np.float64),
+        lambda prefactor, u: prefactor * np.exp(u))
+    return (np.asarray(drives["potential"], np.float64) / p.resistance,
+            np.asarray(drives["adaptation"], np.float64))
 
 
 def phase_plane(
