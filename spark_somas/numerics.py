@@ -9,13 +9,13 @@ included, in float32, bfloat16 and float16 (float64 too):
   finite, and spikes are exactly 0 or 1;
 * wherever the true forward-Euler update is representable (its linear part
   within the state range ±``STATE_LIMIT``), the trajectory is the Euler
-  trajectory, bit for bit the same arithmetic apart from the exponential's
-  rounding; where the exponential itself is not representable, the
-  equations have crossed V_th, so the neuron spikes and resets.
+  trajectory, the same arithmetic operation for operation; where the
+  exponential itself is not representable, the equations have crossed
+  V_th, so the neuron spikes and resets.
 
 The pieces, each small:
 
-1. **The exponential in the log domain.** The Euler increment of the spike
+1. **The capped exponential.** The Euler increment of the spike
    term is (dt/τ_m)·Δ_T·e^u with u = (V − V_T)/Δ_T, and u reaches 10^4
    and beyond for legal steep neurons (Δ_T = 0.005 mV), where e^u
    overflows any float. The step computes e^u as ``exp(min(u, u_cap))``
@@ -28,10 +28,14 @@ The pieces, each small:
    ``STATE_LIMIT``), so the spike, and with it the reset, are exactly
    Euler's. There is no other clamp, so V above V_th (set by hand or
    restored) is integrated as written, and the cost is the same as the
-   plain ``Δ_T·exp(min(u, u_max))`` of a hand-written loop.
+   plain ``Δ_T·exp(min(u, u_max))`` of a hand-written loop. The other
+   methods (:mod:`spark_somas.integrators`) cap every stage the same way,
+   with k scaled by the tableau's smallest weight, so they are finite for
+   every legal set too.
 2. **Saturated input and state.** The input current is clipped to
-   ±``bound(dtype)`` before it is multiplied (so R·I is finite for I = ±inf
-   and no 0·inf reaches a gradient), and each stored state to ±``bound``:
+   ±``STATE_LIMIT`` before it is multiplied (so R·I is finite for I = ±inf
+   and no 0·inf reaches a gradient), R·I once more as a product of its own,
+   and each stored state to ±``bound``:
    ``STATE_LIMIT`` = 2^40 (≈ 1.1·10^12 mV or pA) or the dtype's largest
    finite value if smaller (float16: 65504). The config's magnitude rules
    are what make every intermediate finite in float32 arithmetic: the
@@ -57,11 +61,14 @@ The pieces, each small:
    even that cannot resolve a step (dt/τ too small for the double-word),
    the soma's constructor refuses the combination and says what to do
    (:func:`resolution_problem`).
-5. **Cheap backward.** :func:`spark_somas.simulate` rematerializes each step
-   on the backward pass (``jax.checkpoint``): it keeps only the state and
-   the input per step and recomputes the guards' masks, so they cost
-   arithmetic, not memory traffic (``benchmarks/guards.py`` measures BPTT
-   against the same loop in plain JAX).
+5. **Cheap backward.** :func:`saturate` has a one-mask derivative rule
+   (``jnp.clip``'s own, through ``maximum``/``minimum`` with their tie
+   handling, tripled the backward pass), and :func:`spark_somas.simulate`
+   rematerializes each step on the backward pass (``jax.checkpoint``): it
+   keeps only the state and the input per step and recomputes the guards'
+   masks, so they cost arithmetic, not memory traffic
+   (``benchmarks/guards.py`` measures BPTT against the same loop in plain
+   JAX).
 """
 
 from __future__ import annotations
