@@ -92,27 +92,37 @@ FIELDS = {model: tuple(f.name for f in ss.SOMAS[model].config_class.quantity_fie
 
 
 def brian2_run(model: str, params: dict[str, np.ndarray], currents: np.ndarray,
-               dt: float = DT) -> tuple[list[np.ndarray], np.ndarray]:
-    """Brian2 numpy run of ``model``; per-neuron spike step indices and V (N, T) in mV."""
+               dt: float = DT, method: str = "euler") -> tuple[list[np.ndarray], np.ndarray]:
+    """Brian2 numpy run of ``model``; per-neuron spike step indices and V (N, T) in mV
+    (V at the start of each step).
+
+    ``I`` is a per-neuron variable set from the samples at the start of each
+    step (``run_regularly(..., when="start")``), so that every stage of a
+    multi-stage ``method`` sees the step's own current; a ``TimedArray`` read
+    in the equations would be evaluated at t + c·dt and feed stage 4 of rk4
+    the next step's sample. For Euler the two are the same.
+    """
     steps, n = currents.shape
     adaptive, refractory = model == "adex", model == "refractory"
     eqs = ("dv/dt = (-(v - EL) + DeltaT*exp((v - VT)/DeltaT)"
            + (" - R*w" if adaptive else "") + " + R*I)/taum : volt"
-           + (" (unless refractory)" if refractory else "") + "\nI = I_arr(t, i) : amp\n")
+           + (" (unless refractory)" if refractory else "") + "\nI : amp\n")
     if adaptive:
         eqs += "dw/dt = (a*(v - EL) - w)/tauw : amp\n"
     eqs += "".join(f"{BRIAN[f][0]} : {b2.get_unit(BRIAN[f][1].dim)!r}\n" for f in FIELDS[model])
     b2.defaultclock.dt = dt * b2.ms
     group = b2.NeuronGroup(
         n, eqs, threshold="v > Vth", reset="v = Vr" + ("; w += b" if adaptive else ""),
-        refractory="t_ref" if refractory else False, method="euler",
+        refractory="t_ref" if refractory else False, method=method,
         namespace={"I_arr": b2.TimedArray(currents * b2.pA, dt=dt * b2.ms)})
+    group.run_regularly("I = I_arr(t, i)", when="start")
     for field in FIELDS[model]:
         name, unit = BRIAN[field]
         setattr(group, name, params[field] * unit)
     group.v = params["potential_rest"] * b2.mV
     spikes, trace = b2.SpikeMonitor(group), b2.StateMonitor(group, "v", record=True)
-    b2.Network(group, spikes, trace).run(steps * dt * b2.ms)
+    with np.errstate(over="ignore", invalid="ignore"):
+        b2.Network(group, spikes, trace).run(steps * dt * b2.ms)
     assert trace.v.shape == (n, steps)
     trains = spikes.spike_trains()
     return ([np.round(np.asarray(trains[i] / (dt * b2.ms))).astype(int) for i in range(n)],

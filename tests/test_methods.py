@@ -1,11 +1,8 @@
 """Integration methods: ``rk2`` and ``rk4`` against Brian2's methods of the
 same name, ``exponential_euler`` against a float64 NumPy loop of its formula.
 
-Brian2 is set up so that the input current is constant over each step for
-every stage of a multi-stage method: ``I`` is a per-neuron variable set from
-the frozen samples at the start of each step by ``run_regularly(...,
-when="start")``. (A ``TimedArray`` read inside the equations would be
-evaluated at t + c·dt and feed stage 4 of rk4 the next step's sample.)
+Brian2 holds the input current constant over each step for every stage of
+a multi-stage method (``test_brian2_parity.brian2_run``).
 Brian2's ``exponential_euler`` needs equations linear in their own variable,
 which the exponential of spike initiation is not, so that method is held to
 its formula instead (see :mod:`spark_somas.integrators`).
@@ -14,7 +11,6 @@ its formula instead (see :mod:`spark_somas.integrators`).
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +18,7 @@ import numpy as np
 import pytest
 
 import spark_somas as ss
-from test_brian2_parity import BRIAN, BRIAN_MODELS, DT, FIELDS, population, spike_steps
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import brian2 as b2
+from test_brian2_parity import BRIAN_MODELS, DT, FIELDS, brian2_run, population, spike_steps
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:(brian2|pyparsing)")
 
@@ -35,38 +27,15 @@ STEPS = 1500  # 150 ms
 
 @functools.cache
 def brian2_spikes(model: str, method: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """Brian2's spike steps per neuron, and per neuron the first step whose V
-    is not finite (STEPS if none): its multi-stage methods evaluate the
-    untamed exponential at intermediate stages, which overflows for steep
-    sets (cut-off far above V_T) and turns V into NaN for good."""
+    """Brian2's spike steps per neuron, and per neuron the last step before
+    its V stops being finite (STEPS if it never does): its multi-stage
+    methods evaluate the untamed exponential at intermediate stages, which
+    overflows for steep sets (cut-off far above V_T) and turns V into NaN."""
     params, currents, _ = population()
-    currents = currents[:STEPS]
-    steps, n = currents.shape
-    adaptive, refractory = model == "adex", model == "refractory"
-    eqs = ("dv/dt = (-(v - EL) + DeltaT*exp((v - VT)/DeltaT)"
-           + (" - R*w" if adaptive else "") + " + R*I)/taum : volt"
-           + (" (unless refractory)" if refractory else "") + "\nI : amp\n")
-    if adaptive:
-        eqs += "dw/dt = (a*(v - EL) - w)/tauw : amp\n"
-    eqs += "".join(f"{BRIAN[f][0]} : {b2.get_unit(BRIAN[f][1].dim)!r}\n" for f in FIELDS[model])
-    b2.defaultclock.dt = DT * b2.ms
-    group = b2.NeuronGroup(
-        n, eqs, threshold="v > Vth", reset="v = Vr" + ("; w += b" if adaptive else ""),
-        refractory="t_ref" if refractory else False, method=method,
-        namespace={"I_arr": b2.TimedArray(currents * b2.pA, dt=DT * b2.ms)})
-    group.run_regularly("I = I_arr(t, i)", when="start")
-    for field in FIELDS[model]:
-        name, unit = BRIAN[field]
-        setattr(group, name, params[field] * unit)
-    group.v = params["potential_rest"] * b2.mV
-    monitor, trace = b2.SpikeMonitor(group), b2.StateMonitor(group, "v", record=True, when="end")
-    with np.errstate(over="ignore", invalid="ignore"):
-        b2.Network(group, monitor, trace).run(steps * DT * b2.ms)
-    finite = np.isfinite(np.asarray(trace.v / b2.mV))
-    horizon = np.where(finite.all(1), steps, np.argmin(finite, axis=1))
-    trains = monitor.spike_trains()
-    return ([np.round(np.asarray(trains[i] / (DT * b2.ms))).astype(int) for i in range(n)],
-            horizon)
+    spikes, v = brian2_run(model, params, currents[:STEPS], method=method)
+    finite = np.isfinite(v)  # sample k: V at the start of step k
+    horizon = np.where(finite.all(1), STEPS, np.argmin(finite, axis=1) - 1)
+    return spikes, horizon
 
 
 def compare(model: str, method: str, dtype, only=lambda label: True) -> int:
