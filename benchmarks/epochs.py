@@ -21,7 +21,9 @@ repeats, least time kept (``_common.best_times``):
   batches gathered on the host, as ``fit(epoch_on_device=False)`` does.
 * ``plain``: the same network and optimizer written in plain JAX + optax
   (the AdEx Euler step inline, as in ``benchmarks/guards.py``; parameters
-  in a dict), its epoch scanned over batches the same way.
+  in a dict), its epoch scanned over batches the same way. Both it and the
+  library project the input x_t @ W_in for all T steps at once, before
+  the time loop.
 
 Ratios library/plain (targets ≤ 1.15) are printed and written to JSON with
 samples/s and seconds per epoch. ``--batches K`` times K batches per epoch
@@ -83,14 +85,14 @@ def plain_epoch_fn(net: tr.SpikingNetwork):
         carry = (jnp.full((batch, H), p["potential_rest"]), zeros, zeros, zeros,
                  jnp.zeros((batch, C)))
 
-        def step(carry, x_t):
+        def step(carry, z_t):
             v, a, current, s_prev, u = carry
-            current = syn * current + scale * (x_t @ w["w_in"] + w["b_in"] + s_prev @ w["w_rec"])
+            current = syn * current + scale * (z_t + s_prev @ w["w_rec"])
             (v, a), (s, _) = plain_adex_step(p, 1.0, (v, a), current)
             u = out_decay * u + s @ w["w_out"] + w["b_out"]
             return (v, a, current, s, u), u
 
-        _, us = jax.lax.scan(step, carry, x)
+        _, us = jax.lax.scan(step, carry, x @ w["w_in"] + w["b_in"])
         return us.mean(0)
 
     def train_step(state, batch):

@@ -352,7 +352,10 @@ class HiddenLayer(nnx.Module):
                 var.set_value(jnp.zeros(batch + var[...].shape[-1:], var[...].dtype))
 
     def __call__(self, x_t: Array) -> SomaOutput:
-        z = self.input(x_t)
+        return self.integrate(self.input(x_t))
+
+    def integrate(self, z: Array) -> SomaOutput:
+        """The step after the input Linear: ``z`` = Linear(x_t), (B, N)."""
         if self.recurrent is not None:
             z = z + self.recurrent(self.spikes[...])
         current = self.scale * z
@@ -505,22 +508,32 @@ class SpikingNetwork(nnx.Module):
         in SomaState Variables, so :func:`~spark_somas.simulation.drive`
         runs it.
         """
+        return self.step_projected(self.layers[0].input(x_t))
+
+    def step_projected(self, z_t: Array) -> tuple[tuple[Array, ...], Array, Array | None]:
+        """:meth:`step` given the first layer's input projection
+        z_t = ``layers[0].input``\\ (x_t), (B, N_1). It depends on the input
+        alone, so :meth:`__call__` computes it for every step at once, one
+        matrix product outside the time loop (none to recompute on the
+        backward pass)."""
         spikes = []
-        for layer in self.layers:
-            x_t = layer(x_t).spikes
-            spikes.append(x_t)
+        for index, layer in enumerate(self.layers):
+            out = layer.integrate(z_t) if index == 0 else layer(spikes[-1])
+            spikes.append(out.spikes)
         if self.readout_layer is None:
-            potential = self.readout_decay * self.readout_potential[...] + self.output(x_t)
+            potential = (self.readout_decay * self.readout_potential[...]
+                         + self.output(spikes[-1]))
             self.readout_potential[...] = potential
             return tuple(spikes), potential, None
-        out = self.readout_layer(x_t)
+        out = self.readout_layer(spikes[-1])
         return tuple(spikes), out.potential, out.spikes
 
     def __call__(self, inputs: Array, *, remat: bool | int = False, unroll: int = 1) -> NetworkOutput:
         """Runs ``inputs`` (T, B, F) from rest through :func:`~spark_somas.simulation.drive`
         (``remat``, ``unroll`` as there); the network keeps its final state."""
         self.reset(inputs.shape[1:-1])
-        spikes, potential, out_spikes = drive(self, inputs, SpikingNetwork.step, remat=remat,
+        spikes, potential, out_spikes = drive(self, self.layers[0].input(inputs),
+                                              SpikingNetwork.step_projected, remat=remat,
                                               unroll=unroll)
         window = slice(*(self.config.readout_window or (None, None)))
         fn, trace = READOUTS[self.readout]

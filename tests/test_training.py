@@ -114,8 +114,9 @@ def test_recurrent_network_through_the_driver_equals_a_python_loop(remat, output
     chex.assert_trees_all_close(out.hidden_spikes, spikes)
     chex.assert_trees_all_close(out.output_potential, potential, rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(l_drive, l_loop, rtol=1e-5)
+    # atol: summation order differs (the driver projects the input of all steps at once)
     chex.assert_trees_all_close(nnx.state(g_drive, nnx.Param), nnx.state(g_loop, nnx.Param),
-                                rtol=1e-3, atol=1e-4)
+                                rtol=1e-3, atol=5e-4)
 
 
 def test_the_driver_refuses_to_fuse_a_network():
