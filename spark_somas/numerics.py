@@ -34,8 +34,7 @@ The pieces, each small:
    every legal set too.
 2. **Saturated input and state.** The input current is clipped to
    ±``STATE_LIMIT`` before it is multiplied (so R·I is finite for I = ±inf
-   and no 0·inf reaches a gradient), R·I once more as a product of its own,
-   and each stored state to ±``bound``:
+   and no 0·inf reaches a gradient), and each stored state to ±``bound``:
    ``STATE_LIMIT`` = 2^40 (≈ 1.1·10^12 mV or pA) or the dtype's largest
    finite value if smaller (float16: 65504). The config's magnitude rules
    are what make every intermediate finite in float32 arithmetic: the

@@ -76,7 +76,12 @@ def test_batched_equals_unbatched_per_element(model):
     batched = ss.simulate(ss.SOMAS[model](units=N), currents, record=recordable(model))
     for b in range(B):
         single = ss.simulate(ss.SOMAS[model](units=N), currents[:, b], record=recordable(model))
-        chex.assert_trees_all_equal(jax.tree.map(lambda x: x[:, b], batched), single)
+        # Same spikes and counters; floats to the last bit but one: XLA's CPU
+        # code may fuse a multiply-add into an FMA in its vector loop and not
+        # in its scalar remainder, so the two shapes can round differently.
+        chex.assert_trees_all_equal(batched.spikes[:, b], single.spikes)
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[:, b], batched), single,
+                                    rtol=1e-6, atol=0)
 
 
 def test_first_batched_call_broadcasts_and_incompatible_batch_raises():
