@@ -12,7 +12,7 @@ state) out: its cost is the traffic of those arrays, not T launches.
 :func:`spark_somas.somas.step` that :func:`spark_somas.simulate`
 scans (forward), and ``jax.vjp`` of it (backward), so all four models, every
 surrogate, ``detach_reset`` and the numerics guarantees of
-:mod:`spark_somas.numerics` (clamped exponent, wide arithmetic, saturated
+:mod:`spark_somas.numerics` (capped exponential, wide arithmetic, saturated
 state and cotangents) are the scan's, by construction, for every model and
 integration method. ``custom_jvp``/``custom_vjp`` calls and
 nested ``jit``\\ s inside the step are inlined to plain primitives
