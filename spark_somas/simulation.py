@@ -177,7 +177,10 @@ def _scan(graphdef, state, rest, inputs, step, segment, unroll):
         return nnx.state(module, SomaState), y
 
     def run(carry, xs):
-        return jax.lax.scan(jax.checkpoint(one), carry, xs, unroll=unroll)
+        # prevent_cse=False: the scan already keeps XLA from merging the
+        # recomputation back into the forward pass (JAX's advice for remat in
+        # a scan); the default barrier would also cost the forward pass.
+        return jax.lax.scan(jax.checkpoint(one, prevent_cse=False), carry, xs, unroll=unroll)
 
     steps = jax.tree.leaves(inputs)[0].shape[0]
     if segment is None or segment >= steps:
