@@ -55,14 +55,20 @@ def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
 
     The default ``tx``: global-norm clipping at 1, then Adam with peak
     ``learning_rate``, decayed to 0 over ``total_steps`` by a cosine schedule
-    when given. Any optax transformation works; the trained neuron
-    parameters are kept inside their rules either way
-    (:func:`~spark_somas.constraints.neuron_constraints`).
+    when given, inside ``optax.apply_if_finite``: a batch whose gradient
+    overflows (BPTT through long runs of exponential somas can: the
+    exponential's slope near V_T exceeds 1 per step) is skipped instead of
+    turning every weight into NaN; after 20 such batches in a row the update
+    goes through and ``fit`` stops on the non-finite loss. Any optax
+    transformation works; the trained neuron parameters are kept inside
+    their rules either way (:func:`~spark_somas.constraints.neuron_constraints`).
     """
     if tx is None:
         schedule = (learning_rate if total_steps is None
                     else optax.cosine_decay_schedule(learning_rate, total_steps))
-        tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+        tx = optax.apply_if_finite(
+            optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule)),
+            max_consecutive_errors=20)
     return nnx.Optimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=nnx.Param)
 
 

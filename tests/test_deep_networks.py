@@ -216,3 +216,17 @@ def test_an_epoch_on_the_device_is_the_python_loop_of_train_steps():
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
         np.testing.assert_allclose(h_d[key], h_l[key], rtol=1e-5, err_msg=key)
     assert tr.fits_on_device(1 << 20) and not tr.fits_on_device(1 << 60)
+
+
+def test_the_default_optimizer_skips_a_batch_whose_gradient_overflowed():
+    net = tr.SpikingNetwork(F, 4, C, rngs=nnx.Rngs(0))
+    optimizer = tr.make_optimizer(net, 1e-2)
+    before = jax.tree.map(np.array, nnx.state(net, nnx.Param))  # copies, not the live Variables
+    grads = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.asarray(x).at[0].set(jnp.inf) if "kernel" in jax.tree_util.keystr(path)
+        else jnp.ones_like(x), before)
+    optimizer.update(net, jax.tree.map(jnp.asarray, grads))
+    chex.assert_trees_all_equal(nnx.state(net, nnx.Param), before)  # skipped, nothing is NaN
+    optimizer.update(net, jax.tree.map(jnp.ones_like, grads))
+    moved = jax.tree.map(lambda a, b: bool(jnp.all(a < b)), nnx.state(net, nnx.Param), before)
+    assert all(jax.tree.leaves(moved))  # a finite gradient moves every weight down
