@@ -5,7 +5,8 @@ cue task of Bellec et al. (2018, 2020) (:mod:`spark_somas.tasks`) at
 several delays between the last cue and the recall signal; the final-epoch
 test accuracy at each delay is the soma's memory curve, and its memory span
 is the longest delay at which the accuracy stays at or above ``--span-at``
-(default 75 %).
+(default 75 %). A run whose loss turns non-finite (``fit`` stops) is
+recorded as chance, marked "diverged".
 
 Network: 40 inputs → ``--hidden`` recurrent somas (input gain 3 × the
 rheobase current, 5 ms exponential synapses, dt = 1 ms) → 2 outputs, leaky
@@ -59,11 +60,17 @@ def train_one(soma: str, delay_ms: float, args: argparse.Namespace) -> dict:
     per_epoch = len(data.x_train) // args.batch_size
     optimizer = tr.make_optimizer(net, args.lr, total_steps=args.epochs * per_epoch)
     t0 = time.perf_counter()
-    history = tr.fit(net, optimizer, data, encoder=tr.Encoder("spikes", task.steps),
-                     epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                     progress=False)
-    return {"soma": soma, "delay_ms": delay_ms, "steps": task.steps,
-            "test_accuracy": history["test_accuracy"][-1],
+    kept: dict = {}
+    diverged = None
+    try:
+        history = tr.fit(net, optimizer, data, encoder=tr.Encoder("spikes", task.steps),
+                         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                         progress=False, on_epoch_end=lambda e, m, o, h: kept.update(h))
+    except tr.NonFiniteLossError:  # counted as chance: the run ends here, recorded as such
+        history = kept or {"test_accuracy": [0.5], "train_accuracy": [0.5], "test_rate_hz": [0]}
+        diverged = len(kept.get("epoch", [])) + 1
+    return {"soma": soma, "delay_ms": delay_ms, "steps": task.steps, "diverged_at_epoch": diverged,
+            "test_accuracy": history["test_accuracy"][-1] if diverged is None else 0.5,
             "train_accuracy": history["train_accuracy"][-1],
             "best_test_accuracy": max(history["test_accuracy"]),
             "rate_hz": history["test_rate_hz"][-1], "wall_s": time.perf_counter() - t0,
@@ -95,12 +102,15 @@ def main() -> None:
             r = rows[-1]
             print(f"{soma:<11} delay {delay:6.0f} ms: test {100 * r['test_accuracy']:.1f} % "
                   f"(train {100 * r['train_accuracy']:.1f} %, {r['rate_hz']:.1f} Hz, "
-                  f"{r['wall_s']:.0f} s)", flush=True)
+                  f"{r['wall_s']:.0f} s, diverged at epoch {r['diverged_at_epoch']})", flush=True)
     table = []
     for soma in args.somas:
         curve = {r["delay_ms"]: r["test_accuracy"] for r in rows if r["soma"] == soma}
         held = [d for d in sorted(curve) if all(curve[e] >= args.span_at for e in curve if e <= d)]
-        table.append({"soma": soma, **{f"{d:g} ms": f"{100 * a:.1f} %" for d, a in curve.items()},
+        marks = {r["delay_ms"]: " (diverged)" if r["diverged_at_epoch"] else "" for r in rows
+                 if r["soma"] == soma}
+        table.append({"soma": soma, **{f"{d:g} ms": f"{100 * a:.1f} %{marks[d]}"
+                                       for d, a in curve.items()},
                       "memory span": f"{max(held):g} ms" if held else f"< {min(curve):g} ms"})
     print(_common.table(table, list(table[0])))
     info["load_average_end"] = _common.machine()["load_average"]
