@@ -132,6 +132,7 @@ def simulate(
     Returns:
       A :class:`SomaOutput` whose recorded fields have shape ``(T, *batch, *units)``.
     """
+    record = (record,) if isinstance(record, str) else tuple(record)
     bad = sorted(set(record) - set(RECORDABLE))
     missing = sorted(set(record) - {"spikes", "potential"} - set(soma.state_names))
     if bad or missing:
@@ -142,6 +143,8 @@ def simulate(
     currents = jnp.asarray(currents)
     if currents.ndim < 1:
         raise ValueError(f"currents of shape {currents.shape} need a leading time axis")
+    if jnp.issubdtype(currents.dtype, jnp.complexfloating):
+        raise ValueError(f"currents of dtype {currents.dtype} violate the rule: real values (pA)")
     if not jnp.issubdtype(currents.dtype, jnp.floating):
         currents = currents.astype(soma.dtype)
     soma.broadcast_state(currents.shape[1:])

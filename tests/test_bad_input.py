@@ -218,6 +218,17 @@ def test_complex_currents_are_refused():
     with pytest.raises(ValueError, match="complex64 violates the rule: real values"):
         soma(jnp.full(2, 900.0 + 5.0j, jnp.complex64))
     np.testing.assert_array_equal(soma.potential[...], ss.ExponentialSoma(units=2).potential[...])
+    with pytest.raises(ValueError, match="complex64 violate the rule: real values"):
+        ss.simulate(soma, jnp.full((3, 2), 900.0 + 5.0j, jnp.complex64))
+    np.testing.assert_array_equal(soma.potential[...], ss.ExponentialSoma(units=2).potential[...])
+
+
+def test_record_names_a_single_field_as_a_string():
+    soma = ss.AdaptiveExponentialSoma(units=2)
+    out = ss.simulate(soma, jnp.full((3, 2), 900.0), record="adaptation")
+    assert out.adaptation.shape == (3, 2) and out.spikes is None and out.potential is None
+    with pytest.raises(ValueError, match="not recordable"):
+        ss.simulate(soma, jnp.full((3, 2), 900.0), record="spike")
 
 
 @pytest.mark.parametrize("surrogate, cause", [
