@@ -231,6 +231,7 @@ class ExponentialSoma(nnx.Module):
 
     @staticmethod
     def time_constants(p: Any) -> dict[str, Array]:
+        """τ_m (ms) of the one integrated variable, V."""
         return {"potential": p.potential_tau}
 
     @staticmethod
@@ -431,14 +432,16 @@ class ExponentialSoma(nnx.Module):
 
     def __repr__(self) -> str:
         shape = tuple(self.potential[...].shape)
-        head = f"units={self.units}, dt={self.dt} ms, state={shape} {self.dtype.name}"
+        head = (f"units={self.units}, dt={self.dt} ms, method={self.method}, "
+                f"state={shape} {self.dtype.name}")
         body = ", ".join(f"{n}={v} {u}" for n, _, v, u, _ in self.rows())
         return f"{type(self).__name__}({head}, {body}, surrogate={self.config.surrogate!r})"
 
     def _repr_html_(self) -> str:
         return configs.html_table(
             f"{type(self).__name__}(units={self.units})", self.rows(),
-            [("dt", f"{self.dt} ms"), ("state", f"{tuple(self.potential[...].shape)} {self.dtype.name}"),
+            [("dt", f"{self.dt} ms"), ("method", self.method),
+             ("state", f"{tuple(self.potential[...].shape)} {self.dtype.name}"),
              ("surrogate", repr(self.config.surrogate))],
         )
 
@@ -468,6 +471,7 @@ class AdaptiveExponentialSoma(ExponentialSoma):
 
     @staticmethod
     def time_constants(p: Any) -> dict[str, Array]:
+        """τ_m and τ_w (ms) of the integrated variables V and w."""
         return {"potential": p.potential_tau, "adaptation": p.adaptation_tau}
 
     @staticmethod
