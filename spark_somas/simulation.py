@@ -7,11 +7,10 @@ a whole network step (Linear → soma → recurrent Linear → synapse → reado
 :class:`~spark_somas.network.SpikingNetwork`). The SomaState Variables are
 the scan's carry; every other Variable (weights, constants) is read only. It
 starts from the module's state and leaves the final state in it. It
-differentiates (BPTT through the surrogate spikes): each step is recomputed
-on the backward pass from its saved state and input (``jax.checkpoint``), so
-the guards inside a soma step cost arithmetic, not stored residuals; with
-``remat=k`` the run is further cut into segments of k steps whose insides
-are recomputed, so BPTT memory grows as T/k + k states rather than T.
+differentiates (BPTT through the surrogate spikes); with ``remat=k`` the
+run is cut into segments of k steps whose insides are recomputed on the
+backward pass (``jax.checkpoint``), so BPTT memory grows as T/k + k states
+rather than T.
 
 ``simulate(soma, currents)`` runs a soma through :func:`drive`, or through the
 fused Pallas kernels of :mod:`spark_somas.kernels` — which fuse a lone soma
@@ -67,7 +66,7 @@ def drive(
       step: one step; its outputs (a pytree of arrays) are stacked over
         time. Default: ``module(x_t)``. A module-level function or method
         (not a fresh lambda per call) lets the compiled loop be reused.
-      remat: False (each step rematerialized, nothing more), True
+      remat: False (keep every step for the backward pass), True
         (segments of ⌈√T⌉ steps) or an int k (segments of k steps,
         recomputed on the backward pass).
       unroll: steps per loop iteration, passed to ``lax.scan``.
@@ -180,10 +179,7 @@ def _scan(graphdef, state, rest, inputs, step, segment, unroll):
         return nnx.state(module, SomaState), y
 
     def run(carry, xs):
-        # prevent_cse=False: the scan already keeps XLA from merging the
-        # recomputation back into the forward pass (JAX's advice for remat in
-        # a scan); the default barrier would also cost the forward pass.
-        return jax.lax.scan(jax.checkpoint(one, prevent_cse=False), carry, xs, unroll=unroll)
+        return jax.lax.scan(one, carry, xs, unroll=unroll)
 
     steps = jax.tree.leaves(inputs)[0].shape[0]
     if segment is None or segment >= steps:
