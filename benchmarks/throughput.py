@@ -3,7 +3,7 @@
 The floor is the same forward-Euler AdEx update (docs/models.md, "Equations") written
 inline below with the default parameters as Python constants, in a jitted
 ``lax.scan`` that records the same outputs (spikes and potential per step),
-without any of the library's guards (clamped exponent, saturating casts,
+without any of the library's guards (capped exponential, saturating casts,
 surrogate spike, Variables). The ratio library/floor time is the library's
 cost over the plainest compiled loop; the target is ≤ 1.25 at
 N ≥ 10^4. Both wall and process-CPU times are reported (least of the

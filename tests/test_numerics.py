@@ -99,7 +99,7 @@ def test_extreme_inputs_stay_finite_forward_and_backward(model, dtype, dt):
 @pytest.mark.parametrize("model", MODELS)
 def test_largest_finite_input_stays_finite(model, dtype):
     """The dtype's largest current, from a state also set to ±its largest value
-    (a hand-set or restored V far beyond V_th: the clamped exponent's case)."""
+    (a hand-set or restored V far beyond V_th: the capped exponential's case)."""
     big = float(jnp.finfo(dtype).max)
     currents = extreme_currents(dtype, magnitude=big)
     soma = make(model, dtype, 0.1)
