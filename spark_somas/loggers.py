@@ -118,17 +118,13 @@ class JsonLinesLogger:
 
 
 def _parameter_arrays(model: Any) -> dict[str, np.ndarray]:
-    import jax
+    """Every ``nnx.Param`` of ``model`` by its path, named as checkpoints name it."""
     from flax import nnx
 
-    state = nnx.state(model, nnx.Param)
-    leaves, _ = jax.tree_util.tree_flatten_with_path(state)
-    arrays = {}
-    for path, leaf in leaves:
-        names = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-        names = [n for n in names if n != "value"]
-        arrays["/".join(names)] = np.asarray(leaf)
-    return arrays
+    from spark_somas.checkpointing import _flat
+
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {path: np.asarray(leaf) for path, leaf in _flat(params).items()}
 
 
 class TensorBoardLogger:
