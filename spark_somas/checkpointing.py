@@ -284,18 +284,19 @@ def _check_step(step: Any) -> int:
     return int(step)
 
 
-def _check_writable(directory: str) -> None:
+def _check_writable(directory: str, name: str = "checkpoint directory", *,
+                    error: type[Exception] = CheckpointNotWritableError) -> None:
     """Creates ``directory`` if need be and a file in it (removed at once);
-    raises :class:`CheckpointNotWritableError` naming the directory when
-    either fails, whatever the reason (permissions, a read-only file system,
-    a file in the way)."""
+    raises ``error`` naming ``name`` and the directory when either fails,
+    whatever the reason (permissions, a read-only file system, a file in the
+    way). The command line checks its output directories with it too."""
     try:
         os.makedirs(directory, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory, prefix=".spark-somas-write-check-"):
             pass
     except OSError as err:
-        raise CheckpointNotWritableError(
-            f"checkpoint directory {directory} violates the rule: a directory this process can "
+        raise error(
+            f"{name} {directory} violates the rule: a directory this process can "
             f"create and write ({err.strerror or type(err).__name__})") from None
 
 

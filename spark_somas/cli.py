@@ -41,7 +41,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Callable, Sequence
 
@@ -84,13 +83,9 @@ def _positive(kind: type) -> Callable[[str], float | int]:
 def _writable_dir(path: str, option: str) -> None:
     """Creates ``path`` and a file in it (removed at once), or raises
     :class:`CommandError` naming ``option``: before any work depends on it."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path, prefix=".spark-somas-write-check-"):
-            pass
-    except OSError as err:
-        raise CommandError(f"{option} {path} violates the rule: a directory this process can "
-                           f"create and write ({err.strerror or type(err).__name__})") from None
+    from spark_somas.checkpointing import _check_writable
+
+    _check_writable(path, option, error=CommandError)
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
