@@ -69,7 +69,7 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
 from spark_somas import registry, somas
-from spark_somas.configs import is_initializer
+from spark_somas.configs import is_initializer, require
 from spark_somas.registry import ModelType, register_model, soma_from_spec, soma_spec
 
 __all__ = [
@@ -279,8 +279,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _check_step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step = {step!r} violates the rule: an int >= 0")
+    require(not isinstance(step, bool) and isinstance(step, (int, np.integer)) and step >= 0,
+            "step", step, "an int >= 0", error=ValueError)
     return int(step)
 
 
