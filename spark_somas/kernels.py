@@ -79,7 +79,6 @@ from jax.experimental.pallas import triton as pl_triton
 from jax.extend import core as jex_core
 
 from spark_somas import somas
-from spark_somas import surrogates as surrogates_lib
 
 __all__ = ["BACKENDS", "FUSED_BY_DEFAULT", "resolve_backend", "run", "block_size"]
 

@@ -147,16 +147,14 @@ def simulate(
     if not jnp.issubdtype(currents.dtype, jnp.floating):
         currents = currents.astype(soma.dtype)
     soma.broadcast_state(currents.shape[1:])
-    steps = currents.shape[0]
-    segment = _segment_length(remat, steps)
     if kernels.resolve_backend(backend) == "fused":
         final, recorded = kernels.run(
             type(soma), soma.parameters(), soma.neuron_state(), currents, soma.options,
-            record=tuple(record), segment=segment)
+            record=record, segment=_segment_length(remat, currents.shape[0]))
         for name, value in final.items():
             getattr(soma, name).set_value(value)
         return SomaOutput(**{k: recorded.get(k) for k in RECORDABLE})
-    recorded = drive(soma, currents, _Record(tuple(record)), remat=remat, unroll=unroll,
+    recorded = drive(soma, currents, _Record(record), remat=remat, unroll=unroll,
                      backend="scan")
     return SomaOutput(**{k: recorded.get(k) for k in RECORDABLE})
 

@@ -29,7 +29,6 @@ they differ, ``spike_threshold`` and ``after_spike``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
@@ -321,7 +320,7 @@ class ExponentialSoma(nnx.Module):
         if problem:
             raise ValueError(f"{name}: {problem}")
         self.residual_names = residual_names(self.state_names, self.dtype)
-        for n in self.state_names + self.residual_names:
+        for n in self.stored_names:
             units = STATE_UNITS[n.removesuffix(RESIDUAL)]
             setattr(self, n, SomaState(self._rest_value(n, ()), units=units))
 
@@ -356,9 +355,15 @@ class ExponentialSoma(nnx.Module):
         """Back to rest (V = E_L, w = 0, no refractoriness, θ = 0), shape
         ``(*units)`` or ``(*batch_shape, *units)``. Keeps the state dtype."""
         batch = () if batch_shape is None else tuple(batch_shape)
-        for n in self.state_names + self.residual_names:
+        for n in self.stored_names:
             var = getattr(self, n)
             var.set_value(self._rest_value(n, batch).astype(var[...].dtype))
+
+    @property
+    def stored_names(self) -> tuple[str, ...]:
+        """Every SomaState Variable of this soma: the model's ``state_names``
+        and, in half precision, their low words (``residual_names``)."""
+        return self.state_names + self.residual_names
 
     @property
     def options(self) -> StepOptions:
@@ -370,7 +375,7 @@ class ExponentialSoma(nnx.Module):
     def neuron_state(self) -> dict[str, Array]:
         """The running state as a dict of arrays (a snapshot), low words of a
         compensated half-precision state included."""
-        return {n: getattr(self, n)[...] for n in self.state_names + self.residual_names}
+        return {n: getattr(self, n)[...] for n in self.stored_names}
 
     def parameters(self) -> dict[str, Array]:
         """Every config field's current value (trained or fixed), by name."""
@@ -398,7 +403,7 @@ class ExponentialSoma(nnx.Module):
                 f"with the neuron state of shape {state_shape}"
             ) from None
         if batch + self.units != state_shape:
-            for name in self.state_names + self.residual_names:
+            for name in self.stored_names:
                 var = getattr(self, name)
                 var.set_value(jnp.broadcast_to(var[...], batch + self.units))
         return batch

@@ -25,6 +25,7 @@ from flax import nnx
 from hypothesis import HealthCheck, given, reject, settings, strategies as st
 
 import reference
+from test_numerics import assert_finite
 import spark_somas as ss
 from spark_somas import configs, numerics
 
@@ -135,12 +136,6 @@ def build(model: str, params: dict, dtype, dt: float, trainable=()):
         reject()
 
 
-def assert_finite(tree, what: str) -> None:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        values = np.asarray(leaf, np.float64)
-        assert np.all(np.isfinite(values)), f"{what}{jax.tree_util.keystr(path)}: {values}"
-
-
 def assert_reset_and_refractory(model: str, soma, spikes: np.ndarray, potential: np.ndarray,
                                 dt: float) -> None:
     """After a spike V reads V_r; a refractory soma then holds V_r for n − 1
@@ -179,10 +174,10 @@ def test_finite_and_rule_abiding_for_any_legal_set_and_input(model, dtype, data)
         return value, rec
 
     (grad_soma, grad_x), rec = nnx.grad(loss, argnums=(0, 1), has_aux=True)(soma, x)
-    assert_finite((rec.spikes, rec.potential, soma.neuron_state()), "forward ")
-    assert_finite(grad_x, "d/dI ")
+    assert_finite((rec.spikes, rec.potential, soma.neuron_state()), "forward")
+    assert_finite(grad_x, "d/dI")
     if dtype != jnp.float16:  # float16 parameter gradients may exceed the format
-        assert_finite(nnx.state(grad_soma, nnx.Param), "d/dparam ")
+        assert_finite(nnx.state(grad_soma, nnx.Param), "d/dparam")
     assert_reset_and_refractory(model, soma, np.asarray(rec.spikes, np.float64),
                                 np.asarray(rec.potential, np.float64), dt)
 
@@ -235,4 +230,4 @@ def test_steep_neurons_spike_where_the_float64_loop_overflows(ratio):
     np.testing.assert_array_equal(np.flatnonzero(rec.spikes), np.flatnonzero(ref["spikes"]))
     grad = jax.grad(lambda x: ss.simulate(ss.ExponentialSoma(units=1, **params), x)
                     .potential.sum())(jnp.asarray(x, jnp.float32))
-    assert_finite(grad, "d/dI ")
+    assert_finite(grad, "d/dI")
