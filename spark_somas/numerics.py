@@ -147,8 +147,8 @@ _saturating_widen.defvjp(_widen_fwd, _widen_bwd)
 def capped_exp(u: jax.Array, scale: jax.Array) -> jax.Array:
     """``exp(min(u, log(EXP_CAP/scale)))``: ``exp(u)`` wherever
     ``scale·exp(u)`` ≤ ``EXP_CAP``, and ``EXP_CAP/scale`` beyond (item 1 of
-    the module docstring). Within the config rules ``scale`` ≥ 10^-18, so
-    the result stays below 10^31."""
+    the module docstring). Within the config rules ``scale`` ≥ 10^-18/6
+    (rk4's smallest stage weight included), so the result stays below 10^32."""
     return jnp.exp(jnp.minimum(u, _LOG_EXP_CAP - jnp.log(scale)))
 
 
