@@ -444,7 +444,6 @@ class SpikingNetwork(nnx.Module):
             trainable_neurons=trainable_neurons, input_gain=input_gain, synapse_tau=synapse_tau,
             soma_kwargs=soma_kwargs or {}, readout_window=readout_window)
         self.dt = float(dt)
-        self.readout = readout
         self.readout_decay = float(np.exp(-dt / readout_tau))
         layers, width = [], in_features
         for layer in config.layers:
@@ -536,7 +535,7 @@ class SpikingNetwork(nnx.Module):
                                               SpikingNetwork.step_projected, remat=remat,
                                               unroll=unroll)
         window = slice(*(self.config.readout_window or (None, None)))
-        fn, trace = READOUTS[self.readout]
+        fn, trace = READOUTS[self.config.readout]
         logits = fn((out_spikes if trace == "spikes" else potential)[window], self.dt)
         counts = None if out_spikes is None else spike_count(out_spikes[window])
         return NetworkOutput(logits, spikes, potential, out_spikes, counts)
