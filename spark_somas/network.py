@@ -254,8 +254,9 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         for name in ("in_features", "n_classes"):
             _positive_int(name, getattr(self, name))
-        if isinstance(self.hidden, (int, np.integer)) or isinstance(self.hidden, bool):
+        if isinstance(self.hidden, (int, np.integer)):
             _positive_int("hidden", self.hidden)
+            object.__setattr__(self, "hidden", int(self.hidden))
         else:
             entries = tuple(Layer.from_dict(h) if isinstance(h, Mapping) else h
                             for h in self.hidden)

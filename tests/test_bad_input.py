@@ -320,6 +320,13 @@ def test_network_sizes_must_be_positive_ints(name):
         tr.SpikingNetwork(**sizes, rngs=nnx.Rngs(0))
 
 
+def test_numpy_integer_sizes_are_plain_ints_in_the_network_config():
+    config = tr.NetworkConfig(4, np.int64(3), 2)
+    assert config.hidden == 3 and type(config.hidden) is int
+    assert [layer.units for layer in config.layers] == [3]
+    assert json.loads(json.dumps(config.to_dict()))["hidden"] == 3
+
+
 def test_trainable_neurons_may_name_one_field():
     assert net(trainable_neurons="threshold").hidden.trainable == ("threshold",)
 
