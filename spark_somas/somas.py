@@ -85,6 +85,9 @@ class SomaOutput:
 
 
 _TIME_CONSTANTS = ("potential_tau", "adaptation_tau", "threshold_tau")
+# Fields that become the stored V (at rest and after a spike): they must fit
+# the state dtype, or the soma would rest or reset elsewhere.
+_STORED_POTENTIALS = ("potential_rest", "potential_reset")
 STATE_UNITS = {"potential": "mV", "adaptation": "pA", "refractory": "steps", "threshold_offset": "mV"}
 
 
@@ -319,6 +322,14 @@ class ExponentialSoma(nnx.Module):
             if n in values and not isinstance(values[n], jax.core.Tracer)})
         if problem:
             raise ValueError(f"{name}: {problem}")
+        for n in _STORED_POTENTIALS:
+            if not isinstance(values[n], jax.core.Tracer):
+                largest = float(np.max(np.abs(np.asarray(values[n], np.float64))))
+                if largest > numerics.bound(self.dtype):
+                    raise ValueError(
+                        f"{name}: {n} = {largest:g} mV violates the rule: |{n}| ≤ "
+                        f"{numerics.bound(self.dtype):g}, the largest potential a "
+                        f"{self.dtype.name} state holds; use a wider dtype")
         self.residual_names = residual_names(self.state_names, self.dtype)
         for n in self.stored_names:
             units = STATE_UNITS[n.removesuffix(RESIDUAL)]

@@ -103,3 +103,15 @@ def test_state_is_stored_in_the_dtype_as_hi_plus_lo(dtype):
 
 def test_float32_soma_has_no_low_words():
     assert ss.AdaptiveExponentialSoma(units=2).residual_names == ()
+
+
+@pytest.mark.parametrize("field", ["potential_rest", "potential_reset"])
+def test_a_potential_the_state_dtype_cannot_hold_is_refused(field):
+    """float16 holds ±65504 mV: a soma that would rest or reset beyond it is
+    refused by name; float32 holds it."""
+    values = {"potential_rest": -70.0, "potential_reset": -70.0, "threshold": 0.0,
+              "rheobase_threshold": -1.0, field: -7e4}
+    with pytest.raises(ValueError, match=f"{field} = 70000 mV violates the rule: "
+                                         f"\\|{field}\\| ≤ 65504"):
+        ss.ExponentialSoma(units=1, dtype=jnp.float16, **values)
+    ss.ExponentialSoma(units=1, dtype=jnp.float32, **values)
