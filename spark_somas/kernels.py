@@ -1,4 +1,4 @@
-"""Fused time-loop kernels (Pallas) for the four somas, forward and BPTT.
+"""Fused time-loop kernels (Pallas) for the somas and whole networks, forward and BPTT.
 
 Why: a ``lax.scan`` of an elementwise update launches a few kernels per time
 step; on a GPU each step then costs ~15 µs of loop overhead whatever the
@@ -8,19 +8,31 @@ runs the whole time loop for a block of neurons, keeps the state in
 registers, streams the input current in and the spikes (and any recorded
 state) out: its cost is the traffic of those arrays, not T launches.
 
-**One generator, one set of equations.** The kernel bodies call the same pure
-:func:`spark_somas.somas.step` that :func:`spark_somas.simulate`
-scans (forward), and ``jax.vjp`` of it (backward), so all four models, every
-surrogate, ``detach_reset`` and the numerics guarantees of
-:mod:`spark_somas.numerics` (capped exponential, wide arithmetic, saturated
-state and cotangents) are the scan's, by construction, for every model and
-integration method. ``custom_jvp``/``custom_vjp`` calls and
+**One generator, one set of equations.** One engine builds the kernels for
+any pure step ``(shared, local, state, x_t) -> (state, y_t)``, and its two
+users hand it the steps that the scan runs: :func:`run` the soma's
+:func:`spark_somas.somas.step`, :func:`run_module` an NNX module's step
+(a whole :class:`~spark_somas.network.SpikingNetwork` time step: Linear →
+soma → recurrent Linear → synapse → readout). The kernel bodies call that
+step (forward) and ``jax.vjp`` of it (backward), so the models, every
+surrogate, ``detach_reset``, every integration method and the numerics
+guarantees of :mod:`spark_somas.numerics` (capped exponential, wide
+arithmetic, saturated state and cotangents) are the scan's, by construction.
+``custom_jvp``/``custom_vjp`` calls and
 nested ``jit``\\ s inside the step are inlined to plain primitives
 (:func:`_inline`) because the Triton lowering has no rule for
 ``custom_vjp_call``; in the backward kernel ``jax.vjp`` has already applied
 their derivative rules (the surrogate, ``widen``'s cotangent saturation).
 
-**Layout.** Batch and unit axes are flattened to one neuron axis of
+**Partition.** A program owns a block of rows of one axis for the whole run
+— the rows never interact within a step — and loops over t inside:
+:func:`run` partitions the neurons (a soma's step is elementwise),
+:func:`run_module` the samples (a network mixes its neurons through its
+weights, never its samples); the weights and other "shared" operands are
+whole in every program, and their gradients are accumulated per program and
+summed after the kernel.
+
+**Layout of a soma.** Batch and unit axes are flattened to one neuron axis of
 M = ∏ ``(*batch, *units)`` neurons, padded (edge values, zero current) to a
 multiple of the block B; parameters are broadcast to that axis (per-neuron
 parameter gradients are summed back by JAX's transpose of the broadcast).
@@ -61,8 +73,12 @@ when asked for by name, ``backend="fused"``.
 **Limits.** Reverse mode only (``jax.custom_vjp``): ``jax.jvp`` through the
 fused path is not defined; ``vmap`` and ``jit`` compose. The GPU path has
 been checked to lower to Triton IR for CUDA (tests/test_fused.py), not yet
-compiled or timed on a GPU: :func:`block_size` and ``num_warps`` are
-untuned first guesses.
+compiled or timed on a GPU: :func:`block_size`, the 16-sample block of
+:func:`run_module` and ``num_warps`` are untuned first guesses. On a GPU
+every dimension of a module's operands but time and the batch must be a
+power of two (Triton's rule for a loaded tensor; refused by name otherwise),
+and a weight matrix is held whole by each program, so wide layers are
+bounded by its registers and shared memory.
 """
 
 from __future__ import annotations
@@ -74,17 +90,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 from jax.extend import core as jex_core
 
 from spark_somas import somas
 
-__all__ = ["BACKENDS", "FUSED_BY_DEFAULT", "resolve_backend", "run", "block_size"]
+__all__ = ["BACKENDS", "FUSED_BY_DEFAULT", "FusedBackendError", "resolve_backend", "run",
+           "run_module", "block_size"]
 
 Array = jax.Array
 BACKENDS = ("auto", "scan", "fused")
-_INT_STATES = ("refractory",)
 
 
 # Platforms where the fused kernels have been run, checked and timed faster
@@ -165,197 +183,318 @@ def _inline(fn: Callable) -> Callable:
 # The plan: everything static about one fused run.
 
 
+class FusedBackendError(ValueError):
+    """``backend="fused"`` asked of a run the kernels cannot partition: a
+    module step whose state, inputs or outputs lack the shared batch axis."""
+
+
 @dataclasses.dataclass(frozen=True)
-class _Plan:
+class _SomaStep:
+    """A soma's step in the engine's form: no shared operands, per-neuron
+    parameters, the current as input, the recorded fields as output."""
+
     model: type
     options: somas.StepOptions
     record: tuple[str, ...]
+
+    def __call__(self, shared: Any, local: dict, state: dict, current: Array):
+        new, spikes = somas.step(self.model, local, state, current, self.options)
+        values = {"spikes": spikes, **new}
+        return new, {r: values[r] for r in self.record}
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModuleStep:
+    """``step(module, x_t)`` of an NNX module in the engine's form: the
+    module's other Variables shared by every program, its ``SomaState``
+    Variables the carry."""
+
+    graphdef: Any
+    step: Callable
+
+    def __call__(self, shared: Any, local: Any, state: Any, x: Any):
+        module = nnx.merge(self.graphdef, state, shared)
+        y = self.step(module, x)
+        return nnx.state(module, somas.SomaState), y
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A fused run: ``step(shared, local, state, x_t) -> (state, y_t)`` on
+    pytrees (``trees``: the structures of its four arguments), T steps,
+    checkpoints every ``segment`` steps, ``block`` rows of the partitioned
+    axis per program."""
+
+    step: Callable
+    trees: tuple
     steps: int
     segment: int
     block: int
     interpret: bool
 
-    def step(self, inline: bool = True) -> Callable:
-        """The step; inlined for the kernels' primal use, raw for ``jax.vjp``
-        (inlining first would drop the surrogate, a custom_jvp rule)."""
-        fn = functools.partial(somas.step, self.model, options=self.options)
+    def flat_step(self, inline: bool = True) -> Callable:
+        """The step on leaf lists; inlined for the kernels' primal use, raw
+        for ``jax.vjp`` (inlining first would drop the surrogate, a
+        custom_jvp rule)."""
+
+        def fn(shared, local, state, x):
+            new, y = self.step(*(jax.tree.unflatten(t, leaves)
+                                 for t, leaves in zip(self.trees, (shared, local, state, x))))
+            new, tree = jax.tree.flatten(new)
+            if tree != self.trees[2]:
+                raise FusedBackendError(
+                    f"the step returns a state of structure {tree}, not its carry's {self.trees[2]}")
+            return new, jax.tree.leaves(y)
+
         return _inline(fn) if inline else fn
 
     @property
     def checkpoints(self) -> int:
         return -(-self.steps // self.segment)
 
-    def call(self, kernel: Callable, args: tuple, out_shape: Any) -> Any:
-        """``pallas_call`` over the neuron blocks: a leading dimension of a
-        block is the whole time (or checkpoint) axis, the last is B neurons."""
+    def call(self, kernel: Callable, rows: int, args: dict, kinds: dict, out_shape: dict,
+             out_kinds: dict) -> dict:
+        """``pallas_call`` over ``rows // block`` programs. Each group of
+        operands (lists of arrays) is laid out by its kind: "shared" (whole,
+        in every program), "rows" (the partitioned axis first), "time" (a
+        time or checkpoint axis, then the partitioned axis) or "program"
+        (outputs only: one slice per program)."""
+        programs = rows // self.block
 
-        def spec(x):
-            shape = (*x.shape[:-1], self.block)
-            return pl.BlockSpec(shape, lambda j, n=len(shape): (0,) * (n - 1) + (j,))
+        def spec(kind, shape):
+            tail = tuple(shape[{"shared": 0, "rows": 1, "time": 2, "program": 0}[kind]:])
+            zeros = (0,) * len(tail)
+            if kind == "shared":
+                return pl.BlockSpec(tail, lambda j: zeros)
+            if kind == "rows":
+                return pl.BlockSpec((self.block,) + tail, lambda j: (j,) + zeros)
+            if kind == "time":
+                return pl.BlockSpec((shape[0], self.block) + tail, lambda j: (0, j) + zeros)
+            return pl.BlockSpec((None,) + tail, lambda j: (j,) + zeros)
 
-        neurons = jax.tree.leaves(args)[0].shape[-1]
+        out_shape = {k: [jax.ShapeDtypeStruct(
+            ((programs,) if out_kinds[k] == "program" else ()) + s.shape, s.dtype) for s in v]
+            for k, v in out_shape.items()}
         warps = max(1, min(4, self.block // 256))
         return pl.pallas_call(
             kernel,
-            grid=(neurons // self.block,),
-            in_specs=jax.tree.map(spec, args),
-            out_specs=jax.tree.map(spec, out_shape),
+            grid=(programs,),
+            in_specs=[{k: [spec(kinds[k], x.shape) for x in v] for k, v in args.items()}],
+            out_specs={k: [spec(out_kinds[k], s.shape[1:] if out_kinds[k] == "program"
+                                else s.shape) for s in v] for k, v in out_shape.items()},
             out_shape=out_shape,
             interpret=self.interpret,
             compiler_params=None if self.interpret else pl_triton.CompilerParams(
                 num_warps=warps, num_stages=1),
-            name="fused_soma",
-        )(*args)
+            name="fused_loop",
+        )(args)
 
 
-def _float_names(state: Mapping[str, Any]) -> list[str]:
-    return [n for n in state if n not in _INT_STATES]
+def _is_float(x: Any) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+def _pick(values: Sequence[Any], mask: Sequence[bool]) -> list:
+    return [v for v, m in zip(values, mask) if m]
+
+
+def _fill(values: Sequence[Any], mask: Sequence[bool], picked: Sequence[Any]) -> list:
+    """``values`` with the masked positions replaced, in order, by ``picked``."""
+    picked = iter(picked)
+    return [next(picked) if m else v for v, m in zip(values, mask)]
+
+
+_ARGS = {"shared": "shared", "local": "rows", "state": "rows", "x": "time"}
 
 
 # Forward kernel.
 
 
-def _forward(plan: _Plan, params: dict, state: dict, currents: Array, with_checkpoints: bool):
-    steps, neurons = currents.shape
-    dtype = state["potential"].dtype
+def _forward(plan: _Plan, shared: list, local: list, state: list, xs: list,
+             with_checkpoints: bool) -> dict:
+    steps, rows = xs[0].shape[:2]
+    _, y_shapes = jax.eval_shape(plan.flat_step(inline=False), shared, local, state,
+                                 [x[0] for x in xs])
     out_shape = {
-        "final": {n: jax.ShapeDtypeStruct((neurons,), x.dtype) for n, x in state.items()},
-        "record": {r: jax.ShapeDtypeStruct((steps, neurons), dtype if r == "spikes" else state[r].dtype)
-                   for r in plan.record},
-        "checkpoints": {n: jax.ShapeDtypeStruct((plan.checkpoints, neurons), x.dtype)
-                        for n, x in state.items()} if with_checkpoints else {},
+        "final": [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in state],
+        "record": [jax.ShapeDtypeStruct((steps,) + y.shape, y.dtype) for y in y_shapes],
+        "checkpoints": [jax.ShapeDtypeStruct((plan.checkpoints,) + x.shape, x.dtype)
+                        for x in state] if with_checkpoints else [],
     }
-    step = plan.step()
-    k = plan.segment
+    step, k = plan.flat_step(), plan.segment
 
-    def kernel(p_refs, s_refs, i_ref, out):
-        params_ = {n: r[...] for n, r in p_refs.items()}
+    def kernel(refs, out):
+        shared_, local_ = [r[...] for r in refs["shared"]], [r[...] for r in refs["local"]]
 
         def body(t, carry):
-            st, current = carry
-            upcoming = i_ref[jnp.minimum(t + 1, steps - 1)]
+            st, x = carry
+            upcoming = [r[jnp.minimum(t + 1, steps - 1)] for r in refs["x"]]
             if with_checkpoints:
                 def save():
-                    for n, r in out["checkpoints"].items():
-                        r[jax.lax.div(t, k)] = st[n]
+                    for r, v in zip(out["checkpoints"], st):
+                        r[jax.lax.div(t, k)] = v
                 # lax.rem/div, not % and //: t ≥ 0, and Triton lowers
                 # jnp.remainder's sign fix-up wrongly (i32 vs i1 operands).
                 save() if k == 1 else pl.when(jax.lax.rem(t, k) == 0)(save)
-            new, spikes = step(params_, st, current)
-            values = {"spikes": spikes, **new}
-            for r in plan.record:
-                out["record"][r][t] = values[r]
+            new, y = step(shared_, local_, st, x)
+            for r, v in zip(out["record"], y):
+                r[t] = v
             return new, upcoming
 
-        final, _ = jax.lax.fori_loop(0, steps, body, ({n: r[...] for n, r in s_refs.items()}, i_ref[0]))
-        for n, r in out["final"].items():
-            r[...] = final[n]
+        final, _ = jax.lax.fori_loop(
+            0, steps, body, ([r[...] for r in refs["state"]], [r[0] for r in refs["x"]]))
+        for r, v in zip(out["final"], final):
+            r[...] = v
 
-    return plan.call(kernel, (params, state, currents), out_shape)
+    args = {"shared": shared, "local": local, "state": state, "x": xs}
+    return plan.call(kernel, rows, args, _ARGS, out_shape,
+                     {"final": "rows", "record": "time", "checkpoints": "time"})
 
 
 # Backward kernel.
 
 
-def _backward(plan: _Plan, params: dict, checkpoints: dict, currents: Array, ct_final: dict,
-              ct_record: dict):
-    steps, neurons = currents.shape
+def _backward(plan: _Plan, shared: list, local: list, checkpoints: list, xs: list,
+              ct_final: list, ct_record: list) -> dict:
+    """Cotangents of the float operands: "shared" per program, "local",
+    "state" (the initial state's) and "x" (per step)."""
+    steps, rows = xs[0].shape[:2]
     k, n_seg = plan.segment, plan.checkpoints
-    floats = _float_names(checkpoints)
-    step, raw_step = plan.step(), plan.step(inline=False)
+    masks = [[_is_float(v) for v in group] for group in (shared, local, checkpoints, xs)]
+    step, raw_step = plan.flat_step(), plan.flat_step(inline=False)
 
-    def step_floats(p, fs, ints, current):
-        new, spikes = raw_step(p, {**fs, **ints}, current)
-        return {n: new[n] for n in floats}, spikes
+    def pullback(shared_, local_, st, x, ct_new, ct_y):
+        def floats_only(*picked):
+            new, y = raw_step(*(_fill(full, m, p) for full, m, p in
+                                zip((shared_, local_, st, x), masks, picked)))
+            return _pick(new, masks[2]), [v for v, c in zip(y, ct_y) if c is not None]
 
-    def pullback(p, st, current, ct_new, ct_spikes):
-        ints = {n: st[n] for n in st if n not in floats}
-        _, vjp = jax.vjp(lambda p_, fs, i: step_floats(p_, fs, ints, i),
-                         p, {n: st[n] for n in floats}, current)
-        return vjp((ct_new, ct_spikes))
+        _, vjp = jax.vjp(floats_only, *(_pick(v, m) for v, m in
+                                       zip((shared_, local_, st, x), masks)))
+        return vjp((ct_new, [c for c in ct_y if c is not None]))
 
     pullback = _inline(pullback)
     out_shape = {
-        "params": {n: jax.ShapeDtypeStruct((neurons,), x.dtype) for n, x in params.items()},
-        "state": {n: jax.ShapeDtypeStruct((neurons,), checkpoints[n].dtype) for n in floats},
-        "current": jax.ShapeDtypeStruct(currents.shape, currents.dtype),
-        "scratch": {n: jax.ShapeDtypeStruct((k, neurons), x.dtype) for n, x in checkpoints.items()}
-        if k > 1 else {},
+        "shared": [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in _pick(shared, masks[0])],
+        "local": [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in _pick(local, masks[1])],
+        "state": [jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for v in _pick(checkpoints, masks[2])],
+        "x": [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in _pick(xs, masks[3])],
+        "scratch": [jax.ShapeDtypeStruct((k,) + v.shape[1:], v.dtype) for v in checkpoints]
+        if k > 1 else [],
     }
-    spike_dtype = checkpoints["potential"].dtype
+    recorded = [c is not None for c in ct_record]
 
-    def kernel(p_refs, c_refs, i_ref, ctf_refs, ctr_refs, out):
-        params_ = {n: r[...] for n, r in p_refs.items()}
+    def kernel(refs, out):
+        shared_, local_ = [r[...] for r in refs["shared"]], [r[...] for r in refs["local"]]
 
         def segment(j, carry):
             c = n_seg - 1 - j
             start = c * k
             length = jnp.minimum(k, steps - start)
-            first = {n: r[c] for n, r in c_refs.items()}
+            first = [r[c] for r in refs["checkpoints"]]
             if k > 1:
-                for n, r in out["scratch"].items():
-                    r[0] = first[n]
+                for r, v in zip(out["scratch"], first):
+                    r[0] = v
 
                 def recompute(i, st):
-                    new, _ = step(params_, st, i_ref[start + i])
-                    for n, r in out["scratch"].items():
-                        r[i + 1] = new[n]
+                    new, _ = step(shared_, local_, st, [r[start + i] for r in refs["x"]])
+                    for r, v in zip(out["scratch"], new):
+                        r[i + 1] = v
                     return new
 
                 jax.lax.fori_loop(0, length - 1, recompute, first)
 
             def reverse(i, carry):
-                ct, acc = carry
-                local = length - 1 - i
-                t = start + local
-                st = first if k == 1 else {n: r[local] for n, r in out["scratch"].items()}
-                ct_new = {n: ct[n] + ctr_refs[n][t] if n in ctr_refs else ct[n] for n in floats}
-                ct_spikes = (ctr_refs["spikes"][t] if "spikes" in ctr_refs
-                             else jnp.zeros_like(st["potential"], spike_dtype))
-                d_params, d_state, d_current = pullback(params_, st, i_ref[t], ct_new, ct_spikes)
-                out["current"][t] = d_current
-                return d_state, {n: acc[n] + d_params[n] for n in acc}
+                ct, acc_shared, acc_local = carry
+                offset = length - 1 - i
+                t = start + offset
+                st = first if k == 1 else [r[offset] for r in out["scratch"]]
+                ct_y = iter(refs["ct_record"])
+                ct_y = [next(ct_y)[t] if m else None for m in recorded]
+                d_shared, d_local, d_state, d_x = pullback(
+                    shared_, local_, st, [r[t] for r in refs["x"]], ct, ct_y)
+                for r, v in zip(out["x"], d_x):
+                    r[t] = v
+                return (d_state, [a + d for a, d in zip(acc_shared, d_shared)],
+                        [a + d for a, d in zip(acc_local, d_local)])
 
             return jax.lax.fori_loop(0, length, reverse, carry)
 
-        ct0 = {n: ctf_refs[n][...] for n in floats}
-        acc0 = {n: jnp.zeros_like(v) for n, v in params_.items()}
-        ct, acc = jax.lax.fori_loop(0, n_seg, segment, (ct0, acc0))
-        for n, r in out["state"].items():
-            r[...] = ct[n]
-        for n, r in out["params"].items():
-            r[...] = acc[n]
+        zeros = [[jnp.zeros_like(v) for v in _pick(group, m)]
+                 for group, m in ((shared_, masks[0]), (local_, masks[1]))]
+        ct, acc_shared, acc_local = jax.lax.fori_loop(
+            0, n_seg, segment, ([r[...] for r in refs["ct_final"]], *zeros))
+        for name, values in (("state", ct), ("shared", acc_shared), ("local", acc_local)):
+            for r, v in zip(out[name], values):
+                r[...] = v
 
-    res = plan.call(kernel, (params, checkpoints, currents, ct_final, ct_record), out_shape)
-    return res["params"], res["state"], res["current"]
+    args = {"shared": shared, "local": local, "checkpoints": checkpoints, "x": xs,
+            "ct_final": ct_final, "ct_record": [c for c in ct_record if c is not None]}
+    kinds = {**_ARGS, "checkpoints": "time", "ct_final": "rows", "ct_record": "time"}
+    return plan.call(kernel, rows, args, kinds, out_shape,
+                     {"shared": "program", "local": "rows", "state": "rows", "x": "time",
+                      "scratch": "time"})
 
 
-# custom_vjp over the flattened, padded arrays.
+# custom_vjp over leaf lists, the partitioned axis padded to whole blocks.
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused(plan: _Plan, params: dict, state: dict, currents: Array):
-    out = _forward(plan, params, state, currents, with_checkpoints=False)
+def _fused(plan: _Plan, shared: list, local: list, state: list, xs: list):
+    out = _forward(plan, shared, local, state, xs, with_checkpoints=False)
     return out["final"], out["record"]
 
 
-def _fused_fwd(plan, params, state, currents):
-    out = _forward(plan, params, state, currents, with_checkpoints=True)
-    return (out["final"], out["record"]), (params, out["checkpoints"], currents)
+def _fused_fwd(plan, shared, local, state, xs):
+    out = _forward(plan, shared, local, state, xs, with_checkpoints=True)
+    return (out["final"], out["record"]), (shared, local, out["checkpoints"], xs)
+
+
+def _zero_cotangent(x: Array) -> Any:
+    return np.zeros(x.shape, jax.dtypes.float0)
 
 
 def _fused_bwd(plan, residuals, cts):
-    params, checkpoints, currents = residuals
+    shared, local, checkpoints, xs = residuals
     ct_final, ct_record = cts
-    floats = _float_names(checkpoints)
-    ct_final = {n: ct_final[n] for n in floats}
-    ct_record = {r: ct_record[r] for r in plan.record if r not in _INT_STATES}
-    d_params, d_state, d_current = _backward(plan, params, checkpoints, currents, ct_final, ct_record)
-    d_state = {n: d_state.get(n) for n in checkpoints}
-    return d_params, d_state, d_current
+    float_state = [_is_float(c) for c in checkpoints]
+    grads = _backward(plan, shared, local, checkpoints, xs, _pick(ct_final, float_state),
+                      [c if _is_float(c) else None for c in ct_record])
+    grads["shared"] = [g.sum(axis=0) for g in grads["shared"]]
+    initial = [c[0] for c in checkpoints]
+    return tuple(
+        _fill([_zero_cotangent(v) for v in group], [_is_float(v) for v in group], grads[name])
+        for name, group in (("shared", shared), ("local", local), ("state", initial), ("x", xs)))
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _pad_rows(x: Array, rows: int, axis: int, mode: str) -> Array:
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, rows - x.shape[axis])
+    return jnp.pad(x, widths, mode=mode) if rows != x.shape[axis] else x
+
+
+def _engine(step: Callable, shared: Any, local: Any, state: Any, xs: Any, *, segment: int,
+            block: int, interpret: bool) -> tuple[Any, Any]:
+    """T steps of ``step(shared, local, state, x_t) -> (state, y_t)`` fused:
+    ``local`` and ``state`` leaves are ``(P, ...)``, ``xs`` leaves ``(T, P, ...)``,
+    partitioned into blocks of ``block`` rows (padded: edge values, zero
+    inputs). Returns (final state, y stacked over time), unpadded."""
+    leaves = [jax.tree.flatten(t) for t in (shared, local, state, xs)]
+    steps, rows = jax.tree.leaves(xs)[0].shape[:2]
+    padded = -(-rows // block) * block
+    flat_local, flat_state = ([_pad_rows(v, padded, 0, "edge") for v in group[0]]
+                              for group in leaves[1:3])
+    flat_xs = [_pad_rows(v, padded, 1, "constant") for v in leaves[3][0]]
+    plan = _Plan(step=step, trees=tuple(t for _, t in leaves), steps=steps, segment=segment,
+                 block=block, interpret=interpret)
+    x0 = jax.tree.unflatten(leaves[3][1], [x[0] for x in leaves[3][0]])
+    y_tree = jax.tree.structure(jax.eval_shape(step, shared, local, state, x0)[1])
+    final, record = _fused(plan, leaves[0][0], flat_local, flat_state, flat_xs)
+    return (jax.tree.unflatten(leaves[2][1], [v[:rows] for v in final]),
+            jax.tree.unflatten(y_tree, [v[:, :rows] for v in record]))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "options", "record", "segment", "block",
@@ -364,20 +503,102 @@ def _run(params, state, currents, *, model, options, record, segment, block, int
     steps = currents.shape[0]
     shape = state["potential"].shape
     neurons = math.prod(shape)
-    padded = -(-neurons // block) * block
+    flat_params = {n: jnp.broadcast_to(v, shape).reshape(-1) for n, v in params.items()}
+    flat_state = {n: v.reshape(-1) for n, v in state.items()}
+    final, recorded = _engine(_SomaStep(model, options, record), {}, flat_params, flat_state,
+                              currents.reshape(steps, neurons), segment=segment, block=block,
+                              interpret=interpret)
+    return ({n: v.reshape(shape) for n, v in final.items()},
+            {r: v.reshape((steps,) + shape) for r, v in recorded.items()})
 
-    def flat(x):
-        return jnp.pad(x.reshape(-1), (0, padded - neurons), mode="edge")
 
-    flat_params = {n: flat(jnp.broadcast_to(v, shape)) for n, v in params.items()}
-    flat_state = {n: flat(v) for n, v in state.items()}
-    flat_currents = jnp.pad(currents.reshape(steps, neurons), ((0, 0), (0, padded - neurons)))
-    plan = _Plan(model=model, options=options, record=record, steps=steps,
-                 segment=segment, block=block, interpret=interpret)
-    final, recorded = _fused(plan, flat_params, flat_state, flat_currents)
-    final = {n: v[:neurons].reshape(shape) for n, v in final.items()}
-    recorded = {r: v[:, :neurons].reshape((steps,) + shape) for r, v in recorded.items()}
-    return final, recorded
+@functools.partial(jax.jit, static_argnames=("graphdef", "step", "segment", "block", "interpret"))
+def _run_module(state, rest, inputs, *, graphdef, step, segment, block, interpret):
+    return _engine(_ModuleStep(graphdef, step), rest, [], state, inputs, segment=segment,
+                   block=block, interpret=interpret)
+
+
+def _check_rows(what: str, tree: Any, axis: int, rows: int) -> None:
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if x.ndim <= axis or x.shape[axis] != rows:
+            raise FusedBackendError(
+                f"{what}{jax.tree_util.keystr(path)} of shape {x.shape} violates the rule: "
+                f"the fused backend partitions a batch of {rows} (axis 1 of the inputs), so it "
+                f"needs axis {axis} of that length: inputs (T, B, ...), state and step "
+                f"outputs (B, ...); use backend = 'scan'")
+
+
+def run_module(
+    graphdef: Any,
+    state: Any,
+    rest: Any,
+    inputs: Any,
+    step: Callable,
+    *,
+    segment: int | None = None,
+    block: int | None = None,
+    interpret: bool | None = None,
+) -> tuple[Any, Any]:
+    """T calls of ``step(module, x_t)`` in one fused kernel, partitioned over the batch.
+
+    The module is ``nnx.merge(graphdef, state, rest)``: ``state`` its
+    ``SomaState`` Variables (the carry; every leaf ``(B, ...)``), ``rest``
+    the others (weights, parameters; whole in every program, their
+    gradients summed over the programs). Samples never interact in a step,
+    so each program runs the whole time loop of ``block`` samples.
+
+    Args:
+      inputs: pytree of ``(T, B, ...)`` arrays.
+      segment: K, steps between checkpoints for the backward pass (None: 1).
+      block: samples per program (a power of two); None: one block of the
+        whole batch interpreted, 16 on a GPU (Triton's smallest matrix
+        product).
+      interpret: run the kernels interpreted; None: unless on a GPU.
+
+    Returns:
+      (final state, ``step``'s outputs stacked over time, ``(T, B, ...)``).
+
+    Raises:
+      FusedBackendError: a state leaf, input or output without the batch axis.
+    """
+    interpret = jax.default_backend() != "gpu" if interpret is None else bool(interpret)
+    steps, rows = jax.tree.leaves(inputs)[0].shape[:2]
+    _check_rows("state", state, 0, rows)
+    _check_rows("inputs", inputs, 1, rows)
+    x0 = jax.tree.map(lambda x: x[0], inputs)
+    _, outputs = jax.eval_shape(_ModuleStep(graphdef, step), rest, [], state, x0)
+    _check_rows("step output", outputs, 0, rows)
+    if not interpret:
+        for what, tree, batch_axes in (("state", state, 1), ("inputs", inputs, 2),
+                                       ("module", rest, 0)):
+            _check_triton_shapes(what, tree, batch_axes)
+    if steps == 0:
+        return state, jax.tree.map(lambda y: jnp.zeros((0,) + y.shape, y.dtype), outputs)
+    block = _block(block, block_size(rows, True) if interpret else 16)
+    return _run_module(state, rest, inputs, graphdef=graphdef, step=step,
+                       segment=_segment(segment, steps), block=block, interpret=interpret)
+
+
+def _check_triton_shapes(what: str, tree: Any, batch_axes: int) -> None:
+    """Triton loads tensors whose every dimension is a power of two: so
+    must be each weight and layer width (the batch axis is padded)."""
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if any(d & (d - 1) for d in x.shape[batch_axes:]):
+            raise FusedBackendError(
+                f"{what}{jax.tree_util.keystr(path)} of shape {x.shape} violates the rule: on a "
+                f"GPU the fused backend needs every dimension but time and the batch to be a "
+                f"power of two (Triton's rule for a loaded tensor); use backend = 'scan'")
+
+
+def _block(block: int | None, default: int) -> int:
+    block = default if block is None else int(block)
+    if block <= 0 or block & (block - 1):
+        raise ValueError(f"block = {block} violates the rule: a positive power of two")
+    return block
+
+
+def _segment(segment: int | None, steps: int) -> int:
+    return 1 if segment is None else max(1, min(int(segment), steps))
 
 
 def run(
@@ -392,7 +613,8 @@ def run(
     block: int | None = None,
     interpret: bool | None = None,
 ) -> tuple[dict[str, Array], dict[str, Array]]:
-    """T steps of :func:`~spark_somas.somas.step` in one fused kernel.
+    """T steps of :func:`~spark_somas.somas.step` in one fused kernel,
+    partitioned over the neurons (batch and units flattened).
 
     Args:
       model: the soma class whose equations to run.
@@ -420,9 +642,7 @@ def run(
         return state, {r: jnp.zeros((steps,) + shape, state["potential"].dtype if r == "spikes"
                                     else state[r].dtype) for r in record}
     neurons = math.prod(shape)
-    block = block_size(neurons, interpret) if block is None else int(block)
-    if block <= 0 or block & (block - 1):
-        raise ValueError(f"block = {block} violates the rule: a positive power of two")
-    segment = 1 if segment is None else max(1, min(int(segment), steps))
+    block = _block(block, block_size(neurons, interpret))
     return _run(dict(params), state, currents, model=model, options=options,
-                record=tuple(record), segment=segment, block=block, interpret=interpret)
+                record=tuple(record), segment=_segment(segment, steps), block=block,
+                interpret=interpret)

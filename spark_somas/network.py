@@ -43,9 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spark_somas import registry
+from spark_somas import kernels, registry
 from spark_somas.configs import require
-from spark_somas.simulation import drive
+from spark_somas.simulation import FusedBackendError, drive
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
 __all__ = [
@@ -250,8 +250,17 @@ class NetworkConfig:
     synapse_tau: float | None = None
     soma_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     readout_window: tuple[int | None, int | None] | None = None
+    remat: bool | int = False
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
+        require(isinstance(self.remat, (bool, int, np.integer)) and (
+            isinstance(self.remat, bool) or self.remat >= 1), "remat", self.remat,
+            "False, True or a positive int", error=ValueError)
+        require(self.backend in kernels.BACKENDS, "backend", self.backend,
+                f"one of {kernels.BACKENDS}", error=ValueError)
+        object.__setattr__(self, "remat", self.remat if isinstance(self.remat, bool)
+                           else int(self.remat))
         for name in ("in_features", "n_classes"):
             _positive_int(name, getattr(self, name))
         if isinstance(self.hidden, (int, np.integer)):
@@ -417,6 +426,12 @@ class SpikingNetwork(nnx.Module):
         steps ``start:stop`` of the trace only, as a slice (negative: from
         the end; None: open), e.g. ``(-150, None)`` for a 150-step recall
         period; None reads every step.
+      remat: how the time loop keeps BPTT memory (``False``: every step;
+        ``True``: recompute segments of ⌈√T⌉ steps; k: segments of k steps),
+        as in :func:`~spark_somas.simulation.drive`.
+      backend: ``"scan"``, ``"fused"`` (the whole network step in one Pallas
+        kernel per block of samples, :func:`~spark_somas.kernels.run_module`)
+        or ``"auto"`` (:func:`~spark_somas.kernels.resolve_backend`).
       rngs: Linear initialisation.
     """
 
@@ -437,13 +452,16 @@ class SpikingNetwork(nnx.Module):
         synapse_tau: float | None = None,
         soma_kwargs: Mapping[str, Any] | None = None,
         readout_window: tuple[int | None, int | None] | None = None,
+        remat: bool | int = False,
+        backend: str = "auto",
         rngs: nnx.Rngs,
     ):
         self.config = config = NetworkConfig(
             in_features, hidden, n_classes, soma=registry.soma_class(soma).__name__, dt=dt,
             recurrent=recurrent, output=output, readout=readout, readout_tau=readout_tau,
             trainable_neurons=trainable_neurons, input_gain=input_gain, synapse_tau=synapse_tau,
-            soma_kwargs=soma_kwargs or {}, readout_window=readout_window)
+            soma_kwargs=soma_kwargs or {}, readout_window=readout_window, remat=remat,
+            backend=backend)
         self.dt = float(dt)
         self.readout_decay = float(np.exp(-dt / readout_tau))
         layers, width = [], in_features
@@ -528,13 +546,20 @@ class SpikingNetwork(nnx.Module):
         out = self.readout_layer(spikes[-1])
         return tuple(spikes), out.potential, out.spikes
 
-    def __call__(self, inputs: Array, *, remat: bool | int = False, unroll: int = 1) -> NetworkOutput:
+    def __call__(self, inputs: Array, *, remat: bool | int | None = None, unroll: int = 1,
+                 backend: str | None = None) -> NetworkOutput:
         """Runs ``inputs`` (T, B, F) from rest through :func:`~spark_somas.simulation.drive`
-        (``remat``, ``unroll`` as there); the network keeps its final state."""
+        (``remat``, ``unroll``, ``backend`` as there; None: the config's); the
+        network keeps its final state."""
+        backend = self.config.backend if backend is None else backend
+        if inputs.ndim < 3 and kernels.resolve_backend(backend) == "fused":
+            raise FusedBackendError(
+                f"inputs of shape {inputs.shape} violate the rule: the fused backend "
+                f"partitions a batch, (T, B, F); add a batch axis or use backend = 'scan'")
         self.reset(inputs.shape[1:-1])
-        spikes, potential, out_spikes = drive(self, self.layers[0].input(inputs),
-                                              SpikingNetwork.step_projected, remat=remat,
-                                              unroll=unroll)
+        spikes, potential, out_spikes = drive(
+            self, self.layers[0].input(inputs), SpikingNetwork.step_projected,
+            remat=self.config.remat if remat is None else remat, unroll=unroll, backend=backend)
         window = slice(*(self.config.readout_window or (None, None)))
         fn, trace = READOUTS[self.config.readout]
         logits = fn((out_spikes if trace == "spikes" else potential)[window], self.dt)

@@ -1,8 +1,9 @@
 """A training run as a typed value: :class:`RunConfig` and the per-task :data:`RECIPES`.
 
 A run is everything that decides its result — task, data, network, optimizer,
-epochs, seeds — and nothing about where it runs (output directory, progress
-bar, checkpoint directory). ``spark-somas train`` builds its options from
+epochs, seeds — and how its time loop runs (``remat``, ``backend``: the same
+result to float32 rounding), but nothing about where it runs (output
+directory, progress bar, checkpoint directory). ``spark-somas train`` builds its options from
 :class:`RunConfig`'s fields (each field's metadata holds its help text and
 rule), saves ``run.to_dict()`` with every checkpoint, and ``--resume``
 rebuilds the run with :meth:`RunConfig.from_dict`.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from spark_somas import registry
+from spark_somas import kernels, registry
 from spark_somas.configs import require
 from spark_somas.datasets import TASKS, Dataset
 from spark_somas.encoders import Encoder
@@ -91,6 +92,12 @@ class RunConfig:
         "projected into their config rules after each step")
     limit: int | None = option(None, "use only the first N train and N test samples",
                                positive=True)
+    remat: int | None = option(None, "BPTT memory: keep one state per K steps and recompute "
+                               "the others on the backward pass (default: keep every step)",
+                               positive=True, metavar="K")
+    backend: str = option("auto", "time loop: 'scan', 'fused' (the network step in one Pallas "
+                          "kernel; interpreted, hence slow, off a GPU) or 'auto' (the scan "
+                          "until the kernels are measured faster)", choices=kernels.BACKENDS)
 
     def __post_init__(self) -> None:
         require(self.task in TASKS, "task", self.task, f"one of {sorted(TASKS)}", error=ValueError)
@@ -141,7 +148,8 @@ class RunConfig:
                              else (self.hidden,) * self.depth, data.n_classes, soma=self.soma,
                              recurrent=self.recurrent, trainable_neurons=self.trainable_neurons,
                              input_gain=self.recipe.input_gain,
-                             synapse_tau=self.recipe.synapse_tau, readout_window=window)
+                             synapse_tau=self.recipe.synapse_tau, readout_window=window,
+                             remat=self.remat or False, backend=self.backend)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (JSON)."""

@@ -12,9 +12,12 @@ run is cut into segments of k steps whose insides are recomputed on the
 backward pass (``jax.checkpoint``), so BPTT memory grows as T/k + k states
 rather than T.
 
-``simulate(soma, currents)`` runs a soma through :func:`drive`, or through the
-fused Pallas kernels of :mod:`spark_somas.kernels` — which fuse a lone soma
-only: :func:`drive` refuses ``backend="fused"`` with :class:`FusedBackendError`.
+With ``backend="fused"`` the same loop runs instead in the Pallas kernels of
+:mod:`spark_somas.kernels` (:func:`~spark_somas.kernels.run_module`): one
+kernel per block of samples runs every step of the module, forward and
+backward. ``simulate(soma, currents)`` runs a lone soma through
+:func:`drive`, or through the kernels partitioned over its neurons
+(:func:`~spark_somas.kernels.run`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from spark_somas import kernels
+from spark_somas.kernels import FusedBackendError
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
 __all__ = ["drive", "simulate", "RECORDABLE", "FusedBackendError"]
@@ -36,11 +40,6 @@ __all__ = ["drive", "simulate", "RECORDABLE", "FusedBackendError"]
 M = TypeVar("M", bound=nnx.Module)
 
 RECORDABLE = ("spikes", "potential", "adaptation", "threshold_offset", "refractory")
-
-
-class FusedBackendError(ValueError):
-    """``backend="fused"`` asked of something the Pallas kernels do not fuse:
-    they run a lone soma's loop (:func:`simulate`), not a network step."""
 
 
 def _call(module: nnx.Module, x: Any) -> Any:
@@ -70,22 +69,24 @@ def drive(
         (segments of ⌈√T⌉ steps) or an int k (segments of k steps,
         recomputed on the backward pass).
       unroll: steps per loop iteration, passed to ``lax.scan``.
-      backend: ``"auto"`` or ``"scan"``; ``"fused"`` raises
-        :class:`FusedBackendError` (only :func:`simulate` fuses, a lone soma).
+      backend: ``"scan"``, ``"fused"`` (:func:`~spark_somas.kernels.run_module`:
+        the state, inputs and outputs need a batch axis, after time for
+        the inputs; ``unroll`` does not apply) or ``"auto"``
+        (:func:`~spark_somas.kernels.resolve_backend`).
 
     Returns:
       ``step``'s outputs with a leading time axis of length T.
+
+    Raises:
+      FusedBackendError: ``backend="fused"`` for a run without that batch axis.
     """
-    if backend == "fused":
-        raise FusedBackendError(
-            f"backend = 'fused' violates the rule: the Pallas kernels fuse a lone soma "
-            f"(ss.simulate), not a {type(module).__name__} step; use 'scan' or 'auto'")
-    if backend not in ("auto", "scan"):
-        raise ValueError(f"backend = {backend!r} violates the rule: 'auto', 'scan' or 'fused'")
     steps = jax.tree.leaves(inputs)[0].shape[0]
+    segment = _segment_length(remat, steps)
     graphdef, state, rest = nnx.split(module, SomaState, ...)
-    final, outputs = _scan(graphdef, state, rest, inputs, step, _segment_length(remat, steps),
-                           unroll)
+    if kernels.resolve_backend(backend) == "fused":
+        final, outputs = kernels.run_module(graphdef, state, rest, inputs, step, segment=segment)
+    else:
+        final, outputs = _scan(graphdef, state, rest, inputs, step, segment, unroll)
     nnx.update(module, final)
     return outputs
 

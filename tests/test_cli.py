@@ -222,3 +222,22 @@ def test_train_cues_reads_the_recall_window_only(tmp_path, capsys):
     record = json.loads((tmp_path / "train_cues_adex.json").read_text())
     assert record["settings"]["readout_window"] == [-30, None]
     assert record["settings"]["steps"] == 7 * 150 - 50 + 40 + 30
+
+
+def test_train_with_remat_and_the_fused_backend_matches_the_scan(tmp_path, capsys):
+    """--remat and --backend reach the network, are saved with its
+    checkpoint, and change the run only to float32 rounding: the fused,
+    rematerialised recurrent run's history equals the plain scan's."""
+    histories = {}
+    for backend, extra in (("scan", []), ("fused", ["--remat", "3"])):
+        out, ckpt = tmp_path / backend, tmp_path / f"ckpt-{backend}"
+        assert cli.main(["train", "--epochs", "2", "--limit", "24", "--batch-size", "12",
+                         "--hidden", "8", "--steps", "8", "--recurrent", "--trainable-neurons",
+                         "--backend", backend, "--checkpoint-dir", str(ckpt), "--out", str(out),
+                         "--no-progress", *extra]) == 0
+        histories[backend] = json.loads((out / "train_digits_adex.json").read_text())["history"]
+        spec = checkpointing.load(ckpt).spec
+        assert (spec["backend"], spec["remat"]) == (backend, 3 if extra else False)
+    capsys.readouterr()
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert histories["fused"][key] == pytest.approx(histories["scan"][key], rel=1e-4), key

@@ -109,7 +109,8 @@ def test_config_round_trips_and_old_single_layer_dicts_still_build():
     built = tr.network_from_spec(old)
     (layer,) = built.config.layers
     assert layer == tr.Layer(8, "expif", True, 5.0, ("threshold",), 2.0)
-    assert built.hidden.trainable == ("threshold",) and built.spec == old | {"readout_window": None}
+    assert built.hidden.trainable == ("threshold",) and built.spec == old | {
+        "readout_window": None, "remat": False, "backend": "auto"}
     with pytest.raises(ValueError, match="hidden"):
         tr.NetworkConfig(F, (), C)
     with pytest.raises(ValueError, match="readout_window"):

@@ -13,6 +13,8 @@ from flax import nnx
 
 import spark_somas as ss
 from spark_somas import kernels
+from spark_somas import training as tr
+from spark_somas.simulation import FusedBackendError, drive
 
 STEPS = 40
 BATCH = (2,)
@@ -124,3 +126,102 @@ def test_kernels_lower_to_triton(name):
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(
         params, jnp.zeros((10, 64))).lower(lowering_platforms=("cuda",))
     assert lowered.as_text().count("__gpu$xla.gpu.triton") == 2  # forward and backward kernels
+
+
+# A whole network through drive(backend="fused"): kernels.run_module.
+
+NETWORKS = {
+    # two recurrent AdEx layers with synapses and a leaky readout; remat segments
+    # of 4 steps; blocks of 2 samples, so 2 programs, the second padded
+    "recurrent-adex": (dict(hidden=[6, 4], soma="adex", recurrent=True, synapse_tau=5.0,
+                            trainable_neurons=True), 4, 2),
+    # mixed kinds, feed-forward, a spiking readout counted; remat ⌈√T⌉; one block
+    "mixed-soma-readout": (dict(hidden=(tr.Layer(5, "refractory", input_gain=15.0),
+                                        tr.Layer(4, "simplified", input_gain=15.0,
+                                                 trainable_neurons=True)),
+                                output="soma", readout="count"), True, None),
+}
+
+
+def _network(kwargs: dict) -> tr.SpikingNetwork:
+    net = tr.SpikingNetwork(5, n_classes=3, input_gain=4.0, rngs=nnx.Rngs(0), **kwargs)
+    for index, layer in enumerate(net.layers):  # recurrent weights start at 0: make them act
+        if layer.recurrent is not None:
+            shape = layer.recurrent.kernel[...].shape
+            layer.recurrent.kernel[...] = 0.4 * jax.random.normal(jax.random.key(index), shape)
+    return net
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_network_fused_equals_scan(name, monkeypatch):
+    """Every layer's spikes, the readout and the final state bit for bit;
+    gradients with respect to every weight, bias and trained neuron field
+    and the input to float32 rounding."""
+    kwargs, remat, block = NETWORKS[name]
+    if block is not None:
+        real = kernels.run_module
+        monkeypatch.setattr(kernels, "run_module", lambda *a, **k: real(*a, **k, block=block))
+    net = _network(kwargs)
+    inputs = jax.random.uniform(jax.random.key(1), (30, 3, 5), maxval=2.0)
+
+    def loss(net, inputs, backend):
+        out = net(inputs, remat=remat if backend == "fused" else False, backend=backend)
+        weights = [jnp.arange(s.shape[-1], dtype=s.dtype) for s in out.layer_spikes]
+        value = jnp.sum(out.logits ** 2) + 1e-2 * jnp.sum(out.output_potential) + sum(
+            jnp.sum(w * s) for w, s in zip(weights, out.layer_spikes))
+        return value, (out, nnx.state(net, ss.SomaState))
+
+    results = {}
+    for backend in ("scan", "fused"):
+        grad_fn = nnx.grad(loss, argnums=(0, 1), has_aux=True)
+        results[backend] = jax.tree.map(np.asarray, grad_fn(nnx.clone(net), inputs, backend))
+    (want_grads, want_out), (got_grads, got_out) = results["scan"], results["fused"]
+    spikes = want_out[0].layer_spikes + (want_out[0].output_spikes,)
+    assert all(s is None or s.sum() > 3 for s in spikes), "every layer must spike"
+    chex.assert_trees_all_equal(got_out, want_out)
+    params = jax.tree.leaves(nnx.state(want_grads[0], nnx.Param))
+    assert len(params) > 6 and all(np.abs(x).max() > 0 for x in params)
+    scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(want_grads))
+    chex.assert_trees_all_close(got_grads, want_grads, rtol=2e-5, atol=1e-6 * scale)
+
+
+def test_network_fused_refuses_what_it_cannot_partition():
+    """One sample without a batch axis, or a step output without one, is
+    refused by name before any kernel runs; so is a non-power-of-two width
+    on a GPU (Triton's rule)."""
+    net = _network(dict(hidden=6, soma="expif", backend="fused"))
+    with pytest.raises(FusedBackendError, match=r"inputs of shape \(4, 5\) violate"):
+        net(jnp.ones((4, 5)))
+    net.reset((2,))
+    with pytest.raises(FusedBackendError, match=r"step output.* of shape \(\) violates"):
+        drive(net, jnp.ones((4, 2, 6)), _total_spikes, backend="fused")
+    graphdef, state, rest = nnx.split(net, ss.SomaState, ...)
+    with pytest.raises(FusedBackendError, match=r"potential.* of shape \(2, 6\) violates the "
+                                                   r"rule: on a GPU"):
+        kernels.run_module(graphdef, state, rest, jnp.ones((4, 2, 6)),
+                           tr.SpikingNetwork.step_projected, interpret=False)
+    with pytest.raises(ValueError, match="backend = 'pallas'"):
+        tr.SpikingNetwork(5, 6, 3, backend="pallas", rngs=nnx.Rngs(0))
+
+
+def _total_spikes(net: tr.SpikingNetwork, z: jax.Array) -> jax.Array:
+    return jnp.sum(net.step_projected(z)[0][0])
+
+
+def test_network_kernels_lower_to_triton():
+    """A recurrent AdEx network with synapses of power-of-two widths lowers
+    to Triton IR for CUDA, forward and backward."""
+    net = tr.SpikingNetwork(16, 32, 16, soma="adex", recurrent=True, synapse_tau=5.0,
+                            rngs=nnx.Rngs(0))
+    net.reset((32,))
+    graphdef, state, rest = nnx.split(net, ss.SomaState, ...)
+
+    def loss(rest, z):
+        _, (spikes, potential, _) = kernels.run_module(
+            graphdef, state, rest, z, tr.SpikingNetwork.step_projected, segment=4,
+            interpret=False)
+        return jnp.sum(potential) + jnp.sum(spikes[0])
+
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(
+        rest, jnp.zeros((10, 32, 32))).lower(lowering_platforms=("cuda",))
+    assert lowered.as_text().count("__gpu$xla.gpu.triton") == 2

@@ -119,14 +119,6 @@ def test_recurrent_network_through_the_driver_equals_a_python_loop(remat, output
                                 rtol=1e-3, atol=5e-4)
 
 
-def test_the_driver_refuses_to_fuse_a_network():
-    model = tiny_net()
-    model.reset((2,))
-    with pytest.raises(ss.simulation.FusedBackendError, match="lone soma"):
-        ss.simulation.drive(model, jnp.zeros((3, 2, FEATURES)), tr.SpikingNetwork.step,
-                            backend="fused")
-
-
 def test_network_rejects_bad_settings():
     with pytest.raises(ValueError, match="soma"):
         tiny_net("lif")
