@@ -566,8 +566,14 @@ def run_module(
     _check_rows("state", state, 0, rows)
     _check_rows("inputs", inputs, 1, rows)
     x0 = jax.tree.map(lambda x: x[0], inputs)
-    _, outputs = jax.eval_shape(_ModuleStep(graphdef, step), rest, [], state, x0)
+    traced, (_, outputs) = jax.make_jaxpr(_ModuleStep(graphdef, step), return_shape=True)(
+        rest, [], state, x0)
     _check_rows("step output", outputs, 0, rows)
+    if traced.consts:
+        raise FusedBackendError(
+            f"the step captures constant arrays of shapes {[c.shape for c in traced.consts]}, "
+            f"which violates the rule: a kernel takes its operands as inputs; hold them in "
+            f"the module's Variables (or use backend = 'scan')")
     if not interpret:
         for what, tree, batch_axes in (("state", state, 1), ("inputs", inputs, 2),
                                        ("module", rest, 0)):

@@ -349,9 +349,11 @@ class HiddenLayer(nnx.Module):
                           if layer.recurrent else None)
         self.scale = float(layer.input_gain * rheobase_current(self.soma))
         self.decay = None if layer.synapse_tau is None else float(np.exp(-dt / layer.synapse_tau))
-        dtype = self.soma.dtype
-        self.current = SomaState(jnp.zeros((n,), dtype)) if self.decay is not None else None
-        self.spikes = SomaState(jnp.zeros((n,), dtype)) if layer.recurrent else None
+        # The synaptic current is the Linear's (float32 by default) whatever
+        # the soma's dtype; the spikes, the soma's output, are in the soma's.
+        self.current = (SomaState(jnp.zeros((n,), self.input.param_dtype))
+                        if self.decay is not None else None)
+        self.spikes = SomaState(jnp.zeros((n,), self.soma.dtype)) if layer.recurrent else None
 
     def reset(self, batch_shape: Sequence[int] | None = None) -> None:
         """The soma to rest, synaptic current and previous spikes to 0."""
@@ -475,7 +477,7 @@ class SpikingNetwork(nnx.Module):
                                       if soma_out else None)
         self.output = nnx.data(None if soma_out else nnx.Linear(width, n_classes, rngs=rngs))
         self.readout_potential = nnx.data(
-            None if soma_out else SomaState(jnp.zeros((n_classes,), layers[-1].soma.dtype)))
+            None if soma_out else SomaState(jnp.zeros((n_classes,), self.output.param_dtype)))
 
     @classmethod
     def from_config(cls, config: NetworkConfig, rngs: nnx.Rngs | None = None) -> "SpikingNetwork":
