@@ -17,13 +17,18 @@ Modes (``--mode``, default all):
   temporaries) for the scan with remat off, ⌈√T⌉ segments and 100-step
   segments, and for the fused kernels with checkpoints every step and every
   ⌈√T⌉ steps; then runs the √T-segment scan once to show it completes.
+* ``network`` — BPTT (the gradient with respect to every Param) through a
+  recurrent AdEx network with synapses (64 inputs, 128 somas, 16 classes),
+  batch 64, T = ``--network-steps``: peak memory of the compiled program
+  and its time, for the scan and the fused kernels, each with remat off and
+  ⌈√T⌉ segments, as ratios to the plain scan.
 * ``train`` — one jitted Optax train step of the ready network
   (``spark_somas.training``: 64 inputs, 128 recurrent AdEx somas with
   synapses, 16 classes), batch 128, T = 100, with each backend of
   ``--train-backends`` (default: scan and fused on a GPU, the scan
   elsewhere, where the kernels are interpreted), and the ratio to the scan.
 
-    python benchmarks/fused.py [--mode throughput memory train] [--max-gb 6]
+    python benchmarks/fused.py [--mode throughput memory network train] [--max-gb 6]
 """
 
 from __future__ import annotations
@@ -136,6 +141,38 @@ def memory(args) -> list[dict]:
     return rows
 
 
+def network(args) -> list[dict]:
+    """BPTT through a recurrent network: peak memory and time per backend and remat."""
+    from spark_somas import training
+
+    batch, steps, features, hidden, classes = 64, args.network_steps, 64, 128, 16
+    x = jax.random.uniform(jax.random.key(0), (steps, batch, features))
+    rows, base = [], None
+    for backend, remat in (("scan", False), ("scan", True), ("fused", False), ("fused", True)):
+        graphdef, params, rest = nnx.split(
+            training.SpikingNetwork(features, hidden, classes, soma="adex", recurrent=True,
+                                    synapse_tau=5.0, rngs=nnx.Rngs(0)), nnx.Param, ...)
+
+        def loss(model, x, backend=backend, remat=remat):
+            out = model(x, backend=backend, remat=remat)
+            return jnp.mean(out.logits ** 2) + jnp.mean(out.hidden_spikes)
+
+        @jax.jit
+        def program(params, rest, x):
+            return nnx.grad(loss)(nnx.merge(graphdef, params, rest), x)
+
+        peak = _peak_bytes(program, params, rest, x)
+        jax.block_until_ready(program(params, rest, x))
+        t = _common.best_times({"run": lambda: program(params, rest, x)},
+                               args.repeats)["run"]["wall_s"]
+        base = base or (t, peak)
+        rows.append({"backend": backend, "remat": str(remat), "T": steps, "batch": batch,
+                     "peak_MB": peak / 2**20, "memory_over_scan": peak / base[1],
+                     "ms": 1e3 * t, "time_over_scan": t / base[0]})
+        print(_common.table(rows[-1:], list(rows[-1])), flush=True)
+    return rows
+
+
 def train(args) -> list[dict]:
     from spark_somas import training
 
@@ -174,14 +211,15 @@ MEMORY_COLUMNS = ["backend", "remat", "segment", "T", "N", "peak_MB", "bytes_per
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", nargs="+", default=["throughput", "memory", "train"],
-                        choices=["throughput", "memory", "train"])
+    parser.add_argument("--mode", nargs="+", default=["throughput", "memory", "network", "train"],
+                        choices=["throughput", "memory", "network", "train"])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--log2-sizes", type=int, nargs="+", default=[10, 12, 14, 16, 18, 20])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-gb", type=float, default=6.0)
     parser.add_argument("--fused-max-n", type=int, default=0,
                         help="largest N for the fused backend (0: no limit)")
+    parser.add_argument("--network-steps", type=int, default=500)
     parser.add_argument("--train-backends", nargs="+", choices=["scan", "fused"], default=None)
     parser.add_argument("--memory-steps", type=int, default=10_000)
     parser.add_argument("--memory-n", type=int, default=4096)
@@ -191,7 +229,8 @@ def main() -> None:
     print(info)
     results = {"machine": info}
     for mode in args.mode:
-        results[mode] = {"throughput": throughput, "memory": memory, "train": train}[mode](args)
+        results[mode] = {"throughput": throughput, "memory": memory, "network": network,
+                         "train": train}[mode](args)
     results["machine"]["load_average_end"] = _common.machine()["load_average"]
     _common.write_json(args.out, results)
 
