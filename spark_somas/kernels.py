@@ -243,7 +243,8 @@ class _Plan:
             new, tree = jax.tree.flatten(new)
             if tree != self.trees[2]:
                 raise FusedBackendError(
-                    f"the step returns a state of structure {tree}, not its carry's {self.trees[2]}")
+                    f"the step returns a state of structure {tree}, not its carry's "
+                    f"{self.trees[2]}")
             return new, jax.tree.leaves(y)
 
         return _inline(fn) if inline else fn
