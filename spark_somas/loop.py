@@ -22,7 +22,7 @@ from flax import nnx
 
 from spark_somas import sharding
 from spark_somas.configs import require
-from spark_somas.constraints import neuron_constraints
+from spark_somas.constraints import NeuronOptimizer, neuron_constraints
 from spark_somas.datasets import DataError, Dataset
 from spark_somas.encoders import Encoder
 from spark_somas.network import NetworkOutput, SpikingNetwork
@@ -51,7 +51,7 @@ Array = jax.Array
 def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
                    tx: optax.GradientTransformation | None = None, *,
                    total_steps: int | None = None) -> nnx.Optimizer:
-    """``nnx.Optimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=nnx.Param)``.
+    """``NeuronOptimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=nnx.Param)``.
 
     The default ``tx``: global-norm clipping at 1, then Adam with peak
     ``learning_rate``, decayed to 0 over ``total_steps`` by a cosine schedule
@@ -61,7 +61,10 @@ def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
     turning every weight into NaN; after 20 such batches in a row the update
     goes through and ``fit`` stops on the non-finite loss. Any optax
     transformation works; the trained neuron parameters are kept inside
-    their rules either way (:func:`~spark_somas.constraints.neuron_constraints`).
+    their rules either way (:func:`~spark_somas.constraints.neuron_constraints`),
+    against the somas' fixed fields as they are at each update: the
+    :class:`~spark_somas.constraints.NeuronOptimizer`, an ``nnx.Optimizer``,
+    passes them from the model it updates.
     """
     if tx is None:
         schedule = (learning_rate if total_steps is None
@@ -69,7 +72,7 @@ def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
         tx = optax.apply_if_finite(
             optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule)),
             max_consecutive_errors=20)
-    return nnx.Optimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=nnx.Param)
+    return NeuronOptimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=nnx.Param)
 
 
 def _metrics(model, out: NetworkOutput, labels: Array, loss: Array) -> dict[str, Array]:
