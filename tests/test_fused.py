@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import spark_somas as ss
-from spark_somas import kernels
+from spark_somas import integrators, kernels
 from spark_somas import training as tr
 from spark_somas.simulation import FusedBackendError, drive
 
@@ -187,6 +188,65 @@ def test_network_fused_equals_scan(name, monkeypatch):
     assert len(params) >= 5 and all(np.abs(x).max() > 0 for x in params)
     scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(want_grads))
     chex.assert_trees_all_close(got_grads, want_grads, rtol=2e-5, atol=1e-6 * scale)
+
+
+@st.composite
+def networks(draw) -> tuple[dict, bool | int, int | None, tuple[int, int]]:
+    """Any network the config accepts, small: 1–2 layers of any soma kind,
+    recurrent or not, with or without a synapse, either readout, float32 or
+    bfloat16 somas, any integration method; any remat; batch and block."""
+    dtype = draw(st.sampled_from([jnp.float32, jnp.bfloat16]))
+    method = draw(st.sampled_from(integrators.METHODS))
+    layers = tuple(tr.Layer(
+        draw(st.integers(1, 5)), draw(st.sampled_from(sorted(ss.SOMAS))),
+        recurrent=draw(st.booleans()),
+        synapse_tau=draw(st.sampled_from([None, 2.0, 10.0])),
+        input_gain=draw(st.floats(2.0, 15.0)),
+        trainable_neurons=draw(st.booleans()),
+        soma_kwargs={"dtype": dtype, "method": method}) for _ in range(draw(st.integers(1, 2))))
+    output = draw(st.sampled_from(["leaky", "soma"]))
+    readout = draw(st.sampled_from(sorted(r for r, (_, trace) in tr.READOUTS.items()
+                                          if output == "soma" or trace == "potential")))
+    remat = draw(st.sampled_from([False, True, 1, 3, 7]))
+    batch = draw(st.integers(1, 4))
+    block = draw(st.sampled_from([None] + [b for b in (1, 2) if b <= batch]))
+    return (dict(hidden=layers, output=output, readout=readout), remat, block,
+            (draw(st.integers(1, 20)), batch))
+
+
+@settings(derandomize=True, deadline=None, database=None, max_examples=8,
+          suppress_health_check=list(HealthCheck))
+@given(networks())
+def test_any_network_fused_equals_scan(case):
+    """Over drawn networks (above), the fused backend's outputs and final
+    state equal the scan's bit for bit, and its parameter gradients equal
+    them to float32 rounding."""
+    kwargs, remat, block, (steps, batch) = case
+    net = _network(kwargs)
+    inputs = jax.random.uniform(jax.random.key(steps), (steps, batch, 5), maxval=2.0)
+
+    def loss(net, backend):
+        net.reset((batch,))
+        out = drive(net, net.layers[0].input(inputs), tr.SpikingNetwork.step_projected,
+                    remat=remat if backend == "fused" else False, backend=backend)
+        spikes, potential, _ = out
+        value = jnp.sum(potential.astype(jnp.float32) ** 2) + sum(
+            jnp.sum(s.astype(jnp.float32)) for s in spikes)
+        return value, (out, nnx.state(net, ss.SomaState))
+
+    real = kernels.run_module
+    results = {}
+    for backend in ("scan", "fused"):
+        with pytest.MonkeyPatch.context() as patch:
+            if block is not None:
+                patch.setattr(kernels, "run_module", lambda *a, **k: real(*a, **k, block=block))
+            grad_fn = nnx.grad(loss, has_aux=True)
+            results[backend] = jax.tree.map(np.asarray, grad_fn(nnx.clone(net), backend))
+    (want_grads, want_out), (got_grads, got_out) = results["scan"], results["fused"]
+    chex.assert_trees_all_equal(got_out, want_out)
+    scale = max([float(np.abs(x).max()) for x in jax.tree.leaves(want_grads)] + [1e-30])
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(got_grads))
+    chex.assert_trees_all_close(got_grads, want_grads, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_network_fused_refuses_what_it_cannot_partition():
