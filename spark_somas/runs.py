@@ -96,8 +96,8 @@ class RunConfig:
                                "the others on the backward pass (default: keep every step)",
                                positive=True, metavar="K")
     backend: str = option("auto", "time loop: 'scan', 'fused' (the network step in one Pallas "
-                          "kernel; interpreted, hence slow, off a GPU) or 'auto' (the scan "
-                          "until the kernels are measured faster)", choices=kernels.BACKENDS)
+                          "kernel; interpreted off a GPU) or 'auto' (the scan until the kernels "
+                          "are measured faster)", choices=kernels.BACKENDS)
 
     def __post_init__(self) -> None:
         require(self.task in TASKS, "task", self.task, f"one of {sorted(TASKS)}", error=ValueError)
