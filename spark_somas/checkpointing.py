@@ -142,13 +142,8 @@ def _build_model(model_meta: Mapping[str, Any]) -> nnx.Module:
                                      f"({type(err).__name__}: {err})") from None
 
 
-def _path_str(path: Sequence[Any]) -> str:
-    """A tree path (key entries or, from ``iter_somas``, plain keys) as ``a/b/c``."""
-    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
-
-
 def _flat(tree: Any) -> dict[str, Any]:
-    return {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {somas.path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _is_key(leaf: Any) -> bool:
@@ -168,7 +163,7 @@ def _pure(module: Any) -> dict:
 
 
 def _soma_paths(model: Any) -> dict[str, somas.ExponentialSoma]:
-    return {_path_str(p) or ".": node for p, node in somas.iter_somas(model)}
+    return {somas.path_name(p) or ".": node for p, node in somas.iter_somas(model)}
 
 
 def _show(value: Any) -> str:
@@ -584,7 +579,7 @@ class Checkpointer:
         for name, pure in targets.items():
             shapes = saved[name]
             abstract = jax.tree_util.tree_map_with_path(
-                lambda p, leaf: _abstract(leaf, tuple(shapes[_path_str(p)].shape)), pure)
+                lambda p, leaf: _abstract(leaf, tuple(shapes[somas.path_name(p)].shape)), pure)
             args[name] = ocp.args.StandardRestore(abstract)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**args))

@@ -51,7 +51,7 @@ There, build a :class:`NeuronOptimizer`, or pass
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +59,7 @@ import optax
 from flax import nnx
 
 from spark_somas.configs import feasible_interval
-from spark_somas.somas import ExponentialSoma, iter_somas
+from spark_somas.somas import ExponentialSoma, iter_somas, path_name
 
 __all__ = [
     "neuron_constraints",
@@ -77,10 +77,6 @@ FIXED_FIELDS = "neuron_fixed_fields"
 ``update``: the somas' fixed fields, as :func:`fixed_neuron_fields` returns."""
 
 
-def _key(path: Iterable[Any]) -> str:
-    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
-
-
 def _fixed(soma: ExponentialSoma) -> dict[str, Array]:
     return {n: v for n, v in soma.parameters().items() if n not in soma.trainable}
 
@@ -90,7 +86,7 @@ def fixed_neuron_fields(model: nnx.Module) -> dict[str, dict[str, Array]]:
     trains some field: {soma path ``"a/0/b"`` ("" for ``model`` itself):
     {field: array}}. Inside a traced function, of a traced model, the arrays
     are traced."""
-    return {_key(path): _fixed(soma) for path, soma in iter_somas(model) if soma.trainable}
+    return {path_name(path): _fixed(soma) for path, soma in iter_somas(model) if soma.trainable}
 
 
 class _Bounds(NamedTuple):
@@ -190,15 +186,15 @@ def neuron_constraints(model: nnx.Module) -> optax.GradientTransformationExtraAr
         if fixed is None:
             fixed = fixed_neuron_fields(model)
         leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        index = {_key(path): i for i, (path, _) in enumerate(leaves)}
+        index = {path_name(path): i for i, (path, _) in enumerate(leaves)}
         flat_updates = [u for _, u in leaves]
         flat_params = jax.tree_util.tree_leaves(params)
         for plan in plans:
-            where = _key(plan.path)
+            where = path_name(plan.path)
             if where not in fixed:
                 raise ValueError(f"neuron_constraints: {FIXED_FIELDS} has no soma {where!r} "
                                  f"(it has {sorted(fixed)}); pass fixed_neuron_fields(model)")
-            slots = {n: index[_key(plan.path + (n,))] for n in plan.trainable}
+            slots = {n: index[path_name(plan.path + (n,))] for n in plan.trainable}
             old = {n: flat_params[i] for n, i in slots.items()}
             new = {n: (old[n] + flat_updates[i]).astype(old[n].dtype) for n, i in slots.items()}
             for n, u in plan.project(new, fixed[where], old, base=old).items():

@@ -50,6 +50,7 @@ __all__ = [
     "StepOptions",
     "step",
     "iter_somas",
+    "path_name",
     "ExponentialSoma",
     "RefractoryExponentialSoma",
     "AdaptiveExponentialSoma",
@@ -188,6 +189,13 @@ def iter_somas(model: Any) -> Iterator[tuple[tuple, "ExponentialSoma"]]:
     for path, node in nnx.iter_graph(model):
         if isinstance(node, ExponentialSoma):
             yield path, node
+
+
+def path_name(path: Sequence[Any]) -> str:
+    """A tree path (key entries, or the plain keys of :func:`iter_somas`) as
+    ``"a/b/c"`` ("" for the root): how checkpoints and the constraint
+    projection name a soma and its fields."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def _as_units(units: int | Sequence[int]) -> tuple[int, ...]:
