@@ -515,8 +515,27 @@ def _run(params, state, currents, *, model, options, record, segment, block, int
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "step", "segment", "block", "interpret"))
 def _run_module(state, rest, inputs, *, graphdef, step, segment, block, interpret):
-    return _engine(_ModuleStep(graphdef, step), rest, [], state, inputs, segment=segment,
-                   block=block, interpret=interpret)
+    # The checks run when this is traced (once per shape), before any kernel.
+    steps, rows = jax.tree.leaves(inputs)[0].shape[:2]
+    _check_rows("state", state, 0, rows)
+    _check_rows("inputs", inputs, 1, rows)
+    module_step = _ModuleStep(graphdef, step)
+    traced, (_, outputs) = jax.make_jaxpr(module_step, return_shape=True)(
+        rest, [], state, jax.tree.map(lambda x: x[0], inputs))
+    _check_rows("step output", outputs, 0, rows)
+    if traced.consts:
+        raise FusedBackendError(
+            f"the step captures constant arrays of shapes {[c.shape for c in traced.consts]}, "
+            f"which violates the rule: a kernel takes its operands as inputs; hold them in "
+            f"the module's Variables (or use backend = 'scan')")
+    if not interpret:
+        for what, tree, batch_axes in (("state", state, 1), ("inputs", inputs, 2),
+                                       ("module", rest, 0)):
+            _check_triton_shapes(what, tree, batch_axes)
+    if steps == 0:
+        return state, jax.tree.map(lambda y: jnp.zeros((0,) + y.shape, y.dtype), outputs)
+    return _engine(module_step, rest, [], state, inputs, segment=segment, block=block,
+                   interpret=interpret)
 
 
 def _check_rows(what: str, tree: Any, axis: int, rows: int) -> None:
@@ -562,25 +581,8 @@ def run_module(
     Raises:
       FusedBackendError: a state leaf, input or output without the batch axis.
     """
-    interpret = jax.default_backend() != "gpu" if interpret is None else bool(interpret)
+    interpret = _interpret(interpret)
     steps, rows = jax.tree.leaves(inputs)[0].shape[:2]
-    _check_rows("state", state, 0, rows)
-    _check_rows("inputs", inputs, 1, rows)
-    x0 = jax.tree.map(lambda x: x[0], inputs)
-    traced, (_, outputs) = jax.make_jaxpr(_ModuleStep(graphdef, step), return_shape=True)(
-        rest, [], state, x0)
-    _check_rows("step output", outputs, 0, rows)
-    if traced.consts:
-        raise FusedBackendError(
-            f"the step captures constant arrays of shapes {[c.shape for c in traced.consts]}, "
-            f"which violates the rule: a kernel takes its operands as inputs; hold them in "
-            f"the module's Variables (or use backend = 'scan')")
-    if not interpret:
-        for what, tree, batch_axes in (("state", state, 1), ("inputs", inputs, 2),
-                                       ("module", rest, 0)):
-            _check_triton_shapes(what, tree, batch_axes)
-    if steps == 0:
-        return state, jax.tree.map(lambda y: jnp.zeros((0,) + y.shape, y.dtype), outputs)
     block = _block(block, block_size(rows, True) if interpret else 16)
     return _run_module(state, rest, inputs, graphdef=graphdef, step=step,
                        segment=_segment(segment, steps), block=block, interpret=interpret)
@@ -595,6 +597,11 @@ def _check_triton_shapes(what: str, tree: Any, batch_axes: int) -> None:
                 f"{what}{jax.tree_util.keystr(path)} of shape {x.shape} violates the rule: on a "
                 f"GPU the fused backend needs every dimension but time and the batch to be a "
                 f"power of two (Triton's rule for a loaded tensor); use backend = 'scan'")
+
+
+def _interpret(interpret: bool | None) -> bool:
+    """None: interpreted unless on a GPU."""
+    return jax.default_backend() != "gpu" if interpret is None else bool(interpret)
 
 
 def _block(block: int | None, default: int) -> int:
@@ -638,7 +645,7 @@ def run(
     Returns:
       (final state, recorded outputs of shape ``(T, *batch, *units)``).
     """
-    interpret = jax.default_backend() != "gpu" if interpret is None else bool(interpret)
+    interpret = _interpret(interpret)
     state = dict(state)
     shape = state["potential"].shape
     steps = currents.shape[0]
