@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-from typing import Any, Callable, ClassVar, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import jax.numpy as jnp
 import numpy as np
