@@ -1,0 +1,93 @@
+"""Checkpoints written by earlier releases keep loading and resuming.
+
+``tests/fixtures/<version>/`` holds what ``tests/fixtures/make_fixtures.py``
+wrote with that release installed, and ``expected.npz`` what that release
+computed when it continued each checkpoint: the oracle here is the old
+release itself.
+"""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import spark_somas as ss
+from spark_somas import training
+from spark_somas.checkpointing import Checkpointer, load
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+RELEASES = sorted(d for d in os.listdir(FIXTURES) if os.path.isdir(os.path.join(FIXTURES, d)))
+
+import sys  # noqa: E402
+
+sys.path.insert(0, FIXTURES)
+import make_fixtures  # noqa: E402
+
+
+@pytest.fixture(params=RELEASES)
+def release(request, tmp_path):
+    """A writable copy of one release's fixtures, and its expected values."""
+    src = os.path.join(FIXTURES, request.param)
+    dst = tmp_path / request.param
+    shutil.copytree(src, dst)
+    return dst, dict(np.load(dst / "expected.npz"))
+
+
+def test_there_is_a_fixture_per_release():
+    assert "0.1.0" in RELEASES
+
+
+def test_soma_checkpoint_resumes_exactly(release):
+    path, expected = release
+    soma = ss.AdaptiveExponentialSoma(units=8, method="rk4", trainable=("potential_tau",))
+    with Checkpointer(path / "soma", read_only=True) as ck:
+        assert ck.restore(soma) == 0
+    rec = ss.simulate(soma, make_fixtures.soma_current(2000))
+    assert expected["soma_spikes"].sum() > 20  # dozens of spikes: a real continuation
+    np.testing.assert_array_equal(np.asarray(rec.spikes), expected["soma_spikes"])
+    np.testing.assert_allclose(np.asarray(rec.potential), expected["soma_potential"],
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_soma_checkpoint_loads_from_the_directory_alone(release):
+    path, _ = release
+    soma = load(path / "soma")
+    assert isinstance(soma, ss.AdaptiveExponentialSoma)
+    assert soma.units == (8,) and soma.trainable == ("potential_tau",)
+    assert np.isfinite(np.asarray(soma.potential[...])).all()
+
+
+@pytest.mark.xfail(strict=True, reason="restore gives only somas the saved batch shape; the network's synapse, spike and readout state keep (N,)")
+def test_network_checkpoint_resumes_exactly(release):
+    path, expected = release
+    net = training.SpikingNetwork(6, [5, 4], 3, recurrent=True, synapse_tau=5.0,
+                                  trainable_neurons=True, rngs=nnx.Rngs(99))
+    opt = training.make_optimizer(net, 1e-2)
+    with Checkpointer(path / "network", read_only=True) as ck:
+        assert ck.restore(net, opt) == 2
+
+    def loss(net):
+        import jax.numpy as jnp
+        return jnp.mean(net(make_fixtures.net_inputs(20)).logits ** 2)
+
+    opt.update(net, nnx.grad(loss)(net))
+    logits = np.asarray(net(make_fixtures.net_inputs(20)).logits)
+    np.testing.assert_allclose(logits, expected["network_logits"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.xfail(strict=True, reason="restore gives only somas the saved batch shape; the network's synapse, spike and readout state keep (N,)")
+def test_network_checkpoint_loads_after_import_spark_somas_alone(release):
+    path, _ = release
+    net = load(path / "network")
+    assert type(net).__name__ == "SpikingNetwork"
+    assert [layer.soma.units for layer in net.layers] == [(5,), (4,)]
+
+
+def test_training_run_loads_and_lists(release):
+    path, _ = release
+    from spark_somas import cli
+    assert cli.main(["checkpoints", str(path / "run")]) == 0
+    net = load(path / "run")
+    assert net.layers[0].soma.units == (12,)
