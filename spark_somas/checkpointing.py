@@ -191,6 +191,7 @@ def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
             continue
         live = have[path].config
         drawn = {f.name for f in live.quantity_fields() if is_initializer(getattr(live, f.name))}
+        theirs = {**theirs, "config": _with_defaults(type(live), theirs["config"])}
         for name in mine["config"]:
             # A field the model draws from an initializer takes the saved values;
             # every other entry (the surrogate and detach_reset included) must agree.
@@ -200,6 +201,16 @@ def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
                 problems.append(f"soma {path!r} config.{name}: checkpoint "
                                 f"{_show(theirs['config'].get(name))}, model {_show(mine['config'][name])}")
     return problems
+
+
+def _with_defaults(config_class: type, saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A saved config dict with the fields and surrogate parameters added
+    since it was written, at their defaults (an older release's checkpoint
+    compares as the config it meant); as saved if it does not parse."""
+    try:
+        return config_class(**saved, __skip_validation__=True).to_dict()
+    except (TypeError, ValueError):
+        return saved
 
 
 def _state_units(model: Any) -> dict[str, tuple[int, ...]]:

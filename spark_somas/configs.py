@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Union
 import jax.numpy as jnp
 import numpy as np
 
+from spark_somas import numerics
 from spark_somas import surrogates as surrogates_lib
 
 __all__ = [
@@ -186,6 +187,7 @@ class ExponentialSomaConfig:
     )
     surrogate: surrogates_lib.Surrogate = surrogates_lib.DEFAULT
     detach_reset: bool = True
+    exp_gradient: str = "exact"
     validated: bool = dataclasses.field(default=True, init=False, repr=False, compare=False)
     __skip_validation__: dataclasses.InitVar[bool] = False
 
@@ -232,6 +234,9 @@ class ExponentialSomaConfig:
                 f"{type(self).__name__}.detach_reset = {self.detach_reset!r} violates the "
                 "rule: a bool"
             )
+        require(self.exp_gradient in numerics.EXP_GRADIENTS, f"{type(self).__name__}.exp_gradient",
+                self.exp_gradient, f"one of {numerics.EXP_GRADIENTS} (the backward pass of the "
+                "exponential term)")
         object.__setattr__(self, "validated", not skip_validation)
         if not skip_validation:
             self.validate({f.name: getattr(self, f.name) for f in self.quantity_fields()})
@@ -311,6 +316,7 @@ class ExponentialSomaConfig:
             )
         out["surrogate"] = self.surrogate.to_dict()
         out["detach_reset"] = self.detach_reset
+        out["exp_gradient"] = self.exp_gradient
         return out
 
     @classmethod
@@ -354,12 +360,13 @@ class ExponentialSomaConfig:
         body = ", ".join(f"{name}={value} {units}" for name, _, value, units, _ in self.rows())
         return (
             f"{type(self).__name__}({body}, surrogate={self.surrogate!r}, "
-            f"detach_reset={self.detach_reset})"
+            f"detach_reset={self.detach_reset}, exp_gradient={self.exp_gradient!r})"
         )
 
     def _repr_html_(self) -> str:
         return html_table(type(self).__name__, self.rows(), [
-            ("surrogate", repr(self.surrogate)), ("detach_reset", str(self.detach_reset))
+            ("surrogate", repr(self.surrogate)), ("detach_reset", str(self.detach_reset)),
+            ("exp_gradient", self.exp_gradient)
         ])
 
 
@@ -416,13 +423,13 @@ class SimplifiedAdaptiveExponentialSomaConfig(RefractoryExponentialSomaConfig):
 
 
 def _same(a: Any, b: Any) -> bool:
-    if is_initializer(a) or is_initializer(b) or isinstance(a, (bool, surrogates_lib.Surrogate)):
+    if is_initializer(a) or is_initializer(b) or isinstance(a, (bool, str, surrogates_lib.Surrogate)):
         return a == b
     return bool(np.array_equal(np.asarray(a), np.asarray(b)))
 
 
 def _hashable(value: Any) -> Any:
-    if is_initializer(value) or isinstance(value, (bool, float, surrogates_lib.Surrogate)):
+    if is_initializer(value) or isinstance(value, (bool, str, float, surrogates_lib.Surrogate)):
         return value
     arr = np.asarray(value, dtype=np.float64)
     return arr.shape, arr.tobytes()

@@ -87,12 +87,14 @@ def advance(
     time_constants: Mapping[str, Array],
     state: Mapping[str, Array],
     dt: float,
+    exp_gradient: str = "exact",
 ) -> dict[str, Array]:
     """One step of ``method`` for the variables in ``time_constants``.
 
     ``drives(state, exp_term)`` returns F_x for each of them; the other
     entries of ``state`` (e.g. the threshold offset θ) are held over the
-    step. Returns the advanced variables.
+    step. ``exp_gradient`` is the backward pass of ``exp_term``, one of
+    :data:`spark_somas.numerics.EXP_GRADIENTS`. Returns the advanced variables.
     """
     tableau = TABLEAUS[method]
     if method == "exponential_euler":
@@ -102,7 +104,7 @@ def advance(
     scale = coeff["potential"] * tableau.smallest_weight
 
     def exp_term(prefactor: Array, u: Array) -> Array:
-        return prefactor * numerics.capped_exp(u, scale * prefactor)
+        return prefactor * numerics.capped_exp(u, scale * prefactor, exp_gradient)
 
     stages: list[dict[str, Array]] = []
     for row in tableau.a:

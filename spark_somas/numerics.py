@@ -60,7 +60,17 @@ The pieces, each small:
    even that cannot resolve a step (dt/τ too small for the double-word),
    the soma's constructor refuses the combination and says what to do
    (:func:`resolution_problem`).
-5. **Cheap backward.** :func:`saturate` has a one-mask derivative rule:
+5. **A selectable backward pass of the exponential.** Through BPTT each
+   step multiplies the adjoint of V by its Jacobian, which for Euler is
+   1 + (dt/τ_m)(e^u − 1): above 1 wherever V > V_T, so a few dozen steps
+   above rheobase multiply a gradient by 10^5 and more. :func:`capped_exp`
+   takes ``gradient``, one of :data:`EXP_GRADIENTS`: ``"exact"`` (d e^u/du
+   = e^u, what fitting a single neuron needs), ``"bounded"`` (the slope
+   e^min(u, 0): exact below V_T, held at its value at V_T beyond, so the
+   Jacobian stays ≤ 1) or ``"detached"`` (no gradient through e^u, the
+   Jacobian is 1 − dt/τ_m). The forward value is the same expression, bit
+   for bit, in all three.
+6. **Cheap backward.** :func:`saturate` has a one-mask derivative rule:
    ``jnp.clip``'s own, through ``maximum``/``minimum`` with their tie
    handling, tripled the backward pass. With it the guards cost BPTT no more
    than a hand-written loop (``benchmarks/guards.py`` measures forward, BPTT
@@ -78,7 +88,7 @@ import numpy as np
 
 __all__ = [
     "STATE_LIMIT", "EXP_CAP", "bound", "compute_dtype", "saturate", "widen", "narrow",
-    "capped_exp", "is_compensated", "split", "join", "resolution_problem",
+    "EXP_GRADIENTS", "capped_exp", "is_compensated", "split", "join", "resolution_problem",
 ]
 
 STATE_LIMIT = 2.0**40
@@ -144,12 +154,44 @@ def _widen_bwd(dtype, proto, ct):
 _saturating_widen.defvjp(_widen_fwd, _widen_bwd)
 
 
-def capped_exp(u: jax.Array, scale: jax.Array) -> jax.Array:
+#: The backward passes of the exponential term (item 5 of the module docstring).
+EXP_GRADIENTS = ("exact", "bounded", "detached")
+
+
+def capped_exp(u: jax.Array, scale: jax.Array, gradient: str = "exact") -> jax.Array:
     """``exp(min(u, log(EXP_CAP/scale)))``: ``exp(u)`` wherever
     ``scale·exp(u)`` ≤ ``EXP_CAP``, and ``EXP_CAP/scale`` beyond (item 1 of
     the module docstring). Within the config rules ``scale`` ≥ 10^-18/6
-    (rk4's smallest stage weight included), so the result stays below 10^32."""
-    return jnp.exp(jnp.minimum(u, _LOG_EXP_CAP - jnp.log(scale)))
+    (rk4's smallest stage weight included), so the result stays below 10^32.
+
+    ``gradient`` picks the derivative with respect to ``u`` (item 5):
+    ``"exact"`` e^u, ``"bounded"`` e^min(u, 0), ``"detached"`` 0; the value
+    is the same in all three. At and beyond the cap the derivative is 0 in
+    every mode.
+    """
+    cap = _LOG_EXP_CAP - jnp.log(scale)
+    if gradient == "exact":
+        return jnp.exp(jnp.minimum(u, cap))
+    if gradient == "bounded":
+        return _bounded_exp(u, cap)
+    if gradient == "detached":
+        return jax.lax.stop_gradient(jnp.exp(jnp.minimum(u, cap)))
+    raise ValueError(f"gradient = {gradient!r} violates the rule: one of {EXP_GRADIENTS}")
+
+
+@jax.custom_jvp
+def _bounded_exp(u: jax.Array, cap: jax.Array) -> jax.Array:
+    return jnp.exp(jnp.minimum(u, cap))
+
+
+@_bounded_exp.defjvp
+def _bounded_exp_jvp(primals, tangents):
+    (u, cap), (du, _) = primals, tangents
+    y = _bounded_exp(u, cap)
+    # The cap is a guard on the representable range, not part of the
+    # dynamics: no gradient flows into it (nor beyond it).
+    slope = jnp.where(u < cap, jnp.minimum(y, 1.0), 0.0)
+    return y, slope * du
 
 
 def is_compensated(dtype) -> bool:

@@ -113,12 +113,15 @@ def residual_names(state_names: Sequence[str], dtype: Any) -> tuple[str, ...]:
 class StepOptions:
     """What is fixed about a soma's step: dt (ms), the integration method
     (one of :data:`spark_somas.integrators.METHODS`), the surrogate of the
-    spike's derivative and whether the reset is detached from the gradient."""
+    spike's derivative, whether the reset is detached from the gradient and
+    the backward pass of the exponential term (one of
+    :data:`spark_somas.numerics.EXP_GRADIENTS`)."""
 
     dt: float
     method: str = "euler"
     surrogate: surrogates_lib.Surrogate = surrogates_lib.DEFAULT
     detach_reset: bool = True
+    exp_gradient: str = "exact"
 
 
 def step(
@@ -149,8 +152,10 @@ def step(
     current = numerics.saturate(numerics.widen(current, wide))
     x_new = {**x, **integrators.advance(
         options.method, lambda y, exp_term: model.drives(p, y, current, exp_term),
-        model.time_constants(p), x, options.dt)}
-    s = surrogates_lib.spike(x_new["potential"] - model.spike_threshold(p, x), options.surrogate)
+        model.time_constants(p), x, options.dt, options.exp_gradient)}
+    scale = model.cell_scale(p) if options.surrogate.relative else None
+    s = surrogates_lib.spike(x_new["potential"] - model.spike_threshold(p, x), options.surrogate,
+                             scale)
     if model.refractory:
         refractory = state["refractory"] > 0
         x_new["potential"] = jnp.where(refractory, x["potential"], x_new["potential"])
@@ -255,6 +260,13 @@ class ExponentialSoma(nnx.Module):
     def spike_threshold(p: Any, x: Mapping[str, Array]) -> Array:
         """A spike when V > V_th."""
         return p.threshold
+
+    @staticmethod
+    def cell_scale(p: Any) -> Array:
+        """d = V_th − E_L (mV), the unit of a ``relative`` surrogate's width;
+        Δ_T where a legal but unusual cell rests within Δ_T of its threshold
+        (or above it)."""
+        return jnp.maximum(p.threshold - p.potential_rest, p.spike_slope)
 
     @staticmethod
     def after_spike(p: Any, x: Mapping[str, Array], spike: Array, dt: float) -> dict[str, Array]:
@@ -386,10 +398,12 @@ class ExponentialSoma(nnx.Module):
 
     @property
     def options(self) -> StepOptions:
-        """The dt, method, surrogate and reset detachment that :func:`step` needs
+        """The dt, method, surrogate, reset detachment and exponential's backward
+        pass that :func:`step` needs
         beside the parameters and the state."""
         return StepOptions(dt=self.dt, method=self.method, surrogate=self.config.surrogate,
-                           detach_reset=self.config.detach_reset)
+                           detach_reset=self.config.detach_reset,
+                           exp_gradient=self.config.exp_gradient)
 
     def neuron_state(self) -> dict[str, Array]:
         """The running state as a dict of arrays (a snapshot), low words of a

@@ -13,6 +13,22 @@ static argument of ``jax.custom_jvp``), JSON-serialisable through
 slopes are in the units of ``x``: mV (slopes in 1/mV).
 
 :func:`spike` is the one spike function shared by all somas.
+
+**Scaled to the cell, and damped.** Every surrogate also takes two
+keyword-only fields. ``damping`` γ multiplies the pseudo-derivative
+(Bellec et al. 2018, "Long short-term memory and learning-to-learn in
+networks of spiking neurons", NeurIPS, use γ = 0.3): in a recurrent network
+each spike's surrogate is a factor of the loop gain, and γ < 1 keeps it
+below 1. With ``relative=True`` the widths and slopes are measured in units
+of the cell's own distance from rest to threshold, d = V_th − E_L (mV),
+instead of mV, as in Bellec et al.'s scaled potential (V − V_th)/V_th::
+
+    ∂S/∂V = γ · g(x / d) / d        (relative)
+    ∂S/∂V = γ · g(x)                (in mV, the default)
+
+so ``Triangle(width=1.0, damping=0.3, relative=True)`` is Bellec et al.'s
+pseudo-derivative 0.3·max(0, 1 − |V − V_th|/d)/d for any cell, whatever its
+potentials. The forward pass is the Heaviside step of x in every case.
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "Surrogate",
@@ -39,6 +56,10 @@ __all__ = [
     "DEFAULT",
 ]
 
+# The config rules' bounds on a positive quantity (spark_somas.configs), here
+# too so that this module imports nothing of the package.
+_SMALLEST, _LARGEST = 1e-6, 1e6
+
 
 @dataclasses.dataclass(frozen=True)
 class Surrogate:
@@ -47,19 +68,45 @@ class Surrogate:
     name: ClassVar[str] = ""
     _registry: ClassVar[dict[str, type["Surrogate"]]] = {}
 
+    damping: float = dataclasses.field(default=1.0, kw_only=True)
+    relative: bool = dataclasses.field(default=False, kw_only=True)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
             Surrogate._registry[cls.name] = cls
 
     def __post_init__(self) -> None:
+        # The config rules' range for positive quantities: within it every
+        # pseudo-derivative is finite in float32 (1/w ≤ 10^6, (πα/2)² ≤ 10^13).
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(
-                    f"{type(self).__name__}.{f.name} = {value!r} violates the rule: "
-                    f"{f.name} > 0 and finite"
-                )
+            if f.name == "relative":
+                ok, rule = isinstance(value, (bool, np.bool_)), "a bool"
+                value = bool(value) if ok else value
+            else:
+                ok = (isinstance(value, (int, float, np.integer, np.floating))
+                      and not isinstance(value, (bool, np.bool_))
+                      and _SMALLEST <= value <= _LARGEST)
+                rule = f"{_SMALLEST:g} ≤ {f.name} ≤ {_LARGEST:g}"
+                value = float(value) if ok else value
+            if not ok:
+                raise ValueError(f"{type(self).__name__}.{f.name} = {value!r} violates the rule: "
+                                 f"{rule}")
+            object.__setattr__(self, f.name, value)
+
+    def pseudo_derivative(self, x: jax.Array, scale: jax.Array | None = None) -> jax.Array:
+        """What the spike's backward pass uses: γ·g(x/d)/d with d = ``scale``
+        (mV) when ``relative``, else γ·g(x)."""
+        if self.relative:
+            if scale is None:
+                raise ValueError(f"{self!r} is relative: spike() needs the cell's scale "
+                                 "d = V_th − E_L (mV)")
+            scale = scale.astype(x.dtype)
+            g = self.derivative(x / scale) / scale
+        else:
+            g = self.derivative(x)
+        return g if self.damping == 1.0 else self.damping * g
 
     def derivative(self, x: jax.Array) -> jax.Array:
         """The pseudo-derivative ``g(x)``, elementwise, in ``x``'s dtype."""
@@ -80,7 +127,8 @@ class Surrogate:
         return spike(x, self)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"name": ..., <parameter>: value}``, JSON-serialisable."""
+        """``{"name": ..., <parameter>: value, "damping": γ, "relative": bool}``,
+        JSON-serialisable."""
         return {"name": self.name, **dataclasses.asdict(self)}
 
 
@@ -259,28 +307,39 @@ def from_dict(d: dict[str, Any]) -> Surrogate:
     return by_name(d.pop("name"), **d)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _heaviside(x: jax.Array, surrogate: Surrogate) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _heaviside(x: jax.Array, scale: jax.Array, surrogate: Surrogate) -> jax.Array:
     return (x > 0).astype(x.dtype)
 
 
 @_heaviside.defjvp
 def _heaviside_jvp(surrogate, primals, tangents):
-    (x,), (dx,) = primals, tangents
+    (x, scale), (dx, _) = primals, tangents
     # The pseudo-derivative is evaluated at least in float32: in float16 the
     # square of a large |x| would overflow to inf and give 1/inf = 0 anyway,
-    # but (1 + β|x|)^2 near 256 already loses the tail's shape.
+    # but (1 + β|x|)^2 near 256 already loses the tail's shape. No gradient
+    # flows into the scale: it only sets the surrogate's width.
     wide = jnp.promote_types(x.dtype, jnp.float32)
-    g = surrogate.derivative(x.astype(wide)).astype(x.dtype)
-    return _heaviside(x, surrogate), g * dx
+    g = surrogate.pseudo_derivative(x.astype(wide), scale.astype(wide)).astype(x.dtype)
+    return _heaviside(x, scale, surrogate), g * dx
 
 
-def spike(x: jax.Array, surrogate: Surrogate | None = None) -> jax.Array:
+def spike(x: jax.Array, surrogate: Surrogate | None = None,
+          scale: jax.Array | None = None) -> jax.Array:
     r"""Heaviside step with a surrogate gradient.
 
     Forward: :math:`S(x) = 1` if :math:`x > 0` else 0, in ``x``'s dtype.
-    Backward: :math:`\partial S / \partial x := g(x)`, the surrogate's
-    pseudo-derivative; ``None`` selects the default fast sigmoid (β = 1/mV).
+    Backward: :math:`\partial S / \partial x := γ\,g(x)`, the surrogate's
+    pseudo-derivative (:meth:`Surrogate.pseudo_derivative`), or
+    :math:`γ\,g(x/d)/d` with d = ``scale`` (mV, broadcastable to x) for a
+    ``relative`` surrogate; ``None`` selects the default fast sigmoid
+    (β = 1/mV).
     """
     x = jnp.asarray(x)
-    return _heaviside(x, DEFAULT if surrogate is None else surrogate)
+    surrogate = DEFAULT if surrogate is None else surrogate
+    if scale is None:
+        if surrogate.relative:
+            raise ValueError(f"{surrogate!r} is relative: spike() needs the cell's scale "
+                             "d = V_th − E_L (mV)")
+        scale = jnp.ones((), x.dtype)
+    return _heaviside(x, jax.lax.stop_gradient(jnp.asarray(scale)), surrogate)

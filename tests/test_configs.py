@@ -73,7 +73,7 @@ def assert_names(error: pytest.ExceptionInfo, field: str, value: str) -> None:
 def test_fields_units_and_metadata_as_documented(cls):
     assert quantity_names(cls) == FIELDS_OF[cls]
     assert {f.name for f in dataclasses.fields(cls) if f.init} == set(FIELDS_OF[cls]) | {
-        "surrogate", "detach_reset"}
+        "surrogate", "detach_reset", "exp_gradient"}
     for name in FIELDS_OF[cls]:
         info = cls.field_info(name)
         assert info["units"] == DOCUMENTED_FIELDS[name][0]
@@ -178,14 +178,16 @@ def test_skip_validation_skips():
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
 def test_dict_and_json_round_trip(cls):
     changed = {name: VALID_NON_DEFAULT[name] for name in FIELDS_OF[cls]}
-    config = cls(**changed, surrogate=ss.surrogates.ArcTan(alpha=3.0), detach_reset=False)
+    config = cls(**changed, surrogate=ss.surrogates.ArcTan(alpha=3.0, damping=0.5),
+                 detach_reset=False, exp_gradient="bounded")
     d = config.to_dict()
-    assert d["surrogate"] == {"name": "arctan", "alpha": 3.0}
+    assert d["surrogate"] == {"name": "arctan", "alpha": 3.0, "damping": 0.5, "relative": False}
+    assert d["exp_gradient"] == "bounded"
     assert json.loads(json.dumps(d)) == d
     for restored in (cls.from_dict(d), cls.from_json(config.to_json())):
         assert restored == config and type(restored) is cls
-        assert restored.surrogate == ss.surrogates.ArcTan(alpha=3.0)
-        assert restored.detach_reset is False
+        assert restored.surrogate == ss.surrogates.ArcTan(alpha=3.0, damping=0.5)
+        assert restored.detach_reset is False and restored.exp_gradient == "bounded"
     assert cls.from_dict(cls().to_dict()) == cls()
     assert config != cls()
 
