@@ -47,6 +47,14 @@ called directly) the fixed fields are read from the model
 eager, but inside a compiled function those of the moment it was traced.
 There, build a :class:`NeuronOptimizer`, or pass
 ``**{FIXED_FIELDS: fixed_neuron_fields(model)}`` to ``update`` yourself.
+
+**Finite or nothing.** :func:`skip_non_finite` wraps a transformation so
+that an update is applied only when the gradient *and* the update it
+produced are finite; otherwise the update is zero and the wrapped state is
+kept, however many batches in a row. ``optax.apply_if_finite`` checks the
+gradient only, and after ``max_consecutive_errors`` lets a non-finite update
+through; a learning-rate schedule that overflows, or Adam's moments fed a
+huge but finite gradient, then write inf or NaN into every weight.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ from spark_somas.somas import ExponentialSoma, iter_somas, path_name
 
 __all__ = [
     "neuron_constraints",
+    "skip_non_finite",
     "NeuronOptimizer",
     "FIXED_FIELDS",
     "fixed_neuron_fields",
@@ -202,6 +211,35 @@ def neuron_constraints(model: nnx.Module) -> optax.GradientTransformationExtraAr
         return jax.tree_util.tree_unflatten(treedef, flat_updates), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def skip_non_finite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``inner``, applied only when its input (the gradient) and its output
+    (the update) are both finite; else a zero update, ``inner``'s state
+    unchanged. Its state is ``optax.ApplyIfFiniteState`` (``last_finite``,
+    ``notfinite_count`` in a row, ``total_notfinite``, ``inner_state``), laid
+    out as ``optax.apply_if_finite``'s, so checkpoints of either restore into
+    the other."""
+    inner = optax.with_extra_args_support(inner)
+
+    def init(params: Any) -> optax.ApplyIfFiniteState:
+        return optax.ApplyIfFiniteState(
+            notfinite_count=jnp.zeros([], jnp.int32), last_finite=jnp.array(True, jnp.bool_),
+            total_notfinite=jnp.zeros([], jnp.int32), inner_state=inner.init(params))
+
+    def update(updates, state, params=None, **extra):
+        new, inner_state = inner.update(updates, state.inner_state, params, **extra)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf))
+                                    for leaf in jax.tree.leaves((updates, new))] or [True]))
+        keep = lambda a, b: jnp.where(finite, a, b)  # noqa: E731
+        new = jax.tree.map(lambda u: keep(u, jnp.zeros_like(u)), new)
+        inner_state = jax.tree.map(keep, inner_state, state.inner_state)
+        bad = (~finite).astype(jnp.int32)
+        return new, optax.ApplyIfFiniteState(
+            notfinite_count=(state.notfinite_count + bad) * bad, last_finite=finite,
+            total_notfinite=state.total_notfinite + bad, inner_state=inner_state)
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 class NeuronOptimizer(nnx.Optimizer):

@@ -10,6 +10,7 @@ is the run that never stopped.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -22,14 +23,16 @@ from flax import nnx
 
 from spark_somas import sharding
 from spark_somas.configs import require
-from spark_somas.constraints import NeuronOptimizer, neuron_constraints
+from spark_somas.constraints import NeuronOptimizer, neuron_constraints, skip_non_finite
 from spark_somas.datasets import DataError, Dataset
 from spark_somas.encoders import Encoder
 from spark_somas.network import NetworkOutput, SpikingNetwork
+from spark_somas.somas import path_name
 from spark_somas.objectives import Objective, firing_rate
 
 __all__ = [
     "make_optimizer",
+    "gradient_norms",
     "train_step",
     "train_epoch",
     "eval_step",
@@ -40,6 +43,8 @@ __all__ = [
     "epoch_order",
     "batch_key",
     "NonFiniteLossError",
+    "NonFiniteGradientError",
+    "summarize_batches",
     "HISTORY_KEYS",
     "fit",
     "plot_training",
@@ -50,29 +55,54 @@ Array = jax.Array
 
 def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
                    tx: optax.GradientTransformation | None = None, *,
-                   total_steps: int | None = None) -> nnx.Optimizer:
-    """``NeuronOptimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=nnx.Param)``.
+                   total_steps: int | None = None,
+                   clip_norm: float | None = 1.0) -> nnx.Optimizer:
+    """An ``nnx.Optimizer`` of ``model``'s parameters that never writes a
+    non-finite value and keeps the trained neuron parameters legal:
 
-    The default ``tx``: global-norm clipping at 1, then Adam with peak
-    ``learning_rate``, decayed to 0 over ``total_steps`` by a cosine schedule
-    when given, inside ``optax.apply_if_finite``: a batch whose gradient
-    overflows (BPTT through long runs of exponential somas can: the
-    exponential's slope near V_T exceeds 1 per step) is skipped instead of
-    turning every weight into NaN; after 20 such batches in a row the update
-    goes through and ``fit`` stops on the non-finite loss. Any optax
-    transformation works; the trained neuron parameters are kept inside
-    their rules either way (:func:`~spark_somas.constraints.neuron_constraints`),
-    against the somas' fixed fields as they are at each update: the
-    :class:`~spark_somas.constraints.NeuronOptimizer`, an ``nnx.Optimizer``,
-    passes them from the model it updates.
+        NeuronOptimizer(model, chain(skip_non_finite(chain(clip, tx)), neuron_constraints(model)))
+
+    * ``tx``: the update rule; default Adam with peak ``learning_rate``,
+      decayed to 0 over ``total_steps`` by a cosine schedule when given. A
+      transformation of your own takes its place, and keeps the two guards
+      around it.
+    * ``clip``: ``optax.clip_by_global_norm(clip_norm)`` (None: no clipping).
+    * :func:`~spark_somas.constraints.skip_non_finite`: a batch whose
+      gradient or update is not finite (BPTT through long runs of
+      exponential somas can overflow: see "Training over long sequences" in
+      the docs) is skipped — parameters and the moments of ``tx`` stay as
+      they were — however many come in a row; ``fit`` counts the skipped
+      batches in its history and stops if a whole epoch is skipped.
+    * :func:`~spark_somas.constraints.neuron_constraints`: the trained neuron
+      parameters are projected into their rules after every update, against
+      the somas' fixed fields as they are at that update (the
+      :class:`~spark_somas.constraints.NeuronOptimizer` passes them).
     """
+    if clip_norm is not None:
+        require(isinstance(clip_norm, (int, float)) and np.isfinite(clip_norm) and clip_norm > 0,
+                "clip_norm", clip_norm, "None or > 0 and finite", error=ValueError)
     if tx is None:
         schedule = (learning_rate if total_steps is None
                     else optax.cosine_decay_schedule(learning_rate, total_steps))
-        tx = optax.apply_if_finite(
-            optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule)),
-            max_consecutive_errors=20)
+        tx = optax.adam(schedule)
+    if clip_norm is not None:
+        tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+    tx = skip_non_finite(tx)
     return NeuronOptimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=nnx.Param)
+
+
+def gradient_norms(grads: Any) -> dict[str, Array]:
+    """``"grad_norm"``: the global L2 norm of ``grads`` (an ``nnx.State``); and
+    ``"grad_norm/<module>"`` for each module that owns parameters (its path,
+    e.g. ``layers/0/input``, ``layers/0/recurrent``, ``layers/0/soma``,
+    ``output``)."""
+    leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
+    groups: dict[str, list] = {}
+    for path, leaf in leaves:
+        groups.setdefault(path_name(path[:-1]), []).append(leaf)
+    out = {"grad_norm": optax.tree.norm([leaf for _, leaf in leaves])}
+    out.update({f"grad_norm/{name}": optax.tree.norm(group) for name, group in groups.items()})
+    return out
 
 
 def _metrics(model, out: NetworkOutput, labels: Array, loss: Array) -> dict[str, Array]:
@@ -81,6 +111,18 @@ def _metrics(model, out: NetworkOutput, labels: Array, loss: Array) -> dict[str,
         "accuracy": jnp.mean(jnp.argmax(out.logits, -1) == labels),
         "rate_hz": firing_rate(out.hidden_spikes, model.dt),
     }
+
+
+def _gradient_health(grads: Any, optimizer: nnx.Optimizer) -> dict[str, Array]:
+    """The gradient's norms and whether the update was skipped: what the
+    optimizer's finite guard decided (:func:`~spark_somas.constraints.skip_non_finite`
+    or ``optax.apply_if_finite``; a finite gradient can still give a
+    non-finite update), or, without one, whether the gradient was finite."""
+    norms = gradient_norms(grads)
+    is_guard = lambda x: isinstance(x, optax.ApplyIfFiniteState)  # noqa: E731
+    guards = [s for s in jax.tree.leaves(optimizer.opt_state, is_leaf=is_guard) if is_guard(s)]
+    applied = guards[0].last_finite[...] if guards else jnp.isfinite(norms["grad_norm"])
+    return {**norms, "skipped": 1.0 - applied.astype(jnp.float32)}
 
 
 def _train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
@@ -94,7 +136,7 @@ def _train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, label
     (loss, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
     model.reset()
-    return _metrics(model, out, labels, loss)
+    return {**_metrics(model, out, labels, loss), **_gradient_health(grads, optimizer)}
 
 
 @nnx.jit(static_argnames=("encoder", "objective"))
@@ -103,7 +145,10 @@ def train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels
     """One compiled update on a batch: encode, forward, BPTT, the
     optimizer's update (which keeps neuron parameters legal when built by
     :func:`make_optimizer`), somas back to rest. Returns loss, accuracy and
-    the hidden layers' mean rate (Hz) on the batch (before the update)."""
+    the hidden layers' mean rate (Hz) on the batch (before the update), the
+    gradient's norms (:func:`gradient_norms`) and ``skipped``: 1 when the
+    update was not applied for being non-finite (an optimizer from
+    :func:`make_optimizer` skips it), else 0."""
     return _train_step(model, optimizer, x, labels, key, encoder=encoder, objective=objective)
 
 
@@ -217,6 +262,28 @@ class NonFiniteLossError(FloatingPointError):
     epoch's ``on_epoch_end`` (so no checkpoint of it was written)."""
 
 
+class NonFiniteGradientError(NonFiniteLossError):
+    """Every batch of an epoch had a non-finite gradient, so every update was
+    skipped and nothing was learned; the run stopped as for a non-finite loss."""
+
+
+def summarize_batches(batches: Mapping[str, Any]) -> dict[str, float]:
+    """One epoch's training metrics from its batches' (arrays of shape (K,)):
+    loss, accuracy and rate averaged; ``grad_norm`` and each
+    ``grad_norm/<module>`` averaged over the batches whose gradient was
+    finite (NaN if none was), ``grad_norm_max`` the largest (inf if one
+    was not finite), ``skipped_batches`` the count of skipped updates."""
+    batches = {k: np.asarray(v, np.float64) for k, v in batches.items()}
+    finite = np.isfinite(batches["grad_norm"])
+    out = {k: float(np.mean(batches[k])) for k in ("loss", "accuracy", "rate_hz")}
+    for k, v in batches.items():
+        if k.startswith("grad_norm"):
+            out[k] = float(np.mean(v[finite])) if finite.any() else math.nan
+    out["grad_norm_max"] = float(np.max(np.where(finite, batches["grad_norm"], np.inf)))
+    out["skipped_batches"] = int(np.sum(batches["skipped"]))
+    return out
+
+
 def _check_fit(model: Any, data: Dataset, encoder: Encoder, epochs: Any, batch_size: Any,
                start_epoch: Any) -> None:
     """Refuses, before any step, settings and data that ``fit`` cannot train on."""
@@ -244,7 +311,8 @@ def _check_fit(model: Any, data: Dataset, encoder: Encoder, epochs: Any, batch_s
 
 
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "train_rate_hz",
-                "test_loss", "test_accuracy", "test_rate_hz", "seconds")
+                "test_loss", "test_accuracy", "test_rate_hz", "grad_norm", "grad_norm_max",
+                "skipped_batches", "seconds")
 
 
 def fits_on_device(nbytes: int, device: jax.Device | None = None, *, fraction: float = 0.25) -> bool:
@@ -257,6 +325,16 @@ def fits_on_device(nbytes: int, device: jax.Device | None = None, *, fraction: f
     if limit is None:
         limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return nbytes <= fraction * limit
+
+
+def _continued(history: Mapping[str, list] | None, start_epoch: int) -> dict[str, list]:
+    """A copy of a saved history to append to; keys it lacks (an older run's,
+    or per-module gradient norms) are filled with NaN for its epochs."""
+    history = {k: list(v) for k, v in (history or {}).items()}
+    done = len(history.get("epoch", []))
+    for k in HISTORY_KEYS:
+        history.setdefault(k, list(range(1, done + 1)) if k == "epoch" else [math.nan] * done)
+    return history
 
 
 def fit(
@@ -306,8 +384,12 @@ def fit(
     History: a dict of equal-length lists, one entry per epoch —
     :data:`HISTORY_KEYS` (loss and accuracy on the training batches as
     trained, and on the test split after the epoch; mean hidden rates in
-    Hz; wall seconds of the epoch, evaluation included). The metrics are
-    ``flax.nnx.metrics`` (:func:`classification_metrics`).
+    Hz; the gradient's global norm averaged over the epoch's finite batches
+    and its largest value, and the number of batches skipped for a
+    non-finite gradient; wall seconds of the epoch, evaluation included),
+    plus ``grad_norm/<module>`` for each module that owns parameters
+    (:func:`gradient_norms`, :func:`summarize_batches`). The test metrics
+    are ``flax.nnx.metrics`` (:func:`classification_metrics`).
 
     A tqdm bar counts training steps (Python loop) or epochs (on the
     device) and shows loss, accuracy and the hidden mean rate.
@@ -331,6 +413,7 @@ def fit(
         ``epoch_on_device=True`` with a ``mesh``.
       DataError: ``data`` that cannot train ``model`` (see above).
       NonFiniteLossError: the loss diverged.
+      NonFiniteGradientError: every batch of an epoch had a non-finite gradient.
     """
     from tqdm.auto import tqdm
 
@@ -342,7 +425,7 @@ def fit(
     per_epoch = n // batch_size
     if epoch_on_device is None:
         epoch_on_device = mesh is None and fits_on_device(data.x_train.nbytes + data.y_train.nbytes)
-    history = {k: list(history.get(k, [])) if history else [] for k in HISTORY_KEYS}
+    history = _continued(history, start_epoch)
     place = lambda batch: batch  # noqa: E731
     if mesh is not None:
         sharding.replicate(model, mesh)
@@ -361,33 +444,46 @@ def fit(
             t0 = time.perf_counter()
             order = epoch_order(seed, epoch, n)[:per_epoch * batch_size].reshape(per_epoch,
                                                                                  batch_size)
-            train = nnx.MultiMetric(**{k: nnx.metrics.Average(k)
-                                       for k in ("loss", "accuracy", "rate_hz")})
             if epoch_on_device:
                 keys = jax.vmap(lambda i: batch_key(seed, epoch, i))(jnp.arange(per_epoch))
-                train.update(**train_epoch(model, optimizer, x_all, y_all, jnp.asarray(order),
-                                           keys, encoder=encoder, objective=objective))
+                batches = train_epoch(model, optimizer, x_all, y_all, jnp.asarray(order), keys,
+                                      encoder=encoder, objective=objective)
                 bar.update(1)
+            else:
+                batches = []
             for i in range(0 if epoch_on_device else per_epoch):
                 m = step(*place((data.x_train[order[i]], data.y_train[order[i]])),
                          batch_key(seed, epoch, i), encoder=encoder, objective=objective)
-                train.update(**m)
+                batches.append(m)
                 bar.update(1)
                 if i % 10 == 0 or i == per_epoch - 1:
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(m['loss']):.3f}",
                                     acc=f"{float(m['accuracy']):.3f}",
                                     rate=f"{float(m['rate_hz']):.1f}Hz", refresh=False)
-            train = {k: float(v) for k, v in train.compute().items()}
+            if not epoch_on_device:
+                batches = {k: np.stack([np.asarray(b[k]) for b in batches]) for k in batches[0]}
+            train = summarize_batches(batches)
             test = evaluate(model, data.x_test, data.y_test, encoder=encoder,
                             objective=objective, key=eval_key, mesh=mesh)
-            for k, v in (("epoch", epoch + 1), ("train_loss", train["loss"]),
-                         ("train_accuracy", train["accuracy"]), ("train_rate_hz", train["rate_hz"]),
-                         ("test_loss", test["loss"]), ("test_accuracy", test["accuracy"]),
-                         ("test_rate_hz", test["rate_hz"]), ("seconds", time.perf_counter() - t0)):
+            row = {"epoch": epoch + 1, "train_loss": train["loss"],
+                   "train_accuracy": train["accuracy"], "train_rate_hz": train["rate_hz"],
+                   "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+                   "test_rate_hz": test["rate_hz"], "seconds": time.perf_counter() - t0,
+                   **{k: v for k, v in train.items() if k.startswith("grad_norm")},
+                   "skipped_batches": train["skipped_batches"]}
+            for k, v in row.items():  # "epoch" first: a new key has NaN for the epochs before
+                history.setdefault(k, [math.nan] * (len(history["epoch"]) - 1))
                 history[k].append(v)
             bar.set_postfix(epoch=epoch + 1, loss=f"{train['loss']:.3f}",
                             acc=f"{train['accuracy']:.3f}", test_acc=f"{test['accuracy']:.3f}",
                             rate=f"{train['rate_hz']:.1f}Hz")
+            if stop_on_nonfinite and train["skipped_batches"] == per_epoch:
+                raise NonFiniteGradientError(
+                    f"epoch {epoch + 1}: skipped_batches = {per_epoch} violates the rule: at "
+                    "least one batch with a finite gradient per epoch (every update was skipped; "
+                    "see 'Training over long sequences' in the docs: exp_gradient='bounded', a "
+                    "damped surrogate, a lower learning rate); training stopped before this "
+                    "epoch was saved")
             if stop_on_nonfinite and not np.isfinite([train["loss"], test["loss"]]).all():
                 raise NonFiniteLossError(
                     f"epoch {epoch + 1}: train loss {train['loss']}, test loss {test['loss']} "

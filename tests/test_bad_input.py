@@ -331,8 +331,11 @@ def test_trainable_neurons_may_name_one_field():
     assert net(trainable_neurons="threshold").hidden.trainable == ("threshold",)
 
 
-def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    """Two steps per epoch; the learning rate becomes infinite at the third."""
+def test_non_finite_updates_are_skipped_never_applied_and_a_skipped_epoch_stops_the_run(tmp_path):
+    """Two steps per epoch; the learning rate becomes infinite at the third,
+    so from then on every update is non-finite: the guard of make_optimizer
+    skips each (however many in a row), the history counts them, and the
+    first epoch with no applied update stops the run before its save."""
     model = net()
     tx = optax.sgd(lambda count: jnp.where(count < 2, 1e-3, jnp.inf))
     optimizer = tr.make_optimizer(model, tx=tx)
@@ -343,7 +346,7 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
         saved.append(epoch)
 
     with ck.Checkpointer(tmp_path) as ckpt:
-        with pytest.raises(tr.NonFiniteLossError, match=r"epoch 2: train loss nan.*finite loss"):
+        with pytest.raises(tr.NonFiniteGradientError, match=r"epoch 2: skipped_batches = 2"):
             tr.fit(model, optimizer, dataset(), encoder=ENCODER, epochs=3, batch_size=4,
                    on_epoch_end=save, progress=False)
     assert saved == [0]
@@ -352,6 +355,8 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(nnx.state(restored, nnx.Param)))
 
     model = net()
-    history = tr.fit(model, tr.make_optimizer(model, tx=tx), dataset(), encoder=ENCODER, epochs=2,
-                     batch_size=4, progress=False, stop_on_nonfinite=False)
-    assert np.isfinite(history["train_loss"][0]) and np.isnan(history["train_loss"][1])
+    history = tr.fit(model, tr.make_optimizer(model, tx=tx), dataset(), encoder=ENCODER,
+                     epochs=30, batch_size=4, progress=False, stop_on_nonfinite=False)
+    assert history["skipped_batches"] == [0] + [2] * 29  # 58 in a row, none applied
+    assert np.isfinite(history["train_loss"]).all()
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -37,7 +37,7 @@ def tiny_net(soma="adex", seed=0, **kw) -> tr.SpikingNetwork:
 
 def optimizer(model, learning_rate: float) -> nnx.Optimizer:
     opt = tr.make_optimizer(model, tx=TX)
-    opt.opt_state[0].hyperparams["learning_rate"][...] = learning_rate
+    opt.opt_state[0].inner_state[1].hyperparams["learning_rate"][...] = learning_rate  # finite guard, clip, TX
     return opt
 
 
