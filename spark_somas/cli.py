@@ -114,7 +114,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         kwargs = {"default": field.default, "help": meta["help"]}
         if meta["metavar"]:
             kwargs["metavar"] = meta["metavar"]
-        if field.name == "data_option":
+        if field.name in ("data_option", "soma_option"):
             kwargs |= {"action": "append", "type": _data_option, "default": []}
         elif kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

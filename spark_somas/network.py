@@ -26,6 +26,16 @@ The network's default step is dt = 1 ms (the somas' own default is 0.1 ms):
 (τ_m = 9.37 ms), which is what a classification needs; forward Euler at
 dt/τ_m ≈ 0.1 is still stable.
 
+**Gradients for training.** A network's somas spike through
+:data:`TRAINING_SURROGATE`, a triangle as wide as each cell's V_th − E_L
+and damped to 0.3 (Bellec et al. 2018), and backpropagate the exponential
+term with :data:`TRAINING_EXP_GRADIENT` ``"bounded"`` (its slope held at its
+value at V_T beyond it, :mod:`spark_somas.numerics`): measured on recurrent
+temporal tasks, these keep BPTT finite over thousands of steps where the
+exact gradient and the somas' own default surrogate overflow within a few
+dozen updates (docs: "Training over long sequences"). Both are fields of
+:class:`Layer` and the network; ``None`` keeps the soma config's own.
+
 **Trainable neuron parameters** are per neuron ``nnx.Param`` inside the soma
 (physical values: ms, mV, pA, nS), kept inside the config rules by the
 optimizer (:mod:`spark_somas.constraints`).
@@ -43,12 +53,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spark_somas import kernels, registry
+from spark_somas import kernels, numerics, registry
+from spark_somas import surrogates as surrogates_lib
 from spark_somas.configs import require
 from spark_somas.simulation import FusedBackendError, drive
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
 __all__ = [
+    "TRAINING_SURROGATE",
+    "TRAINING_EXP_GRADIENT",
     "NEURON_PARAMS",
     "trainable_neuron_params",
     "rheobase_current",
@@ -67,6 +80,15 @@ __all__ = [
 
 Array = jax.Array
 
+
+#: The surrogate a network's somas train with by default: Bellec et al.'s
+#: (2018) triangle, as wide as the cell's V_th − E_L, damped to 0.3.
+TRAINING_SURROGATE = surrogates_lib.Triangle(width=1.0, damping=0.3, relative=True)
+#: The backward pass of the exponential a network's somas train with by default.
+TRAINING_EXP_GRADIENT = "bounded"
+#: What an older release's network dict, which has no such keys, meant: the
+#: soma config's own surrogate and exponential gradient.
+_LEGACY_GRADIENTS = {"surrogate": None, "exp_gradient": None}
 
 #: Neuron parameters trained when ``trainable_neurons=True`` (those the soma's config has).
 NEURON_PARAMS = ("potential_tau", "threshold", "adaptation_tau", "adaptation_delta",
@@ -157,6 +179,17 @@ def _value_hash(config: Any) -> int:
     return hash(json.dumps(config.to_dict(), sort_keys=True, default=repr))
 
 
+def _as_surrogate(value: Any) -> surrogates_lib.Surrogate | None:
+    if value is None or isinstance(value, surrogates_lib.Surrogate):
+        return value
+    try:
+        return (surrogates_lib.by_name(value) if isinstance(value, str)
+                else surrogates_lib.from_dict(value))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"surrogate = {value!r} violates the rule: None, a Surrogate, its "
+                         f"name or its dict ({err})") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Layer:
     """One hidden layer of a :class:`SpikingNetwork`, as a frozen value.
@@ -174,6 +207,11 @@ class Layer:
       input_gain: I_0 in units of the layer's rheobase current.
       soma_kwargs: what the soma's constructor receives besides units, dt
         and trainable (a config object or its dict, field overrides).
+      surrogate: the somas' surrogate (a Surrogate, its name or its dict),
+        :data:`TRAINING_SURROGATE` by default; None: the soma config's own.
+      exp_gradient: the backward pass of the exponential term, one of
+        ``spark_somas.numerics.EXP_GRADIENTS``, :data:`TRAINING_EXP_GRADIENT`
+        by default; None: the soma config's own.
     """
 
     units: int
@@ -183,6 +221,8 @@ class Layer:
     trainable_neurons: bool | str | tuple[str, ...] = ()
     input_gain: float = 1.0
     soma_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    surrogate: surrogates_lib.Surrogate | str | Mapping[str, Any] | None = TRAINING_SURROGATE
+    exp_gradient: str | None = TRAINING_EXP_GRADIENT
 
     def __post_init__(self) -> None:
         cls = registry.soma_class(self.soma)
@@ -201,6 +241,14 @@ class Layer:
         kwargs = dict(self.soma_kwargs)
         if isinstance(kwargs.get("config"), Mapping):
             kwargs["config"] = cls.config_class.from_dict(kwargs["config"])
+        for name in ("surrogate", "exp_gradient"):
+            require(name not in kwargs or getattr(self, name) is None, f"soma_kwargs[{name!r}]",
+                    kwargs.get(name), f"not given while the layer's {name} is set (give it as "
+                    f"the layer's or network's {name}=..., or set that to None)", error=ValueError)
+        object.__setattr__(self, "surrogate", _as_surrogate(self.surrogate))
+        require(self.exp_gradient is None or self.exp_gradient in numerics.EXP_GRADIENTS,
+                "exp_gradient", self.exp_gradient, f"None or one of {numerics.EXP_GRADIENTS}",
+                error=ValueError)
         object.__setattr__(self, "units", int(self.units))
         object.__setattr__(self, "soma", cls.__name__)
         object.__setattr__(self, "trainable_neurons", tuple(trainable))
@@ -214,12 +262,21 @@ class Layer:
         if kwargs.get("config") is not None:
             kwargs["config"] = kwargs["config"].to_dict()
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {
-            "trainable_neurons": list(self.trainable_neurons), "soma_kwargs": kwargs}
+            "trainable_neurons": list(self.trainable_neurons), "soma_kwargs": kwargs,
+            "surrogate": None if self.surrogate is None else self.surrogate.to_dict()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Layer":
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{**d, "trainable_neurons": tuple(d.get("trainable_neurons", ()))})
+        """Inverse of :meth:`to_dict`. A dict of an older release, without
+        ``surrogate`` and ``exp_gradient``, keeps the soma config's own, as it did."""
+        return cls(**{**_LEGACY_GRADIENTS, **d,
+                      "trainable_neurons": tuple(d.get("trainable_neurons", ()))})
+
+    def soma_arguments(self) -> dict[str, Any]:
+        """What the soma's constructor receives besides units, dt and trainable:
+        ``soma_kwargs`` and the surrogate and exponential gradient when set."""
+        return {**self.soma_kwargs, **{name: getattr(self, name) for name in
+                                       ("surrogate", "exp_gradient") if getattr(self, name) is not None}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +309,8 @@ class NetworkConfig:
     readout_window: tuple[int | None, int | None] | None = None
     remat: bool | int = False
     backend: str = "auto"
+    surrogate: surrogates_lib.Surrogate | str | Mapping[str, Any] | None = TRAINING_SURROGATE
+    exp_gradient: str | None = TRAINING_EXP_GRADIENT
 
     def __post_init__(self) -> None:
         require(isinstance(self.remat, (bool, int, np.integer)) and (
@@ -293,8 +352,10 @@ class NetworkConfig:
                 "None or (start, stop): steps as in a slice, ints or None", error=ValueError)
             object.__setattr__(self, "readout_window", window)
         template = Layer(1, self.soma, self.recurrent, self.synapse_tau, self.trainable_neurons,
-                         self.input_gain, self.soma_kwargs)  # checks the network-wide fields
+                         self.input_gain, self.soma_kwargs, self.surrogate,
+                         self.exp_gradient)  # checks the network-wide fields
         object.__setattr__(self, "soma", template.soma)
+        object.__setattr__(self, "surrogate", template.surrogate)
         object.__setattr__(self, "trainable_neurons", template.trainable_neurons)
         object.__setattr__(self, "soma_kwargs", template.soma_kwargs)
 
@@ -306,7 +367,8 @@ class NetworkConfig:
         entries = (self.hidden,) if isinstance(self.hidden, int) else self.hidden
         return tuple(h if isinstance(h, Layer) else Layer(
             h, self.soma, self.recurrent, self.synapse_tau, self.trainable_neurons,
-            self.input_gain, self.soma_kwargs) for h in entries)
+            self.input_gain, self.soma_kwargs, self.surrogate, self.exp_gradient)
+            for h in entries)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values: tuples as lists, Layers and soma configs as their ``to_dict()``."""
@@ -320,13 +382,16 @@ class NetworkConfig:
             out["hidden"] = [h.to_dict() if isinstance(h, Layer) else h for h in self.hidden]
         if self.readout_window is not None:
             out["readout_window"] = list(self.readout_window)
+        out["surrogate"] = None if self.surrogate is None else self.surrogate.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "NetworkConfig":
-        """Inverse of :meth:`to_dict` (a dict without the newer keys, from an
-        older checkpoint, gives their defaults)."""
-        return cls(**{**d, "trainable_neurons": tuple(d.get("trainable_neurons", ()))})
+        """Inverse of :meth:`to_dict`. A dict without the newer keys, from an
+        older checkpoint, gives their defaults, except ``surrogate`` and
+        ``exp_gradient``: their absence meant the soma config's own (None)."""
+        return cls(**{**_LEGACY_GRADIENTS, **d,
+                      "trainable_neurons": tuple(d.get("trainable_neurons", ()))})
 
 
 class HiddenLayer(nnx.Module):
@@ -343,7 +408,7 @@ class HiddenLayer(nnx.Module):
         n = layer.units
         self.input = nnx.Linear(in_features, n, rngs=rngs)
         self.soma = cls(units=n, rngs=rngs, dt=dt, trainable=layer.trainable_neurons,
-                        **layer.soma_kwargs)
+                        **layer.soma_arguments())
         self.recurrent = (nnx.Linear(n, n, use_bias=False, rngs=rngs,
                                      kernel_init=nnx.initializers.zeros_init())
                           if layer.recurrent else None)
@@ -434,6 +499,10 @@ class SpikingNetwork(nnx.Module):
       backend: ``"scan"``, ``"fused"`` (the whole network step in one Pallas
         kernel per block of samples, :func:`~spark_somas.kernels.run_module`)
         or ``"auto"`` (:func:`~spark_somas.kernels.resolve_backend`).
+      surrogate: every soma layer's surrogate, :data:`TRAINING_SURROGATE` by
+        default (None: the soma config's own).
+      exp_gradient: every soma layer's backward pass of the exponential term,
+        :data:`TRAINING_EXP_GRADIENT` by default (None: the soma config's own).
       rngs: Linear initialisation.
     """
 
@@ -456,6 +525,8 @@ class SpikingNetwork(nnx.Module):
         readout_window: tuple[int | None, int | None] | None = None,
         remat: bool | int = False,
         backend: str = "auto",
+        surrogate: surrogates_lib.Surrogate | str | Mapping[str, Any] | None = TRAINING_SURROGATE,
+        exp_gradient: str | None = TRAINING_EXP_GRADIENT,
         rngs: nnx.Rngs,
     ):
         self.config = config = NetworkConfig(
@@ -463,7 +534,7 @@ class SpikingNetwork(nnx.Module):
             recurrent=recurrent, output=output, readout=readout, readout_tau=readout_tau,
             trainable_neurons=trainable_neurons, input_gain=input_gain, synapse_tau=synapse_tau,
             soma_kwargs=soma_kwargs or {}, readout_window=readout_window, remat=remat,
-            backend=backend)
+            backend=backend, surrogate=surrogate, exp_gradient=exp_gradient)
         self.dt = float(dt)
         self.readout_decay = float(np.exp(-dt / readout_tau))
         layers, width = [], in_features

@@ -12,17 +12,18 @@ rebuilds the run with :meth:`RunConfig.from_dict`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
-from spark_somas import kernels, registry
+from spark_somas import kernels, numerics, registry
+from spark_somas import surrogates as surrogates_lib
 from spark_somas.configs import require
 from spark_somas.datasets import TASKS, Dataset
 from spark_somas.encoders import Encoder
 from spark_somas.events import EVENT_DATASETS
-from spark_somas.network import NetworkConfig
+from spark_somas.network import TRAINING_EXP_GRADIENT, TRAINING_SURROGATE, NetworkConfig
 from spark_somas.tasks import EvidenceAccumulation
 
-__all__ = ["Recipe", "RECIPES", "FILE_TASKS", "RunConfig"]
+__all__ = ["Recipe", "RECIPES", "FILE_TASKS", "RunConfig", "Built"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,15 @@ def option(default: Any, help: str, *, positive: bool = False, choices: Any = No
         "help": help, "positive": positive, "choices": choices, "metavar": metavar})
 
 
+class Built(NamedTuple):
+    """What a :class:`RunConfig` builds: the data, its encoder, the network and its optimizer."""
+
+    data: Dataset
+    encoder: Encoder
+    model: Any
+    optimizer: Any
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """One training run of :class:`~spark_somas.network.SpikingNetwork`."""
@@ -84,6 +94,9 @@ class RunConfig:
         (), "extra keyword of the task's loader, repeatable, e.g. manifold_dim=2 (randman), "
         "bin_ms=10 or pool=2 (shd/ssc), delay_ms=500 or n_samples=400 (cues); see "
         "spark_somas.datasets, .events, .tasks", metavar="KEY=VALUE")
+    soma_option: tuple[tuple[str, float], ...] = option(
+        (), "a soma config field for every layer, repeatable, e.g. adaptation_tau=1000 (ms) or "
+        "threshold_tau=1000; see the soma configs", metavar="KEY=VALUE")
     encoder: str | None = option(None, "input code for digits (default: the recipe's)",
                                  choices=("current", "poisson", "latency"))
     recurrent: bool = option(False, "recurrent hidden layer")
@@ -98,6 +111,14 @@ class RunConfig:
     backend: str = option("auto", "time loop: 'scan', 'fused' (the network step in one Pallas "
                           "kernel; interpreted off a GPU) or 'auto' (the scan until the kernels "
                           "are measured faster)", choices=kernels.BACKENDS)
+    surrogate: str | None = option(
+        surrogates_lib.to_spec(TRAINING_SURROGATE), "the somas' surrogate gradient, "
+        "NAME[:KEY=VALUE,...]; relative=true measures widths in units of each cell's "
+        "V_th - E_L, damping scales it", metavar="SPEC")
+    exp_gradient: str | None = option(
+        TRAINING_EXP_GRADIENT, "backward pass of the exponential term: exact, bounded (its "
+        "slope held at its value at V_T beyond V_T) or detached",
+        choices=numerics.EXP_GRADIENTS)
 
     def __post_init__(self) -> None:
         require(self.task in TASKS, "task", self.task, f"one of {sorted(TASKS)}", error=ValueError)
@@ -108,6 +129,16 @@ class RunConfig:
                     f"the directory holding {', '.join(files[:-1])} and {files[-1]} for task "
                     f"{self.task!r}", error=ValueError)
         object.__setattr__(self, "data_option", tuple(tuple(kv) for kv in self.data_option))
+        object.__setattr__(self, "soma_option", tuple(tuple(kv) for kv in self.soma_option))
+        fields = {f.name for f in registry.soma_class(self.soma).config_class.quantity_fields()}
+        for key, _ in self.soma_option:
+            require(key in fields, "soma_option", key, f"a numeric field of the {self.soma} "
+                    f"config, one of {sorted(fields)}", error=ValueError)
+        if self.surrogate is not None:
+            surrogates_lib.from_spec(self.surrogate)  # a bad spec is named here, before any work
+        require(self.exp_gradient is None or self.exp_gradient in numerics.EXP_GRADIENTS,
+                "exp_gradient", self.exp_gradient, f"one of {numerics.EXP_GRADIENTS}",
+                error=ValueError)
 
     @property
     def recipe(self) -> Recipe:
@@ -149,14 +180,55 @@ class RunConfig:
                              recurrent=self.recurrent, trainable_neurons=self.trainable_neurons,
                              input_gain=self.recipe.input_gain,
                              synapse_tau=self.recipe.synapse_tau, readout_window=window,
-                             remat=self.remat or False, backend=self.backend)
+                             remat=self.remat or False, backend=self.backend,
+                             soma_kwargs=dict(self.soma_option),
+                             surrogate=(None if self.surrogate is None
+                                        else surrogates_lib.from_spec(self.surrogate)),
+                             exp_gradient=self.exp_gradient)
+
+    def build(self, data: Dataset | None = None) -> Built:
+        """The run's data (loaded by its task's loader unless given), encoder,
+        network (seeded by ``seed``) and optimizer (:func:`~spark_somas.loop.make_optimizer`,
+        cosine decay over the run's updates): what ``spark-somas train`` trains."""
+        from flax import nnx
+
+        from spark_somas import datasets
+        from spark_somas.loop import make_optimizer
+        from spark_somas.network import SpikingNetwork
+
+        if data is None:
+            data = datasets.load_task(self.task, **self.data_kwargs()).limit(self.limit)
+        model = SpikingNetwork.from_config(self.network(data), nnx.Rngs(self.seed))
+        batch = min(self.batch_size, len(data.x_train))
+        optimizer = make_optimizer(model, self.lr,
+                                   total_steps=self.epochs * (len(data.x_train) // batch))
+        return Built(data, self.make_encoder(data), model, optimizer)
+
+    def command(self) -> str:
+        """The ``spark-somas train`` command line of this run (options that
+        differ from their defaults)."""
+        words = ["spark-somas", "train"]
+        for f in dataclasses.fields(self):
+            value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
+            if value == f.default:
+                continue
+            if f.name in ("data_option", "soma_option"):
+                words += [w for k, v in value for w in (flag, f"{k}={v:g}")]
+            elif isinstance(value, bool):
+                words.append(flag if value else "--no-" + flag[2:])
+            else:
+                words += [flag, str(value)]
+        return " ".join(words)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (JSON)."""
-        return dataclasses.asdict(self) | {"data_option": [list(kv) for kv in self.data_option]}
+        return dataclasses.asdict(self) | {"data_option": [list(kv) for kv in self.data_option],
+                                           "soma_option": [list(kv) for kv in self.soma_option]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
         """Inverse of :meth:`to_dict` (keys added since, missing from an older
-        run's dict, take their defaults); unknown keys raise ``TypeError``."""
-        return cls(**d)
+        run's dict, take their defaults, except ``surrogate`` and
+        ``exp_gradient``: an older run trained with the soma config's own, None);
+        unknown keys raise ``TypeError``."""
+        return cls(**{"surrogate": None, "exp_gradient": None, **d})

@@ -53,6 +53,8 @@ __all__ = [
     "spike",
     "from_dict",
     "by_name",
+    "from_spec",
+    "to_spec",
     "DEFAULT",
 ]
 
@@ -305,6 +307,37 @@ def from_dict(d: dict[str, Any]) -> Surrogate:
     """Inverse of :meth:`Surrogate.to_dict`."""
     d = dict(d)
     return by_name(d.pop("name"), **d)
+
+
+def from_spec(spec: str) -> Surrogate:
+    """A surrogate from one line of text, ``NAME[:KEY=VALUE,...]``, e.g.
+    ``"triangle:width=1,damping=0.3,relative=true"`` (the command line's
+    form); values are numbers, or true/false for ``relative``."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"surrogate = {spec!r} violates the rule: NAME[:KEY=VALUE,...]")
+        lowered = text.strip().lower()
+        try:
+            params[key.strip()] = (lowered == "true" if lowered in ("true", "false")
+                                   else float(text))
+        except ValueError:
+            raise ValueError(f"surrogate = {spec!r} violates the rule: {key.strip()} is a "
+                             f"number or true/false, not {text!r}") from None
+    try:
+        return by_name(name.strip(), **params)
+    except TypeError as err:
+        raise ValueError(f"surrogate = {spec!r} violates the rule: parameters of "
+                         f"{name.strip()!r} ({err})") from None
+
+
+def to_spec(surrogate: Surrogate) -> str:
+    """The inverse of :func:`from_spec`."""
+    items = [f"{k}={str(v).lower() if isinstance(v, bool) else f'{v:g}'}"
+             for k, v in surrogate.to_dict().items() if k != "name"]
+    return f"{surrogate.name}:{','.join(items)}"
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))

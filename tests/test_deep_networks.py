@@ -9,6 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
+import spark_somas as ss
 from spark_somas import training as tr
 from spark_somas.datasets import Dataset
 
@@ -108,9 +109,16 @@ def test_config_round_trips_and_old_single_layer_dicts_still_build():
            "soma_kwargs": {}}
     built = tr.network_from_spec(old)
     (layer,) = built.config.layers
-    assert layer == tr.Layer(8, "expif", True, 5.0, ("threshold",), 2.0)
+    # An older release's dict: no surrogate or exp_gradient key meant the soma's own.
+    assert layer == tr.Layer(8, "expif", True, 5.0, ("threshold",), 2.0, surrogate=None,
+                             exp_gradient=None)
+    assert built.hidden.config.surrogate == ss.surrogates.DEFAULT
+    assert built.hidden.config.exp_gradient == "exact"
     assert built.hidden.trainable == ("threshold",) and built.spec == old | {
-        "readout_window": None, "remat": False, "backend": "auto"}
+        "readout_window": None, "remat": False, "backend": "auto", "surrogate": None,
+        "exp_gradient": None}
+    fresh = tr.SpikingNetwork(F, 8, C, rngs=nnx.Rngs(0)).hidden.config
+    assert fresh.surrogate == tr.TRAINING_SURROGATE and fresh.exp_gradient == "bounded"
     with pytest.raises(ValueError, match="hidden"):
         tr.NetworkConfig(F, (), C)
     with pytest.raises(ValueError, match="readout_window"):
