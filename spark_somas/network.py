@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spark_somas import kernels, layout, registry
+from spark_somas import backends, layout, registry
 from spark_somas.configs import require
 from spark_somas.simulation import FusedBackendError, drive
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
@@ -261,8 +261,8 @@ class NetworkConfig:
         require(isinstance(self.remat, (bool, int, np.integer)) and (
             isinstance(self.remat, bool) or self.remat >= 1), "remat", self.remat,
             "False, True or a positive int", error=ValueError)
-        require(self.backend in kernels.BACKENDS, "backend", self.backend,
-                f"one of {kernels.BACKENDS}", error=ValueError)
+        require(self.backend in backends.BACKENDS, "backend", self.backend,
+                f"one of {backends.BACKENDS}", error=ValueError)
         object.__setattr__(self, "remat", self.remat if isinstance(self.remat, bool)
                            else int(self.remat))
         for name in ("in_features", "n_classes"):
@@ -441,7 +441,7 @@ class SpikingNetwork(nnx.Module):
         as in :func:`~spark_somas.simulation.drive`.
       backend: ``"scan"``, ``"fused"`` (the whole network step in one Pallas
         kernel per block of samples, :func:`~spark_somas.kernels.run_module`)
-        or ``"auto"`` (:func:`~spark_somas.kernels.resolve_backend`).
+        or ``"auto"`` (:func:`~spark_somas.backends.resolve_backend`).
       rngs: Linear initialisation.
     """
 
@@ -574,7 +574,7 @@ class SpikingNetwork(nnx.Module):
                                 features="in_features")
         inputs = layout.to_time_major(inputs, axis)
         backend = self.config.backend if backend is None else backend
-        if inputs.ndim < 3 and kernels.resolve_backend(backend) == "fused":
+        if inputs.ndim < 3 and backends.resolve_backend(backend) == "fused":
             raise FusedBackendError(
                 f"inputs of shape {inputs.shape} violate the rule: the fused backend "
                 f"partitions a batch, (T, B, F); add a batch axis or use backend = 'scan'")

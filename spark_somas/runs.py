@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from spark_somas import kernels, registry
+from spark_somas import backends, registry
 from spark_somas.configs import require
 from spark_somas.datasets import TASKS, Dataset
 from spark_somas.encoders import Encoder
@@ -97,7 +97,7 @@ class RunConfig:
                                positive=True, metavar="K")
     backend: str = option("auto", "time loop: 'scan', 'fused' (the network step in one Pallas "
                           "kernel; interpreted off a GPU) or 'auto' (the scan until the kernels "
-                          "are measured faster)", choices=kernels.BACKENDS)
+                          "are measured faster)", choices=backends.BACKENDS)
 
     def __post_init__(self) -> None:
         require(self.task in TASKS, "task", self.task, f"one of {sorted(TASKS)}", error=ValueError)

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from spark_somas import kernels, layout
-from spark_somas.kernels import FusedBackendError
+from spark_somas import layout
+from spark_somas.backends import FusedBackendError, resolve_backend
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
 __all__ = ["drive", "simulate", "RECORDABLE", "FusedBackendError"]
@@ -72,7 +72,7 @@ def drive(
       backend: ``"scan"``, ``"fused"`` (:func:`~spark_somas.kernels.run_module`:
         the state, inputs and outputs need a batch axis, after time for
         the inputs; ``unroll`` does not apply) or ``"auto"``
-        (:func:`~spark_somas.kernels.resolve_backend`).
+        (:func:`~spark_somas.backends.resolve_backend`).
 
     Returns:
       ``step``'s outputs with a leading time axis of length T.
@@ -83,7 +83,9 @@ def drive(
     steps = jax.tree.leaves(inputs)[0].shape[0]
     segment = _segment_length(remat, steps)
     graphdef, state, rest = nnx.split(module, SomaState, ...)
-    if kernels.resolve_backend(backend) == "fused":
+    if resolve_backend(backend) == "fused":
+        from spark_somas import kernels  # Pallas and Triton load for a fused run only
+
         final, outputs = kernels.run_module(graphdef, state, rest, inputs, step, segment=segment)
     else:
         final, outputs = _scan(graphdef, state, rest, inputs, step, segment, unroll)
@@ -135,7 +137,7 @@ def simulate(
         Pallas time-loop kernels of :mod:`spark_somas.kernels`: same spikes,
         gradients equal to float32 rounding; interpreted, hence slow, off a
         GPU) or ``"auto"``: the scan, until the kernels have been measured
-        faster on the platform (``kernels.FUSED_BY_DEFAULT``, empty so far).
+        faster on the platform (``backends.FUSED_BY_DEFAULT``, empty so far).
 
     Returns:
       A :class:`SomaOutput` whose recorded fields have the layout of
@@ -162,7 +164,9 @@ def simulate(
         currents = currents.astype(soma.dtype)
     currents = layout.to_time_major(currents, axis)
     soma.broadcast_state(currents.shape[1:])
-    if kernels.resolve_backend(backend) == "fused":
+    if resolve_backend(backend) == "fused":
+        from spark_somas import kernels  # Pallas and Triton load for a fused run only
+
         final, recorded = kernels.run(
             type(soma), soma.parameters(), soma.neuron_state(), currents, soma.options,
             record=record, segment=_segment_length(remat, currents.shape[0]))
