@@ -9,6 +9,7 @@ renders with MathJax, served from the build itself (no CDN needed).
 """
 
 import importlib
+import inspect
 import os
 import pathlib
 import shutil
@@ -136,6 +137,48 @@ def _config_fields(app, what, name, obj, options, lines):
               "surrogate gradient and ``detach_reset`` whether the reset is detached from it.", ""]
 
 
+def _args_section(doc: str) -> list[str]:
+    """The Google-style ``Args:`` block of a docstring (its heading and indented lines)."""
+    lines = doc.splitlines()
+    if "Args:" not in lines:
+        return []
+    start = lines.index("Args:")
+    block = [lines[start]]
+    for line in lines[start + 1:]:
+        if line and not line.startswith(" "):
+            break
+        block.append(line)
+    return block
+
+
+def _inherited_constructor(app, what, name, obj, options, lines):
+    """A class whose constructor is inherited shows that constructor's
+    arguments: a soma subclass's page lists ``config``, ``units``, ``dt``, …
+    as ``ExponentialSoma``'s does. Runs before napoleon reads the Google style."""
+    if what != "class" or not isinstance(obj, type) or "Args:" in lines:
+        return
+    owner = next((c for c in obj.__mro__[1:] if "__init__" in vars(c)), None)
+    if owner is None or owner.__module__.split(".")[0] != "spark_somas":
+        return
+    args = _args_section(inspect.getdoc(owner) or "")
+    if args:
+        lines += ["", f"Its constructor is :class:`~{owner.__module__}.{owner.__qualname__}`'s.",
+                  "", *args, ""]
+
+
+# The somas' static methods are their model's equations in the form the shared
+# step (``spark_somas.somas.step``) calls; the class docstring states the same
+# equations, so the pages show the constructor and the methods a user calls.
+_SOMA_PROTOCOL = {id(v.__func__) for cls in spark_somas.SOMAS.values() for c in cls.__mro__
+                  for v in vars(c).values() if isinstance(v, staticmethod)}
+
+
+def _skip_protocol(app, what, name, obj, skip, options):
+    return True if what == "class" and id(obj) in _SOMA_PROTOCOL else None
+
+
 def setup(app):
     app.connect("build-finished", _copy_mathjax)
+    app.connect("autodoc-process-docstring", _inherited_constructor, priority=400)
     app.connect("autodoc-process-docstring", _config_fields)
+    app.connect("autodoc-skip-member", _skip_protocol)

@@ -99,8 +99,9 @@ from jax.extend import core as jex_core
 from spark_somas import somas
 from spark_somas.backends import BACKENDS, FUSED_BY_DEFAULT, FusedBackendError, resolve_backend
 
-__all__ = ["BACKENDS", "FUSED_BY_DEFAULT", "FusedBackendError", "resolve_backend", "run",
-           "run_module", "block_size"]
+# BACKENDS, FUSED_BY_DEFAULT, FusedBackendError and resolve_backend are
+# spark_somas.backends' (documented there), imported here for this module's checks.
+__all__ = ["run", "run_module", "block_size"]
 
 Array = jax.Array
 
