@@ -12,6 +12,7 @@ import importlib
 import inspect
 import os
 import pathlib
+import re
 import shutil
 import sys
 
@@ -124,17 +125,37 @@ def _config_fields(app, what, name, obj, options, lines):
         return
     if not issubclass(obj, spark_somas.ExponentialSomaConfig):
         return
+    fields = obj.quantity_fields()
+    symbols = {f.name: f.metadata["symbol"] for f in fields}
+    ops = {">": ">", ">=": "≥", "<": "<"}
+
+    def rule(field):
+        r = field.metadata["rule"]
+        if r.op == "finite":
+            return "any value"
+        bound = symbols.get(r.bound, r.bound) if isinstance(r.bound, str) else f"{r.bound:g}"
+        return f"{field.metadata['symbol']} {ops[r.op]} {bound}"
+
     lines += ["", ".. list-table:: Fields", "   :header-rows: 1", "",
               "   * - field", "     - symbol", "     - units", "     - default",
               "     - meaning", "     - rule"]
-    for field in obj.quantity_fields():
+    for field in fields:
         meta = field.metadata
         lines += [f"   * - ``{field.name}``", f"     - {meta['symbol']}", f"     - {meta['units']}",
-                  f"     - {field.default:g}", f"     - {meta['doc']}",
-                  f"     - ``{meta['rule'].text(field.name)}``"]
-    lines += ["", "Every field takes a float, an array broadcastable to the soma's ``units`` "
-              "or an initializer ``(key, shape, dtype) -> array``; ``surrogate`` picks the "
-              "surrogate gradient and ``detach_reset`` whether the reset is detached from it.", ""]
+                  f"     - {field.default:g}", f"     - {meta['doc']}", f"     - {rule(field)}"]
+    lines += ["", f"Every field is also finite and within ±{spark_somas.configs.LARGEST:g} in its "
+              "unit (a broken rule is "
+              "refused at construction, naming the field, the value and the rule). Every field "
+              "takes a float, an array broadcastable to the soma's ``units`` or an initializer "
+              "``(key, shape, dtype) -> array``; ``surrogate`` picks the surrogate gradient and "
+              "``detach_reset`` whether the reset is detached from it.", ""]
+
+
+def _hide_internal_arguments(app, what, name, obj, options, signature, return_annotation):
+    """A config's signature without the dataclass flag it uses internally."""
+    if signature and "__skip_validation__" in signature:
+        signature = re.sub(r",\s*__skip_validation__=\w+", "", signature)
+    return signature, return_annotation
 
 
 def _args_section(doc: str) -> list[str]:
@@ -182,3 +203,4 @@ def setup(app):
     app.connect("autodoc-process-docstring", _inherited_constructor, priority=400)
     app.connect("autodoc-process-docstring", _config_fields)
     app.connect("autodoc-skip-member", _skip_protocol)
+    app.connect("autodoc-process-signature", _hide_internal_arguments)

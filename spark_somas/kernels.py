@@ -560,7 +560,8 @@ def run_module(
       (final state, ``step``'s outputs stacked over time, ``(T, B, ...)``).
 
     Raises:
-      FusedBackendError: a state leaf, input or output without the batch axis.
+      spark_somas.backends.FusedBackendError: a state leaf, input or output
+        without the batch axis.
     """
     interpret = _interpret(interpret)
     steps, rows = jax.tree.leaves(inputs)[0].shape[:2]
