@@ -146,7 +146,10 @@ def _published_checksums(url: str) -> dict[str, str]:
 
 def _download(url: str, part: pathlib.Path, *, progress: bool) -> None:
     """``url`` into ``part``, continuing from the bytes ``part`` already holds."""
-    from tqdm.auto import tqdm
+    if progress:  # as in loop.fit: tqdm.auto only when a bar is drawn
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     have = part.stat().st_size if part.exists() else 0
     try:

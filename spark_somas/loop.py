@@ -336,7 +336,10 @@ def fit(
       DataError: ``data`` that cannot train ``model`` (see above).
       NonFiniteLossError: the loss diverged.
     """
-    from tqdm.auto import tqdm
+    if progress:  # tqdm.auto picks the notebook bar, and warns in a kernel without ipywidgets
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     _check_fit(model, data, encoder, epochs, batch_size, start_epoch)
     require(not (epoch_on_device and mesh is not None), "epoch_on_device", epoch_on_device,

@@ -55,3 +55,17 @@ def test_every_submodule_is_an_attribute(name):
 def test_unknown_attribute_raises_attribute_error():
     with pytest.raises(AttributeError, match="has no attribute 'trainig'"):
         ss.trainig
+
+
+def test_fit_without_a_progress_bar_does_not_import_tqdm_auto():
+    """tqdm.auto warns (TqdmWarning, with the path of tqdm's own file) when
+    imported in a Jupyter kernel without ipywidgets: a fit that draws no bar
+    must not import it, or every executed notebook page shows the warning."""
+    code = ("import spark_somas as ss\nfrom flax import nnx\n"
+            "data = ss.datasets.load_digits().limit(32)\n"
+            "net = ss.training.SpikingNetwork(64, 4, 10, rngs=nnx.Rngs(0))\n"
+            "ss.training.fit(net, ss.training.make_optimizer(net), data,\n"
+            "                encoder=ss.training.Encoder('current', 3), epochs=1,\n"
+            "                batch_size=16, progress=False)\n"
+            "assert 'tqdm.auto' not in sys.modules and 'tqdm.autonotebook' not in sys.modules")
+    loaded_after(code)
