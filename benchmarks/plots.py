@@ -53,7 +53,7 @@ def throughput(out: pathlib.Path) -> dict[str, list[float]]:
     n = [r["N"] for r in rows]
     series = {label: [r[f"{key}_neuron_steps_per_s"] for r in rows]
               for key, label in PEERS.items()}
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.0, 4.0), layout="constrained")
     for (label, values), marker in zip(series.items(), "o^vsDx"):
         ax.plot(n, values, marker=marker, lw=2.5 if label.startswith("spark") else 1.2,
                 label=label)
@@ -61,7 +61,7 @@ def throughput(out: pathlib.Path) -> dict[str, list[float]]:
            ylabel="neuron-steps per second",
            title="AdEx forward, spikes and V recorded (peers.json)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     note(fig, record)
     fig.savefig(out / "benchmarks-throughput.png", dpi=110)
     plt.close(fig)
