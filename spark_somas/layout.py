@@ -40,20 +40,20 @@ def time_axis(name: str, shape: Sequence[int], feature_shape: Sequence[int], tim
     """The index of the time axis of an array ``name`` of ``shape`` whose last
     axes are ``feature_shape``.
 
-    Raises ValueError naming the array, its shape, the layout expected and
-    the switch, when the array has no axis left for time or its last axes are
-    not ``feature_shape``.
+    Raises ValueError naming the array, its shape, the layout expected, where
+    the time axis is and the other layout, when the array has no axis left for
+    time or its last axes are not ``feature_shape`` (in either layout the
+    features come last).
     """
     shape, feature_shape = tuple(shape), tuple(feature_shape)
     n = len(feature_shape)
     if len(shape) < n + 1 or shape[len(shape) - n:] != feature_shape:
-        other = "time_major=False for batch-first data" if time_major else (
-            "time_major=True for time-first data")
+        bare = features.lstrip("*")
+        where = "first" if time_major else f"just before the {bare} axes"
         raise ValueError(
-            f"{name} of shape {shape} violate the rule: time_major={time_major} expects "
-            f"{layout_name(features, time_major)} with {features.lstrip('*')} = "
-            f"{feature_shape}, time on axis {0 if time_major else '-' + str(n + 1)} "
-            f"(pass {other})")
+            f"{name} of shape {shape} violate the rule: {layout_name(features, time_major)} "
+            f"with {bare} = {feature_shape}, the time axis {where} (time_major={time_major}; "
+            f"time_major={not time_major} reads {layout_name(features, not time_major)})")
     return 0 if time_major else len(shape) - n - 1
 
 
