@@ -191,9 +191,18 @@ def test_mixing_the_soma_and_network_dt_is_refused():
         SpikingNetwork(6, 8, 3, soma_kwargs={"dt": 0.1}, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"soma_kwargs\['dt'\]"):
         Layer(8, "adex", soma_kwargs={"dt": 0.1})
-    net = SpikingNetwork(64, 8, 10, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("net_dt, encoder_dt", [(1.0, 0.1), (0.1, 1.0), (0.5, 0.25)])
+def test_fit_refuses_a_poisson_encoder_at_another_dt(net_dt, encoder_dt):
+    net = SpikingNetwork(64, 8, 10, dt=net_dt, rngs=nnx.Rngs(0))
     data = datasets.load_digits().limit(40)
-    with pytest.raises(ValueError, match=r"Encoder.dt = 0.1 violates the rule: the model's "
-                       r"dt = 1.0 ms"):
-        loop.fit(net, loop.make_optimizer(net), data, encoder=Encoder("poisson", 10, dt=0.1),
-                 epochs=1, progress=False)
+    before = jax.tree.map(np.asarray, nnx.state(net))
+    with pytest.raises(ValueError, match=rf"Encoder.dt = {encoder_dt} violates the rule: the "
+                       rf"model's dt = {net_dt} ms"):
+        loop.fit(net, loop.make_optimizer(net), data, epochs=1, progress=False,
+                 encoder=Encoder("poisson", 10, dt=encoder_dt, rate_hz=100.0))
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, nnx.state(net)), before)
+    # The same dt trains.
+    loop.fit(net, loop.make_optimizer(net), data, epochs=1, progress=False, batch_size=20,
+             encoder=Encoder("poisson", 10, dt=net_dt, rate_hz=100.0))
