@@ -2,7 +2,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test docs install install-test install-docs clean
+.PHONY: demo test docs lab install install-test install-docs install-notebook clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ $(VENV)/.installed-docs: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -e ".[docs]"
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-notebook: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -e ".[notebook]"
+	touch $@ $(VENV)/.installed
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 install-docs: $(VENV)/.installed-docs
+install-notebook: $(VENV)/.installed-notebook
 
 demo: install
 	$(BIN)/spark-somas train --out out
@@ -35,6 +40,12 @@ test: install-test
 # -E re-reads every page anyway, so each build reports every warning (as errors).
 docs: install-docs
 	$(BIN)/python -m sphinx -b html -W --keep-going -E docs docs/_build/html
+
+# JupyterLab on the notebooks (installs the notebook extra first). It prints the
+# address to open; LAB_ARGS passes options, e.g. make lab LAB_ARGS="--no-browser --port 8890".
+LAB_ARGS ?=
+lab: install-notebook
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,8 +9,10 @@ renders with MathJax, served from the build itself (no CDN needed).
 """
 
 import importlib
+import inspect
 import os
 import pathlib
+import re
 import shutil
 import sys
 
@@ -123,19 +125,82 @@ def _config_fields(app, what, name, obj, options, lines):
         return
     if not issubclass(obj, spark_somas.ExponentialSomaConfig):
         return
+    fields = obj.quantity_fields()
+    symbols = {f.name: f.metadata["symbol"] for f in fields}
+    ops = {">": ">", ">=": "≥", "<": "<"}
+
+    def rule(field):
+        r = field.metadata["rule"]
+        if r.op == "finite":
+            return "any value"
+        bound = symbols.get(r.bound, r.bound) if isinstance(r.bound, str) else f"{r.bound:g}"
+        return f"{field.metadata['symbol']} {ops[r.op]} {bound}"
+
     lines += ["", ".. list-table:: Fields", "   :header-rows: 1", "",
               "   * - field", "     - symbol", "     - units", "     - default",
               "     - meaning", "     - rule"]
-    for field in obj.quantity_fields():
+    for field in fields:
         meta = field.metadata
         lines += [f"   * - ``{field.name}``", f"     - {meta['symbol']}", f"     - {meta['units']}",
-                  f"     - {field.default:g}", f"     - {meta['doc']}",
-                  f"     - ``{meta['rule'].text(field.name)}``"]
-    lines += ["", "Every field takes a float, an array broadcastable to the soma's ``units`` "
-              "or an initializer ``(key, shape, dtype) -> array``; ``surrogate`` picks the "
-              "surrogate gradient and ``detach_reset`` whether the reset is detached from it.", ""]
+                  f"     - {field.default:g}", f"     - {meta['doc']}", f"     - {rule(field)}"]
+    lines += ["", f"Every field is also finite and within ±{spark_somas.configs.LARGEST:g} in its "
+              "unit (a broken rule is "
+              "refused at construction, naming the field, the value and the rule). Every field "
+              "takes a float, an array broadcastable to the soma's ``units`` or an initializer "
+              "``(key, shape, dtype) -> array``; ``surrogate`` picks the surrogate gradient and "
+              "``detach_reset`` whether the reset is detached from it.", ""]
+
+
+def _hide_internal_arguments(app, what, name, obj, options, signature, return_annotation):
+    """A config's signature without the dataclass flag it uses internally."""
+    if signature and "__skip_validation__" in signature:
+        signature = re.sub(r",\s*__skip_validation__=\w+", "", signature)
+    return signature, return_annotation
+
+
+def _args_section(doc: str) -> list[str]:
+    """The Google-style ``Args:`` block of a docstring (its heading and indented lines)."""
+    lines = doc.splitlines()
+    if "Args:" not in lines:
+        return []
+    start = lines.index("Args:")
+    block = [lines[start]]
+    for line in lines[start + 1:]:
+        if line and not line.startswith(" "):
+            break
+        block.append(line)
+    return block
+
+
+def _inherited_constructor(app, what, name, obj, options, lines):
+    """A class whose constructor is inherited shows that constructor's
+    arguments: a soma subclass's page lists ``config``, ``units``, ``dt``, …
+    as ``ExponentialSoma``'s does. Runs before napoleon reads the Google style."""
+    if what != "class" or not isinstance(obj, type) or "Args:" in lines:
+        return
+    owner = next((c for c in obj.__mro__[1:] if "__init__" in vars(c)), None)
+    if owner is None or owner.__module__.split(".")[0] != "spark_somas":
+        return
+    args = _args_section(inspect.getdoc(owner) or "")
+    if args:
+        lines += ["", f"Its constructor is :class:`~{owner.__module__}.{owner.__qualname__}`'s.",
+                  "", *args, ""]
+
+
+# The somas' static methods are their model's equations in the form the shared
+# step (``spark_somas.somas.step``) calls; the class docstring states the same
+# equations, so the pages show the constructor and the methods a user calls.
+_SOMA_PROTOCOL = {id(v.__func__) for cls in spark_somas.SOMAS.values() for c in cls.__mro__
+                  for v in vars(c).values() if isinstance(v, staticmethod)}
+
+
+def _skip_protocol(app, what, name, obj, skip, options):
+    return True if what == "class" and id(obj) in _SOMA_PROTOCOL else None
 
 
 def setup(app):
     app.connect("build-finished", _copy_mathjax)
+    app.connect("autodoc-process-docstring", _inherited_constructor, priority=400)
     app.connect("autodoc-process-docstring", _config_fields)
+    app.connect("autodoc-skip-member", _skip_protocol)
+    app.connect("autodoc-process-signature", _hide_internal_arguments)

@@ -5,7 +5,8 @@ new one in :data:`SUBCOMMANDS`):
 
 * ``spark-somas train`` — trains :class:`~spark_somas.training.SpikingNetwork`
   on a task of :data:`spark_somas.datasets.TASKS` (digits, Randman, the cue
-  task, or SHD/SSC read from ``--data-dir``), prints progress, the final
+  task, or SHD/SSC read from ``--data-dir``, or first downloaded there by
+  ``--download``: :mod:`spark_somas.fetch`), prints progress, the final
   test accuracy and the firing rates, and writes
   ``<out>/train_<task>_<soma>.png`` (loss and accuracy curves, spike raster
   of one test sample) and ``.json`` (history and settings); with
@@ -123,6 +124,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         else:
             kwargs["type"] = _positive(kind) if meta["positive"] else kind
         p.add_argument(flag, **kwargs)
+    p.add_argument("--download", action="store_true",
+                   help="shd/ssc: first download the official files (checksummed, resumable) "
+                        "into --data-dir, default the cache directory of spark_somas.fetch")
     p.add_argument("--checkpoint-dir", default=None,
                    help="save model, optimizer and history after every epoch (Orbax)")
     p.add_argument("--resume", default=None, metavar="DIR",
@@ -171,6 +175,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from spark_somas.events import EventDatasetMissing
     from spark_somas.runs import RunConfig
 
+    if args.download:
+        from spark_somas.fetch import default_cache_dir
+        from spark_somas.runs import FILE_TASKS
+
+        if args.task not in FILE_TASKS or args.resume:
+            raise CommandError(f"--download violates the rule: only for --task "
+                               f"{' or '.join(sorted(FILE_TASKS))}, without --resume")
+        args.data_dir = args.data_dir or str(default_cache_dir(args.task))
     resumed = None
     if args.resume:
         resumed = _resumable(args.resume)
@@ -191,6 +203,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CommandError('--tensorboard needs tensorboardX: pip install '
                            '"spark_somas[tensorboard]"')
 
+    if args.download:
+        from spark_somas.fetch import DownloadError, fetch
+
+        _writable_dir(run.data_dir, "--data-dir")
+        try:
+            fetch(run.task, run.data_dir, progress=args.progress)
+        except DownloadError as err:
+            raise CommandError(f"--download: {err}") from None
     try:
         data = datasets.load_task(run.task, **run.data_kwargs()).limit(run.limit)
     except EventDatasetMissing as err:

@@ -1,9 +1,15 @@
 """Encoders: how a static sample x ∈ [0, 1]^F becomes T time steps of network input.
 
-Time-major, (B, F) -> (T, B, F): a Poisson/Bernoulli rate code, a latency
+(B, F) -> (T, B, F): a Poisson/Bernoulli rate code, a latency
 (time-to-first-spike) code, or the value itself as a constant input ("direct
-current"). Spike data (Randman, SHD) pass through unchanged, transposed to
-time-major.
+current"). Spike data (Randman, SHD), stored sample first as (B, T, F), pass
+through unchanged, transposed to time-major.
+
+Every encoder takes ``time_major`` (default True), the layout of what it
+returns, as :func:`~spark_somas.simulate` and
+:class:`~spark_somas.network.SpikingNetwork` do (:mod:`spark_somas.layout`):
+``time_major=False`` gives (B, T, F), the input of
+``net(inputs, time_major=False)``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from spark_somas import layout
 from spark_somas.configs import require
 
 __all__ = ["Encoder", "encode_current", "encode_poisson", "encode_latency"]
@@ -20,34 +27,39 @@ __all__ = ["Encoder", "encode_current", "encode_poisson", "encode_latency"]
 Array = jax.Array
 
 
-def encode_current(x: Array, steps: int) -> Array:
-    """Direct current: the sample itself at every step, (B, F) -> (T, B, F)."""
+def encode_current(x: Array, steps: int, *, time_major: bool = True) -> Array:
+    """Direct current: the sample itself at every step, (B, F) -> (T, B, F)
+    (``time_major=False``: (B, T, F))."""
     x = jnp.asarray(x)
-    return jnp.broadcast_to(x, (steps,) + x.shape)
+    return layout.from_time_major(jnp.broadcast_to(x, (steps,) + x.shape), 1, time_major)
 
 
 def encode_poisson(x: Array, steps: int, key: Array, *, rate_hz: float = 500.0,
-                   dt: float = 1.0) -> Array:
+                   dt: float = 1.0, time_major: bool = True) -> Array:
     """Bernoulli (discrete-time Poisson) rate code.
 
     Feature value x ∈ [0, 1] fires with probability p = x · rate_hz · dt/1000
-    in each step (dt in ms), independently; (B, F) -> (T, B, F) of 0/1.
+    in each step (dt in ms), independently; (B, F) -> (T, B, F) of 0/1
+    (``time_major=False``: (B, T, F), the same spikes transposed).
     """
     p = jnp.clip(jnp.asarray(x), 0.0, 1.0) * (rate_hz * dt / 1000.0)
-    return jax.random.bernoulli(key, p, (steps,) + p.shape).astype(jnp.float32)
+    spikes = jax.random.bernoulli(key, p, (steps,) + p.shape).astype(jnp.float32)
+    return layout.from_time_major(spikes, 1, time_major)
 
 
-def encode_latency(x: Array, steps: int, *, threshold: float = 0.2) -> Array:
+def encode_latency(x: Array, steps: int, *, threshold: float = 0.2,
+                   time_major: bool = True) -> Array:
     """Time-to-first-spike code: one spike per feature, earlier for larger x.
 
     x = 1 fires at step 0, x = ``threshold`` at step T−1, linearly in between
     (step round((1 − x)/(1 − threshold) · (T − 1))); x < threshold never
-    fires. (B, F) -> (T, B, F) of 0/1.
+    fires. (B, F) -> (T, B, F) of 0/1 (``time_major=False``: (B, T, F)).
     """
     x = jnp.asarray(x)
     t = jnp.round((1.0 - x) / (1.0 - threshold) * (steps - 1))
     t = jnp.where(x >= threshold, t, steps)  # step T: never
-    return (jnp.arange(steps).reshape((steps,) + (1,) * x.ndim) == t).astype(jnp.float32)
+    spikes = (jnp.arange(steps).reshape((steps,) + (1,) * x.ndim) == t).astype(jnp.float32)
+    return layout.from_time_major(spikes, 1, time_major)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +101,15 @@ class Encoder:
         ):
             require(ok, f"Encoder.{name}", getattr(self, name), rule, error=ValueError)
 
-    def __call__(self, x: Array, key: Array | None = None, *, train: bool = False) -> Array:
-        """Encodes a batch; ``key`` drives Poisson spikes and, when ``train``, the noise."""
+    def __call__(self, x: Array, key: Array | None = None, *, train: bool = False,
+                 time_major: bool = True) -> Array:
+        """Encodes a batch (B, F), or (B, T, F) spike trains, into (T, B, F)
+        (``time_major=False``: (B, T, F)); ``key`` drives Poisson spikes and,
+        when ``train``, the noise. The same key gives the same values in
+        either layout."""
+        return layout.from_time_major(self._encode(x, key, train), 1, time_major)
+
+    def _encode(self, x: Array, key: Array | None, train: bool) -> Array:
         if self.kind in ("poisson",) or (train and self.noise):
             if key is None:
                 raise ValueError(f"Encoder(kind={self.kind!r}, noise={self.noise}) needs a key")
@@ -108,6 +127,6 @@ class Encoder:
         if x.ndim != 3 or x.shape[1] != self.steps:
             raise ValueError(
                 f"Encoder(kind='spikes', steps={self.steps}) needs samples of shape "
-                f"(B, {self.steps}, F); got {x.shape}"
+                f"(B, T={self.steps}, F), time on axis 1 as data sets store them; got {x.shape}"
             )
         return jnp.swapaxes(x, 0, 1)

@@ -97,27 +97,13 @@ from jax.experimental.pallas import triton as pl_triton
 from jax.extend import core as jex_core
 
 from spark_somas import somas
+from spark_somas.backends import BACKENDS, FUSED_BY_DEFAULT, FusedBackendError, resolve_backend
 
-__all__ = ["BACKENDS", "FUSED_BY_DEFAULT", "FusedBackendError", "resolve_backend", "run",
-           "run_module", "block_size"]
+# BACKENDS, FUSED_BY_DEFAULT, FusedBackendError and resolve_backend are
+# spark_somas.backends' (documented there), imported here for this module's checks.
+__all__ = ["run", "run_module", "block_size"]
 
 Array = jax.Array
-BACKENDS = ("auto", "scan", "fused")
-
-
-# Platforms where the fused kernels have been run, checked and timed faster
-# than the scan (benchmarks/README.md): none yet, not even a GPU.
-FUSED_BY_DEFAULT: tuple[str, ...] = ()
-
-
-def resolve_backend(backend: str) -> str:
-    """``"scan"`` or ``"fused"``: ``"auto"`` is fused only on a platform in
-    ``FUSED_BY_DEFAULT`` (none yet), the scan elsewhere."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend = {backend!r} violates the rule: one of {BACKENDS}")
-    if backend == "auto":
-        return "fused" if jax.default_backend() in FUSED_BY_DEFAULT else "scan"
-    return backend
 
 
 def block_size(neurons: int, interpret: bool) -> int:
@@ -181,11 +167,6 @@ def _inline(fn: Callable) -> Callable:
 
 
 # The plan: everything static about one fused run.
-
-
-class FusedBackendError(ValueError):
-    """``backend="fused"`` asked of a run the kernels cannot partition: a
-    module step whose state, inputs or outputs lack the shared batch axis."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -579,7 +560,8 @@ def run_module(
       (final state, ``step``'s outputs stacked over time, ``(T, B, ...)``).
 
     Raises:
-      FusedBackendError: a state leaf, input or output without the batch axis.
+      spark_somas.backends.FusedBackendError: a state leaf, input or output
+        without the batch axis.
     """
     interpret = _interpret(interpret)
     steps, rows = jax.tree.leaves(inputs)[0].shape[:2]

@@ -301,6 +301,10 @@ def _check_fit(model: Any, data: Dataset, encoder: Encoder, epochs: Any, batch_s
     if "n_classes" in spec and data.n_classes > spec["n_classes"]:
         raise DataError(f"{data.name}: n_classes = {data.n_classes} violates the rule: at most the "
                         f"model's n_classes = {spec['n_classes']}")
+    require(encoder.kind != "poisson" or not hasattr(model, "dt") or encoder.dt == model.dt,
+            "Encoder.dt", encoder.dt, f"the model's dt = {getattr(model, 'dt', None)} ms "
+            "(a Poisson rate per step needs the step the network takes; a network's dt is 1 ms "
+            "by default, a lone soma's 0.1 ms)", error=ValueError)
     spikes = data.encoding == "spikes"
     if spikes != (encoder.kind == "spikes"):
         raise DataError(f"{data.name}: {data.encoding} data violate the rule: encoder kind "
@@ -415,7 +419,10 @@ def fit(
       NonFiniteLossError: the loss diverged.
       NonFiniteGradientError: every batch of an epoch had a non-finite gradient.
     """
-    from tqdm.auto import tqdm
+    if progress:  # tqdm.auto picks the notebook bar, and warns in a kernel without ipywidgets
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     _check_fit(model, data, encoder, epochs, batch_size, start_epoch)
     require(not (epoch_on_device and mesh is not None), "epoch_on_device", epoch_on_device,

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from spark_somas import kernels, numerics, registry
+from spark_somas import backends, layout, numerics, registry
 from spark_somas import surrogates as surrogates_lib
 from spark_somas.configs import require
 from spark_somas.simulation import FusedBackendError, drive
@@ -239,6 +239,10 @@ class Layer:
         elif isinstance(trainable, str):
             trainable = (trainable,)
         kwargs = dict(self.soma_kwargs)
+        require("dt" not in kwargs, "soma_kwargs['dt']", kwargs.get("dt"),
+                "not set per layer: every soma of a network steps at the network's dt "
+                "(SpikingNetwork(dt=...), 1 ms by default, where a lone soma's default is "
+                "0.1 ms)", error=ValueError)
         if isinstance(kwargs.get("config"), Mapping):
             kwargs["config"] = cls.config_class.from_dict(kwargs["config"])
         for name in ("surrogate", "exp_gradient"):
@@ -316,8 +320,8 @@ class NetworkConfig:
         require(isinstance(self.remat, (bool, int, np.integer)) and (
             isinstance(self.remat, bool) or self.remat >= 1), "remat", self.remat,
             "False, True or a positive int", error=ValueError)
-        require(self.backend in kernels.BACKENDS, "backend", self.backend,
-                f"one of {kernels.BACKENDS}", error=ValueError)
+        require(self.backend in backends.BACKENDS, "backend", self.backend,
+                f"one of {backends.BACKENDS}", error=ValueError)
         object.__setattr__(self, "remat", self.remat if isinstance(self.remat, bool)
                            else int(self.remat))
         for name in ("in_features", "n_classes"):
@@ -472,7 +476,11 @@ class SpikingNetwork(nnx.Module):
       soma: the hidden layers' model, a name in ``ss.SOMAS`` or a soma class,
         with its default config (``soma_kwargs`` go to its constructor:
         config, field overrides).
-      dt: time step (ms) of every layer.
+      dt: time step (ms) of every layer, 1 ms by default where a lone soma's
+        is 0.1 ms: a few dozen steps then span a few membrane time
+        constants, which is what a classification needs, and forward Euler
+        at dt/τ_m ≈ 0.1 is still stable. The encoder's ``dt`` (its Poisson
+        rate per step) must be the same (``fit`` checks).
       recurrent: add Linear_rec(s_{t−1}) (no bias, zero-initialised: training
         starts from the feedforward network) to each hidden z_t.
       output: ``"leaky"`` — non-spiking leaky integrator
@@ -498,7 +506,7 @@ class SpikingNetwork(nnx.Module):
         as in :func:`~spark_somas.simulation.drive`.
       backend: ``"scan"``, ``"fused"`` (the whole network step in one Pallas
         kernel per block of samples, :func:`~spark_somas.kernels.run_module`)
-        or ``"auto"`` (:func:`~spark_somas.kernels.resolve_backend`).
+        or ``"auto"`` (:func:`~spark_somas.backends.resolve_backend`).
       surrogate: every soma layer's surrogate, :data:`TRAINING_SURROGATE` by
         default (None: the soma config's own).
       exp_gradient: every soma layer's backward pass of the exponential term,
@@ -619,13 +627,25 @@ class SpikingNetwork(nnx.Module):
         out = self.readout_layer(spikes[-1])
         return tuple(spikes), out.potential, out.spikes
 
-    def __call__(self, inputs: Array, *, remat: bool | int | None = None, unroll: int = 1,
-                 backend: str | None = None) -> NetworkOutput:
-        """Runs ``inputs`` (T, B, F) from rest through :func:`~spark_somas.simulation.drive`
+    def __call__(self, inputs: Array, *, time_major: bool = True, remat: bool | int | None = None,
+                 unroll: int = 1, backend: str | None = None) -> NetworkOutput:
+        """Runs ``inputs`` from rest through :func:`~spark_somas.simulation.drive`
         (``remat``, ``unroll``, ``backend`` as there; None: the config's); the
-        network keeps its final state."""
+        network keeps its final state.
+
+        ``inputs`` are ``(T, *batch, F)`` with ``time_major=True``, or
+        ``(*batch, T, F)`` with ``time_major=False`` (as ``flax.nnx.RNN``;
+        see :mod:`spark_somas.layout`); the traces of the result
+        (``layer_spikes``, ``output_potential``, ``output_spikes``) have the
+        same layout, the logits and counts are ``(*batch, C)``. Each step lasts
+        the network's ``dt`` (1 ms by default).
+        """
+        inputs = jnp.asarray(inputs)
+        axis = layout.time_axis("inputs", inputs.shape, (self.config.in_features,), time_major,
+                                features="in_features")
+        inputs = layout.to_time_major(inputs, axis)
         backend = self.config.backend if backend is None else backend
-        if inputs.ndim < 3 and kernels.resolve_backend(backend) == "fused":
+        if inputs.ndim < 3 and backends.resolve_backend(backend) == "fused":
             raise FusedBackendError(
                 f"inputs of shape {inputs.shape} violate the rule: the fused backend "
                 f"partitions a batch, (T, B, F); add a batch axis or use backend = 'scan'")
@@ -637,6 +657,8 @@ class SpikingNetwork(nnx.Module):
         fn, trace = READOUTS[self.config.readout]
         logits = fn((out_spikes if trace == "spikes" else potential)[window], self.dt)
         counts = None if out_spikes is None else spike_count(out_spikes[window])
+        spikes, potential, out_spikes = layout.from_time_major(
+            (spikes, potential, out_spikes), 1, time_major)
         return NetworkOutput(logits, spikes, potential, out_spikes, counts)
 
 

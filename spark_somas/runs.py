@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, NamedTuple
 
-from spark_somas import kernels, numerics, registry
+from spark_somas import backends, numerics, registry
 from spark_somas import surrogates as surrogates_lib
 from spark_somas.configs import require
 from spark_somas.datasets import TASKS, Dataset
@@ -110,7 +110,7 @@ class RunConfig:
                                positive=True, metavar="K")
     backend: str = option("auto", "time loop: 'scan', 'fused' (the network step in one Pallas "
                           "kernel; interpreted off a GPU) or 'auto' (the scan until the kernels "
-                          "are measured faster)", choices=kernels.BACKENDS)
+                          "are measured faster)", choices=backends.BACKENDS)
     surrogate: str | None = option(
         surrogates_lib.to_spec(TRAINING_SURROGATE), "the somas' surrogate gradient, "
         "NAME[:KEY=VALUE,...]; relative=true measures widths in units of each cell's "

@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from spark_somas import layout
 from spark_somas.simulation import RECORDABLE, simulate
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
@@ -197,6 +198,7 @@ def simulate_sharded(
     *,
     batch_axis: Axis = DATA,
     neuron_axis: Axis = NEURONS,
+    time_major: bool = True,
     **simulate_kwargs: Any,
 ) -> SomaOutput:
     """:func:`spark_somas.simulate` on every device's block, under ``jax.shard_map``.
@@ -209,9 +211,13 @@ def simulate_sharded(
     scan), this also splits what the compiler cannot partition: the fused
     Pallas kernels (``backend="fused"``), which then run once per device on
     its block. ``simulate_kwargs`` go to ``simulate``; the final state is
-    left in ``soma``, laid out on ``mesh``.
+    left in ``soma``, laid out on ``mesh``. ``time_major`` is the layout of
+    ``currents`` and of the result, as in ``simulate``: batch-first currents
+    are moved to time-major before the blocks are cut.
     """
     currents = currents if isinstance(currents, jax.Array) else jnp.asarray(currents)
+    currents = layout.to_time_major(
+        currents, layout.time_axis("currents", currents.shape, soma.units, time_major))
     soma.broadcast_state(currents.shape[1:])
     units_ndim = len(soma.units)
 
@@ -231,7 +237,7 @@ def simulate_sharded(
         current_spec=spec(currents, 1, "currents"), record=record,
         kwargs=tuple(sorted(simulate_kwargs.items())))
     nnx.update(soma, final)
-    return out
+    return layout.from_time_major(out, units_ndim, time_major)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "specs", "current_spec", "record",

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from spark_somas import kernels
-from spark_somas.kernels import FusedBackendError
+from spark_somas import layout
+from spark_somas.backends import FusedBackendError, resolve_backend
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
 __all__ = ["drive", "simulate", "RECORDABLE", "FusedBackendError"]
@@ -72,7 +72,7 @@ def drive(
       backend: ``"scan"``, ``"fused"`` (:func:`~spark_somas.kernels.run_module`:
         the state, inputs and outputs need a batch axis, after time for
         the inputs; ``unroll`` does not apply) or ``"auto"``
-        (:func:`~spark_somas.kernels.resolve_backend`).
+        (:func:`~spark_somas.backends.resolve_backend`).
 
     Returns:
       ``step``'s outputs with a leading time axis of length T.
@@ -83,7 +83,9 @@ def drive(
     steps = jax.tree.leaves(inputs)[0].shape[0]
     segment = _segment_length(remat, steps)
     graphdef, state, rest = nnx.split(module, SomaState, ...)
-    if kernels.resolve_backend(backend) == "fused":
+    if resolve_backend(backend) == "fused":
+        from spark_somas import kernels  # Pallas and Triton load for a fused run only
+
         final, outputs = kernels.run_module(graphdef, state, rest, inputs, step, segment=segment)
     else:
         final, outputs = _scan(graphdef, state, rest, inputs, step, segment, unroll)
@@ -106,17 +108,25 @@ def simulate(
     soma: ExponentialSoma,
     currents: jax.Array,
     *,
+    time_major: bool = True,
     record: Sequence[str] = ("spikes", "potential"),
     remat: bool | int = False,
     unroll: int = 1,
     backend: str = "auto",
 ) -> SomaOutput:
-    """Runs ``soma`` over time-major ``currents`` (pA), shape ``(T, *batch, *units)``.
+    """Runs ``soma`` over ``currents`` (pA), shape ``(T, *batch, *units)``
+    (``time_major=True``) or ``(*batch, T, *units)`` (``time_major=False``).
+
+    One step lasts the soma's ``dt`` (0.1 ms by default: see
+    :class:`~spark_somas.somas.ExponentialSoma`), so T steps span T·dt ms.
 
     Args:
       soma: any of the four somas; its state is the initial condition and
         receives the final state.
       currents: input current per step.
+      time_major: where the time axis is, in ``currents`` and in the
+        result: first (True), or just before the units axes (False, as
+        ``flax.nnx.RNN(time_major=False)``); see :mod:`spark_somas.layout`.
       record: which of ``RECORDABLE`` to return stacked over time; fields not
         recorded are None in the result.
       remat: False (keep every step for the backward pass), True (segments
@@ -127,10 +137,16 @@ def simulate(
         Pallas time-loop kernels of :mod:`spark_somas.kernels`: same spikes,
         gradients equal to float32 rounding; interpreted, hence slow, off a
         GPU) or ``"auto"``: the scan, until the kernels have been measured
-        faster on the platform (``kernels.FUSED_BY_DEFAULT``, empty so far).
+        faster on the platform (``backends.FUSED_BY_DEFAULT``, empty so far).
 
     Returns:
-      A :class:`SomaOutput` whose recorded fields have shape ``(T, *batch, *units)``.
+      A :class:`SomaOutput` whose recorded fields have the layout of
+      ``currents``: ``(T, *batch, *units)`` or ``(*batch, T, *units)``.
+
+    Raises:
+      ValueError: ``currents`` whose last axes are not the soma's ``units``
+        or that have no time axis (the message names the layout expected),
+        complex currents, or a field in ``record`` the soma does not have.
     """
     record = (record,) if isinstance(record, str) else tuple(record)
     bad = sorted(set(record) - set(RECORDABLE))
@@ -141,22 +157,25 @@ def simulate(
             f"{type(soma).__name__}; choose from {('spikes', 'potential') + soma.state_names}"
         )
     currents = jnp.asarray(currents)
-    if currents.ndim < 1:
-        raise ValueError(f"currents of shape {currents.shape} need a leading time axis")
+    axis = layout.time_axis("currents", currents.shape, soma.units, time_major)
     if jnp.issubdtype(currents.dtype, jnp.complexfloating):
         raise ValueError(f"currents of dtype {currents.dtype} violate the rule: real values (pA)")
     if not jnp.issubdtype(currents.dtype, jnp.floating):
         currents = currents.astype(soma.dtype)
+    currents = layout.to_time_major(currents, axis)
     soma.broadcast_state(currents.shape[1:])
-    if kernels.resolve_backend(backend) == "fused":
+    if resolve_backend(backend) == "fused":
+        from spark_somas import kernels  # Pallas and Triton load for a fused run only
+
         final, recorded = kernels.run(
             type(soma), soma.parameters(), soma.neuron_state(), currents, soma.options,
             record=record, segment=_segment_length(remat, currents.shape[0]))
         for name, value in final.items():
             getattr(soma, name).set_value(value)
-        return SomaOutput(**{k: recorded.get(k) for k in RECORDABLE})
-    recorded = drive(soma, currents, _Record(record), remat=remat, unroll=unroll,
-                     backend="scan")
+    else:
+        recorded = drive(soma, currents, _Record(record), remat=remat, unroll=unroll,
+                         backend="scan")
+    recorded = layout.from_time_major(recorded, len(soma.units), time_major)
     return SomaOutput(**{k: recorded.get(k) for k in RECORDABLE})
 
 

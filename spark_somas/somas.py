@@ -230,7 +230,14 @@ class ExponentialSoma(nnx.Module):
     Args:
       config: the soma's config; None gives the defaults.
       units: neurons, an int or a shape tuple.
-      dt: time step (ms).
+      dt: time step (ms). The default, 0.1 ms, is Brian2's and resolves the
+        spike's upswing (Δ_T = 2 mV of exponential rise: forward Euler
+        needs dt ≪ τ_m, here dt/τ_m ≈ 0.01), so a lone soma matches
+        Brian2's spike times. A :class:`~spark_somas.network.SpikingNetwork`
+        builds its somas at its own dt, 1 ms by default (dt/τ_m ≈ 0.1, still
+        stable, and a classification window is tens rather than hundreds
+        of steps): the same current then spans ten times as many ms per
+        step.
       method: integration method, one of ``spark_somas.integrators.METHODS``:
         ``"euler"`` (default), ``"rk2"``, ``"rk4"``, ``"exponential_euler"``.
       trainable: config fields that become per-neuron ``nnx.Param``\\ s.

@@ -111,3 +111,26 @@ def test_api_reference_lists_every_public_name_and_module():
     for module in modules:
         assert re.search(rf"^\s+spark_somas\.{module}$", api, re.M), (
             f"spark_somas.{module} missing from the module list of docs/api.rst")
+
+
+def test_benchmark_figures_show_the_recorded_numbers(tmp_path):
+    """benchmarks/plots.py draws the pages' figures from the JSON records alone:
+    the series it plots are the recorded values, and the committed PNGs exist."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("plots", ROOT / "benchmarks" / "plots.py")
+    plots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plots)
+    series = plots.main(["--out", str(tmp_path)])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["benchmarks-bptt-memory.png", "benchmarks-epochs.png",
+                     "benchmarks-throughput.png"]
+    assert all((DOCS / n).is_file() for n in names)
+    peers = json.loads((ROOT / "benchmarks" / "peers.json").read_text())["rows"]
+    assert series["throughput"]["N"] == [r["N"] for r in peers]
+    assert series["throughput"]["spark_somas (simulate)"] == [
+        r["spark_somas_neuron_steps_per_s"] for r in peers]
+    epochs = json.loads((ROOT / "benchmarks" / "epochs_cpu.json").read_text())["rows"]
+    assert series["epochs"]["samples_per_s"] == [r["samples_per_s"] for r in epochs]
+    plt.close("all")

@@ -31,7 +31,8 @@ def kernel_env(tmp_path_factory):
 def test_the_notebooks_are_there():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_neuron_dynamics.ipynb", "02_surrogate_training.ipynb", "03_checkpoint_resume.ipynb",
-            "04_fit_neuron_to_data.ipynb"} <= names
+            "04_fit_neuron_to_data.ipynb", "06_populations_fi_curves.ipynb",
+            "07_surrogate_gradients.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -1,0 +1,32 @@
+"""Which time loop runs: the names of the backends and the one place ``"auto"`` is resolved.
+
+Apart from :mod:`spark_somas.kernels` so that choosing (or refusing) a
+backend does not import Pallas and Triton: only a fused run does.
+"""
+
+from __future__ import annotations
+
+import jax
+
+__all__ = ["BACKENDS", "FUSED_BY_DEFAULT", "FusedBackendError", "resolve_backend"]
+
+BACKENDS = ("auto", "scan", "fused")
+
+# Platforms where the fused kernels have been run, checked and timed faster
+# than the scan (benchmarks/README.md): none yet, not even a GPU.
+FUSED_BY_DEFAULT: tuple[str, ...] = ()
+
+
+class FusedBackendError(ValueError):
+    """``backend="fused"`` asked of a run the kernels cannot partition: a
+    module step whose state, inputs or outputs lack the shared batch axis."""
+
+
+def resolve_backend(backend: str) -> str:
+    """``"scan"`` or ``"fused"``: ``"auto"`` is fused only on a platform in
+    ``FUSED_BY_DEFAULT`` (none yet), the scan elsewhere."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend = {backend!r} violates the rule: one of {BACKENDS}")
+    if backend == "auto":
+        return "fused" if jax.default_backend() in FUSED_BY_DEFAULT else "scan"
+    return backend
