@@ -18,7 +18,8 @@ A checkpoint is one step directory of an Orbax ``CheckpointManager`` holding
   any other Variable of the module tree (typed PRNG keys as their key data);
 * ``optimizer``: ``nnx.state(optimizer)`` when one was given;
 * ``metadata``: JSON — for every soma in the tree its class, config
-  (``config.to_dict()``), units, dt, dtype, param_dtype and trained fields;
+  (``config.to_dict()``), units, dt, integration method, dtype, param_dtype
+  and trained fields (release 0.1.0 did not record the method: see :func:`load`);
   the model's registered type and its spec (what :func:`load` rebuilds it
   from); the package, jax, flax and orbax versions; the step's metrics and the
   caller's ``extra``.
@@ -38,7 +39,8 @@ file in its directory, and again before every save, so an unwritable
 directory is refused before any work depends on it.
 
 Refusals: restoring into a model whose somas differ from the saved ones
-(class, units, dt, dtype, param_dtype, trained fields, any config field) or
+(class, units, dt, integration method, dtype, param_dtype, trained fields,
+any config field) or
 whose arrays differ in path, shape or dtype (a neuron state's batch
 shape may differ, its trailing ``units`` may not) raises
 :class:`CheckpointMismatchError` naming the field and both values, before any
@@ -59,6 +61,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -68,7 +71,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
-from spark_somas import registry, somas
+from spark_somas import integrators, registry, somas
 from spark_somas.configs import is_initializer, require
 from spark_somas.registry import ModelType, register_model, soma_from_spec, soma_spec
 
@@ -81,6 +84,7 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointExistsError",
     "CheckpointNotWritableError",
+    "UnrecordedMethodWarning",
     "ModelType",
     "register_model",
     "soma_spec",
@@ -112,6 +116,11 @@ class CheckpointMismatchError(CheckpointError):
 
 class CheckpointExistsError(CheckpointError, FileExistsError):
     """The step is already saved; a checkpoint is never overwritten."""
+
+
+class UnrecordedMethodWarning(UserWarning):
+    """A checkpoint of release 0.1.0 records no integration method: the
+    somas take the one named in the warning, unchecked."""
 
 
 class CheckpointNotWritableError(CheckpointError, PermissionError):
@@ -183,7 +192,9 @@ def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
             problems.append(f"soma {path!r}: model has a {type(have[path]).__name__}, checkpoint has none")
             continue
         mine, theirs = soma_spec(have[path]), saved[path]
-        for key in ("class", "units", "dt", "dtype", "param_dtype", "trainable"):
+        for key in ("class", "units", "dt", "method", "dtype", "param_dtype", "trainable"):
+            if key == "method" and key not in theirs:
+                continue  # release 0.1.0 did not record it: see _unrecorded_methods
             if theirs.get(key) != mine[key]:
                 problems.append(f"soma {path!r} {key}: checkpoint {_show(theirs.get(key))}, "
                                 f"model {_show(mine[key])}")
@@ -202,13 +213,39 @@ def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
     return problems
 
 
+def _unrecorded_methods(saved: Mapping[str, Any]) -> list[str]:
+    """Paths of the saved somas whose metadata records no integration method
+    (written by release 0.1.0)."""
+    return sorted(path for path, spec in saved.items()
+                  if isinstance(spec, Mapping) and "method" not in spec)
+
+
+def _written_by(meta: Mapping[str, Any]) -> str:
+    versions = meta.get("versions")
+    version = versions.get("spark_somas") if isinstance(versions, Mapping) else None
+    return f"spark_somas {version}" if isinstance(version, str) else "an older spark_somas"
+
+
 def _state_units(model: Any) -> dict[str, tuple[int, ...]]:
-    """Path of every neuron-state leaf of ``model`` -> its soma's units."""
-    out = {}
-    for path, soma in _soma_paths(model).items():
+    """Path of every neuron-state leaf of ``model`` (each ``SomaState``, the
+    somas' and any other module's: a network's synaptic currents, previous
+    spikes, readout potential) -> its units, the trailing shape a batch
+    never changes: a soma's ``units``; for any other leaf, its shape less
+    the batch shape the model's somas hold now (one batch for the whole
+    model, as :meth:`ExponentialSoma.broadcast_state` and every ``reset``
+    keep it)."""
+    soma_paths = _soma_paths(model)
+    out, batches = {}, set()
+    for path, soma in soma_paths.items():
         prefix = "" if path == "." else path + "/"
-        for name in _flat(nnx.to_pure_dict(nnx.state(soma, somas.SomaState))):
+        for name, leaf in _flat(nnx.to_pure_dict(nnx.state(soma, somas.SomaState))).items():
             out[prefix + name] = soma.units
+            batches.add(tuple(np.shape(leaf))[: np.ndim(leaf) - len(soma.units)])
+    batch = batches.pop() if len(batches) == 1 else ()
+    for name, leaf in _flat(nnx.to_pure_dict(nnx.state(model, somas.SomaState))).items():
+        shape = tuple(np.shape(leaf))
+        if name not in out and shape[: len(batch)] == batch:
+            out[name] = shape[len(batch):]
     return out
 
 
@@ -216,8 +253,9 @@ def _array_mismatches(item: str, saved: Mapping[str, Any], target: Mapping[str, 
                       loose: Mapping[str, tuple[int, ...]]) -> list[str]:
     """Differences in path, dtype and shape between saved array metadata and
     the target's leaves; ``loose`` paths (neuron state, mapped to their
-    soma's units) may differ in batch shape but must end in those units."""
-    problems = []
+    units) take the saved batch shape, which must be one for all of them,
+    followed by those units."""
+    problems, batches = [], {}
     for path in sorted(set(saved) | set(target)):
         if path not in target:
             problems.append(f"{item} {path!r}: in the checkpoint, not in the model")
@@ -235,8 +273,13 @@ def _array_mismatches(item: str, saved: Mapping[str, Any], target: Mapping[str, 
                 if len(saved_shape) < len(units) or saved_shape[len(saved_shape) - len(units):] != units:
                     problems.append(f"{item} {path!r} shape: checkpoint {saved_shape}, which does "
                                     f"not end in the model's units {units}")
+                else:
+                    batches.setdefault(saved_shape[: len(saved_shape) - len(units)], path)
             elif saved_shape != shape:
                 problems.append(f"{item} {path!r} shape: checkpoint {saved_shape}, model {shape}")
+    if len(batches) > 1:
+        problems.append(f"{item}: the neuron state has several batch shapes in the checkpoint ("
+                        + ", ".join(f"{b} at {p!r}" for b, p in batches.items()) + ")")
     return problems
 
 
@@ -544,9 +587,13 @@ class Checkpointer:
         """Restores ``step`` (default: the newest) into ``model`` and
         ``optimizer`` in place; returns the step.
 
-        The neuron state takes the saved batch shape. Somas, array paths,
-        shapes and dtypes are compared with the checkpoint first; on any
-        difference nothing is changed.
+        The neuron state (every ``SomaState``: the somas', and a network's
+        synaptic currents, previous spikes and readout potential) takes the
+        saved batch shape. Somas (their integration method included), array
+        paths, shapes and dtypes are compared with the checkpoint first; on
+        any difference nothing is changed. A checkpoint of release 0.1.0
+        records no integration method: it is restored into the model's own
+        with a :class:`UnrecordedMethodWarning`.
 
         Raises:
           CheckpointNotFoundError: no such directory or step.
@@ -555,6 +602,19 @@ class Checkpointer:
         """
         step = self._resolve(step)
         meta = self.metadata(step)
+        unrecorded = _unrecorded_methods(meta["somas"])
+        if unrecorded:
+            have = _soma_paths(model)
+            methods = sorted({have[p].method for p in unrecorded if p in have})
+            warnings.warn(UnrecordedMethodWarning(
+                f"checkpoint step {step} of {self.directory} was written by {_written_by(meta)}, "
+                f"which did not record the integration method of soma(s) {unrecorded}: it is "
+                f"restored into the model's method {', '.join(methods) or '-'} unchecked; it "
+                "should be the one the saved run used"), stacklevel=2)
+        return self._restore(model, optimizer, step, meta)
+
+    def _restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None, step: int,
+                 meta: Mapping[str, Any]) -> int:
         problems = _soma_mismatches(meta["somas"], model)
         if optimizer is not None and not meta.get("optimizer"):
             problems.append("optimizer: the checkpoint has no optimizer state")
@@ -614,16 +674,44 @@ class Checkpointer:
                 + "; ".join(problems))
 
 
-def load(directory: str | os.PathLike, step: int | None = None) -> nnx.Module:
+def load(directory: str | os.PathLike, step: int | None = None, *,
+         method: str | None = None) -> nnx.Module:
     """The model saved in ``directory`` at ``step`` (default: the newest),
     rebuilt from the metadata alone and restored: a soma, or any model type
-    registered with :func:`register_model`."""
+    registered with :func:`register_model`.
+
+    Each soma is rebuilt with the integration method its metadata records.
+    Release 0.1.0 did not record it: its somas are rebuilt with ``method``
+    when given, else with forward Euler (that release's default) and an
+    :class:`UnrecordedMethodWarning` that says how to choose another.
+    ``method`` for a checkpoint that records its somas' methods must agree
+    with them (else :class:`CheckpointMismatchError`).
+    """
+    if method is not None:
+        require(method in integrators.METHODS, "method", method,
+                f"None or one of {integrators.METHODS}", error=ValueError)
     with Checkpointer(directory, read_only=True) as ckpt:
         step = ckpt._resolve(step)
         meta = ckpt.metadata(step)
         ckpt._check_units(step, meta["somas"])
         model = _build_model(meta["model"])
-        ckpt.restore(model, step=step)
+        unrecorded = _unrecorded_methods(meta["somas"])
+        built = _soma_paths(model)
+        for path, soma in built.items():
+            if path in unrecorded and method is not None:
+                soma.method = method
+            elif method is not None and method != soma.method:
+                raise CheckpointMismatchError(
+                    f"cannot load step {step} of {ckpt.directory} with method = {method!r}: "
+                    f"its soma {path!r} records method {soma.method!r}")
+        if unrecorded and method is None:
+            warnings.warn(UnrecordedMethodWarning(
+                f"checkpoint step {step} of {ckpt.directory} was written by {_written_by(meta)}, "
+                f"which did not record the integration method of soma(s) {unrecorded}: loaded "
+                f"with method {', '.join(sorted({built[p].method for p in unrecorded if p in built}))}"
+                f" ({registry.LEGACY_METHOD!r} is that release's default); if the run used "
+                "another, pass it: load(directory, method='rk4')"), stacklevel=2)
+        ckpt._restore(model, None, step, meta)
     return model
 
 

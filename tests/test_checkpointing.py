@@ -338,3 +338,65 @@ def test_max_to_keep_keeps_the_newest_and_the_best(tmp_path):
         ckpt.save(6, soma, metrics={"loss": 9.0, "acc": 0.5})
         ckpt.wait()
         assert ckpt.all_steps() == [6]
+
+
+def _batched_network(seed: int):
+    from spark_somas import training
+
+    net = training.SpikingNetwork(6, [5, 4], 3, recurrent=True, synapse_tau=5.0,
+                                  trainable_neurons=True, rngs=nnx.Rngs(seed))
+    net(jnp.ones((7, 2, 6)))  # every SomaState now has batch shape (2,)
+    return net
+
+
+def test_network_with_batched_state_restores_and_continues(tmp_path):
+    saved = _batched_network(1)
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(0, saved)
+        target = _batched_network(2)
+        target.reset()  # the target's state is unbatched: it takes the saved (2, N)
+        ckpt.restore(target)
+    assert_states_equal(worker.flat_state("m", saved), worker.flat_state("m", target))
+    assert target.layers[0].current[...].shape == (2, 5)
+    assert target.readout_potential[...].shape == (2, 3)
+    loaded = ck.load(tmp_path)
+    assert_states_equal(worker.flat_state("m", saved), worker.flat_state("m", loaded))
+    x = jnp.ones((4, 2, 6))
+    np.testing.assert_array_equal(np.asarray(loaded(x).logits), np.asarray(saved(x).logits))
+
+
+def test_network_state_of_another_width_or_two_batch_shapes_is_refused(tmp_path):
+    from spark_somas import training
+
+    saved = _batched_network(1)
+    saved.layers[1].current.set_value(jnp.zeros((3, 4)))  # a batch unlike the rest of the state
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(0, saved)
+        target = _batched_network(2)
+        before = worker.flat_state("m", target)
+        with pytest.raises(ck.CheckpointMismatchError, match="several batch shapes"):
+            ckpt.restore(target)
+        assert_states_equal(before, worker.flat_state("m", target))
+        wider = training.SpikingNetwork(6, [5, 4], 4, recurrent=True, synapse_tau=5.0,
+                                        trainable_neurons=True, rngs=nnx.Rngs(0))
+        with pytest.raises(ck.CheckpointMismatchError, match="readout_potential"):
+            ckpt.restore(wider)
+
+
+@pytest.mark.parametrize("saved, other", [("rk4", "euler"), ("exponential_euler", "rk2")])
+def test_the_integration_method_is_saved_loaded_and_checked(tmp_path, saved, other):
+    soma = ss.AdaptiveExponentialSoma(units=3, method=saved)
+    ss.simulate(soma, jnp.full((50, 3), 900.0))
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(0, soma)
+        assert ckpt.metadata()["somas"]["."]["method"] == saved
+        with pytest.raises(ck.CheckpointMismatchError,
+                           match=f"method: checkpoint '{saved}', model '{other}'"):
+            ckpt.restore(ss.AdaptiveExponentialSoma(units=3, method=other))
+    loaded = ck.load(tmp_path)
+    assert loaded.method == saved
+    with pytest.raises(ck.CheckpointMismatchError, match=f"records method '{saved}'"):
+        ck.load(tmp_path, method=other)
+    drive = jnp.full((300, 3), 900.0)
+    np.testing.assert_array_equal(np.asarray(ss.simulate(loaded, drive).potential),
+                                  np.asarray(ss.simulate(soma, drive).potential))
