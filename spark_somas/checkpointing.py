@@ -91,6 +91,7 @@ __all__ = [
     "soma_from_spec",
     "load",
     "describe",
+    "check_directory",
     "format_listing",
 ]
 
@@ -338,6 +339,19 @@ def _check_writable(directory: str, name: str = "checkpoint directory", *,
             f"create and write ({err.strerror or type(err).__name__})") from None
 
 
+def check_directory(directory: str | os.PathLike, name: str = "checkpoint directory") -> str:
+    """The absolute path of ``directory`` as a checkpoint directory, or
+    :class:`CheckpointError` naming ``name`` when Orbax cannot keep a
+    checkpoint there: its array store (TensorStore) reads a backslash as a
+    path separator, so the arrays of ``run\\a`` would be written under
+    ``run/a`` and nothing would restore."""
+    path = os.path.abspath(os.fspath(directory))
+    require("\\" not in path, name, path,
+            "a path without a backslash (Orbax's array store reads '\\' as a separator "
+            "and would write the arrays elsewhere)", error=CheckpointError)
+    return path
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for dist in ("spark_somas", "jax", "jaxlib", "flax", "orbax-checkpoint", "optax"):
@@ -380,7 +394,7 @@ class Checkpointer:
         async_save: bool = True,
         read_only: bool = False,
     ):
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = check_directory(directory)
         if max_to_keep is not None and not (isinstance(max_to_keep, int) and max_to_keep >= 1):
             raise ValueError(f"max_to_keep = {max_to_keep!r} violates the rule: None or an int >= 1")
         if best_mode not in ("min", "max"):
