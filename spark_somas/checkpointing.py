@@ -441,9 +441,8 @@ class Checkpointer:
         """
         try:
             self._manager.wait_until_finished()
-        except OSError as err:
-            raise CheckpointNotWritableError(
-                f"a save to {self.directory} failed and was not committed: {err}") from err
+        except Exception as err:  # the writer raises OSError, or TensorStore's ValueError
+            raise self._not_written(err) from err
 
     def close(self) -> None:
         """Waits for pending saves, then releases the manager (also when a
@@ -545,6 +544,19 @@ class Checkpointer:
             raise CheckpointExistsError(
                 f"step {step} is already saved in {self.directory}; checkpoints are never "
                 f"overwritten (steps: {self.all_steps()})") from None
+        except Exception as err:  # a synchronous write failed (or an earlier async one)
+            raise self._not_written(err) from err
+
+    def _not_written(self, err: Exception) -> CheckpointNotWritableError:
+        """A failed write, whatever the layer that reports it (an OSError, or
+        TensorStore's ``ValueError: RESOURCE_EXHAUSTED …`` for a full disk),
+        in one line: its step is not committed; earlier steps are intact."""
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # the file system's own words close TensorStore's message: keep them
+        reason = reason if len(reason) <= 300 else reason[:100] + " … " + reason[-197:]
+        return CheckpointNotWritableError(
+            f"a save to {self.directory} failed on the file system and was not committed; "
+            f"earlier steps are intact ({reason})")
 
     def _check_metrics(self, metrics: Mapping[str, float] | None) -> dict[str, float]:
         out = {}

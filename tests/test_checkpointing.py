@@ -400,3 +400,37 @@ def test_the_integration_method_is_saved_loaded_and_checked(tmp_path, saved, oth
     drive = jnp.full((300, 3), 900.0)
     np.testing.assert_array_equal(np.asarray(ss.simulate(loaded, drive).potential),
                                   np.asarray(ss.simulate(soma, drive).potential))
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+import jax
+import spark_somas as ss
+from spark_somas import checkpointing as ck
+big = ss.ExponentialSoma(units=200_000)
+big.potential[...] = jax.random.normal(jax.random.key(0), (200_000,))  # incompressible
+ckpt = ck.Checkpointer(sys.argv[1], async_save=sys.argv[2] == "async")
+ckpt.save(0, ss.ExponentialSoma(units=2))
+ckpt.wait()
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the disk is now full
+try:
+    ckpt.save(1, big)
+    ckpt.close()
+except ck.CheckpointNotWritableError as err:
+    print("refused:", err)
+"""
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_write_that_fails_on_the_file_system_is_not_writable_and_keeps_earlier_steps(
+        tmp_path, mode):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path), mode], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("refused: a save to ") and "not committed" in proc.stdout
+    assert "File too large" in proc.stdout  # the file system's reason, in one line
+    assert len(proc.stdout.splitlines()) == 1
+    assert ck.describe(tmp_path)[-1].step == 0
+    assert ck.load(tmp_path).units == (2,)
