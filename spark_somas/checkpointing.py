@@ -129,7 +129,14 @@ class CheckpointNotWritableError(CheckpointError, PermissionError):
     save to it failed on the file system."""
 
 
-def _build_model(model_meta: Mapping[str, Any]) -> nnx.Module:
+def _build_model(model_meta: Mapping[str, Any], check: Callable[[nnx.Module], None]) -> nnx.Module:
+    """The model the metadata describes, built once abstractly
+    (``nnx.eval_shape``: shapes and dtypes, no memory) and handed to
+    ``check``, then for real: a spec that claims more than the stored
+    arrays hold is refused before anything of its size is allocated. A
+    model whose construction reads a parameter as a number (a
+    SpikingNetwork with trained neurons: its rheobase current) cannot be
+    built abstractly; it is built for real and compared after."""
     name = model_meta.get("type")
     if name is None:
         raise CheckpointError(
@@ -144,10 +151,18 @@ def _build_model(model_meta: Mapping[str, Any]) -> nnx.Module:
             f"model type {err}; loading never imports a module named in a checkpoint: import "
             "or define the model's class and call register_model for it first") from None
     try:
+        try:
+            abstract = nnx.eval_shape(lambda: entry.build(model_meta.get("spec")))
+        except jax.errors.ConcretizationTypeError:
+            abstract = None  # its construction reads a traced value as a number
+        if abstract is not None:
+            check(abstract)
         return entry.build(model_meta.get("spec"))
+    except CheckpointError:
+        raise
     except registry.UnknownModelError as err:
         raise CheckpointError(str(err)) from None
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise CheckpointCorruptError(f"the checkpoint's spec of its {name} cannot rebuild it "
                                      f"({type(err).__name__}: {err})") from None
 
@@ -212,6 +227,48 @@ def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
                 problems.append(f"soma {path!r} config.{name}: checkpoint "
                                 f"{_show(theirs['config'].get(name))}, model {_show(mine['config'][name])}")
     return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_SOMA_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "class": (lambda v: isinstance(v, str), "a class name"),
+    "config": (lambda v: isinstance(v, dict), "a dict of config fields"),
+    "units": (lambda v: isinstance(v, list) and len(v) > 0 and all(
+        isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in v),
+              "a list of positive ints"),
+    "dt": (_is_number, "a number (ms)"),
+    "dtype": (lambda v: isinstance(v, str), "a dtype name"),
+    "param_dtype": (lambda v: isinstance(v, str), "a dtype name"),
+    "trainable": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+                  "a list of field names"),
+}
+
+
+def _metadata_problem(meta: Mapping[str, Any]) -> str | None:
+    """What in a step's metadata is not as :meth:`Checkpointer.save` writes
+    it (a hand edit, another program), or None: checked before anything
+    reads it, so that damage is named instead of raising KeyError deep inside."""
+    if not isinstance(meta.get("time"), str):
+        return f"'time' = {_show(meta.get('time'))}, not an ISO 8601 string"
+    metrics = meta.get("metrics") or {}
+    if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
+        return f"'metrics' = {_show(metrics)}, not a dict of numbers"
+    model = meta["model"]
+    if not isinstance(model.get("class"), str) or not isinstance(model.get("type"), (str, type(None))):
+        return f"'model' = {_show(model)}, without a class name and a type name or null"
+    for path, spec in meta["somas"].items():
+        if not isinstance(spec, dict):
+            return f"soma {path!r} = {_show(spec)}, not a dict"
+        for key, (ok, rule) in _SOMA_KEYS.items():
+            if key not in spec or not ok(spec[key]):
+                return f"soma {path!r} {key!r} = {_show(spec.get(key))}, not {rule}"
+        if "method" in spec and spec["method"] not in integrators.METHODS:
+            return (f"soma {path!r} 'method' = {_show(spec['method'])}, not one of "
+                    f"{integrators.METHODS}")
+    return None
 
 
 def _unrecorded_methods(saved: Mapping[str, Any]) -> list[str]:
@@ -590,6 +647,9 @@ class Checkpointer:
             raise CheckpointError(f"step {step} in {self.directory} has format version "
                                   f"{meta['format_version']}; this spark_somas reads up to "
                                   f"{FORMAT_VERSION}")
+        problem = _metadata_problem(meta)
+        if problem:
+            raise self._corrupt(step, "metadata", problem)
         return meta
 
     def _corrupt(self, step: int, item: str, err: Any) -> CheckpointCorruptError:
@@ -671,6 +731,16 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as err:
             raise self._corrupt(step, "arrays", err) from err
+        stored = _flat(restored["state"])
+        for path, soma in _soma_paths(model).items():
+            prefix = "" if path == "." else path + "/"
+            try:  # an untrusted checkpoint may hold any numbers: the soma's rules decide
+                soma.check_parameters({f.name: stored[prefix + f.name]
+                                       for f in soma.config.quantity_fields()})
+            except ValueError as err:
+                raise CheckpointCorruptError(
+                    f"checkpoint step {step} in {self.directory} holds values that break the "
+                    f"rules of soma {path!r}, so nothing is restored: {err}") from None
         for name, module in modules.items():
             values = jax.tree.map(
                 lambda like, arr: jax.random.wrap_key_data(arr, impl=jax.random.key_impl(like))
@@ -694,6 +764,18 @@ class Checkpointer:
             if shape is None or units is None or shape[len(shape) - len(units):] != units:
                 raise self._corrupt(step, "metadata", f"soma {path!r} has units {units} in the "
                                     f"metadata but a stored potential of shape {shape}")
+
+    def _check_shapes(self, step: int, model: nnx.Module) -> None:
+        """Refuses metadata that describes a model whose arrays are not the
+        stored ones (``model`` may be abstract, from ``nnx.eval_shape``)."""
+        try:
+            stored = _flat(self._manager.item_metadata(step)["state"].tree)
+        except Exception as err:
+            raise self._corrupt(step, "array metadata", err) from err
+        problems = _array_mismatches("state", stored, _flat(_pure(model)), _state_units(model))
+        if problems:
+            raise self._corrupt(step, "metadata", "its model spec disagrees with the stored "
+                                "arrays: " + "; ".join(problems[:5]))
 
     def _refusal(self, step: int, problems: list[str]) -> str:
         return (f"cannot restore step {step} of {self.directory} into this model: "
@@ -720,7 +802,7 @@ def load(directory: str | os.PathLike, step: int | None = None, *,
         step = ckpt._resolve(step)
         meta = ckpt.metadata(step)
         ckpt._check_units(step, meta["somas"])
-        model = _build_model(meta["model"])
+        model = _build_model(meta["model"], lambda abstract: ckpt._check_shapes(step, abstract))
         unrecorded = _unrecorded_methods(meta["somas"])
         built = _soma_paths(model)
         for path, soma in built.items():

@@ -213,6 +213,17 @@ def _as_units(units: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(int(u) for u in shape)
 
 
+def _constant(value: Any) -> Array:
+    """A fixed field as a JAX array, concrete even while a trace builds the
+    soma (``jax.jit``, ``nnx.eval_shape``) when its value is known: code that
+    reads a fixed field as a number (a network's rheobase current) then
+    works there too. A traced value stays traced."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(value)
+
+
 def _batch_of(shape: tuple[int, ...], units: tuple[int, ...]) -> tuple[int, ...]:
     return shape[: len(shape) - len(units)]
 
@@ -332,7 +343,7 @@ class ExponentialSoma(nnx.Module):
                 if n in trainable:  # a Param per neuron; a fixed field keeps its own shape
                     v = jnp.broadcast_to(jnp.asarray(v), self.units)
                 setattr(self, n, nnx.Param(v, **meta) if n in trainable
-                        else SomaConstant(jnp.asarray(v), **meta))
+                        else SomaConstant(_constant(v), **meta))
             self.residual_names = residual_names(self.state_names, self.dtype)
             for n in self.stored_names:
                 units = STATE_UNITS[n.removesuffix(RESIDUAL)]
