@@ -55,6 +55,7 @@ from typing import Sequence
 
 import numpy as np
 
+from spark_somas.configs import as_number, require
 from spark_somas.datasets import DataError, Dataset, _check_fraction, _stratified_split
 
 __all__ = [
@@ -126,10 +127,11 @@ def _integers(values: np.ndarray, what: str) -> np.ndarray:
 
 def _check_binning(steps: int, bin_ms: float, pool: int, n_channels: int) -> None:
     for name, value in (("steps", steps), ("pool", pool), ("n_channels", n_channels)):
-        if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0):
-            raise ValueError(f"{name} = {value!r} violates the rule: a positive int")
-    if not (isinstance(bin_ms, (int, float)) and math.isfinite(bin_ms) and bin_ms > 0):
-        raise ValueError(f"bin_ms = {bin_ms!r} violates the rule: bin_ms > 0 and finite")
+        require(as_number(value, name, integer=True, error=ValueError) > 0, name, value,
+                "a positive int", error=ValueError)
+    bin_ms = as_number(bin_ms, "bin_ms", error=ValueError)  # NumPy and JAX scalars too
+    require(math.isfinite(bin_ms) and bin_ms > 0, "bin_ms", bin_ms, "bin_ms > 0 and finite",
+            error=ValueError)
 
 
 def bin_events(

@@ -35,7 +35,8 @@ from spark_somas import kernels
 from spark_somas.kernels import FusedBackendError
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
-__all__ = ["drive", "simulate", "RECORDABLE", "FusedBackendError"]
+__all__ = ["drive", "simulate", "recorded_fields", "check_currents_shape", "RECORDABLE",
+           "FusedBackendError"]
 
 M = TypeVar("M", bound=nnx.Module)
 
@@ -102,6 +103,29 @@ class _Record:
         return {k: values[k] for k in self.names}
 
 
+def recorded_fields(soma: ExponentialSoma, record: str | Sequence[str]) -> tuple[str, ...]:
+    """``record`` as a tuple of field names (one name may be given as a
+    string), each recordable for ``soma``; ``ValueError`` naming the others
+    and the choices otherwise. What :func:`simulate` and
+    :func:`~spark_somas.sharding.simulate_sharded` accept."""
+    record = (record,) if isinstance(record, str) else tuple(record)
+    choices = tuple(dict.fromkeys(("spikes", "potential") + soma.state_names))
+    bad = [name for name in record if name not in RECORDABLE or name not in choices]
+    if bad:
+        raise ValueError(f"record = {record!r}: {bad} not recordable for "
+                         f"{type(soma).__name__}; choose from {choices}")
+    return record
+
+
+def check_currents_shape(soma: ExponentialSoma, shape: Sequence[int]) -> None:
+    """Refuses time-major currents of a ``shape`` other than ``(T, *units)``
+    or ``(T, *batch, *units)``, naming the whole shape."""
+    shape, units = tuple(shape), soma.units
+    if len(shape) < 1 + len(units) or shape[len(shape) - len(units):] != units:
+        raise ValueError(f"currents of shape {shape} violate the rule: (T, *units) or "
+                         f"(T, *batch, *units), time first, with units = {units}")
+
+
 def simulate(
     soma: ExponentialSoma,
     currents: jax.Array,
@@ -132,17 +156,9 @@ def simulate(
     Returns:
       A :class:`SomaOutput` whose recorded fields have shape ``(T, *batch, *units)``.
     """
-    record = (record,) if isinstance(record, str) else tuple(record)
-    bad = sorted(set(record) - set(RECORDABLE))
-    missing = sorted(set(record) - {"spikes", "potential"} - set(soma.state_names))
-    if bad or missing:
-        raise ValueError(
-            f"record = {tuple(record)!r}: {bad or missing} not recordable for "
-            f"{type(soma).__name__}; choose from {('spikes', 'potential') + soma.state_names}"
-        )
+    record = recorded_fields(soma, record)
     currents = jnp.asarray(currents)
-    if currents.ndim < 1:
-        raise ValueError(f"currents of shape {currents.shape} need a leading time axis")
+    check_currents_shape(soma, currents.shape)
     if jnp.issubdtype(currents.dtype, jnp.complexfloating):
         raise ValueError(f"currents of dtype {currents.dtype} violate the rule: real values (pA)")
     if not jnp.issubdtype(currents.dtype, jnp.floating):

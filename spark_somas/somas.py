@@ -351,8 +351,9 @@ class ExponentialSoma(nnx.Module):
         except Exception as err:
             if "RESOURCE_EXHAUSTED" not in str(err):
                 raise
+            stored = self.state_names + residual_names(self.state_names, self.dtype)
             per_neuron = (len(trainable) * self.param_dtype.itemsize
-                          + len(self.state_names) * 2 * self.dtype.itemsize)
+                          + len(stored) * self.dtype.itemsize)
             raise MemoryError(
                 f"{name}: units = {self.units} needs about {per_neuron * math.prod(self.units):.3g} "
                 f"bytes for its state and trained fields, more than the device could "

@@ -4,6 +4,7 @@ option, value, rule), before any work or data is lost, and nothing hangs."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import pathlib
 import subprocess
@@ -437,3 +438,37 @@ def test_a_soma_built_inside_jit_checks_its_values(kwargs, message):
     for run in (build, jax.jit(build), nnx.jit(build)):
         with pytest.raises((ValueError, ss.ConfigError), match=message):
             run()
+
+
+@pytest.mark.parametrize("units", [10**12, (10**6, 10**6)])
+def test_too_many_neurons_for_memory_is_a_memory_error_not_a_shape_error(units):
+    with pytest.raises(MemoryError, match=r"units = \(.*\) needs about 1.2e\+13 bytes for its "
+                                          "state and trained fields"):
+        ss.AdaptiveExponentialSoma(units=units, trainable=("threshold",))
+
+
+def test_currents_of_the_wrong_rank_are_named_whole():
+    soma = ss.ExponentialSoma(units=3)
+    for shape in [(10,), (10, 4), (3,)]:
+        with pytest.raises(ValueError, match=re.escape(f"currents of shape {shape} violate the "
+                                                       "rule: (T, *units) or (T, *batch, *units)")):
+            ss.simulate(soma, jnp.ones(shape))
+
+
+def test_the_record_refusal_lists_each_choice_once():
+    with pytest.raises(ValueError) as err:
+        ss.simulate(ss.AdaptiveExponentialSoma(units=2), jnp.ones((3, 2)), record="refractory")
+    assert str(err.value).endswith("choose from ('spikes', 'potential', 'adaptation')"), err.value
+
+
+def test_numpy_and_jax_integers_are_step_counts_and_bin_widths():
+    from spark_somas import events
+    from spark_somas.encoders import Encoder
+
+    assert Encoder("current", np.int64(8)).steps == 8
+    assert Encoder("current", jnp.int32(8)).steps == 8
+    with pytest.raises(ValueError, match="Encoder.steps = 8.0 violates the rule: an int"):
+        Encoder("current", 8.0)
+    x = events.bin_events([np.array([0.015])], [np.array([2])], steps=np.int64(3),
+                          bin_ms=np.float32(14), pool=np.int32(1))
+    assert x.shape == (1, 3, 700) and x[0, 1, 2] == 1
