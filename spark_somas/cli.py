@@ -14,14 +14,20 @@ new one in :data:`SUBCOMMANDS`):
 * ``spark-somas simulate`` — each of the four default somas under a step
   current: spike counts, firing rates and ``<out>/simulate.png`` (voltage traces).
 
-``train --checkpoint-dir D`` saves after every epoch e (0-based) the step
-e + 1 of a :class:`spark_somas.checkpointing.Checkpointer`: model (weights,
-neuron parameters and state), optimizer (Adam moments, step count, hence the
-learning-rate schedule), test metrics, and ``extra = {"history", "run"}``, the
-run's :class:`~spark_somas.runs.RunConfig` as a dict. ``train --resume D``
-restores the newest step into a network built from the saved run and runs ``fit(..., start_epoch=e + 1, history=extra["history"])``:
-data order and noise are pure functions of (seed, epoch), so the resumed run
-is the run that never stopped.
+``train --checkpoint-dir D`` (a new or empty D) saves after every epoch e
+(0-based) the step e + 1 of a :class:`spark_somas.checkpointing.Checkpointer`,
+keeping the newest ``--keep-last`` and the ``--keep-best`` by test accuracy:
+model (weights, neuron parameters and state), optimizer (Adam moments, step
+count, hence the learning-rate schedule), test metrics, and ``extra =
+{"history", "run"}``, the run's :class:`~spark_somas.runs.RunConfig` as a
+dict. ``train --resume D`` restores the newest step into a network built from
+the saved run and runs ``fit(..., start_epoch=e + 1,
+history=extra["history"])``: data order and noise are pure functions of
+(seed, epoch), so the resumed run is the run that never stopped. A run
+option given on resume must keep its saved value, except ``--epochs``, which
+extends the run (the cosine schedule is then the longer run's). SIGINT and
+SIGTERM stop training with one line naming the ``--resume`` command, exit
+status 130 and 143.
 * ``spark-somas checkpoints D`` — the steps saved in D with their metrics.
 
 User errors end the command with one line on stderr naming the option and
