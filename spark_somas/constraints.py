@@ -7,7 +7,7 @@ and the other fields' current values, a feasible interval
 next representable value — τ > 0, Δθ ≥ 0. Training adds one bound of its
 own: time constants (τ_m, τ_w, τ_θ) stay ≥ dt, so the forward-Euler leak
 factor 1 − dt/τ is non-negative. The soma's dtype rules
-(:meth:`~spark_somas.somas.ExponentialSoma.dtype_bounds`: |E_L|, |V_r|
+(:meth:`~spark_somas.somas.ExponentialSoma.dtype_bounds`: E_L and V_r
 within what the state dtype holds; in half precision τ small enough for
 dt/τ to stay resolvable) bound the fields too, so training never moves a
 soma where its constructor would refuse it.

@@ -362,7 +362,7 @@ class ExponentialSoma(nnx.Module):
     def dtype_bounds(self) -> dict[str, tuple[float, float]]:
         """The interval [low, high] each field must lie in for this soma's
         dtypes, beyond the config's rules: E_L and V_r become the stored V,
-        so |E_L|, |V_r| ≤ the largest potential the state dtype holds
+        so ``|E_L|, |V_r| ≤`` the largest potential the state dtype holds
         (:func:`~spark_somas.numerics.bound`); in a compensated half-precision
         state a time constant τ must keep dt/τ resolvable
         (:func:`~spark_somas.numerics.resolution_problem`), τ ≤ dt/(m·u) with

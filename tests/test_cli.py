@@ -406,3 +406,16 @@ def test_a_signal_stops_training_in_one_line_that_says_how_to_resume(tmp_path, s
     assert last >= 2 and checkpointing.describe(ckpt)[-1].step == last  # complete and listed
     net = checkpointing.load(ckpt)
     assert isinstance(net, training.SpikingNetwork)
+
+
+def test_resuming_a_run_of_release_0_1_0_warns_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE_RUN, run)
+    assert cli.main(["train", "--resume", str(run), "--epochs", "3", "--no-progress",
+                     "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "resumed" in out and "final test accuracy" in out
+    (line,) = [l for l in err.splitlines() if "warning" in l]
+    assert line.startswith("spark-somas train: warning: checkpoint step 2 of ") and \
+        "written by spark_somas 0.1.0" in line and "method euler unchecked" in line
+    assert checkpointing.describe(run)[-1].step == 3
