@@ -559,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``spark-somas`` with ``argv`` (default: the process arguments)."""
     args = build_parser().parse_args(argv)
     args.given = _given(argv)
-    from spark_somas.checkpointing import CheckpointError, CheckpointNotWritableError
+    from spark_somas.checkpointing import CheckpointError
     from spark_somas.configs import ConfigError
     from spark_somas.datasets import DataError
     from spark_somas.training import NonFiniteLossError
@@ -573,10 +573,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.func(args)
     except (CommandError, CheckpointError, ConfigError, DataError, NonFiniteLossError) as err:
         print(f"spark-somas {args.command}: error: {err}", file=sys.stderr)
-        if isinstance(err, CheckpointNotWritableError):
-            # The failed save's TensorStore callbacks still run at exit, into
-            # Orbax's closed event loop: their tracebacks would bury the line above.
-            sys.unraisablehook = lambda unraisable: None
         return 1
 
 
