@@ -419,3 +419,25 @@ def test_resuming_a_run_of_release_0_1_0_warns_in_one_line(tmp_path, capsys):
     assert line.startswith("spark-somas train: warning: checkpoint step 2 of ") and \
         "written by spark_somas 0.1.0" in line and "method euler unchecked" in line
     assert checkpointing.describe(run)[-1].step == 3
+
+
+def test_a_save_that_fails_on_the_file_system_ends_train_with_its_one_line(tmp_path):
+    import resource
+    import signal
+
+    def full_disk():  # every file stops at 40 kB, as on a disk that filled up
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "spark_somas.cli", "train", "--limit", "48", "--batch-size", "24",
+         "--hidden", "256", "--steps", "5", "--epochs", "2", "--no-progress",
+         "--checkpoint-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")],
+        env=env, preexec_fn=full_disk, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("spark-somas train: error: ")]
+    assert len(errors) == 1 and "failed on the file system and was not committed" in errors[0]
+    assert "File too large" in errors[0]
+    assert "ValueError" not in proc.stderr  # not TensorStore's raw error
+    assert "final test accuracy" not in proc.stdout
