@@ -18,7 +18,8 @@ A checkpoint is one step directory of an Orbax ``CheckpointManager`` holding
   any other Variable of the module tree (typed PRNG keys as their key data);
 * ``optimizer``: ``nnx.state(optimizer)`` when one was given;
 * ``metadata``: JSON — for every soma in the tree its class, config
-  (``config.to_dict()``), units, dt, dtype, param_dtype and trained fields;
+  (``config.to_dict()``), units, dt, integration method, dtype, param_dtype
+  and trained fields (release 0.1.0 did not record the method: see :func:`load`);
   the model's registered type and its spec (what :func:`load` rebuilds it
   from); the package, jax, flax and orbax versions; the step's metrics and the
   caller's ``extra``.
@@ -38,7 +39,8 @@ file in its directory, and again before every save, so an unwritable
 directory is refused before any work depends on it.
 
 Refusals: restoring into a model whose somas differ from the saved ones
-(class, units, dt, dtype, param_dtype, trained fields, any config field) or
+(class, units, dt, integration method, dtype, param_dtype, trained fields,
+any config field) or
 whose arrays differ in path, shape or dtype (a neuron state's batch
 shape may differ, its trailing ``units`` may not) raises
 :class:`CheckpointMismatchError` naming the field and both values, before any
@@ -59,6 +61,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -68,7 +71,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
-from spark_somas import registry, somas
+from spark_somas import integrators, registry, somas
 from spark_somas.configs import is_initializer, require
 from spark_somas.registry import ModelType, register_model, soma_from_spec, soma_spec
 
@@ -81,12 +84,14 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointExistsError",
     "CheckpointNotWritableError",
+    "UnrecordedMethodWarning",
     "ModelType",
     "register_model",
     "soma_spec",
     "soma_from_spec",
     "load",
     "describe",
+    "check_directory",
     "format_listing",
 ]
 
@@ -114,12 +119,24 @@ class CheckpointExistsError(CheckpointError, FileExistsError):
     """The step is already saved; a checkpoint is never overwritten."""
 
 
+class UnrecordedMethodWarning(UserWarning):
+    """A checkpoint of release 0.1.0 records no integration method: the
+    somas take the one named in the warning, unchecked."""
+
+
 class CheckpointNotWritableError(CheckpointError, PermissionError):
     """The directory cannot be created or written by this process, or a
     save to it failed on the file system."""
 
 
-def _build_model(model_meta: Mapping[str, Any]) -> nnx.Module:
+def _build_model(model_meta: Mapping[str, Any], check: Callable[[nnx.Module], None]) -> nnx.Module:
+    """The model the metadata describes, built once abstractly
+    (``nnx.eval_shape``: shapes and dtypes, no memory) and handed to
+    ``check``, then for real: a spec that claims more than the stored
+    arrays hold is refused before anything of its size is allocated. A
+    model whose construction reads a parameter as a number (a
+    SpikingNetwork with trained neurons: its rheobase current) cannot be
+    built abstractly; it is built for real and compared after."""
     name = model_meta.get("type")
     if name is None:
         raise CheckpointError(
@@ -134,10 +151,18 @@ def _build_model(model_meta: Mapping[str, Any]) -> nnx.Module:
             f"model type {err}; loading never imports a module named in a checkpoint: import "
             "or define the model's class and call register_model for it first") from None
     try:
+        try:
+            abstract = nnx.eval_shape(lambda: entry.build(model_meta.get("spec")))
+        except jax.errors.ConcretizationTypeError:
+            abstract = None  # its construction reads a traced value as a number
+        if abstract is not None:
+            check(abstract)
         return entry.build(model_meta.get("spec"))
+    except CheckpointError:
+        raise
     except registry.UnknownModelError as err:
         raise CheckpointError(str(err)) from None
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise CheckpointCorruptError(f"the checkpoint's spec of its {name} cannot rebuild it "
                                      f"({type(err).__name__}: {err})") from None
 
@@ -183,7 +208,9 @@ def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
             problems.append(f"soma {path!r}: model has a {type(have[path]).__name__}, checkpoint has none")
             continue
         mine, theirs = soma_spec(have[path]), saved[path]
-        for key in ("class", "units", "dt", "dtype", "param_dtype", "trainable"):
+        for key in ("class", "units", "dt", "method", "dtype", "param_dtype", "trainable"):
+            if key == "method" and key not in theirs:
+                continue  # release 0.1.0 did not record it: see _unrecorded_methods
             if theirs.get(key) != mine[key]:
                 problems.append(f"soma {path!r} {key}: checkpoint {_show(theirs.get(key))}, "
                                 f"model {_show(mine[key])}")
@@ -213,13 +240,81 @@ def _with_defaults(config_class: type, saved: Mapping[str, Any]) -> Mapping[str,
         return saved
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_SOMA_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "class": (lambda v: isinstance(v, str), "a class name"),
+    "config": (lambda v: isinstance(v, dict), "a dict of config fields"),
+    "units": (lambda v: isinstance(v, list) and len(v) > 0 and all(
+        isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in v),
+              "a list of positive ints"),
+    "dt": (_is_number, "a number (ms)"),
+    "dtype": (lambda v: isinstance(v, str), "a dtype name"),
+    "param_dtype": (lambda v: isinstance(v, str), "a dtype name"),
+    "trainable": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+                  "a list of field names"),
+}
+
+
+def _metadata_problem(meta: Mapping[str, Any]) -> str | None:
+    """What in a step's metadata is not as :meth:`Checkpointer.save` writes
+    it (a hand edit, another program), or None: checked before anything
+    reads it, so that damage is named instead of raising KeyError deep inside."""
+    if not isinstance(meta.get("time"), str):
+        return f"'time' = {_show(meta.get('time'))}, not an ISO 8601 string"
+    metrics = meta.get("metrics") or {}
+    if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
+        return f"'metrics' = {_show(metrics)}, not a dict of numbers"
+    model = meta["model"]
+    if not isinstance(model.get("class"), str) or not isinstance(model.get("type"), (str, type(None))):
+        return f"'model' = {_show(model)}, without a class name and a type name or null"
+    for path, spec in meta["somas"].items():
+        if not isinstance(spec, dict):
+            return f"soma {path!r} = {_show(spec)}, not a dict"
+        for key, (ok, rule) in _SOMA_KEYS.items():
+            if key not in spec or not ok(spec[key]):
+                return f"soma {path!r} {key!r} = {_show(spec.get(key))}, not {rule}"
+        if "method" in spec and spec["method"] not in integrators.METHODS:
+            return (f"soma {path!r} 'method' = {_show(spec['method'])}, not one of "
+                    f"{integrators.METHODS}")
+    return None
+
+
+def _unrecorded_methods(saved: Mapping[str, Any]) -> list[str]:
+    """Paths of the saved somas whose metadata records no integration method
+    (written by release 0.1.0)."""
+    return sorted(path for path, spec in saved.items()
+                  if isinstance(spec, Mapping) and "method" not in spec)
+
+
+def _written_by(meta: Mapping[str, Any]) -> str:
+    versions = meta.get("versions")
+    version = versions.get("spark_somas") if isinstance(versions, Mapping) else None
+    return f"spark_somas {version}" if isinstance(version, str) else "an older spark_somas"
+
+
 def _state_units(model: Any) -> dict[str, tuple[int, ...]]:
-    """Path of every neuron-state leaf of ``model`` -> its soma's units."""
-    out = {}
-    for path, soma in _soma_paths(model).items():
+    """Path of every neuron-state leaf of ``model`` (each ``SomaState``, the
+    somas' and any other module's: a network's synaptic currents, previous
+    spikes, readout potential) -> its units, the trailing shape a batch
+    never changes: a soma's ``units``; for any other leaf, its shape less
+    the batch shape the model's somas hold now (one batch for the whole
+    model, as :meth:`ExponentialSoma.broadcast_state` and every ``reset``
+    keep it)."""
+    soma_paths = _soma_paths(model)
+    out, batches = {}, set()
+    for path, soma in soma_paths.items():
         prefix = "" if path == "." else path + "/"
-        for name in _flat(nnx.to_pure_dict(nnx.state(soma, somas.SomaState))):
+        for name, leaf in _flat(nnx.to_pure_dict(nnx.state(soma, somas.SomaState))).items():
             out[prefix + name] = soma.units
+            batches.add(tuple(np.shape(leaf))[: np.ndim(leaf) - len(soma.units)])
+    batch = batches.pop() if len(batches) == 1 else ()
+    for name, leaf in _flat(nnx.to_pure_dict(nnx.state(model, somas.SomaState))).items():
+        shape = tuple(np.shape(leaf))
+        if name not in out and shape[: len(batch)] == batch:
+            out[name] = shape[len(batch):]
     return out
 
 
@@ -227,8 +322,9 @@ def _array_mismatches(item: str, saved: Mapping[str, Any], target: Mapping[str, 
                       loose: Mapping[str, tuple[int, ...]]) -> list[str]:
     """Differences in path, dtype and shape between saved array metadata and
     the target's leaves; ``loose`` paths (neuron state, mapped to their
-    soma's units) may differ in batch shape but must end in those units."""
-    problems = []
+    units) take the saved batch shape, which must be one for all of them,
+    followed by those units."""
+    problems, batches = [], {}
     for path in sorted(set(saved) | set(target)):
         if path not in target:
             problems.append(f"{item} {path!r}: in the checkpoint, not in the model")
@@ -246,8 +342,13 @@ def _array_mismatches(item: str, saved: Mapping[str, Any], target: Mapping[str, 
                 if len(saved_shape) < len(units) or saved_shape[len(saved_shape) - len(units):] != units:
                     problems.append(f"{item} {path!r} shape: checkpoint {saved_shape}, which does "
                                     f"not end in the model's units {units}")
+                else:
+                    batches.setdefault(saved_shape[: len(saved_shape) - len(units)], path)
             elif saved_shape != shape:
                 problems.append(f"{item} {path!r} shape: checkpoint {saved_shape}, model {shape}")
+    if len(batches) > 1:
+        problems.append(f"{item}: the neuron state has several batch shapes in the checkpoint ("
+                        + ", ".join(f"{b} at {p!r}" for b, p in batches.items()) + ")")
     return problems
 
 
@@ -306,6 +407,19 @@ def _check_writable(directory: str, name: str = "checkpoint directory", *,
             f"create and write ({err.strerror or type(err).__name__})") from None
 
 
+def check_directory(directory: str | os.PathLike, name: str = "checkpoint directory") -> str:
+    """The absolute path of ``directory`` as a checkpoint directory, or
+    :class:`CheckpointError` naming ``name`` when Orbax cannot keep a
+    checkpoint there: its array store (TensorStore) reads a backslash as a
+    path separator, so the arrays of ``run\\a`` would be written under
+    ``run/a`` and nothing would restore."""
+    path = os.path.abspath(os.fspath(directory))
+    require("\\" not in path, name, path,
+            "a path without a backslash (Orbax's array store reads '\\' as a separator "
+            "and would write the arrays elsewhere)", error=CheckpointError)
+    return path
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for dist in ("spark_somas", "jax", "jaxlib", "flax", "orbax-checkpoint", "optax"):
@@ -348,7 +462,7 @@ class Checkpointer:
         async_save: bool = True,
         read_only: bool = False,
     ):
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = check_directory(directory)
         if max_to_keep is not None and not (isinstance(max_to_keep, int) and max_to_keep >= 1):
             raise ValueError(f"max_to_keep = {max_to_keep!r} violates the rule: None or an int >= 1")
         if best_mode not in ("min", "max"):
@@ -395,9 +509,8 @@ class Checkpointer:
         """
         try:
             self._manager.wait_until_finished()
-        except OSError as err:
-            raise CheckpointNotWritableError(
-                f"a save to {self.directory} failed and was not committed: {err}") from err
+        except Exception as err:  # the writer raises OSError, or TensorStore's ValueError
+            raise self._not_written(err) from err
 
     def close(self) -> None:
         """Waits for pending saves, then releases the manager (also when a
@@ -499,6 +612,19 @@ class Checkpointer:
             raise CheckpointExistsError(
                 f"step {step} is already saved in {self.directory}; checkpoints are never "
                 f"overwritten (steps: {self.all_steps()})") from None
+        except Exception as err:  # a synchronous write failed (or an earlier async one)
+            raise self._not_written(err) from err
+
+    def _not_written(self, err: Exception) -> CheckpointNotWritableError:
+        """A failed write, whatever the layer that reports it (an OSError, or
+        TensorStore's ``ValueError: RESOURCE_EXHAUSTED …`` for a full disk),
+        in one line: its step is not committed; earlier steps are intact."""
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # the file system's own words close TensorStore's message: keep them
+        reason = reason if len(reason) <= 300 else reason[:100] + " … " + reason[-197:]
+        return CheckpointNotWritableError(
+            f"a save to {self.directory} failed on the file system and was not committed; "
+            f"earlier steps are intact ({reason})")
 
     def _check_metrics(self, metrics: Mapping[str, float] | None) -> dict[str, float]:
         out = {}
@@ -532,6 +658,9 @@ class Checkpointer:
             raise CheckpointError(f"step {step} in {self.directory} has format version "
                                   f"{meta['format_version']}; this spark_somas reads up to "
                                   f"{FORMAT_VERSION}")
+        problem = _metadata_problem(meta)
+        if problem:
+            raise self._corrupt(step, "metadata", problem)
         return meta
 
     def _corrupt(self, step: int, item: str, err: Any) -> CheckpointCorruptError:
@@ -555,9 +684,13 @@ class Checkpointer:
         """Restores ``step`` (default: the newest) into ``model`` and
         ``optimizer`` in place; returns the step.
 
-        The neuron state takes the saved batch shape. Somas, array paths,
-        shapes and dtypes are compared with the checkpoint first; on any
-        difference nothing is changed.
+        The neuron state (every ``SomaState``: the somas', and a network's
+        synaptic currents, previous spikes and readout potential) takes the
+        saved batch shape. Somas (their integration method included), array
+        paths, shapes and dtypes are compared with the checkpoint first; on
+        any difference nothing is changed. A checkpoint of release 0.1.0
+        records no integration method: it is restored into the model's own
+        with a :class:`UnrecordedMethodWarning`.
 
         Raises:
           CheckpointNotFoundError: no such directory or step.
@@ -566,6 +699,19 @@ class Checkpointer:
         """
         step = self._resolve(step)
         meta = self.metadata(step)
+        unrecorded = _unrecorded_methods(meta["somas"])
+        if unrecorded:
+            have = _soma_paths(model)
+            methods = sorted({have[p].method for p in unrecorded if p in have})
+            warnings.warn(UnrecordedMethodWarning(
+                f"checkpoint step {step} of {self.directory} was written by {_written_by(meta)}, "
+                f"which did not record the integration method of soma(s) {unrecorded}: it is "
+                f"restored into the model's method {', '.join(methods) or '-'} unchecked; it "
+                "should be the one the saved run used"), stacklevel=2)
+        return self._restore(model, optimizer, step, meta)
+
+    def _restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None, step: int,
+                 meta: Mapping[str, Any]) -> int:
         problems = _soma_mismatches(meta["somas"], model)
         if optimizer is not None and not meta.get("optimizer"):
             problems.append("optimizer: the checkpoint has no optimizer state")
@@ -596,6 +742,16 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as err:
             raise self._corrupt(step, "arrays", err) from err
+        stored = _flat(restored["state"])
+        for path, soma in _soma_paths(model).items():
+            prefix = "" if path == "." else path + "/"
+            try:  # an untrusted checkpoint may hold any numbers: the soma's rules decide
+                soma.check_parameters({f.name: stored[prefix + f.name]
+                                       for f in soma.config.quantity_fields()})
+            except ValueError as err:
+                raise CheckpointCorruptError(
+                    f"checkpoint step {step} in {self.directory} holds values that break the "
+                    f"rules of soma {path!r}, so nothing is restored: {err}") from None
         for name, module in modules.items():
             values = jax.tree.map(
                 lambda like, arr: jax.random.wrap_key_data(arr, impl=jax.random.key_impl(like))
@@ -620,21 +776,61 @@ class Checkpointer:
                 raise self._corrupt(step, "metadata", f"soma {path!r} has units {units} in the "
                                     f"metadata but a stored potential of shape {shape}")
 
+    def _check_shapes(self, step: int, model: nnx.Module) -> None:
+        """Refuses metadata that describes a model whose arrays are not the
+        stored ones (``model`` may be abstract, from ``nnx.eval_shape``)."""
+        try:
+            stored = _flat(self._manager.item_metadata(step)["state"].tree)
+        except Exception as err:
+            raise self._corrupt(step, "array metadata", err) from err
+        problems = _array_mismatches("state", stored, _flat(_pure(model)), _state_units(model))
+        if problems:
+            raise self._corrupt(step, "metadata", "its model spec disagrees with the stored "
+                                "arrays: " + "; ".join(problems[:5]))
+
     def _refusal(self, step: int, problems: list[str]) -> str:
         return (f"cannot restore step {step} of {self.directory} into this model: "
                 + "; ".join(problems))
 
 
-def load(directory: str | os.PathLike, step: int | None = None) -> nnx.Module:
+def load(directory: str | os.PathLike, step: int | None = None, *,
+         method: str | None = None) -> nnx.Module:
     """The model saved in ``directory`` at ``step`` (default: the newest),
     rebuilt from the metadata alone and restored: a soma, or any model type
-    registered with :func:`register_model`."""
+    registered with :func:`register_model`.
+
+    Each soma is rebuilt with the integration method its metadata records.
+    Release 0.1.0 did not record it: its somas are rebuilt with ``method``
+    when given, else with forward Euler (that release's default) and an
+    :class:`UnrecordedMethodWarning` that says how to choose another.
+    ``method`` for a checkpoint that records its somas' methods must agree
+    with them (else :class:`CheckpointMismatchError`).
+    """
+    if method is not None:
+        require(method in integrators.METHODS, "method", method,
+                f"None or one of {integrators.METHODS}", error=ValueError)
     with Checkpointer(directory, read_only=True) as ckpt:
         step = ckpt._resolve(step)
         meta = ckpt.metadata(step)
         ckpt._check_units(step, meta["somas"])
-        model = _build_model(meta["model"])
-        ckpt.restore(model, step=step)
+        model = _build_model(meta["model"], lambda abstract: ckpt._check_shapes(step, abstract))
+        unrecorded = _unrecorded_methods(meta["somas"])
+        built = _soma_paths(model)
+        for path, soma in built.items():
+            if path in unrecorded and method is not None:
+                soma.method = method
+            elif method is not None and method != soma.method:
+                raise CheckpointMismatchError(
+                    f"cannot load step {step} of {ckpt.directory} with method = {method!r}: "
+                    f"its soma {path!r} records method {soma.method!r}")
+        if unrecorded and method is None:
+            warnings.warn(UnrecordedMethodWarning(
+                f"checkpoint step {step} of {ckpt.directory} was written by {_written_by(meta)}, "
+                f"which did not record the integration method of soma(s) {unrecorded}: loaded "
+                f"with method {', '.join(sorted({built[p].method for p in unrecorded if p in built}))}"
+                f" ({registry.LEGACY_METHOD!r} is that release's default); if the run used "
+                "another, pass it: load(directory, method='rk4')"), stacklevel=2)
+        ckpt._restore(model, None, step, meta)
     return model
 
 

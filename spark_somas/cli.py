@@ -15,14 +15,20 @@ new one in :data:`SUBCOMMANDS`):
 * ``spark-somas simulate`` — each of the four default somas under a step
   current: spike counts, firing rates and ``<out>/simulate.png`` (voltage traces).
 
-``train --checkpoint-dir D`` saves after every epoch e (0-based) the step
-e + 1 of a :class:`spark_somas.checkpointing.Checkpointer`: model (weights,
-neuron parameters and state), optimizer (Adam moments, step count, hence the
-learning-rate schedule), test metrics, and ``extra = {"history", "run"}``, the
-run's :class:`~spark_somas.runs.RunConfig` as a dict. ``train --resume D``
-restores the newest step into a network built from the saved run and runs ``fit(..., start_epoch=e + 1, history=extra["history"])``:
-data order and noise are pure functions of (seed, epoch), so the resumed run
-is the run that never stopped.
+``train --checkpoint-dir D`` (a new or empty D) saves after every epoch e
+(0-based) the step e + 1 of a :class:`spark_somas.checkpointing.Checkpointer`,
+keeping the newest ``--keep-last`` and the ``--keep-best`` by test accuracy:
+model (weights, neuron parameters and state), optimizer (Adam moments, step
+count, hence the learning-rate schedule), test metrics, and ``extra =
+{"history", "run"}``, the run's :class:`~spark_somas.runs.RunConfig` as a
+dict. ``train --resume D`` restores the newest step into a network built from
+the saved run and runs ``fit(..., start_epoch=e + 1,
+history=extra["history"])``: data order and noise are pure functions of
+(seed, epoch), so the resumed run is the run that never stopped. A run
+option given on resume must keep its saved value, except ``--epochs``, which
+extends the run (the cosine schedule is then the longer run's). SIGINT and
+SIGTERM stop training with one line naming the ``--resume`` command, exit
+status 130 and 143.
 * ``spark-somas checkpoints D`` — the steps saved in D with their metrics.
 
 User errors end the command with one line on stderr naming the option and
@@ -37,12 +43,17 @@ the data are loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import math
 import os
+import shlex
+import signal
 import sys
 import time
+import warnings
 from typing import Callable, Sequence
 
 import matplotlib
@@ -81,6 +92,22 @@ def _positive(kind: type) -> Callable[[str], float | int]:
     return parse
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} violates the rule: an int >= 0")
+    return value
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it is None or empty, or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, [], ()) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _writable_dir(path: str, option: str) -> None:
     """Creates ``path`` and a file in it (removed at once), or raises
     :class:`CommandError` naming ``option``: before any work depends on it."""
@@ -97,12 +124,18 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
     from spark_somas.runs import RECIPES, RunConfig
 
+    recipes = "; ".join(
+        f"{task}: {r.encoder} input, "
+        + (f"{r.steps} steps" if r.steps else "steps set by the trial")
+        + f", input gain {r.input_gain:g}, "
+        + (f"synapse tau {r.synapse_tau:g} ms" if r.synapse_tau else "no synapse")
+        for task, r in RECIPES.items())
     p = sub.add_parser(
         "train", help="train a spiking network on digits, Randman, the cue task, SHD or SSC",
         description="Train input Linear -> soma layers -> Linear -> leaky readout with BPTT "
                     "through surrogate spikes (Adam, cosine-decayed learning rate). "
-                    f"Per-task recipe (encoder, steps, input gain, synapse): {RECIPES}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                    f"Each task's recipe: {recipes}.",
+        formatter_class=_HelpFormatter,
     )
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
@@ -127,12 +160,17 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--download", action="store_true",
                    help="shd/ssc: first download the official files (checksummed, resumable) "
                         "into --data-dir, default the cache directory of spark_somas.fetch")
-    p.add_argument("--checkpoint-dir", default=None,
-                   help="save model, optimizer and history after every epoch (Orbax)")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="save model, optimizer and history after every epoch (Orbax) in DIR, "
+                        "a new or empty directory")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run checkpointed in DIR from its newest epoch, with the "
-                        "settings saved there (other options but --out are ignored); keeps "
-                        "saving to DIR")
+                        "settings saved there; --epochs N extends it to N epochs, any other "
+                        "run option must agree with the saved one; keeps saving to DIR")
+    p.add_argument("--keep-last", type=_count, default=3, metavar="N",
+                   help="keep the checkpoints of the newest N epochs (0: every epoch)")
+    p.add_argument("--keep-best", type=_count, default=1, metavar="N",
+                   help="also keep the N epochs of best test accuracy")
     p.add_argument("--out", default="out", help="directory for the PNG and JSON")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write TensorBoard event files (scalars per epoch, parameter "
@@ -165,13 +203,14 @@ def _percent(x: float) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     import dataclasses
+    import logging
 
     import jax
     import numpy as np
     from flax import nnx
 
     from spark_somas import datasets, loggers, training
-    from spark_somas.checkpointing import Checkpointer
+    from spark_somas.checkpointing import Checkpointer, check_directory
     from spark_somas.events import EventDatasetMissing
     from spark_somas.runs import RunConfig
 
@@ -185,15 +224,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.data_dir = args.data_dir or str(default_cache_dir(args.task))
     resumed = None
     if args.resume:
+        args.resume = check_directory(args.resume, "--resume")
         resumed = _resumable(args.resume)
-        run = RunConfig.from_dict(resumed["run"])
+        run = _resumed_run(args, resumed)
+        if args.checkpoint_dir and check_directory(args.checkpoint_dir) != args.resume:
+            raise CommandError(f"--checkpoint-dir {args.checkpoint_dir} violates the rule: a "
+                               f"resumed run keeps saving to its --resume directory {args.resume}")
         args.checkpoint_dir = args.resume
     else:
         try:
             run = RunConfig(**{f.name: getattr(args, f.name)
                                for f in dataclasses.fields(RunConfig)})
-        except ValueError as err:  # a rule between options, e.g. --task shd without --data-dir
+        except ValueError as err:  # a rule of one option, or between options
             raise CommandError(f"{err} (--{str(err).split()[0].replace('_', '-')})") from None
+        if args.checkpoint_dir:
+            _new_checkpoint_dir(check_directory(args.checkpoint_dir, "--checkpoint-dir"))
     _writable_dir(args.out, "--out")
     for option, directory in (("--checkpoint-dir", args.checkpoint_dir),
                               ("--tensorboard", args.tensorboard)):
@@ -215,7 +260,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = datasets.load_task(run.task, **run.data_kwargs()).limit(run.limit)
     except EventDatasetMissing as err:
         raise CommandError(f"--data-dir {run.data_dir}: {err}") from None
+    except datasets.DataError as err:  # a damaged file, or data breaking a rule
+        where = f"--data-dir {run.data_dir}: " if run.data_dir else f"{run.task} data: "
+        raise CommandError(where + str(err)) from None
     except (TypeError, ValueError) as err:  # an unknown --data-option key or a bad value
+        if not run.data_option:
+            raise CommandError(f"{run.task} data: {err}") from None
         raise CommandError(f"--data-option violates the rule: a keyword of the {run.task} "
                            f"loader with a valid value ({err})") from None
     if data.encoding == "spikes" and run.encoder not in (None, "spikes"):
@@ -223,6 +273,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     encoder = run.make_encoder(data)
     model = training.SpikingNetwork.from_config(run.network(data), nnx.Rngs(run.seed))
     batch = min(run.batch_size, len(data.x_train))
+    # The cosine schedule is a function of the step and the whole run's
+    # length: a run extended on resume continues on the longer run's curve.
     optimizer = training.make_optimizer(model, run.lr,
                                         total_steps=run.epochs * (len(data.x_train) // batch))
     settings = run.to_dict() | {
@@ -235,7 +287,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     save = checkpointer = None
     start_epoch, history = 0, None
     if args.checkpoint_dir:
-        checkpointer = Checkpointer(args.checkpoint_dir)
+        # Orbax logs a failed background write with its tracebacks; the
+        # failure itself reaches the user as one CheckpointNotWritableError line.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
+        checkpointer = Checkpointer(
+            args.checkpoint_dir, max_to_keep=args.keep_last or None,
+            best_metric="test_accuracy" if args.keep_best else None, best_mode="max",
+            keep_best=args.keep_best or 1)
         if resumed is not None:
             start_epoch, history = checkpointer.restore(model, optimizer), resumed["history"]
             print(f"resumed {args.resume} after epoch {start_epoch}", flush=True)
@@ -248,16 +306,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.tensorboard:  # a resumed run hides the events the old run wrote after its save
         tensorboard = loggers.TensorBoardLogger(args.tensorboard, histograms=True,
                                                 purge_step=start_epoch + 1 if start_epoch else None)
+    stopped = None
     try:
-        history = training.fit(model, optimizer, data, encoder=encoder, epochs=run.epochs,
-                               batch_size=batch, seed=run.seed,
-                               on_epoch_end=loggers.chain(save, tensorboard),
-                               start_epoch=start_epoch, history=history, progress=args.progress,
-                               epoch_on_device=args.epoch_on_device)
+        with _stop_on_signals():
+            history = training.fit(model, optimizer, data, encoder=encoder, epochs=run.epochs,
+                                   batch_size=batch, seed=run.seed,
+                                   on_epoch_end=loggers.chain(save, tensorboard),
+                                   start_epoch=start_epoch, history=history,
+                                   progress=args.progress, epoch_on_device=args.epoch_on_device)
+    except Stopped as stop:
+        stopped = stop
     finally:
         for closing in (checkpointer, tensorboard):
             if closing is not None:
-                closing.close()
+                closing.close()  # waits for the pending save: the last epoch is complete
+    if stopped is not None:
+        last = None
+        if checkpointer is not None:  # read again: the wait in close() may have committed one
+            with Checkpointer(args.checkpoint_dir, read_only=True) as ckpt:
+                last = ckpt.latest_step()
+        where = (f"epochs 1 … {last} are saved in {args.checkpoint_dir}; continue with: "
+                 f"spark-somas train --resume {shlex.quote(args.checkpoint_dir)}"
+                 if last else "no epoch was saved" + ("" if args.checkpoint_dir else
+                                                      " (no --checkpoint-dir)"))
+        print(f"spark-somas train: stopped by {stopped.name}; {where}", file=sys.stderr)
+        return 128 + stopped.signum
     wall = time.perf_counter() - t0
     losses = np.asarray(history["train_loss"] + history["test_loss"])
     sample = training.record(model, data.x_test[:1], jax.random.key(run.seed), encoder=encoder)
@@ -307,7 +380,89 @@ def _resumable(directory: str) -> dict:
             f"--checkpoint-dir' (its step {meta['step']} holds a "
             f"{meta['model'].get('type') or meta['model'].get('class')} without the training "
             "settings and history)")
-    return extra
+    return extra | {"epochs_done": meta["step"]}
+
+
+def _new_checkpoint_dir(directory: str) -> None:
+    """Refuses a ``--checkpoint-dir`` that already holds checkpoints, before any
+    work: a new run would fail at its first save (steps are never overwritten)."""
+    from spark_somas.checkpointing import Checkpointer
+
+    if not os.path.isdir(directory):
+        return
+    with Checkpointer(directory, read_only=True) as ckpt:
+        steps = ckpt.all_steps()
+    if steps:
+        raise CommandError(
+            f"--checkpoint-dir {directory} violates the rule: a new or empty directory (it "
+            f"holds the checkpoints of epochs {steps}); continue that run with --resume "
+            f"{shlex.quote(directory)}, or choose another directory")
+
+
+def _resumed_run(args: argparse.Namespace, resumed: dict) -> "RunConfig":
+    """The run saved in ``--resume``'s directory, extended to ``--epochs`` when
+    given; every other run option given must agree with the saved value."""
+    import dataclasses
+
+    from spark_somas.runs import RunConfig
+
+    try:
+        saved = RunConfig.from_dict(resumed["run"])
+    except ValueError as err:
+        raise CommandError(f"--resume {args.resume}: the run saved there cannot be rebuilt by "
+                           f"this version ({err})") from None
+    done = resumed["epochs_done"]
+    for field in dataclasses.fields(RunConfig):
+        if field.name == "epochs" or field.name not in args.given:
+            continue
+        mine = getattr(args, field.name)
+        if field.name == "data_option":
+            mine = tuple(tuple(kv) for kv in mine)
+        if mine != getattr(saved, field.name):
+            flag = "--" + field.name.replace("_", "-")
+            raise CommandError(
+                f"{flag} {getattr(args, field.name)} violates the rule: a resumed run keeps "
+                f"the settings saved in {args.resume} ({field.name} = "
+                f"{getattr(saved, field.name)!r}); only --epochs may change, to extend it")
+    epochs = args.epochs if "epochs" in args.given else saved.epochs
+    if epochs < done or "epochs" not in args.given and done >= epochs:
+        rule = (f"at least the {done} epochs the run has done" if epochs < done else
+                f"the run in {args.resume} has done all its {done} epochs: pass --epochs N "
+                f"with N > {done} to extend it")
+        raise CommandError(f"--epochs {epochs} violates the rule: {rule}")
+    return dataclasses.replace(saved, epochs=epochs)
+
+
+class Stopped(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM arrived while training. A BaseException,
+    as KeyboardInterrupt: no handler of ordinary errors on the way up (a
+    save's, say) may take it for one."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.name = signum, signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Turns SIGINT and SIGTERM into :class:`Stopped` in the main thread
+    (the epoch under way is abandoned; saved epochs stay as they are), and
+    restores the previous handlers afterwards."""
+    def handler(signum, frame):
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+#: The longest ``simulate`` run, in steps (100 s at dt = 0.1 ms): its arrays
+#: (the drive, the time axis, each soma's V and spikes) and their plots take
+#: about 50 bytes a step, tens of MB at this length.
+MAX_SIMULATE_STEPS = 10**6
 
 
 def add_simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -315,7 +470,7 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         "simulate", help="the four default somas under a step current",
         description="Run each default soma (Brette & Gerstner 2005 cell) from rest under a "
                     "current step and report spike counts and firing rates.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--current", type=_finite, default=800.0, help="step amplitude (pA)")
     p.add_argument("--duration", type=_positive(float), default=300.0, help="run length (ms)")
@@ -332,10 +487,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import spark_somas as ss
     from spark_somas import plotting
 
-    steps = int(round(args.duration / args.dt))
-    if steps < 1:
-        raise CommandError(f"--duration {args.duration:g} violates the rule: at least one step of "
-                           f"--dt {args.dt:g} ms")
+    from spark_somas.configs import LARGEST, SMALLEST
+
+    if not SMALLEST <= args.dt <= LARGEST:
+        raise CommandError(f"--dt {args.dt:g} violates the rule: {SMALLEST:g} ≤ dt ≤ "
+                           f"{LARGEST:g} ms, the somas' time step")
+    steps = round(args.duration / args.dt)
+    if not 1 <= steps <= MAX_SIMULATE_STEPS:
+        raise CommandError(f"--duration {args.duration:g} violates the rule: from one step of "
+                           f"--dt {args.dt:g} ms to {MAX_SIMULATE_STEPS:.0e} steps (asked: "
+                           f"{steps:.3g})")
     _writable_dir(args.out, "--out")
     t = np.arange(steps) * args.dt
     current = np.where(t >= args.onset, args.current, 0.0).astype(np.float32)[:, None]
@@ -383,26 +544,53 @@ SUBCOMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
 }
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("spark_somas")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        from spark_somas import __version__
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="spark-somas",
         description="Exponential integrate-and-fire somas (Flax NNX): simulate and train.")
+    parser.add_argument("--version", action="version", version=f"spark-somas {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add, run in SUBCOMMANDS.values():
         add(sub).set_defaults(func=run)
     return parser
 
 
+def _given(argv: Sequence[str] | None) -> set[str]:
+    """The options given on the command line (their ``dest``), told apart
+    from defaults by parsing again with every default suppressed."""
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for option in sub._actions:
+                    option.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command", "func"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``spark-somas`` with ``argv`` (default: the process arguments)."""
     args = build_parser().parse_args(argv)
+    args.given = _given(argv)
     from spark_somas.checkpointing import CheckpointError
     from spark_somas.configs import ConfigError
     from spark_somas.datasets import DataError
     from spark_somas.training import NonFiniteLossError
 
+    def warn(message, category, filename, lineno, file=None, line=None):
+        print(f"spark-somas {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # a warning is one line too, as errors are
+            warnings.showwarning = warn
+            return args.func(args)
     except (CommandError, CheckpointError, ConfigError, DataError, NonFiniteLossError) as err:
         print(f"spark-somas {args.command}: error: {err}", file=sys.stderr)
         return 1

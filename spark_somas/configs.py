@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import numbers
 from typing import Any, Callable, Mapping, Union
 
 import jax.numpy as jnp
@@ -34,6 +35,8 @@ __all__ = [
     "Rule",
     "Value",
     "require",
+    "as_number",
+    "FLOAT_DTYPES",
     "feasible_interval",
     "ExponentialSomaConfig",
     "RefractoryExponentialSomaConfig",
@@ -67,9 +70,13 @@ class Rule:
         bound = self.bound if isinstance(self.bound, str) else f"{self.bound:g}"
         return f"{name} {self.op} {bound}, {within}"
 
-    def holds(self, value: np.ndarray, other: np.ndarray | None) -> np.ndarray:
-        bound = other if isinstance(self.bound, str) else self.bound
-        ok = np.isfinite(value) & (np.abs(value) <= LARGEST)
+    def holds(self, value: np.ndarray, other: np.ndarray | None, dtype: Any = None) -> np.ndarray:
+        """Where ``value`` obeys the rule. With ``dtype`` (the one ``value``
+        is stored in) a numeric bound is first rounded to it, as ``value``
+        was: τ_m = 10^-6 in float32 is the float32 nearest 10^-6, which the
+        rule ≥ 10^-6 must accept."""
+        bound = other if isinstance(self.bound, str) else _rounded(self.bound, dtype)
+        ok = np.isfinite(value) & (np.abs(value) <= _rounded(LARGEST, dtype))
         # Not in place: ``bound`` may broadcast ``ok`` to a larger shape.
         if self.op == ">":
             ok = ok & (value > bound)
@@ -90,6 +97,49 @@ SMALLEST = 1e-6
 FINITE = Rule("finite")
 POSITIVE = Rule(">=", SMALLEST)
 NON_NEGATIVE = Rule(">=", 0.0)
+
+
+def _rounded(bound: float | None, dtype: Any) -> float | None:
+    """``bound`` rounded to ``dtype`` (None: as is); ±inf where it overflows."""
+    if bound is None or dtype is None:
+        return bound
+    with np.errstate(over="ignore"):
+        return float(np.asarray(bound, np.float64).astype(jnp.dtype(dtype)))
+
+
+#: The dtypes a soma's state and parameters may have.
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def as_number(value: Any, name: str, *, integer: bool = False,
+              error: type[Exception] = ConfigError) -> float | int:
+    """``value`` as a Python float (an int with ``integer``): any real
+    scalar — a Python or NumPy number, a 0-d NumPy or JAX array, a
+    ``Fraction``; with ``integer``, an integral one. A bool, a string, a
+    complex number, an array of another shape or a value traced by
+    ``jax.jit``/``vmap`` raises ``error`` naming ``name``: such values are
+    static, and a trace has no number to give."""
+    import jax
+
+    if isinstance(value, jax.core.Tracer):
+        require(False, name, value, "a concrete number: it is static (it shapes the compiled "
+                "program), so pass it from outside jax.jit/vmap, or mark it static",
+                error=error)
+    kind = "an int" if integer else "a real number"
+    if isinstance(value, (bool, np.bool_, str, bytes)) or not (
+            isinstance(value, numbers.Real) or getattr(value, "shape", None) == ()):
+        require(False, name, value, kind, error=error)
+    try:
+        arr = None if isinstance(value, numbers.Real) else np.asarray(value)
+        if integer:
+            ok = isinstance(value, numbers.Integral) or arr is not None and arr.dtype.kind in "iu"
+        else:
+            ok = arr is None or arr.dtype.kind in "iuf" or arr.dtype == jnp.bfloat16
+        if ok:
+            return int(value) if integer else float(value)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    require(False, name, value, kind, error=error)
 
 
 def require(ok: Any, name: str, value: Any, rule: str, *,
@@ -202,15 +252,8 @@ class ExponentialSomaConfig:
                     f"{type(self).__name__}.{f.name} = {value!r} violates the rule: "
                     "a float, an array or an initializer (key, shape, dtype) -> array"
                 )
-            if not is_initializer(value) and np.iscomplexobj(value):
-                raise ConfigError(
-                    f"{type(self).__name__}.{f.name} = {value!r} violates the rule: real "
-                    "values (a complex number would lose its imaginary part)"
-                )
-            if isinstance(value, (int, float)):
-                object.__setattr__(self, f.name, float(value))
-            elif isinstance(value, (list, tuple)):
-                object.__setattr__(self, f.name, np.asarray(value, dtype=np.float64))
+            if not is_initializer(value):
+                object.__setattr__(self, f.name, self._number_field(f.name, value))
         surrogate = self.surrogate
         try:
             if isinstance(surrogate, str):
@@ -241,6 +284,27 @@ class ExponentialSomaConfig:
         if not skip_validation:
             self.validate({f.name: getattr(self, f.name) for f in self.quantity_fields()})
 
+    def _number_field(self, name: str, value: Any) -> float | np.ndarray | Any:
+        """A field's value as stored: a float, a float64 array (from a list),
+        or the array given; refused unless it holds real numbers only."""
+        where = f"{type(self).__name__}.{name}"
+        rule = "real numbers: a float or a (rectangular) array of them"
+        if isinstance(value, (int, float)):
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond every float
+                require(False, where, f"an int of {len(str(abs(value)))} digits",
+                        self.field_info(name)["rule"].text(name))
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError):  # a ragged list
+            require(False, where, value, rule)
+        if np.iscomplexobj(arr):
+            require(False, where, value, "real values (a complex number would lose its "
+                    "imaginary part)")
+        require(arr.dtype.kind in "iuf" or arr.dtype == jnp.bfloat16, where, value, rule)
+        return arr.astype(np.float64) if isinstance(value, (list, tuple)) else value
+
     @classmethod
     def quantity_fields(cls) -> tuple[dataclasses.Field, ...]:
         """The numeric fields (those with units), in declaration order."""
@@ -251,23 +315,27 @@ class ExponentialSomaConfig:
         """Symbol, units, meaning and rule of field ``name``."""
         return {f.name: f.metadata for f in cls.quantity_fields()}[name]
 
-    def validate(self, values: Mapping[str, Any]) -> None:
+    def validate(self, values: Mapping[str, Any], dtype: Any = None) -> None:
         """Checks every rule on ``values`` (field name -> number or array).
 
-        Initializers are skipped (the soma checks what they draw). Raises
-        :class:`ConfigError` on the first broken rule. Every rule needs finite
-        values, so finiteness is checked first: a NaN or inf is blamed on its
-        own field, not on a field whose rule compares against it; a broken
-        comparison names the other field's value too.
+        Initializers and fields missing from ``values`` are skipped (the soma
+        checks what it draws). With ``dtype``, the dtype the values are
+        stored in, numeric bounds are rounded to it first (see
+        :meth:`Rule.holds`). Raises :class:`ConfigError` on the first broken
+        rule. Every rule needs finite values, so finiteness is checked first:
+        a NaN or inf is blamed on its own field, not on a field whose rule
+        compares against it; a broken comparison names the other field's
+        value too.
         """
         arrays = {f.name: np.asarray(values[f.name], dtype=np.float64)
-                  for f in self.quantity_fields() if not is_initializer(values[f.name])}
+                  for f in self.quantity_fields()
+                  if f.name in values and not is_initializer(values[f.name])}
         for name, arr in arrays.items():
-            self._require(name, arr, np.isfinite(arr) & (np.abs(arr) <= LARGEST))
+            self._require(name, arr, np.isfinite(arr) & (np.abs(arr) <= _rounded(LARGEST, dtype)))
         for name, arr in arrays.items():
             rule = self.field_info(name)["rule"]
             if not isinstance(rule.bound, str):
-                self._require(name, arr, rule.holds(arr, None))
+                self._require(name, arr, rule.holds(arr, None, dtype))
             elif rule.bound in arrays:
                 other = arrays[rule.bound]
                 try:
@@ -322,6 +390,8 @@ class ExponentialSomaConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExponentialSomaConfig":
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        require(isinstance(d, Mapping), f"{cls.__name__}.from_dict: d", d,
+                "a dict of config fields")
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(d) - names)
         if unknown:

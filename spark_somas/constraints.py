@@ -6,7 +6,11 @@ and the other fields' current values, a feasible interval
 ``|x| ≤ 10^6`` (positive fields ≥ 10^-6), V_th > max(V_T, V_r) — strict: the
 next representable value — τ > 0, Δθ ≥ 0. Training adds one bound of its
 own: time constants (τ_m, τ_w, τ_θ) stay ≥ dt, so the forward-Euler leak
-factor 1 − dt/τ is non-negative.
+factor 1 − dt/τ is non-negative. The soma's dtype rules
+(:meth:`~spark_somas.somas.ExponentialSoma.dtype_bounds`: E_L and V_r
+within what the state dtype holds; in half precision τ small enough for
+dt/τ to stay resolvable) bound the fields too, so training never moves a
+soma where its constructor would refuse it.
 
 :func:`neuron_constraints` is an Optax transformation that projects after
 the update, in the style of ``optax.keep_params_nonnegative``: chained last
@@ -63,6 +67,7 @@ from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -107,10 +112,13 @@ class _Bounds(NamedTuple):
     config_class: type
     dt: float
     trainable: tuple[str, ...]
+    dtype_bounds: tuple[tuple[str, float, float], ...] = ()
 
     @classmethod
     def of(cls, path: tuple, soma: ExponentialSoma) -> "_Bounds":
-        return cls(tuple(path), type(soma.config), soma.dt, tuple(soma.trainable))
+        limits = tuple((n, lo, hi) for n, (lo, hi) in sorted(soma.dtype_bounds().items())
+                       if n in soma.trainable)
+        return cls(tuple(path), type(soma.config), soma.dt, tuple(soma.trainable), limits)
 
     def project(self, values: Mapping[str, Array], fixed: Mapping[str, Array],
                 previous: Mapping[str, Array] | None = None,
@@ -136,6 +144,10 @@ class _Bounds(NamedTuple):
             lo, hi = feasible_interval(self.config_class, name, current, value.dtype)
             if name.endswith("_tau"):
                 lo = jnp.maximum(lo, jnp.asarray(self.dt, value.dtype))
+            for field, low, high in self.dtype_bounds:
+                if field == name:
+                    lo = jnp.maximum(lo, _inward(low, value.dtype, jnp.inf))
+                    hi = jnp.minimum(hi, _inward(high, value.dtype, -jnp.inf))
             target = jnp.clip(value, lo, hi).astype(value.dtype)
             if base is None:
                 out[name] = current[name] = target
@@ -143,6 +155,16 @@ class _Bounds(NamedTuple):
                 out[name] = _update_onto(base[name], target, lo, hi)
                 current[name] = (base[name] + out[name]).astype(value.dtype)
         return out
+
+
+def _inward(bound: float, dtype: Any, towards: float) -> Array:
+    """``bound`` (a float64 number) in ``dtype``, moved one step ``towards``
+    the interval's inside when rounding took it outside, so that every value
+    of the interval obeys the rule; computed on the host, in float64."""
+    b = np.asarray(bound, np.float64).astype(jnp.dtype(dtype))
+    if np.isfinite(bound) and (float(b) < bound if towards > 0 else float(b) > bound):
+        b = np.nextafter(b, np.asarray(towards, b.dtype))
+    return jnp.asarray(b)
 
 
 def _update_onto(param: Array, target: Array, lo: Array, hi: Array) -> Array:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from spark_somas import layout
-from spark_somas.configs import require
+from spark_somas.configs import as_number, require
 
 __all__ = ["Encoder", "encode_current", "encode_poisson", "encode_latency"]
 
@@ -88,6 +88,9 @@ class Encoder:
     KINDS = ("current", "poisson", "latency", "spikes")
 
     def __post_init__(self) -> None:
+        # a NumPy or JAX integer is a step count too
+        object.__setattr__(self, "steps", as_number(self.steps, "Encoder.steps", integer=True,
+                                                    error=ValueError))
         p = self.rate_hz * self.dt / 1000.0
         for name, ok, rule in (
             ("kind", self.kind in self.KINDS, f"one of {self.KINDS}"),

@@ -55,7 +55,8 @@ from typing import Sequence
 
 import numpy as np
 
-from spark_somas.datasets import Dataset, _check_fraction, _stratified_split
+from spark_somas.configs import as_number, require
+from spark_somas.datasets import DataError, Dataset, _check_fraction, _stratified_split
 
 __all__ = [
     "N_CHANNELS",
@@ -96,12 +97,41 @@ def _missing_message(path: str) -> str:
             f"and unpack it there with gunzip")
 
 
+def _integral(arr: np.ndarray) -> np.ndarray:
+    """Where ``arr`` holds an integer that int64 keeps exactly (any integer
+    dtype; a float equal to an integer within ±2^62); :class:`DataError` for
+    a dtype that holds no numbers."""
+    if arr.dtype.kind == "i":
+        return np.ones(arr.shape, bool)
+    if arr.dtype.kind == "u":
+        return arr <= np.iinfo(np.int64).max
+    if arr.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(arr) & (np.floor(arr) == arr) & (np.abs(arr) <= 2.0**62)
+    raise DataError(f"an array of dtype {arr.dtype} violates the rule: integers")
+
+
+def _integers(values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` as int64 when every one is an integer, checked before any
+    cast (a cast would wrap 2^32 + 3 to 3 or truncate 19.9 to 19); else
+    :class:`DataError` naming ``what``, the first offending value and its
+    index."""
+    arr = np.asarray(values)
+    ok = _integral(arr)
+    if not np.all(ok):
+        index = tuple(int(i) for i in np.argwhere(~ok)[0])
+        raise DataError(f"{what}[{', '.join(map(str, index))}] = {arr[index].item()!r} violates the "
+                        "rule: an integer")
+    return arr.astype(np.int64)
+
+
 def _check_binning(steps: int, bin_ms: float, pool: int, n_channels: int) -> None:
     for name, value in (("steps", steps), ("pool", pool), ("n_channels", n_channels)):
-        if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0):
-            raise ValueError(f"{name} = {value!r} violates the rule: a positive int")
-    if not (isinstance(bin_ms, (int, float)) and math.isfinite(bin_ms) and bin_ms > 0):
-        raise ValueError(f"bin_ms = {bin_ms!r} violates the rule: bin_ms > 0 and finite")
+        require(as_number(value, name, integer=True, error=ValueError) > 0, name, value,
+                "a positive int", error=ValueError)
+    bin_ms = as_number(bin_ms, "bin_ms", error=ValueError)  # NumPy and JAX scalars too
+    require(math.isfinite(bin_ms) and bin_ms > 0, "bin_ms", bin_ms, "bin_ms > 0 and finite",
+            error=ValueError)
 
 
 def bin_events(
@@ -149,17 +179,20 @@ def _bin_chunk(times, units, lengths, *, first, steps, bin_ms, pool, n_channels,
     n, width = len(lengths), -(-n_channels // pool)
     sample = np.repeat(np.arange(n, dtype=np.int64), lengths)
     t = np.concatenate([np.ravel(x) for x in times] + [np.empty(0)]).astype(np.float64)
-    u = np.concatenate([np.ravel(x) for x in units] + [np.empty(0, np.int64)]).astype(np.int64)
+    # Without an int64 filler: uint64 with int64 would be promoted to float64.
+    u = np.concatenate([np.ravel(x) for x in units]) if n else np.empty(0, np.int64)
     valid = np.isfinite(t) & (t >= 0)
     if not valid.all():
         bad = int(np.flatnonzero(~valid)[0])
-        raise ValueError(f"sample {first + sample[bad]} has an event at t = {float(t[bad])!r} s: "
-                         f"times must be finite and >= 0")
-    outside = (u < 0) | (u >= n_channels)
+        raise DataError(f"sample {first + sample[bad]} has an event at t = {float(t[bad])!r} s: "
+                        f"times must be finite and >= 0")
+    with np.errstate(invalid="ignore"):  # checked before the cast: 699.9 is not channel 699
+        outside = ~_integral(u) | ~(u >= 0) | ~(u < n_channels)
     if outside.any():
         bad = int(np.flatnonzero(outside)[0])
-        raise ValueError(f"sample {first + sample[bad]} has an event on unit {int(u[bad])}: "
-                         f"units must lie in 0 … {n_channels - 1}")
+        raise DataError(f"sample {first + sample[bad]} has an event on unit {u[bad].item()!r}: units "
+                        f"must be integers in 0 … {n_channels - 1}")
+    u = u.astype(np.int64)
     k = np.floor(t * 1000.0 / bin_ms)
     keep = k < steps
     flat = (sample[keep] * steps + k[keep].astype(np.int64)) * width + u[keep] // pool
@@ -175,7 +208,9 @@ def read_events(path: str | os.PathLike, *, limit: int | None = None
     array per sample in the first two (seconds; channels), labels int32.
 
     ``limit`` reads only the first ``limit`` samples. A missing file raises
-    :class:`EventDatasetMissing`.
+    :class:`EventDatasetMissing`; a file that is not HDF5, lacks one of the
+    three datasets of shape (N,) or holds a label that is not an integer
+    raises :class:`~spark_somas.datasets.DataError`, before any cast.
     """
     import h5py
 
@@ -184,15 +219,29 @@ def read_events(path: str | os.PathLike, *, limit: int | None = None
         raise EventDatasetMissing(_missing_message(path))
     if limit is not None and not (isinstance(limit, int) and limit > 0):
         raise ValueError(f"limit = {limit!r} violates the rule: a positive int or None")
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"{path} is not a readable HDF5 file ({err}): not an SHD/SSC file") from None
+    with f:
         for key in ("spikes/times", "spikes/units", "labels"):
-            if key not in f:
-                raise ValueError(f"{path} has no {key!r}: not an SHD/SSC file")
+            if key not in f or not isinstance(f[key], h5py.Dataset) or f[key].ndim != 1:
+                found = "missing" if key not in f else (
+                    f"a dataset of shape {f[key].shape}" if isinstance(f[key], h5py.Dataset)
+                    else "a group")
+                raise DataError(f"{path}: {key!r} is {found}, which violates the rule: a "
+                                "dataset of shape (N,), one entry per sample (the SHD/SSC layout)")
         times = list(f["spikes/times"][:limit])
         units = list(f["spikes/units"][:limit])
-        labels = np.asarray(f["labels"][:limit]).astype(np.int32)
+        labels = _integers(f["labels"][:limit], f"{path}: labels")
+    outside = (labels < 0) | (labels > np.iinfo(np.int32).max)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise DataError(f"{path}: labels[{i}] = {int(labels[i])} violates the rule: a class "
+                        f"index, 0 … {np.iinfo(np.int32).max}")
+    labels = labels.astype(np.int32)
     if not len(times) == len(units) == len(labels):
-        raise ValueError(f"{path}: {len(times)} time arrays, {len(units)} unit arrays and "
+        raise DataError(f"{path}: {len(times)} time arrays, {len(units)} unit arrays and "
                          f"{len(labels)} labels: they must be equal in number")
     return times, units, labels
 
@@ -253,8 +302,8 @@ def _load(
     arrays = []
     for split, t, u, labels, order in parts:
         if labels.size and not (labels.min() >= 0 and labels.max() < spec["classes"]):
-            raise ValueError(f"{name.upper()} {split} labels span {labels.min()}…{labels.max()}: "
-                             f"they must lie in 0 … {spec['classes'] - 1}")
+            raise DataError(f"{name.upper()} {split} labels span {labels.min()}…{labels.max()}: "
+                            f"they must lie in 0 … {spec['classes'] - 1}")
         arrays += [bin_events([t[i] for i in order], [u[i] for i in order], steps=steps,
                               bin_ms=bin_ms, pool=pool, binary=binary, dtype=dtype),
                    labels[order]]

@@ -11,12 +11,14 @@ An entry (:class:`ModelType`) says how to describe an instance as JSON
 The four somas register themselves under their class names with short names
 ``"expif"``, ``"refractory"``, ``"adex"`` and ``"simplified"``;
 :class:`~spark_somas.network.SpikingNetwork` registers when
-:mod:`spark_somas.network` is imported.
+:mod:`spark_somas.network` is imported, which the first look-up of its name
+does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
@@ -59,6 +61,10 @@ class ModelType:
 
 _TYPES: dict[str, ModelType] = {}
 
+#: The integration method of a soma whose spec records none: release 0.1.0
+#: wrote no ``method`` and integrated with forward Euler unless told otherwise.
+LEGACY_METHOD = "euler"
+
 #: Short name -> soma class, for every registered soma that has one (a live view).
 SOMAS: dict[str, type[somas.ExponentialSoma]] = {}
 
@@ -84,8 +90,20 @@ def register_model(name: str, cls: type, *, spec: Callable[[Any], dict],
             SOMAS[short] = cls
 
 
+#: Model types of this package defined outside this module -> the module of
+#: this package that registers them, imported when such a name is first
+#: looked up (a fixed table: no name read from a checkpoint is imported).
+_PACKAGE_TYPES = {"SpikingNetwork": "spark_somas.network"}
+
+
 def model_type(name: Any) -> ModelType:
-    """The entry registered as ``name``; :class:`UnknownModelError` otherwise."""
+    """The entry registered as ``name``; :class:`UnknownModelError` otherwise.
+
+    This package's own types register on first use: looking up
+    ``"SpikingNetwork"`` imports :mod:`spark_somas.network`, so a network
+    checkpoint loads after ``import spark_somas`` alone."""
+    if isinstance(name, str) and name not in _TYPES and name in _PACKAGE_TYPES:
+        importlib.import_module(_PACKAGE_TYPES[name])
     entry = _TYPES.get(name) if isinstance(name, str) else None
     if entry is None:
         raise UnknownModelError(f"{name!r} is not registered (known: {sorted(_TYPES)})")
@@ -118,7 +136,8 @@ def soma_class(soma: str | type) -> type[somas.ExponentialSoma]:
 
 
 def soma_spec(soma: somas.ExponentialSoma) -> dict[str, Any]:
-    """A soma's construction as JSON: class, config, units, dt, dtypes, trained fields.
+    """A soma's construction as JSON: class, config, units, dt, integration
+    method, dtypes, trained fields.
 
     A config field given as an initializer is recorded as the values it drew,
     so the spec rebuilds the same soma without the random key.
@@ -133,6 +152,7 @@ def soma_spec(soma: somas.ExponentialSoma) -> dict[str, Any]:
         "validated": soma.config.validated,
         "units": list(soma.units),
         "dt": soma.dt,
+        "method": soma.method,
         "dtype": soma.dtype.name,
         "param_dtype": soma.param_dtype.name,
         "trainable": sorted(soma.trainable),  # order does not change the soma
@@ -141,11 +161,14 @@ def soma_spec(soma: somas.ExponentialSoma) -> dict[str, Any]:
 
 def soma_from_spec(spec: Mapping[str, Any]) -> somas.ExponentialSoma:
     """Inverse of :func:`soma_spec`: a soma at rest with the recorded config,
-    its class taken from this registry."""
+    its class taken from this registry. A spec without ``method`` (written
+    by release 0.1.0, which did not record it) gives forward Euler, that
+    release's default."""
     cls = soma_class(spec["class"])
     config = (cls.config_class.from_dict(spec["config"]) if spec.get("validated", True)
               else cls.config_class(**spec["config"], __skip_validation__=True))
-    return cls(config, units=tuple(spec["units"]), dt=spec["dt"], trainable=tuple(spec["trainable"]),
+    return cls(config, units=tuple(spec["units"]), dt=spec["dt"],
+               method=spec.get("method", LEGACY_METHOD), trainable=tuple(spec["trainable"]),
                dtype=jnp.dtype(spec["dtype"]), param_dtype=jnp.dtype(spec["param_dtype"]))
 
 

@@ -12,7 +12,11 @@ rebuilds the run with :meth:`RunConfig.from_dict`.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from typing import Any, Mapping, NamedTuple
+
+import numpy as np
 
 from spark_somas import backends, numerics, registry
 from spark_somas import surrogates as surrogates_lib
@@ -73,6 +77,39 @@ class Built(NamedTuple):
     optimizer: Any
 
 
+def _check_field(field: dataclasses.Field, hint: Any, value: Any) -> None:
+    """``value`` is of the field's type (None only where the type allows it),
+    > 0 where the field's metadata asks, one of its choices if it has them:
+    what the command-line parser checks, checked again for a run read from
+    a checkpoint."""
+    kinds = (hint, *typing.get_args(hint))
+    if value is None:
+        require(type(None) in kinds, field.name, value, "not None", error=ValueError)
+        return
+    choices = field.metadata["choices"]
+    choices = choices() if callable(choices) else choices
+    if bool in kinds:
+        ok, rule = isinstance(value, bool), "a bool"
+    elif int in kinds:
+        ok, rule = isinstance(value, (int, np.integer)) and not isinstance(value, bool), "an int"
+    elif float in kinds:
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+            value, bool) and math.isfinite(value)
+        rule = "a finite number"
+    elif str in kinds:
+        ok, rule = isinstance(value, str), "a str"
+    else:  # data_option: (key, number) pairs
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(kv, (list, tuple)) and len(kv) == 2 and isinstance(kv[0], str)
+            and isinstance(kv[1], (int, float)) and not isinstance(kv[1], bool) for kv in value)
+        rule = "a sequence of (KEY, number) pairs"
+    if ok and field.metadata["positive"]:
+        ok, rule = value > 0, rule + " > 0"
+    if ok and choices is not None:
+        ok, rule = value in choices, f"one of {sorted(choices)}"
+    require(ok, field.name, value, rule, error=ValueError)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """One training run of :class:`~spark_somas.network.SpikingNetwork`."""
@@ -121,6 +158,12 @@ class RunConfig:
         choices=numerics.EXP_GRADIENTS)
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(RunConfig)
+        for field in dataclasses.fields(self):
+            _check_field(field, hints[field.name], getattr(self, field.name))
+        for name in ("seed", "data_seed"):
+            value = getattr(self, name)
+            require(0 <= value < 2**32, name, value, "an int in 0 … 2^32 − 1", error=ValueError)
         require(self.task in TASKS, "task", self.task, f"one of {sorted(TASKS)}", error=ValueError)
         registry.soma_class(self.soma)
         if self.task in FILE_TASKS:
@@ -229,6 +272,12 @@ class RunConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
         """Inverse of :meth:`to_dict` (keys added since, missing from an older
         run's dict, take their defaults, except ``surrogate`` and
-        ``exp_gradient``: an older run trained with the soma config's own, None);
-        unknown keys raise ``TypeError``."""
+        ``exp_gradient``: an older run trained with the soma config's own, None). Unknown keys (a run saved by a
+        newer version) and values that break a field's rule raise
+        ``ValueError`` naming them."""
+        require(isinstance(d, Mapping), "run", d, "a dict of RunConfig fields", error=ValueError)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        require(not unknown, "run", unknown, f"only RunConfig fields, {sorted(names)} "
+                "(the run was saved by another version?)", error=ValueError)
         return cls(**{"surrogate": None, "exp_gradient": None, **d})

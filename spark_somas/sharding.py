@@ -38,7 +38,8 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from spark_somas import layout
-from spark_somas.simulation import RECORDABLE, simulate
+from spark_somas.configs import as_number
+from spark_somas.simulation import RECORDABLE, recorded_fields, simulate
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
 __all__ = [
@@ -81,6 +82,9 @@ def make_mesh(data: int | None = None, neurons: int = 1, *,
     compiler propagates it through jitted code.
     """
     devices = list(jax.devices() if devices is None else devices)
+    neurons = as_number(neurons, "make_mesh: neurons", integer=True, error=ValueError)
+    if data is not None:
+        data = as_number(data, "make_mesh: data", integer=True, error=ValueError)
     if not (isinstance(neurons, int) and 0 < neurons <= len(devices)):
         raise ValueError(f"make_mesh: neurons = {neurons!r} violates the rule: a positive int "
                          f"≤ {len(devices)} devices")
@@ -231,7 +235,7 @@ def simulate_sharded(
         return tuple(leaves), treedef
 
     graphdef, state, rest = nnx.split(soma, SomaState, ...)
-    record = tuple(simulate_kwargs.pop("record", ("spikes", "potential")))
+    record = recorded_fields(soma, simulate_kwargs.pop("record", ("spikes", "potential")))
     out, final = _simulate_blocks(
         graphdef, state, rest, currents, mesh=mesh, specs=(specs(state), specs(rest)),
         current_spec=spec(currents, 1, "currents"), record=record,

@@ -35,7 +35,8 @@ from spark_somas import layout
 from spark_somas.backends import FusedBackendError, resolve_backend
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
-__all__ = ["drive", "simulate", "RECORDABLE", "FusedBackendError"]
+__all__ = ["drive", "simulate", "recorded_fields", "RECORDABLE",
+           "FusedBackendError"]
 
 M = TypeVar("M", bound=nnx.Module)
 
@@ -104,6 +105,20 @@ class _Record:
         return {k: values[k] for k in self.names}
 
 
+def recorded_fields(soma: ExponentialSoma, record: str | Sequence[str]) -> tuple[str, ...]:
+    """``record`` as a tuple of field names (one name may be given as a
+    string), each recordable for ``soma``; ``ValueError`` naming the others
+    and the choices otherwise. What :func:`simulate` and
+    :func:`~spark_somas.sharding.simulate_sharded` accept."""
+    record = (record,) if isinstance(record, str) else tuple(record)
+    choices = tuple(dict.fromkeys(("spikes", "potential") + soma.state_names))
+    bad = [name for name in record if name not in RECORDABLE or name not in choices]
+    if bad:
+        raise ValueError(f"record = {record!r}: {bad} not recordable for "
+                         f"{type(soma).__name__}; choose from {choices}")
+    return record
+
+
 def simulate(
     soma: ExponentialSoma,
     currents: jax.Array,
@@ -148,14 +163,7 @@ def simulate(
         or that have no time axis (the message names the layout expected),
         complex currents, or a field in ``record`` the soma does not have.
     """
-    record = (record,) if isinstance(record, str) else tuple(record)
-    bad = sorted(set(record) - set(RECORDABLE))
-    missing = sorted(set(record) - {"spikes", "potential"} - set(soma.state_names))
-    if bad or missing:
-        raise ValueError(
-            f"record = {tuple(record)!r}: {bad or missing} not recordable for "
-            f"{type(soma).__name__}; choose from {('spikes', 'potential') + soma.state_names}"
-        )
+    record = recorded_fields(soma, record)
     currents = jnp.asarray(currents)
     axis = layout.time_axis("currents", currents.shape, soma.units, time_major)
     if jnp.issubdtype(currents.dtype, jnp.complexfloating):

@@ -29,6 +29,7 @@ they differ, ``spike_threshold`` and ``after_spike``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
@@ -217,6 +218,17 @@ def _as_units(units: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(int(u) for u in shape)
 
 
+def _constant(value: Any) -> Array:
+    """A fixed field as a JAX array, concrete even while a trace builds the
+    soma (``jax.jit``, ``nnx.eval_shape``) when its value is known: code that
+    reads a fixed field as a number (a network's rheobase current) then
+    works there too. A traced value stays traced."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(value)
+
+
 def _batch_of(shape: tuple[int, ...], units: tuple[int, ...]) -> tuple[int, ...]:
     return shape[: len(shape) - len(units)]
 
@@ -321,63 +333,123 @@ class ExponentialSoma(nnx.Module):
                 f"{name}: trainable = {bad} violates the rule: each must be a numeric config "
                 f"field, one of {fields}"
             )
-        if not (isinstance(dt, (int, float, np.integer, np.floating)) and not isinstance(dt, bool)
-                and configs.SMALLEST <= dt <= configs.LARGEST):
-            raise ValueError(f"{name}: dt = {dt!r} ms violates the rule: "
-                             f"{configs.SMALLEST:g} ≤ dt ≤ {configs.LARGEST:g}")
+        dt = configs.as_number(dt, f"{name}: dt", error=ValueError)
+        configs.require(configs.SMALLEST <= dt <= configs.LARGEST, f"{name}: dt", dt,
+                        f"{configs.SMALLEST:g} ≤ dt ≤ {configs.LARGEST:g} ms", error=ValueError)
         for label, dt_ in (("dtype", dtype), ("param_dtype", param_dtype)):
-            if not jnp.issubdtype(dt_, jnp.floating):
-                raise ValueError(f"{name}: {label} = {dt_!r} violates the rule: a floating dtype")
+            try:
+                kind = jnp.dtype(dt_).name
+            except TypeError:
+                kind = None
+            configs.require(kind in configs.FLOAT_DTYPES, f"{name}: {label}", dt_,
+                            f"one of {configs.FLOAT_DTYPES}", error=ValueError)
         self.units = _as_units(units)
-        self.dt = float(dt)
+        self.dt = dt
         self.method = method
         self.trainable = trainable
         self.dtype = jnp.dtype(dtype)
         self.param_dtype = jnp.dtype(param_dtype)
         self.config = config
 
-        values = {n: self._materialize(n, getattr(config, n), n in trainable, rngs) for n in fields}
-        # Under a trace (a soma built inside jit) drawn values cannot be read;
-        # the config's own values were checked when it was built.
-        if config.validated and not any(isinstance(v, jax.core.Tracer) for v in values.values()):
-            config.validate({n: np.asarray(v, np.float64) for n, v in values.items()})
-        for n, v in values.items():
-            meta = {"units": config.field_info(n)["units"]}
-            setattr(self, n, nnx.Param(v, **meta) if n in trainable else SomaConstant(v, **meta))
+        values = {n: self._materialize(n, getattr(config, n), rngs) for n in fields}
+        # Every value held as numbers is checked, inside jax.jit too: only
+        # what an initializer draws under a trace (its key traced) has none.
+        self.check_parameters({n: v for n, v in values.items()
+                               if not isinstance(v, jax.core.Tracer)})
+        try:  # what is allocated per neuron: the trained fields and the state
+            for n, v in values.items():
+                meta = {"units": config.field_info(n)["units"]}
+                if n in trainable:  # a Param per neuron; a fixed field keeps its own shape
+                    v = jnp.broadcast_to(jnp.asarray(v), self.units)
+                setattr(self, n, nnx.Param(v, **meta) if n in trainable
+                        else SomaConstant(_constant(v), **meta))
+            self.residual_names = residual_names(self.state_names, self.dtype)
+            for n in self.stored_names:
+                units = STATE_UNITS[n.removesuffix(RESIDUAL)]
+                setattr(self, n, SomaState(self._rest_value(n, ()), units=units))
+        except Exception as err:
+            if "RESOURCE_EXHAUSTED" not in str(err):
+                raise
+            stored = self.state_names + residual_names(self.state_names, self.dtype)
+            per_neuron = (len(trainable) * self.param_dtype.itemsize
+                          + len(stored) * self.dtype.itemsize)
+            raise MemoryError(
+                f"{name}: units = {self.units} needs about {per_neuron * math.prod(self.units):.3g} "
+                f"bytes for its state and trained fields, more than the device could "
+                f"allocate") from None
+
+    def dtype_bounds(self) -> dict[str, tuple[float, float]]:
+        """The interval [low, high] each field must lie in for this soma's
+        dtypes, beyond the config's rules: E_L and V_r become the stored V,
+        so ``|E_L|, |V_r| ≤`` the largest potential the state dtype holds
+        (:func:`~spark_somas.numerics.bound`); in a compensated half-precision
+        state a time constant τ must keep dt/τ resolvable
+        (:func:`~spark_somas.numerics.resolution_problem`), τ ≤ dt/(m·u) with
+        m = ``RESOLUTION_MARGIN`` and u the double word's relative unit."""
+        out = {n: (-numerics.bound(self.dtype), numerics.bound(self.dtype))
+               for n in _STORED_POTENTIALS}
+        if numerics.is_compensated(self.dtype):
+            unit = 2.0 ** (-2 * (jnp.finfo(self.dtype).nmant + 1))
+            for n in _TIME_CONSTANTS:
+                out[n] = (-np.inf, self.dt / (numerics.RESOLUTION_MARGIN * unit))
+        fields = {f.name for f in self.config.quantity_fields()}
+        return {n: b for n, b in out.items() if n in fields}
+
+    def check_parameters(self, values: Mapping[str, Any]) -> None:
+        """Refuses field ``values`` (name -> number or array, as stored in
+        ``param_dtype``; fields not given are not checked) that break the
+        config's rules — in ``param_dtype``, whose rounding of a bound the
+        rule accepts — unless the config was built unvalidated, or this
+        soma's :meth:`dtype_bounds`. The constructor checks every value it
+        holds as numbers; a checkpoint's restore checks the stored ones.
+
+        Raises:
+          ConfigError: a config rule, naming the field, the value and the rule.
+          ValueError: a dtype rule, naming the field, the value and the dtype.
+        """
+        name = type(self).__name__
+        values = {n: np.asarray(v, np.float64) for n, v in values.items()
+                  if not configs.is_initializer(v)}
+        if self.config.validated:
+            self.config.validate(values, dtype=self.param_dtype)
         problem = numerics.resolution_problem(self.dtype, self.dt, {
-            n: float(np.max(np.asarray(values[n], np.float64))) for n in _TIME_CONSTANTS
-            if n in values and not isinstance(values[n], jax.core.Tracer)})
+            n: float(np.max(values[n])) for n in _TIME_CONSTANTS if n in values})
         if problem:
             raise ValueError(f"{name}: {problem}")
         for n in _STORED_POTENTIALS:
-            if not isinstance(values[n], jax.core.Tracer):
-                largest = float(np.max(np.abs(np.asarray(values[n], np.float64))))
-                if largest > numerics.bound(self.dtype):
-                    raise ValueError(
-                        f"{name}: {n} = {largest:g} mV violates the rule: |{n}| ≤ "
-                        f"{numerics.bound(self.dtype):g}, the largest potential a "
-                        f"{self.dtype.name} state holds; use a wider dtype")
-        self.residual_names = residual_names(self.state_names, self.dtype)
-        for n in self.stored_names:
-            units = STATE_UNITS[n.removesuffix(RESIDUAL)]
-            setattr(self, n, SomaState(self._rest_value(n, ()), units=units))
+            if n in values and values[n].size:
+                worst = values[n].flat[int(np.argmax(np.abs(values[n])))]
+                configs.require(
+                    abs(worst) <= numerics.bound(self.dtype), f"{name}: {n}", float(worst),
+                    f"|{n}| ≤ {numerics.bound(self.dtype):g} mV, the largest potential a "
+                    f"{self.dtype.name} state holds; use a wider dtype", error=ValueError)
 
-    def _materialize(self, name: str, value: Any, trainable: bool, rngs: nnx.Rngs | None) -> Array:
+    def _materialize(self, name: str, value: Any, rngs: nnx.Rngs | None) -> Any:
+        """A field's value in ``param_dtype``, its shape broadcastable to the
+        units: a NumPy array when the config holds numbers (so that it can be
+        checked under a trace too), what the initializer drew otherwise."""
+        where = f"{type(self).__name__}: {name}"
         if configs.is_initializer(value):
             if rngs is None:
-                raise configs.ConfigError(
-                    f"{type(self).__name__}: {name} is an initializer; pass rngs=nnx.Rngs(seed)"
-                )
-            value = value(rngs.params(), self.units, self.param_dtype)
-        arr = jnp.asarray(value, self.param_dtype)
+                raise configs.ConfigError(f"{where} is an initializer; pass rngs=nnx.Rngs(seed)")
+            drawn = value(rngs.params(), self.units, self.param_dtype)
+            dtype = getattr(drawn, "dtype", None)
+            configs.require(dtype is not None and (jnp.issubdtype(dtype, jnp.floating)
+                                                   or jnp.issubdtype(dtype, jnp.integer)),
+                            where, drawn, "an initializer returns an array of real numbers "
+                            "(key, shape, dtype) -> array")
+            value = drawn if isinstance(drawn, jax.core.Tracer) else np.asarray(drawn)
+        elif not isinstance(value, jax.core.Tracer):
+            value = np.asarray(value)
+        if not isinstance(value, jax.core.Tracer):
+            value = value.astype(self.param_dtype)
         try:
-            full = jnp.broadcast_to(arr, self.units)
+            np.broadcast_shapes(np.shape(value), self.units)
         except ValueError:
             raise configs.ConfigError(
-                f"{type(self).__name__}: {name} has shape {arr.shape}, which does not "
-                f"broadcast to units {self.units}"
-            ) from None
-        return full if trainable else arr
+                f"{where} has shape {np.shape(value)}, which does not broadcast to units "
+                f"{self.units}") from None
+        return value
 
     def _rest_value(self, name: str, batch_shape: tuple[int, ...]) -> Array:
         shape = tuple(batch_shape) + self.units

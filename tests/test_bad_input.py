@@ -4,12 +4,14 @@ option, value, rule), before any work or data is lost, and nothing hangs."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -360,3 +362,119 @@ def test_non_finite_updates_are_skipped_never_applied_and_a_skipped_epoch_stops_
     assert history["skipped_batches"] == [0] + [2] * 29  # 58 in a row, none applied
     assert np.isfinite(history["train_loss"]).all()
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+
+def test_the_documented_lower_bounds_are_accepted_in_every_param_dtype():
+    # the rule ≥ 1e-6 is checked in the dtype the value is stored in
+    for dtype in (jnp.float16, jnp.bfloat16, jnp.float32):
+        soma = ss.ExponentialSoma(units=2, potential_tau=1e-6, resistance=1e-6,
+                                  spike_slope=1e-6, param_dtype=dtype, dtype=jnp.float32)
+        assert float(soma.potential_tau[...]) == float(jnp.asarray(1e-6, dtype))
+    with pytest.raises(ss.ConfigError, match="potential_tau = .* violates the rule: potential_tau >= 1e-06"):
+        ss.ExponentialSoma(units=2, potential_tau=lambda k, s, d: jnp.full(s, 5e-7, d),
+                           rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("dt", [jnp.float32(0.25), np.array(0.25), np.float16(0.25),
+                                __import__("fractions").Fraction(1, 4), np.int64(1)])
+def test_any_real_scalar_is_a_dt(dt):
+    soma = ss.ExponentialSoma(units=2, dt=dt)
+    assert soma.dt == float(dt) and isinstance(soma.dt, float)
+
+
+@pytest.mark.parametrize("dt, rule", [
+    (True, "a real number"), ("0.1", "a real number"), (np.array([0.1]), "a real number"),
+    (0.1 + 0j, "a real number"), (1e-7, "1e-06 ≤ dt ≤ 1e\\+06 ms")])
+def test_a_dt_that_is_no_number_or_out_of_range_is_refused_by_name(dt, rule):
+    with pytest.raises(ValueError, match=f"ExponentialSoma: dt = .* violates the rule: {rule}"):
+        ss.ExponentialSoma(units=2, dt=dt)
+
+
+def test_a_traced_dt_says_it_must_be_static():
+    with pytest.raises(ValueError, match="dt = .*Tracer.* violates the rule: a concrete number"):
+        jax.jit(lambda dt: ss.ExponentialSoma(units=2, dt=dt).potential[...])(0.1)
+    with pytest.raises(ValueError, match="a concrete number"):
+        jax.vmap(lambda dt: ss.ExponentialSoma(units=2, dt=dt).potential[...])(jnp.ones(3))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(potential_tau=10**400), "potential_tau = 'an int of 401 digits' violates the rule: "
+                                  "potential_tau >= 1e-06"),
+    (dict(potential_tau=[[1.0, 2.0], [3.0]]), r"potential_tau = \[\[1.0, 2.0\], \[3.0\]\] "
+                                              "violates the rule: real numbers"),
+    (dict(potential_tau=np.array(["abc"])), "potential_tau = array.*abc.* violates the rule: real"),
+    (dict(potential_tau=np.array(["9.37"])), "potential_tau = array.*9.37.* violates the rule: real"),
+    (dict(potential_tau=["9.37"]), r"potential_tau = \['9.37'\] violates the rule: real"),
+    (dict(dtype=jnp.float8_e4m3fn), "dtype = .*float8_e4m3fn.* violates the rule: one of "
+                                    r"\('float16', 'bfloat16', 'float32', 'float64'\)"),
+    (dict(param_dtype=jnp.int32), "param_dtype = .* violates the rule: one of"),
+    (dict(potential_tau=lambda k, s, d: None, rngs=nnx.Rngs(0)),
+     "potential_tau = None violates the rule: an initializer returns an array of real numbers"),
+    (dict(potential_tau=lambda k, s, d: jnp.full(s, 9.0 + 1j), rngs=nnx.Rngs(0)),
+     "potential_tau = .*complex.* violates the rule: an initializer returns an array of real"),
+    (dict(potential_tau=lambda k, s, d: np.full(s, 9.0 + 0j), rngs=nnx.Rngs(0)),
+     r"potential_tau = array\(\[9.\+0.j, 9.\+0.j\]\) violates the rule: an initializer"),
+    (dict(dtype=jnp.float16, potential_rest=-1e6, potential_reset=-1e6),
+     r"potential_rest = -1000000.0 violates the rule: \|potential_rest\| ≤ 65504 mV"),
+])
+def test_values_no_config_can_hold_are_refused_by_name(kwargs, message):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not a ComplexWarning and a silent cast
+        with pytest.raises((ValueError, ss.ConfigError), match=message):
+            ss.ExponentialSoma(units=2, **kwargs)
+
+
+def test_from_dict_of_no_dict_is_a_config_error():
+    with pytest.raises(ss.ConfigError, match="from_dict: d = None violates the rule: a dict"):
+        ss.ExponentialSomaConfig.from_dict(None)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dtype=jnp.bfloat16, potential_tau=1e6), "cannot resolve the relative change"),
+    (dict(dtype=jnp.float16, potential_rest=-1e5, potential_reset=-1e5),
+     r"potential_rest = -100000.0 violates the rule: \|potential_rest\| ≤ 65504"),
+    # legal in float64, not once stored in float32: V_th rounds onto V_T
+    (dict(threshold=-50.4 + 1e-9, rheobase_threshold=-50.4),
+     "threshold = -50.4.* mV violates the rule: threshold > rheobase_threshold"),
+])
+def test_a_soma_built_inside_jit_checks_its_values(kwargs, message):
+    """Values held as numbers are checked under a trace as outside it."""
+    build = lambda: ss.ExponentialSoma(units=2, **kwargs).potential[...]  # noqa: E731
+    for run in (build, jax.jit(build), nnx.jit(build)):
+        with pytest.raises((ValueError, ss.ConfigError), match=message):
+            run()
+
+
+@pytest.mark.parametrize("units", [10**12, (10**6, 10**6)])
+def test_too_many_neurons_for_memory_is_a_memory_error_not_a_shape_error(units):
+    with pytest.raises(MemoryError, match=r"units = \(.*\) needs about 1.2e\+13 bytes for its "
+                                          "state and trained fields"):
+        ss.AdaptiveExponentialSoma(units=units, trainable=("threshold",))
+
+
+def test_currents_of_the_wrong_rank_are_named_whole():
+    soma = ss.ExponentialSoma(units=3)
+    for shape in [(10,), (10, 4), (3,)]:
+        with pytest.raises(ValueError, match=re.escape(f"currents of shape {shape} violate the "
+                                                       "rule: (T, *units) or (T, *batch, *units)")):
+            ss.simulate(soma, jnp.ones(shape))
+
+
+def test_the_record_refusal_lists_each_choice_once():
+    with pytest.raises(ValueError) as err:
+        ss.simulate(ss.AdaptiveExponentialSoma(units=2), jnp.ones((3, 2)), record="refractory")
+    assert str(err.value).endswith("choose from ('spikes', 'potential', 'adaptation')"), err.value
+
+
+def test_numpy_and_jax_integers_are_step_counts_and_bin_widths():
+    from spark_somas import events
+    from spark_somas.encoders import Encoder
+
+    assert Encoder("current", np.int64(8)).steps == 8
+    assert Encoder("current", jnp.int32(8)).steps == 8
+    with pytest.raises(ValueError, match="Encoder.steps = 8.0 violates the rule: an int"):
+        Encoder("current", 8.0)
+    x = events.bin_events([np.array([0.015])], [np.array([2])], steps=np.int64(3),
+                          bin_ms=np.float32(14), pool=np.int32(1))
+    assert x.shape == (1, 3, 700) and x[0, 1, 2] == 1

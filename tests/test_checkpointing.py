@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -338,3 +339,185 @@ def test_max_to_keep_keeps_the_newest_and_the_best(tmp_path):
         ckpt.save(6, soma, metrics={"loss": 9.0, "acc": 0.5})
         ckpt.wait()
         assert ckpt.all_steps() == [6]
+
+
+def _batched_network(seed: int):
+    from spark_somas import training
+
+    net = training.SpikingNetwork(6, [5, 4], 3, recurrent=True, synapse_tau=5.0,
+                                  trainable_neurons=True, rngs=nnx.Rngs(seed))
+    net(jnp.ones((7, 2, 6)))  # every SomaState now has batch shape (2,)
+    return net
+
+
+def test_network_with_batched_state_restores_and_continues(tmp_path):
+    saved = _batched_network(1)
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(0, saved)
+        target = _batched_network(2)
+        target.reset()  # the target's state is unbatched: it takes the saved (2, N)
+        ckpt.restore(target)
+    assert_states_equal(worker.flat_state("m", saved), worker.flat_state("m", target))
+    assert target.layers[0].current[...].shape == (2, 5)
+    assert target.readout_potential[...].shape == (2, 3)
+    loaded = ck.load(tmp_path)
+    assert_states_equal(worker.flat_state("m", saved), worker.flat_state("m", loaded))
+    x = jnp.ones((4, 2, 6))
+    np.testing.assert_array_equal(np.asarray(loaded(x).logits), np.asarray(saved(x).logits))
+
+
+def test_network_state_of_another_width_or_two_batch_shapes_is_refused(tmp_path):
+    from spark_somas import training
+
+    saved = _batched_network(1)
+    saved.layers[1].current.set_value(jnp.zeros((3, 4)))  # a batch unlike the rest of the state
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(0, saved)
+        target = _batched_network(2)
+        before = worker.flat_state("m", target)
+        with pytest.raises(ck.CheckpointMismatchError, match="several batch shapes"):
+            ckpt.restore(target)
+        assert_states_equal(before, worker.flat_state("m", target))
+        wider = training.SpikingNetwork(6, [5, 4], 4, recurrent=True, synapse_tau=5.0,
+                                        trainable_neurons=True, rngs=nnx.Rngs(0))
+        with pytest.raises(ck.CheckpointMismatchError, match="readout_potential"):
+            ckpt.restore(wider)
+
+
+@pytest.mark.parametrize("saved, other", [("rk4", "euler"), ("exponential_euler", "rk2")])
+def test_the_integration_method_is_saved_loaded_and_checked(tmp_path, saved, other):
+    soma = ss.AdaptiveExponentialSoma(units=3, method=saved)
+    ss.simulate(soma, jnp.full((50, 3), 900.0))
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(0, soma)
+        assert ckpt.metadata()["somas"]["."]["method"] == saved
+        with pytest.raises(ck.CheckpointMismatchError,
+                           match=f"method: checkpoint '{saved}', model '{other}'"):
+            ckpt.restore(ss.AdaptiveExponentialSoma(units=3, method=other))
+    loaded = ck.load(tmp_path)
+    assert loaded.method == saved
+    with pytest.raises(ck.CheckpointMismatchError, match=f"records method '{saved}'"):
+        ck.load(tmp_path, method=other)
+    drive = jnp.full((300, 3), 900.0)
+    np.testing.assert_array_equal(np.asarray(ss.simulate(loaded, drive).potential),
+                                  np.asarray(ss.simulate(soma, drive).potential))
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+import jax
+import spark_somas as ss
+from spark_somas import checkpointing as ck
+big = ss.ExponentialSoma(units=200_000)
+big.potential[...] = jax.random.normal(jax.random.key(0), (200_000,))  # incompressible
+ckpt = ck.Checkpointer(sys.argv[1], async_save=sys.argv[2] == "async")
+ckpt.save(0, ss.ExponentialSoma(units=2))
+ckpt.wait()
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the disk is now full
+try:
+    ckpt.save(1, big)
+    ckpt.close()
+except ck.CheckpointNotWritableError as err:
+    print("refused:", err)
+"""
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_write_that_fails_on_the_file_system_is_not_writable_and_keeps_earlier_steps(
+        tmp_path, mode):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path), mode], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("refused: a save to ") and "not committed" in proc.stdout
+    assert "File too large" in proc.stdout  # the file system's reason, in one line
+    assert len(proc.stdout.splitlines()) == 1
+    assert ck.describe(tmp_path)[-1].step == 0
+    assert ck.load(tmp_path).units == (2,)
+
+
+def _edit_metadata(directory, step, edit):
+    path = pathlib.Path(directory) / str(step) / "metadata" / "metadata"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("potential_tau", float("nan"), r"potential_tau = array of shape \(3,\) with nan at index "
+                                    r"\(0,\) ms violates the rule: potential_tau >= 1e-06"),
+    ("potential_tau", -1.0, r"potential_tau = .*-1.0 at index \(0,\) ms violates the rule"),
+    ("threshold", -60.0, r"threshold = .*-60.0 at index \(0,\) mV violates the rule: "
+                         "threshold > rheobase"),
+])
+def test_stored_parameters_that_break_the_rules_are_refused_on_load_and_restore(
+        tmp_path, field, value, rule):
+    soma = ss.ExponentialSoma(units=3, trainable=(field,))
+    getattr(soma, field)[...] = jnp.full((3,), value)  # what an untrusted file may hold
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(0, soma)
+    with pytest.raises(ck.CheckpointCorruptError, match="holds values that break the rules of "
+                                                        f"soma '.', so nothing is restored: .*{rule}"):
+        ck.load(tmp_path)
+    target = ss.ExponentialSoma(units=3, trainable=(field,))
+    before = worker.flat_state("m", target)
+    with ck.Checkpointer(tmp_path, read_only=True) as ckpt:
+        with pytest.raises(ck.CheckpointCorruptError, match="break the rules of soma"):
+            ckpt.restore(target)
+    assert_states_equal(before, worker.flat_state("m", target))  # nothing changed
+
+
+def test_a_model_spec_larger_than_the_stored_arrays_is_refused_before_it_is_built(tmp_path):
+    model = ss.AdaptiveExponentialSoma(units=4, trainable=("threshold",))
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(0, model)
+
+    def grow(meta):  # 10^11 neurons: 400 GB per trained field, were it built
+        meta["model"]["spec"]["units"] = [10**11]
+
+    _edit_metadata(tmp_path, 0, grow)
+    with pytest.raises(ck.CheckpointCorruptError, match=r"its model spec disagrees with the "
+                       r"stored arrays: state 'adaptation' shape: checkpoint \(4,\), which does not "
+                       r"end in the model's units \(100000000000,\)"):
+        ck.load(tmp_path)
+
+
+def test_a_network_spec_that_disagrees_with_its_arrays_is_named(tmp_path):
+    """A network is built for real before the comparison (see the limits in
+    the guarantees); the disagreement is still named, nothing restored."""
+    from spark_somas import training
+
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(0, training.SpikingNetwork(5, 6, 2, rngs=nnx.Rngs(0)))
+    _edit_metadata(tmp_path, 0, lambda meta: meta["model"]["spec"].update(in_features=7))
+    with pytest.raises(ck.CheckpointError, match=r"'layers/0/input/kernel' shape: checkpoint "
+                                                 r"\(5, 6\), model \(7, 6\)"):
+        ck.load(tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m["somas"]["."].pop("config"), r"soma '.' 'config' = null, not a dict"),
+    (lambda m: m["somas"]["."].update(config=None), r"soma '.' 'config' = null, not a dict"),
+    (lambda m: m["somas"]["."].update(units="4"), r"soma '.' 'units' = .*, not a list of positive"),
+    (lambda m: m.pop("time"), r"'time' = null, not an ISO 8601 string"),
+    (lambda m: m.update(metrics={"loss": "low"}), r"'metrics' = .*, not a dict of numbers"),
+    (lambda m: m["somas"]["."].update(method="leapfrog"), r"'method' = 'leapfrog', not one of"),
+    (lambda m: m.update(model={"type": 3}), r"'model' = .*, without a class name"),
+])
+def test_hand_damaged_metadata_is_named_by_every_reader(tmp_path, capsys, damage, message):
+    from spark_somas import cli
+
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(0, ss.ExponentialSoma(units=4), metrics={"loss": 1.0})
+    _edit_metadata(tmp_path, 0, damage)
+    readers = [lambda: ck.load(tmp_path), lambda: ck.describe(tmp_path),
+               lambda: ck.Checkpointer(tmp_path, read_only=True).restore(
+                   ss.ExponentialSoma(units=4))]
+    for read in readers:
+        with pytest.raises(ck.CheckpointCorruptError, match=message):
+            read()
+    capsys.readouterr()
+    assert cli.main(["checkpoints", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and re.search(message, err), err

@@ -2,12 +2,14 @@
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
 import sys
 
 import chex
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -91,8 +93,14 @@ def test_resume_continues_the_checkpointed_run(tmp_path, capsys):
                               "--out", str(tmp_path / "b")]) == 0
     shutil.rmtree(part_ckpt / "2")  # as if the run had stopped after epoch 1
     capsys.readouterr()
-    # options on the command line other than --out are ignored in favour of the saved ones
+    # a run option may be repeated on resume with its saved value, not changed
     assert cli.main(["train", "--resume", str(part_ckpt), "--hidden", "99", "--no-progress",
+                     "--out", str(tmp_path / "c")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and not (tmp_path / "c").exists()
+    assert err.count("\n") == 1 and "--hidden 99 violates the rule: a resumed run keeps the " \
+        f"settings saved in {part_ckpt} (hidden = 12); only --epochs may change" in err, err
+    assert cli.main(["train", "--resume", str(part_ckpt), "--hidden", "12", "--no-progress",
                      "--out", str(tmp_path / "c")]) == 0
     assert "resumed" in capsys.readouterr().out
     whole = json.loads((tmp_path / "a" / "train_digits_adex.json").read_text())["history"]
@@ -125,6 +133,43 @@ def soma_checkpoint(directory):
 
 
 TINY = ["--limit", "16", "--hidden", "4", "--steps", "4", "--epochs", "1", "--no-progress"]
+FIXTURE_RUN = pathlib.Path(__file__).parent / "fixtures" / "0.1.0" / "run"
+
+
+def saved_run(directory, **changes):
+    """A copy of the CLI run that release 0.1.0 saved, its newest step's run
+    settings edited by hand (``changes``; a value of None removes the key)."""
+    shutil.copytree(FIXTURE_RUN, directory)
+    path = directory / "2" / "metadata" / "metadata"
+    meta = json.loads(path.read_text())
+    meta["extra"]["run"] = {k: v for k, v in (meta["extra"]["run"] | changes).items()
+                            if v is not None}
+    path.write_text(json.dumps(meta))
+    return directory
+
+
+def trained_dir(directory):
+    """A directory holding a train checkpoint (epoch 1)."""
+    shutil.copytree(FIXTURE_RUN, directory)
+    shutil.rmtree(directory / "2")
+    return directory
+
+
+def not_hdf5(directory):
+    directory.mkdir()
+    (directory / "shd_train.h5").write_text("not an HDF5 file")
+    (directory / "shd_test.h5").write_text("not an HDF5 file")
+    return directory
+
+
+def without_times(directory):
+    import h5py
+
+    directory.mkdir()
+    for name in ("shd_train.h5", "shd_test.h5"):
+        with h5py.File(directory / name, "w") as f:
+            f.create_dataset("labels", data=np.zeros(3, np.uint8))
+    return directory
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -141,9 +186,38 @@ TINY = ["--limit", "16", "--hidden", "4", "--steps", "4", "--epochs", "1", "--no
     (lambda tmp, ro: ["train", "--data-option", "manifold_dim=2"],
      "--data-option violates the rule: a keyword of the digits loader"),
     (lambda tmp, ro: ["simulate", "--duration", "0.01", "--out", str(tmp)],
-     "--duration 0.01 violates the rule: at least one step of --dt 0.1 ms"),
+     "--duration 0.01 violates the rule: from one step of --dt 0.1 ms to 1e\\+06 steps"),
     (lambda tmp, ro: ["simulate", "--out", str(tmp / "file" / "x")],
      "--out .* violates the rule: a directory this process can create and write"),
+    (lambda tmp, ro: ["train", "--checkpoint-dir", str(trained_dir(tmp / "old"))],
+     r"--checkpoint-dir .*old violates the rule: a new or empty directory \(it holds the "
+     r"checkpoints of epochs \[1\]\); continue that run with --resume"),
+    (lambda tmp, ro: ["train", "--checkpoint-dir", str(tmp / "run\\a")],
+     r"--checkpoint-dir = .*run\\\\a' violates the rule: a path without a backslash"),
+    (lambda tmp, ro: ["train", "--resume", str(tmp / "run\\a")],
+     r"--resume = .*run\\\\a' violates the rule: a path without a backslash"),
+    (lambda tmp, ro: ["train", "--seed", "-1"],
+     r"seed = -1 violates the rule: an int in 0 … 2\^32 − 1 \(--seed\)"),
+    (lambda tmp, ro: ["train", "--data-seed", "-1"],
+     r"data_seed = -1 violates the rule: an int in 0 … 2\^32 − 1 \(--data-seed\)"),
+    (lambda tmp, ro: ["train", "--resume", str(saved_run(tmp / "r", future_field=1))],
+     r"--resume .*: the run saved there cannot be rebuilt by this version \(run = "
+     r"\['future_field'\] violates the rule: only RunConfig fields"),
+    (lambda tmp, ro: ["train", "--resume", str(saved_run(tmp / "r", task="mnist"))],
+     r"cannot be rebuilt by this version \(task = 'mnist' violates the rule: one of"),
+    (lambda tmp, ro: ["train", "--resume", str(saved_run(tmp / "r", hidden=0))],
+     r"cannot be rebuilt by this version \(hidden = 0 violates the rule: an int > 0\)"),
+    (lambda tmp, ro: ["train", "--resume", str(saved_run(tmp / "r", epochs="6"))],
+     r"cannot be rebuilt by this version \(epochs = '6' violates the rule: an int\)"),
+    (lambda tmp, ro: ["train", "--task", "shd", "--data-dir", str(not_hdf5(tmp / "d"))],
+     r"--data-dir .*/d: .*shd_train.h5 is not a readable HDF5 file"),
+    (lambda tmp, ro: ["train", "--task", "shd", "--data-dir", str(without_times(tmp / "d"))],
+     r"--data-dir .*/d: .*'spikes/times' is missing"),
+    (lambda tmp, ro: ["simulate", "--dt", "1e-7", "--out", str(tmp)],
+     r"--dt 1e-07 violates the rule: 1e-06 ≤ dt ≤ 1e\+06 ms"),
+    (lambda tmp, ro: ["simulate", "--duration", "1e12", "--out", str(tmp)],
+     r"--duration 1e\+12 violates the rule: from one step of --dt 0.1 ms to 1e\+06 steps "
+     r"\(asked: 1e\+13\)"),
 ])
 def test_user_errors_at_run_time_are_one_line_before_any_work(
         tmp_path, unwritable_dir, capsys, argv, message):
@@ -241,3 +315,129 @@ def test_train_with_remat_and_the_fused_backend_matches_the_scan(tmp_path, capsy
     capsys.readouterr()
     for key in ("train_loss", "test_loss", "test_accuracy"):
         assert histories["fused"][key] == pytest.approx(histories["scan"][key], rel=1e-4), key
+
+
+def test_resume_with_more_epochs_extends_a_finished_run_on_the_longer_cosine(tmp_path, capsys):
+    common = ["train", "--limit", "48", "--batch-size", "24", "--hidden", "12", "--steps", "10",
+              "--no-progress"]
+    ckpt = tmp_path / "run"
+    assert cli.main(common + ["--epochs", "2", "--checkpoint-dir", str(ckpt),
+                              "--out", str(tmp_path / "a")]) == 0
+    before = checkpointing.load(ckpt)
+    capsys.readouterr()
+    # the finished run: nothing to do without a longer --epochs
+    assert cli.main(["train", "--resume", str(ckpt), "--out", str(tmp_path / "b")]) == 1
+    assert "has done all its 2 epochs: pass --epochs N with N > 2" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(ckpt), "--epochs", "1", "--out",
+                     str(tmp_path / "b")]) == 1
+    assert "--epochs 1 violates the rule: at least the 2 epochs" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(ckpt), "--epochs", "3", "--no-progress",
+                     "--out", str(tmp_path / "b")]) == 0
+    first = json.loads((tmp_path / "a" / "train_digits_adex.json").read_text())["history"]
+    extended = json.loads((tmp_path / "b" / "train_digits_adex.json").read_text())["history"]
+    assert extended["epoch"] == [1, 2, 3]
+    assert extended["train_loss"][:2] == first["train_loss"]
+    infos = checkpointing.describe(ckpt)
+    assert infos[-1].step == 3 and infos[-1].extra["run"]["epochs"] == 3
+    after = checkpointing.load(ckpt)
+    # The 2-epoch schedule is 0 from its last step on; the 3-epoch one, which
+    # the resumed run follows, is lr/2 there: the weights move in epoch 3.
+    import optax
+    assert optax.cosine_decay_schedule(1.0, 2 * 2)(4) == 0
+    assert optax.cosine_decay_schedule(1.0, 3 * 2)(4) == pytest.approx(0.25)
+    moved = [float(np.abs(a - b).max()) for a, b in zip(
+        jax.tree.leaves(nnx.state(before, nnx.Param)), jax.tree.leaves(nnx.state(after, nnx.Param)))]
+    assert max(moved) > 1e-4, moved
+
+
+def test_checkpoint_retention_keeps_the_newest_and_the_best(tmp_path, capsys):
+    ckpt = tmp_path / "run"
+    assert cli.main(["train", "--limit", "48", "--batch-size", "24", "--hidden", "12",
+                     "--steps", "10", "--no-progress", "--epochs", "5", "--keep-last", "2",
+                     "--keep-best", "1", "--checkpoint-dir", str(ckpt),
+                     "--out", str(tmp_path / "a")]) == 0
+    history = json.loads((tmp_path / "a" / "train_digits_adex.json").read_text())["history"]
+    accuracy = history["test_accuracy"]
+    kept = [info.step for info in checkpointing.describe(ckpt)]
+    assert {4, 5} <= set(kept) and len(kept) <= 3, (kept, accuracy)
+    assert max(accuracy[step - 1] for step in kept) == max(accuracy), (kept, accuracy)
+
+
+def test_version_module_entry_point_and_a_help_without_python_values():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    version = subprocess.run([sys.executable, "-m", "spark_somas", "--version"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout.strip() == f"spark-somas {ss.__version__}"
+    help_ = subprocess.run([sys.executable, "-m", "spark_somas", "train", "--help"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert help_.returncode == 0 and "--keep-last N" in help_.stdout
+    text = " ".join(help_.stdout.split())
+    description = text[text.index("Train input"):text.index("options:")]
+    assert "Recipe(" not in description and "{" not in description, description
+    assert "(default: None)" not in text and "(default: [])" not in text
+    assert "digits: current input, 25 steps, input gain 1, no synapse" in text
+
+
+@pytest.mark.parametrize("signum, status", [(2, 130), (15, 143)])  # SIGINT, SIGTERM
+def test_a_signal_stops_training_in_one_line_that_says_how_to_resume(tmp_path, signum, status):
+    import signal
+    import time
+
+    ckpt = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spark_somas", "train", "--limit", "48", "--batch-size", "24",
+         "--hidden", "12", "--steps", "10", "--epochs", "500", "--no-progress",
+         "--checkpoint-dir", str(ckpt), "--out", str(tmp_path / "out")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 200
+    while not (ckpt / "2").is_dir() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == status, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    name = signal.Signals(signum).name
+    match = re.fullmatch(rf"spark-somas train: stopped by {name}; epochs 1 … (\d+) are saved in "
+                         rf"{re.escape(str(ckpt))}; continue with: spark-somas train --resume "
+                         rf"{re.escape(str(ckpt))}\n", err)
+    assert match, err
+    last = int(match.group(1))
+    assert last >= 2 and checkpointing.describe(ckpt)[-1].step == last  # complete and listed
+    net = checkpointing.load(ckpt)
+    assert isinstance(net, training.SpikingNetwork)
+
+
+def test_resuming_a_run_of_release_0_1_0_warns_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE_RUN, run)
+    assert cli.main(["train", "--resume", str(run), "--epochs", "3", "--no-progress",
+                     "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "resumed" in out and "final test accuracy" in out
+    (line,) = [l for l in err.splitlines() if "warning" in l]
+    assert line.startswith("spark-somas train: warning: checkpoint step 2 of ") and \
+        "written by spark_somas 0.1.0" in line and "method euler unchecked" in line
+    assert checkpointing.describe(run)[-1].step == 3
+
+
+def test_a_save_that_fails_on_the_file_system_ends_train_with_its_one_line(tmp_path):
+    import resource
+    import signal
+
+    def full_disk():  # every file stops at 40 kB, as on a disk that filled up
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "spark_somas.cli", "train", "--limit", "48", "--batch-size", "24",
+         "--hidden", "256", "--steps", "5", "--epochs", "2", "--no-progress",
+         "--checkpoint-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")],
+        env=env, preexec_fn=full_disk, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("spark-somas train: error: ")]
+    assert len(errors) == 1 and "failed on the file system and was not committed" in errors[0]
+    assert "File too large" in errors[0]
+    assert "ValueError" not in proc.stderr  # not TensorStore's raw error
+    assert "final test accuracy" not in proc.stdout

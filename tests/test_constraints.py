@@ -231,3 +231,21 @@ def test_training_steps_of_a_network_project_against_an_edited_fixed_field(epoch
     after = np.asarray(hidden.threshold[...])
     bound = max(v_t, float(np.max(hidden.potential_reset[...])))
     assert (after > bound).all(), after - bound
+
+
+@pytest.mark.parametrize("cls, dtype, field, push", [
+    (ss.ExponentialSoma, jnp.float16, "potential_rest", -1e9),
+    (ss.ExponentialSoma, jnp.float16, "potential_reset", -1e9),
+    (ss.AdaptiveExponentialSoma, jnp.bfloat16, "adaptation_tau", 1e9),
+    (ss.ExponentialSoma, jnp.bfloat16, "potential_tau", 1e9),
+])
+def test_training_keeps_half_precision_somas_where_their_constructor_accepts_them(
+        cls, dtype, field, push):
+    model = cls(units=3, dtype=dtype, trainable=(field,))
+    opt = tr.make_optimizer(model, tx=optax.sgd(1.0))
+    grads = jax.tree.map(lambda p: jnp.full_like(p, -push), nnx.state(model, nnx.Param))
+    opt.update(model, grads)
+    value = np.asarray(getattr(model, field)[...], np.float64)
+    assert np.all(np.abs(value) < abs(push) / 10)  # it moved, to its dtype bound
+    model.check_parameters(model.parameters())  # what the constructor checks
+    cls(units=3, dtype=dtype, **{field: value})  # and builds

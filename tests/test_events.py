@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spark_somas import events
-from spark_somas.datasets import Dataset
+from spark_somas.datasets import DataError, Dataset
 
 
 def write_events_file(path, times, units, labels, *, times_dtype=np.float16, extra=True):
@@ -242,7 +242,7 @@ def test_missing_files_say_what_and_where(shd_dir, tmp_path):
 def test_bad_files_and_labels_raise(tmp_path):
     with h5py.File(tmp_path / "shd_train.h5", "w") as f:
         f.create_dataset("labels", data=np.zeros(3, np.uint8))
-    with pytest.raises(ValueError, match="no 'spikes/times'"):
+    with pytest.raises(ValueError, match="'spikes/times' is missing"):
         events.read_events(tmp_path / "shd_train.h5")
     rng = np.random.default_rng(0)
     times, units, _ = make_samples(rng, 4, 20)
@@ -252,3 +252,64 @@ def test_bad_files_and_labels_raise(tmp_path):
         events.load_shd(tmp_path)
     with pytest.raises(ValueError, match="holdout"):
         events.load_shd(tmp_path, holdout="train")
+
+
+def write_raw(path, *, times=None, units=None, labels=None):
+    """An SHD-like file whose datasets hold exactly the arrays given (any dtype)."""
+    with h5py.File(path, "w") as f:
+        for key, value in (("spikes/times", times), ("spikes/units", units),
+                           ("labels", labels)):
+            if isinstance(value, list):
+                kind = h5py.vlen_dtype(np.asarray(value[0]).dtype)
+                d = f.create_dataset(key, (len(value),), dtype=kind)
+                for i, v in enumerate(value):
+                    d[i] = v
+            elif value is not None:
+                f.create_dataset(key, data=value)
+
+
+GOOD_TIMES = [np.array([0.01, 0.02]), np.array([0.03])]
+GOOD_UNITS = [np.array([1, 2], np.uint16), np.array([3], np.uint16)]
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([1, 2**32 + 3], np.int64), r"labels\[1\] = 4294967299 violates the rule: a class"),
+    (np.array([1, 2**40], np.uint64), r"labels\[1\] = 1099511627776 violates"),
+    (np.array([1.0, 19.9]), r"labels\[1\] = .*19\.9.* violates the rule: an integer"),
+    (np.array([np.nan, 1.0]), r"labels\[0\] = .*nan.* violates the rule: an integer"),
+    (np.array([-1, 2], np.int8), r"labels\[0\] = -1 violates the rule: a class"),
+])
+def test_labels_are_checked_before_any_cast(tmp_path, labels, message):
+    write_raw(tmp_path / "f.h5", times=GOOD_TIMES, units=GOOD_UNITS, labels=labels)
+    with pytest.raises(DataError, match=message):
+        events.read_events(tmp_path / "f.h5")
+
+
+def test_integral_float_labels_and_units_are_read_exactly(tmp_path):
+    units = [np.array([1.0, 699.0]), np.array([3.0])]
+    write_raw(tmp_path / "f.h5", times=GOOD_TIMES, units=units, labels=np.array([4.0, 19.0]))
+    t, u, y = events.read_events(tmp_path / "f.h5")
+    np.testing.assert_array_equal(y, [4, 19])
+    x = events.bin_events(t, u, steps=5, bin_ms=10.0)
+    assert x[0, 1, 1] == 1 and x[0, 2, 699] == 1 and x[1, 3, 3] == 1 and x.sum() == 3
+
+
+@pytest.mark.parametrize("units, message", [
+    ([np.array([1.0, 699.9])], "sample 0 has an event on unit .*699.9.*: units must be integers"),
+    ([np.array([np.nan])], "sample 0 has an event on unit .*nan.*: units must be integers"),
+    ([np.array([2**40 + 5], np.int64)], "unit 1099511627781"),
+    ([np.array([2**63 + 5], np.uint64)], "unit 9223372036854775813"),
+])
+def test_units_are_checked_before_any_cast(units, message):
+    with pytest.raises(DataError, match=message):
+        events.bin_events([np.array([0.01] * len(units[0]))], units, steps=5, bin_ms=10.0)
+
+
+def test_a_file_that_is_not_hdf5_or_not_in_the_layout_is_a_data_error(tmp_path):
+    (tmp_path / "shd_train.h5").write_text("not hdf5")
+    with pytest.raises(DataError, match="is not a readable HDF5 file"):
+        events.read_events(tmp_path / "shd_train.h5")
+    write_raw(tmp_path / "scalar.h5", times=np.float64(0.5), units=GOOD_UNITS,
+              labels=np.array([1, 2]))
+    with pytest.raises(DataError, match=r"'spikes/times' is a dataset of shape \(\)"):
+        events.read_events(tmp_path / "scalar.h5")

@@ -111,7 +111,7 @@ def test_a_potential_the_state_dtype_cannot_hold_is_refused(field):
     refused by name; float32 holds it."""
     values = {"potential_rest": -70.0, "potential_reset": -70.0, "threshold": 0.0,
               "rheobase_threshold": -1.0, field: -7e4}
-    with pytest.raises(ValueError, match=f"{field} = 70000 mV violates the rule: "
-                                         f"\\|{field}\\| ≤ 65504"):
+    with pytest.raises(ValueError, match=f"{field} = -70000.0 violates the rule: "
+                                         f"\\|{field}\\| ≤ 65504 mV"):
         ss.ExponentialSoma(units=1, dtype=jnp.float16, **values)
     ss.ExponentialSoma(units=1, dtype=jnp.float32, **values)

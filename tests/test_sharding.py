@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from flax import nnx
@@ -94,3 +96,25 @@ def test_replicate_places_an_optimizer_in_place():
     assert sharding.replicate(optimizer, mesh) is optimizer
     for leaf in jax.tree.leaves(nnx.state(optimizer)):
         assert leaf.sharding.mesh == mesh, leaf.sharding
+
+
+def test_make_mesh_takes_numpy_and_jax_integers():
+    mesh = sharding.make_mesh(np.int64(1), jnp.int32(1), devices=jax.devices()[:1])
+    assert dict(mesh.shape) == {sharding.DATA: 1, sharding.NEURONS: 1}
+    with pytest.raises(ValueError, match="make_mesh: data = 1.0 violates the rule: an int"):
+        sharding.make_mesh(1.0, 1, devices=jax.devices()[:1])
+
+
+def test_simulate_sharded_reads_one_field_name_as_a_string_and_checks_the_currents():
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    soma = ss.AdaptiveExponentialSoma(units=4)
+    currents = jnp.full((20, 2, 4), 900.0)
+    out = sharding.simulate_sharded(soma, currents, mesh, record="adaptation")
+    expected = ss.simulate(ss.AdaptiveExponentialSoma(units=4), currents, record="adaptation")
+    np.testing.assert_array_equal(np.asarray(out.adaptation), np.asarray(expected.adaptation))
+    assert out.spikes is None and out.potential is None
+    with pytest.raises(ValueError, match=r"record = \('spike',\): \['spike'\] not recordable"):
+        sharding.simulate_sharded(soma, currents, mesh, record="spike")
+    with pytest.raises(ValueError, match=r"currents of shape \(20,\) violate the rule: \(T, "
+                                         r"\*units\) or \(T, \*batch, \*units\)"):
+        sharding.simulate_sharded(soma, jnp.ones(20), mesh)
