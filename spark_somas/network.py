@@ -55,7 +55,7 @@ from flax import nnx
 
 from spark_somas import backends, layout, numerics, registry
 from spark_somas import surrogates as surrogates_lib
-from spark_somas.configs import require
+from spark_somas.configs import LARGEST, SMALLEST, as_number, require
 from spark_somas.simulation import FusedBackendError, drive
 from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
 
@@ -229,8 +229,14 @@ class Layer:
         _positive_int("units", self.units)
         for name in ("input_gain", "synapse_tau"):
             value = getattr(self, name)
-            require(value is None and name == "synapse_tau" or np.isfinite(value) and value > 0,
-                    name, value, "> 0 and finite", error=ValueError)
+            if value is None and name == "synapse_tau":
+                continue
+            # The config rules' range: within it I_0 = gain · I_rh is finite in float32.
+            value = as_number(value, name, error=ValueError)
+            require(SMALLEST <= value <= LARGEST, name, value,
+                    f"{SMALLEST:g} ≤ {name} ≤ {LARGEST:g} (> 0 and finite in float32)",
+                    error=ValueError)
+            object.__setattr__(self, name, value)
         trainable = self.trainable_neurons
         if trainable is True:
             trainable = trainable_neuron_params(cls)

@@ -478,3 +478,33 @@ def test_numpy_and_jax_integers_are_step_counts_and_bin_widths():
     x = events.bin_events([np.array([0.015])], [np.array([2])], steps=np.int64(3),
                           bin_ms=np.float32(14), pool=np.int32(1))
     assert x.shape == (1, 3, 700) and x[0, 1, 2] == 1
+
+
+@pytest.mark.parametrize("gain", [1e39, "1", float("inf"), 0.0, True, 1e-7])
+def test_an_input_gain_float32_cannot_hold_or_that_is_no_number_is_refused_by_name(gain):
+    with pytest.raises(ValueError, match="input_gain"):
+        tr.SpikingNetwork(3, 4, 2, input_gain=gain, rngs=nnx.Rngs(0))
+
+
+def test_a_numpy_input_gain_is_a_number():
+    assert tr.SpikingNetwork(3, 4, 2, input_gain=np.float32(2.0), rngs=nnx.Rngs(0)).config.input_gain == 2.0
+
+
+@pytest.mark.parametrize("make", [lambda: ss.surrogates.Triangle(width=1e-40),
+                                  lambda: ss.surrogates.ArcTan(alpha=1e39),
+                                  lambda: ss.surrogates.Sigmoid(slope=1e39),
+                                  lambda: ss.surrogates.Gaussian(sigma=1e-50),
+                                  lambda: ss.surrogates.FastSigmoid(damping=0.0),
+                                  lambda: ss.surrogates.Triangle(relative="yes")])
+def test_surrogate_parameters_whose_gradient_float32_cannot_hold_are_refused(make):
+    with pytest.raises(ValueError, match="violates the rule"):
+        make()
+
+
+def test_surrogates_at_the_edges_of_their_range_give_finite_gradients_and_numpy_scalars_count():
+    assert ss.surrogates.Triangle(width=np.float32(1)) == ss.surrogates.Triangle(width=1.0)
+    x = jnp.asarray([-1e6, -1.0, 0.0, 1e-6, 1.0, 1e6], jnp.float32)
+    for s in (ss.surrogates.Triangle(width=1e-6), ss.surrogates.ArcTan(alpha=1e6),
+              ss.surrogates.Sigmoid(slope=1e6), ss.surrogates.Gaussian(sigma=1e-6),
+              ss.surrogates.FastSigmoid(slope=1e6, damping=1e6)):
+        assert np.isfinite(np.asarray(jax.vmap(jax.grad(lambda v: ss.spike(v, s)))(x))).all(), s
