@@ -19,9 +19,12 @@ the same, by gradient descent through :func:`~spark_somas.simulate`
 
 The spike count and the van Rossum distance are sums of Heaviside steps in
 the forward pass; their gradients reach the parameters through the
-surrogate derivative of each spike. The fitting soma differentiates the
-reset too (``detach_reset=False``): the gradient then feels a spike that is
-about to move by a step. The exponential term keeps its exact gradient.
+surrogate derivative of each spike. The fitting soma keeps the given soma's
+surrogate and ``detach_reset`` (by default the reset is detached, so the
+potential's gradient follows w ← w + b and V ← V_r at the spikes where they
+fell; a differentiated reset multiplies it by V − V_r at the crossing,
+which past a high cut-off such as Naud et al.'s 0 mV overflows float32).
+The exponential term keeps its exact gradient.
 
 **Parameters stay inside their rules.** Each fitted field x lives in a box
 [lo, hi]: the bounds given, else the interval its config rule allows
@@ -323,16 +326,19 @@ class Stage:
         return tuple(int(k) for k in np.nonzero(keep)[0])
 
 
-def recipe(fields: Sequence[str], *, subthreshold_steps: int = 30, spiking_steps: int = 150,
-           learning_rate: float = 0.02) -> tuple[Stage, ...]:
-    """The usual two stages (Brette & Gerstner 2005; Naud et al. 2008).
+def recipe(fields: Sequence[str], *, subthreshold_steps: int = 30, spike_steps: int = 100,
+           polish_steps: int = 20, learning_rate: float = 0.05) -> tuple[Stage, ...]:
+    """The usual staged fit (Brette & Gerstner 2005; Naud et al. 2008).
 
     1. The fields that shape the response below threshold (all but
        :data:`SPIKE_TRIGGERED`), on the sweeps without spikes, by the
        potential MSE and L-BFGS: a smooth, well-posed problem.
     2. The spike-triggered fields (b, V_r, ...) on the sweeps with spikes,
-       by Adam on the spike count, the van Rossum distance (τ = 10 ms) and
-       the potential MSE (weight 0.1 mV⁻²).
+       by Adam on the spike count and the van Rossum distance (τ = 10 ms):
+       while the model's spikes fall elsewhere than the data's, the
+       potential error points the wrong way, the spike losses do not.
+    3. The same fields by L-BFGS on the potential MSE of the same sweeps,
+       once the spikes are in place.
 
     A stage with no field is left out.
     """
@@ -344,8 +350,9 @@ def recipe(fields: Sequence[str], *, subthreshold_steps: int = 30, spiking_steps
         stages.append(Stage(sub, Loss(potential=1.0), "subthreshold", "lbfgs",
                             subthreshold_steps))
     if spk:
-        stages.append(Stage(spk, Loss(potential=0.1, count=1.0, van_rossum=1.0), "spiking",
-                            "adam", spiking_steps, learning_rate))
+        stages.append(Stage(spk, Loss(potential=0.0, count=1.0, van_rossum=1.0), "spiking",
+                            "adam", spike_steps, learning_rate))
+        stages.append(Stage(spk, Loss(potential=1.0), "spiking", "lbfgs", polish_steps))
     return tuple(stages)
 
 
@@ -447,7 +454,7 @@ def _template(soma: ExponentialSoma,
     """One fitting neuron of ``soma``'s class: its graph (shared by every fit
     of the same class, fields, dt, method, dtype and surrogate, so that they
     share one compilation), the fixed fields' values and its state."""
-    config = soma.config_class(surrogate=soma.config.surrogate, detach_reset=False)
+    config = soma.config_class(surrogate=soma.config.surrogate, detach_reset=soma.config.detach_reset)
     neuron = type(soma)(config, units=1, dt=soma.dt, method=soma.method, trainable=fields,
                         dtype=soma.dtype, param_dtype=soma.param_dtype)
     graph, _, _, state = nnx.split(neuron, nnx.Param, SomaConstant, SomaState)
