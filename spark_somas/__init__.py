@@ -3,7 +3,7 @@
 Units: potential mV, time ms, current pA, resistance GΩ, conductance nS.
 """
 
-from spark_somas import surrogates
+from spark_somas import fitting, surrogates
 from spark_somas.configs import (
     AdaptiveExponentialSomaConfig,
     ConfigError,
@@ -47,5 +47,6 @@ __all__ = [
     "simulate",
     "spike",
     "step",
+    "fitting",
     "surrogates",
 ]

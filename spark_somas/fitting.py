@@ -723,7 +723,7 @@ def fit_soma(
             held_out, f"a Recording sampled every {recording.dt} ms")
     _check_targets(selection, held_out, "selection")
 
-    guess = {n: float(np.asarray(params[n]).ravel()[0]) for n in fields}
+    guess = {n: float(f"{float(np.asarray(params[n]).ravel()[0]):.7g}") for n in fields}
     boxes = _boxes(soma, fields, bounds, guess)
     u0 = _initial(boxes, fields, guess, starts, seed)
     graph, fixed = _template(soma, fields)
@@ -808,8 +808,8 @@ def coincidence_factor(model: np.ndarray, data: np.ndarray, duration: float, *,
     N_coinc counts the data spikes with a model spike within ±Δ, each model
     spike matched at most once (in time order, which pairs as many as any
     matching can); ν = N_model/``duration`` is the model's rate (1/ms).
-    Γ = 1 for identical trains and about 0 for a Poisson train of the same
-    rate, independent of the data. NaN when neither train has a spike.
+    Γ = 1 for identical trains and about 0 (to first order in νΔ) for a
+    Poisson train independent of the data. NaN when neither train has a spike.
     Times in ms.
     """
     model = np.sort(np.asarray(model, np.float64))
