@@ -539,8 +539,11 @@ class FitResult:
       starts: every start's fitted fields (field -> array (K,)).
       initial: every start's initial values (field -> array (K,)).
       best: index of the best start.
-      held_out_loss: each start's selection loss on the held-out sweeps
-        (on the training sweeps when none were held out), (K,).
+      held_out_loss: each start's selection score on the held-out sweeps
+        (the training sweeps when none were held out), (K,): the
+        ``selection`` loss, or by default the sum over the stages of each
+        stage's loss on the held-out sweeps of its kind, divided by the
+        least over the starts (dimensionless, ≥ the number of stages).
       history: per stage, the loss before each iteration, (steps, K).
       evaluations: loss evaluations (simulations, each with its backward
         pass) per start, summed over the stages.
@@ -665,7 +668,9 @@ def fit_soma(
         field -> K initial values.
       held_out: sweeps on which to choose the best start; default the
         training sweeps.
-      selection: the loss that chooses; default the last stage's.
+      selection: the loss that chooses; default every stage's loss on the
+        held-out sweeps of its kind (subthreshold, spiking), each relative
+        to the best start's, summed: a start must do well on all of them.
       seed: seed of the drawn starts.
 
     Returns:
@@ -717,11 +722,20 @@ def fit_soma(
                     f"0 ≤ index < {recording.n_sweeps}")
         _check_targets(stage.loss, recording.select(pick), f"stages[{k}]")
         picks.append(pick)
-    selection = stages[-1].loss if selection is None else selection
     held_out = recording if held_out is None else held_out
     require(isinstance(held_out, Recording) and held_out.dt == recording.dt, "held_out",
             held_out, f"a Recording sampled every {recording.dt} ms")
-    _check_targets(selection, held_out, "selection")
+    if selection is None:
+        judges = []
+        for k, stage in enumerate(stages):
+            pick = (tuple(range(held_out.n_sweeps)) if not isinstance(stage.sweeps, str)
+                    else stage.pick(held_out))
+            if pick:
+                _check_targets(stage.loss, held_out.select(pick), f"held_out (stages[{k}])")
+                judges.append((stage.loss, held_out.select(pick)))
+    else:
+        _check_targets(selection, held_out, "selection")
+        judges = [(selection, held_out)]
 
     guess = {n: float(f"{float(np.asarray(params[n]).ravel()[0]):.7g}") for n in fields}
     boxes = _boxes(soma, fields, bounds, guess)
@@ -740,10 +754,16 @@ def fit_soma(
         u = {**u, **u_fit}
         history.append(np.asarray(h).T)
         evaluations += int(np.max(evals))
-    data = {k: jnp.asarray(v) for k, v in held_out.arrays().items()}
-    losses = np.asarray(_losses(u, fixed, data, graph=graph, loss=selection, boxes=boxes_key,
-                                dt=recording.dt), np.float64)
-    best = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.inf)))
+    losses = np.zeros(len(next(iter(u.values()))))
+    for loss, sweeps in judges:
+        data = {k: jnp.asarray(v) for k, v in sweeps.arrays().items()}
+        value = np.asarray(_losses(u, fixed, data, graph=graph, loss=loss, boxes=boxes_key,
+                                   dt=recording.dt), np.float64)
+        value = np.where(np.isfinite(value), value, np.inf)
+        # Each stage's loss relative to the best start's, so that every stage
+        # counts alike whatever its units and scale.
+        losses += value / max(np.min(value), 1e-12) if len(judges) > 1 else value
+    best = int(np.argmin(losses))
     x = {n: np.asarray(boxes[n].to_x(v), np.float64) for n, v in u.items()}
     return FitResult(
         params={n: float(v[best]) for n, v in x.items()}, starts=x,
