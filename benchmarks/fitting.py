@@ -299,7 +299,7 @@ def main() -> None:
     patterns = args.patterns or (["tonic_spiking", "adaptation"] if args.quick else
                                  [p.name for p in presets.PRESETS.values()
                                   if p.name != "brette_gerstner_2005"])
-    starts = args.starts or (2 if args.quick else 8)
+    starts = args.starts or (2 if args.quick else 4)
     de_seconds = args.de_seconds or (10.0 if args.quick else 30.0)
     env = machine()
     rows = [one_pattern(name, starts, de_seconds, args.seed) for name in patterns]

@@ -412,7 +412,7 @@ def _boxes(soma: ExponentialSoma, fields: tuple[str, ...],
            bounds: Mapping[str, tuple[float, float]], start: Mapping[str, float]) -> dict[str, _Box]:
     """Each fitted field's box: its bounds, checked against what the config
     rules allow over the other fields' boxes, or that interval itself."""
-    values = {n: float(np.asarray(v)) for n, v in soma.parameters().items()}
+    values = {n: float(np.asarray(v).ravel()[0]) for n, v in soma.parameters().items()}
     given = {n: (float(lo), float(hi)) for n, (lo, hi) in bounds.items()}
     box = dict(given)
 
@@ -454,12 +454,13 @@ def _template(soma: ExponentialSoma,
     """One fitting neuron of ``soma``'s class: its graph (shared by every fit
     of the same class, fields, dt, method, dtype and surrogate, so that they
     share one compilation), the fixed fields' values and its state."""
-    config = soma.config_class(surrogate=soma.config.surrogate, detach_reset=soma.config.detach_reset)
+    config = soma.config_class(surrogate=soma.config.surrogate,
+                               detach_reset=soma.config.detach_reset)
     neuron = type(soma)(config, units=1, dt=soma.dt, method=soma.method, trainable=fields,
                         dtype=soma.dtype, param_dtype=soma.param_dtype)
     graph, _, _, state = nnx.split(neuron, nnx.Param, SomaConstant, SomaState)
-    fixed = {n: jnp.asarray(v, soma.param_dtype) for n, v in soma.parameters().items()
-             if n not in fields}
+    fixed = {n: jnp.asarray(np.asarray(v).ravel()[0], soma.param_dtype)
+             for n, v in soma.parameters().items() if n not in fields}
     return graph, (fixed, state)
 
 
