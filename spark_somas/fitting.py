@@ -34,7 +34,7 @@ time constants also ≥ dt). The optimizer moves an unconstrained u:
 * both ends finite: x = lo + (hi − lo)·σ(u), on a log scale
   (log x = log lo + (log hi − log lo)·σ(u)) when lo > 0;
 * only lo finite: x = lo + e^u; only hi: x = hi − e^u;
-* neither: x = s·u, s = max(|x₀|, 1) in the field's unit,
+* neither: x = s·u, s = max(abs(x₀), 1) in the field's unit,
 
 and x is clipped to the box (the strict rules, V_r < V_th, by the next
 representable value), u to where the map is finite; a non-finite step keeps
@@ -880,7 +880,7 @@ def explained_variance(model: np.ndarray, data: np.ndarray, *,
 
 
 def relative_errors(fitted: Mapping[str, float], truth: Mapping[str, float]) -> dict[str, float]:
-    """(fitted − true)/|true| per field of ``fitted``; where the true value
+    """(fitted − true)/abs(true) per field of ``fitted``; where the true value
     is 0, the absolute error (in the field's unit) instead."""
     out = {}
     for name, value in fitted.items():
