@@ -66,7 +66,8 @@ def protocol(preset: presets.Preset, fractions) -> np.ndarray:
 def run_package(preset, currents):
     rec = ss.simulate(preset.soma(units=1), jnp.asarray(currents)[..., None])
     return (np.asarray(rec.potential[..., 0], np.float64),
-            [presets.spike_times(np.asarray(rec.spikes[:, k, 0])) for k in range(currents.shape[1])])
+            [presets.spike_times(np.asarray(rec.spikes[:, k, 0]))
+             for k in range(currents.shape[1])])
 
 
 def run_brian2(preset, currents):
@@ -262,7 +263,8 @@ def markdown(rows, cost, env) -> str:
         for n in FIELDS:
             e = r["errors"][n]
             d[SHORT[n]] = f"{e:+.1%}" if r["truth"][n] != 0 else f"{e:+.3g} pA (abs)"
-        d.update({"held-out Γ": r["gamma"], "EV": r["explained_variance"], "wall (s)": r["wall_s"]})
+        d.update({"held-out Γ": r["gamma"], "EV": r["explained_variance"],
+                  "wall (s)": r["wall_s"]})
         recov.append(d)
     lines.append(table(recov, ["pattern", "data", "spikes"] + [SHORT[n] for n in FIELDS]
                        + ["held-out Γ", "EV", "wall (s)"]))

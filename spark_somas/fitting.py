@@ -110,7 +110,8 @@ def _as_sweeps(value: Any, name: str, time_major: bool) -> list[np.ndarray]:
         arr = arr[:, None] if arr.ndim == 1 else arr
         sweeps = list(arr.T if time_major else arr)
     for k, v in enumerate(sweeps):
-        require(v.ndim == 1, f"{name}[{k}]", f"an array of shape {v.shape}", "one sweep, shape (T,)")
+        require(v.ndim == 1, f"{name}[{k}]", f"an array of shape {v.shape}",
+                "one sweep, shape (T,)")
     return sweeps
 
 
@@ -409,7 +410,8 @@ class _Box:
 
 
 def _boxes(soma: ExponentialSoma, fields: tuple[str, ...],
-           bounds: Mapping[str, tuple[float, float]], start: Mapping[str, float]) -> dict[str, _Box]:
+           bounds: Mapping[str, tuple[float, float]],
+           start: Mapping[str, float]) -> dict[str, _Box]:
     """Each fitted field's box: its bounds, checked against what the config
     rules allow over the other fields' boxes, or that interval itself."""
     values = {n: float(np.asarray(v).ravel()[0]) for n, v in soma.parameters().items()}
