@@ -38,7 +38,7 @@ __version__ = "0.1.0"
 #: Modules reached as attributes of the package, imported when first used (PEP 562).
 SUBMODULES = (
     "backends", "checkpointing", "configs", "constraints", "datasets", "encoders", "events",
-    "fetch", "integrators", "kernels", "layout", "loggers", "loop", "network", "numerics",
+    "fetch", "fitting", "integrators", "kernels", "layout", "loggers", "loop", "network", "numerics",
     "objectives", "plotting", "presets", "registry", "runs", "sharding", "simulation", "somas",
     "tasks", "training",
 )
@@ -72,5 +72,6 @@ __all__ = [
     "simulate",
     "spike",
     "step",
+    "fitting",
     "surrogates",
 ]

@@ -1,0 +1,892 @@
+"""Fitting a soma's parameters to recordings: voltage traces and spike times.
+
+A :class:`Recording` holds sweeps — a step or any current (pA) sampled every
+``dt`` ms, and what the cell did: its membrane potential (mV, NaN where not
+recorded) and/or its spike times (ms). :func:`fit_soma` adjusts the chosen
+config fields of a soma so that the soma, driven by the same currents, does
+the same, by gradient descent through :func:`~spark_somas.simulate`
+(backpropagation through time, spikes through the soma's surrogate).
+
+**The losses** (:class:`Loss`, a weighted sum; T: samples, S: sweeps):
+
+* potential: L_V = Σ m_ts (V_ts − V*_ts)² / Σ m_ts, in mV², m = 1 where
+  the potential was recorded (not NaN);
+* spike count: L_n = (1/S) Σ_s (n_s − n*_s)², in spikes²;
+* van Rossum (2001) distance: each train is filtered by e^{−t/τ}, and
+  L_R = (1/S) Σ_s (1/τ) ∫ (f_s(t) − f*_s(t))² dt, dimensionless (a lone
+  extra spike costs ½); τ (ms) sets how far apart two spikes still count
+  as close.
+
+The spike count and the van Rossum distance are sums of Heaviside steps in
+the forward pass; their gradients reach the parameters through the
+surrogate derivative of each spike. The fitting soma keeps the given soma's
+surrogate and ``detach_reset`` (by default the reset is detached, so the
+potential's gradient follows w ← w + b and V ← V_r at the spikes where they
+fell; a differentiated reset multiplies it by V − V_r at the crossing,
+which past a high cut-off such as Naud et al.'s 0 mV overflows float32).
+The exponential term keeps its exact gradient.
+
+**Parameters stay inside their rules.** Each fitted field x lives in a box
+[lo, hi]: the bounds given, else the interval its config rule allows
+against the fixed fields (:func:`~spark_somas.configs.feasible_interval`;
+time constants also ≥ dt). The optimizer moves an unconstrained u:
+
+* both ends finite: x = lo + (hi − lo)·σ(u), on a log scale
+  (log x = log lo + (log hi − log lo)·σ(u)) when lo > 0;
+* only lo finite: x = lo + e^u; only hi: x = hi − e^u;
+* neither: x = s·u, s = max(abs(x₀), 1) in the field's unit,
+
+and x is clipped to the box (the strict rules, V_r < V_th, by the next
+representable value), u to where the map is finite; a non-finite step keeps
+the previous u. No learning rate can leave the box.
+
+**Stages, many starts.** A fit is a sequence of :class:`Stage`\\ s — which
+fields, which sweeps, which loss, L-BFGS (``optax.lbfgs``, for smooth
+problems: the potential below threshold) or Adam (for losses on spikes) —
+data, not code; :func:`recipe` gives the usual two: the subthreshold
+response first, then the spike-triggered fields. ``starts=K`` runs K
+starting points as K neurons (``jax.vmap`` of one neuron's fit, so each
+start follows exactly the steps it would alone) in one compiled program,
+and keeps the start whose loss on held-out sweeps is least.
+
+**Quality, as the field measures it.** :func:`coincidence_factor` (Γ of
+Jolivet et al. 2008, Δ = 4 ms), :func:`explained_variance` of the
+subthreshold potential, :func:`relative_errors` against known parameters;
+:meth:`FitResult.evaluate` applies the first two to a recording.
+
+Units: potential mV, time ms, current pA, resistance GΩ, conductance nS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from spark_somas import configs
+from spark_somas.configs import require
+from spark_somas.simulation import simulate
+from spark_somas.somas import ExponentialSoma, SomaConstant, SomaState
+
+__all__ = [
+    "Recording",
+    "Loss",
+    "Stage",
+    "recipe",
+    "SPIKE_TRIGGERED",
+    "fit_soma",
+    "FitResult",
+    "coincidence_factor",
+    "explained_variance",
+    "relative_errors",
+]
+
+Array = jax.Array
+
+SPIKE_TRIGGERED = ("adaptation_delta", "potential_reset", "threshold", "cooldown",
+                   "threshold_delta", "threshold_tau")
+"""Fields that act only when the cell spikes: a recording below threshold
+says nothing about them, so :func:`recipe` fits them in its second stage."""
+
+OPTIMIZERS = ("lbfgs", "adam")
+
+
+def _as_sweeps(value: Any, name: str, time_major: bool) -> list[np.ndarray]:
+    """A list of 1-D float arrays from a list of arrays or one 2-D array."""
+    if isinstance(value, (list, tuple)):
+        sweeps = [np.asarray(v, np.float64) for v in value]
+    else:
+        arr = np.asarray(value, np.float64)
+        require(arr.ndim in (1, 2), name, f"an array of shape {arr.shape}",
+                "one sweep (T,), sweeps (T, S) when time_major else (S, T), or a list of (T_s,)")
+        arr = arr[:, None] if arr.ndim == 1 else arr
+        sweeps = list(arr.T if time_major else arr)
+    for k, v in enumerate(sweeps):
+        require(v.ndim == 1, f"{name}[{k}]", f"an array of shape {v.shape}",
+                "one sweep, shape (T,)")
+    return sweeps
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Recording:
+    """Sweeps of one cell: injected currents and the recorded response.
+
+    Args:
+      currents: per sweep, the injected current (pA) at each step of ``dt``;
+        a list of 1-D arrays (sweeps may differ in length), or one 2-D array,
+        (T, S) when ``time_major`` else (S, T).
+      dt: sampling interval (ms), also the fitting soma's step.
+      potential: per sweep, the membrane potential (mV) at the end of each
+        step, NaN where not recorded; None when only spikes were recorded.
+      spike_times: per sweep, spike times (ms from the sweep's start, a
+        spike in step k reported at k·dt as
+        :func:`spark_somas.presets.spike_times` does); None when unknown.
+      time_major: layout of 2-D ``currents`` / ``potential``.
+
+    Raises ConfigError naming the sweep, the value and the rule for
+    mismatched lengths, non-finite currents, spike times outside a sweep,
+    and a target with nothing recorded (all NaN, no spikes).
+    """
+
+    currents: Any
+    dt: float = 0.1
+    potential: Any = None
+    spike_times: Any = None
+    time_major: bool = True
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.dt, (int, float)) and not isinstance(self.dt, bool)
+                and configs.SMALLEST <= self.dt <= configs.LARGEST, "dt", self.dt,
+                f"a time step in ms, {configs.SMALLEST:g} ≤ dt ≤ {configs.LARGEST:g}")
+        currents = _as_sweeps(self.currents, "currents", self.time_major)
+        require(len(currents) > 0, "currents", "no sweeps", "at least one sweep")
+        for k, c in enumerate(currents):
+            require(len(c) > 0 and np.all(np.isfinite(c)), f"currents[{k}]",
+                    f"{len(c)} samples, {int(np.sum(~np.isfinite(c)))} not finite",
+                    "at least one sample, all finite (pA)")
+        potential = None
+        if self.potential is not None:
+            potential = _as_sweeps(self.potential, "potential", self.time_major)
+            require(len(potential) == len(currents), "potential", f"{len(potential)} sweeps",
+                    f"one per sweep of currents ({len(currents)})")
+            for k, (v, c) in enumerate(zip(potential, currents)):
+                require(len(v) == len(c), f"potential[{k}]", f"{len(v)} samples",
+                        f"as many samples as currents[{k}] ({len(c)}), one per step of dt")
+        spikes = None
+        if self.spike_times is not None:
+            spikes = [np.sort(np.atleast_1d(np.asarray(t, np.float64)))
+                      for t in self.spike_times]
+            require(len(spikes) == len(currents), "spike_times", f"{len(spikes)} sweeps",
+                    f"one array of times per sweep of currents ({len(currents)})")
+            for k, (t, c) in enumerate(zip(spikes, currents)):
+                duration = len(c) * self.dt
+                require(t.ndim == 1 and np.all((t >= 0) & (t < duration)), f"spike_times[{k}]",
+                        t.tolist() if t.size < 8 else f"{t.size} times from {t.min()} to {t.max()}",
+                        f"times in ms within the sweep, 0 ≤ t < {duration:g}")
+        recorded = (potential is not None and any(np.isfinite(v).any() for v in potential))
+        require(recorded or spikes is not None, "potential",
+                "all NaN" if potential is not None else None,
+                "at least one recorded (non-NaN) sample, or spike_times")
+        object.__setattr__(self, "currents", tuple(currents))
+        object.__setattr__(self, "potential", None if potential is None else tuple(potential))
+        object.__setattr__(self, "spike_times", None if spikes is None else tuple(spikes))
+
+    @property
+    def n_sweeps(self) -> int:
+        return len(self.currents)
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """Samples per sweep."""
+        return tuple(len(c) for c in self.currents)
+
+    def select(self, sweeps: Sequence[int]) -> "Recording":
+        """The recording of the chosen sweeps only."""
+        sweeps = [int(k) for k in sweeps]
+        for k in sweeps:
+            require(0 <= k < self.n_sweeps, "sweeps", k, f"0 ≤ index < {self.n_sweeps}")
+        pick = lambda xs: None if xs is None else [xs[k] for k in sweeps]  # noqa: E731
+        return Recording([self.currents[k] for k in sweeps], self.dt, pick(self.potential),
+                         pick(self.spike_times))
+
+    def spike_counts(self) -> np.ndarray | None:
+        return None if self.spike_times is None else np.array([len(t) for t in self.spike_times])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The sweeps padded to the longest, time-major (T, S), float32:
+        currents (0 beyond a sweep), potential (0 where not recorded),
+        recorded (1 where the potential was), valid (1 within the sweep),
+        spikes (0/1 per step, from the spike times)."""
+        steps, n = max(self.lengths), self.n_sweeps
+        out = {k: np.zeros((steps, n), np.float32)
+               for k in ("currents", "potential", "recorded", "valid", "spikes")}
+        for k, c in enumerate(self.currents):
+            out["currents"][: len(c), k] = c
+            out["valid"][: len(c), k] = 1.0
+            if self.potential is not None:
+                v = self.potential[k]
+                out["recorded"][: len(v), k] = np.isfinite(v)
+                out["potential"][: len(v), k] = np.where(np.isfinite(v), v, 0.0)
+            if self.spike_times is not None:
+                idx = np.minimum(np.round(self.spike_times[k] / self.dt).astype(int), len(c) - 1)
+                np.add.at(out["spikes"][:, k], idx, 1.0)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A weighted sum of the potential MSE (mV²), the spike-count error
+    (spikes²) and the van Rossum distance (dimensionless) with kernel time
+    constant ``van_rossum_tau`` (ms); see the module docstring."""
+
+    potential: float = 1.0
+    count: float = 0.0
+    van_rossum: float = 0.0
+    van_rossum_tau: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("potential", "count", "van_rossum"):
+            w = getattr(self, name)
+            require(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0,
+                    f"Loss.{name}", w, "a finite weight ≥ 0")
+        require(self.potential + self.count + self.van_rossum > 0, "Loss", self,
+                "at least one weight > 0")
+        require(isinstance(self.van_rossum_tau, (int, float)) and self.van_rossum_tau > 0,
+                "Loss.van_rossum_tau", self.van_rossum_tau, "a time constant in ms, > 0")
+
+    @property
+    def uses_spikes(self) -> bool:
+        return self.count > 0 or self.van_rossum > 0
+
+    def __call__(self, potential: Array, spikes: Array, data: Mapping[str, Array],
+                 dt: float) -> Array:
+        """The loss of a model run (potential, spikes: (T, S)) against
+        ``data`` (:meth:`Recording.arrays`)."""
+        total = jnp.zeros((), potential.dtype)
+        if self.potential:
+            m = data["recorded"]
+            err = jnp.where(m > 0, potential - data["potential"], 0.0)
+            total += self.potential * jnp.sum(err**2) / jnp.maximum(jnp.sum(m), 1.0)
+        diff = spikes * data["valid"] - data["spikes"]
+        if self.count:
+            total += self.count * jnp.mean(jnp.sum(diff, axis=0) ** 2)
+        if self.van_rossum:
+            decay = math.exp(-dt / self.van_rossum_tau)
+
+            def filt(f, d):
+                f = f * decay + d
+                return f, f
+
+            _, f = jax.lax.scan(filt, jnp.zeros_like(diff[0]), diff)
+            total += self.van_rossum * dt / self.van_rossum_tau * jnp.mean(jnp.sum(f**2, axis=0))
+        return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a fit: which fields move, on which sweeps, by which loss
+    and optimizer.
+
+    Attributes:
+      fields: the config fields this stage fits (a subset of those given to
+        :func:`fit_soma`); the others keep their current values.
+      loss: what to minimise.
+      sweeps: ``"all"``, ``"subthreshold"`` (sweeps without a recorded
+        spike), ``"spiking"`` (those with one), or sweep indices.
+      optimizer: ``"lbfgs"`` (optax L-BFGS with a zoom line search: smooth
+        losses) or ``"adam"`` (losses on spikes, piecewise constant in
+        between the surrogate's reach).
+      steps: iterations (L-BFGS) or updates (Adam).
+      learning_rate: Adam's step in the unconstrained coordinates u
+        (≈ relative change per step for fields on a log scale).
+    """
+
+    fields: tuple[str, ...]
+    loss: Loss = Loss()
+    sweeps: str | tuple[int, ...] = "all"
+    optimizer: str = "lbfgs"
+    steps: int = 30
+    learning_rate: float = 0.02
+
+    def __post_init__(self) -> None:
+        fields = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
+        require(len(fields) > 0, "Stage.fields", fields, "at least one field")
+        object.__setattr__(self, "fields", fields)
+        require(self.optimizer in OPTIMIZERS, "Stage.optimizer", self.optimizer,
+                f"one of {OPTIMIZERS}")
+        require(isinstance(self.steps, int) and self.steps >= 1, "Stage.steps", self.steps,
+                "an int ≥ 1")
+        require(isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0
+                and math.isfinite(self.learning_rate), "Stage.learning_rate",
+                self.learning_rate, "finite, > 0")
+        if isinstance(self.sweeps, str):
+            require(self.sweeps in ("all", "subthreshold", "spiking"), "Stage.sweeps",
+                    self.sweeps, "'all', 'subthreshold', 'spiking' or sweep indices")
+        else:
+            object.__setattr__(self, "sweeps", tuple(int(k) for k in self.sweeps))
+            require(len(self.sweeps) > 0, "Stage.sweeps", self.sweeps, "at least one sweep")
+
+    def pick(self, recording: Recording) -> tuple[int, ...]:
+        """The indices of the sweeps this stage fits."""
+        if not isinstance(self.sweeps, str):
+            return self.sweeps
+        if self.sweeps == "all":
+            return tuple(range(recording.n_sweeps))
+        counts = recording.spike_counts()
+        require(counts is not None, "Recording.spike_times", None,
+                f"known spike times, to choose the {self.sweeps!r} sweeps of a stage")
+        keep = (counts == 0) if self.sweeps == "subthreshold" else (counts > 0)
+        return tuple(int(k) for k in np.nonzero(keep)[0])
+
+
+def recipe(fields: Sequence[str], *, subthreshold_steps: int = 30, spike_steps: int = 100,
+           polish_steps: int = 20, learning_rate: float = 0.05) -> tuple[Stage, ...]:
+    """The usual staged fit (Brette & Gerstner 2005; Naud et al. 2008).
+
+    1. The fields that shape the response below threshold (all but
+       :data:`SPIKE_TRIGGERED`), on the sweeps without spikes, by the
+       potential MSE and L-BFGS: a smooth, well-posed problem.
+    2. The spike-triggered fields (b, V_r, ...) on the sweeps with spikes,
+       by Adam on the spike count and the van Rossum distance (τ = 10 ms):
+       while the model's spikes fall elsewhere than the data's, the
+       potential error points the wrong way, the spike losses do not.
+    3. The same fields by L-BFGS on the potential MSE of the same sweeps,
+       once the spikes are in place.
+
+    A stage with no field is left out.
+    """
+    fields = tuple(fields)
+    sub = tuple(f for f in fields if f not in SPIKE_TRIGGERED)
+    spk = tuple(f for f in fields if f in SPIKE_TRIGGERED)
+    stages = []
+    if sub:
+        stages.append(Stage(sub, Loss(potential=1.0), "subthreshold", "lbfgs",
+                            subthreshold_steps))
+    if spk:
+        stages.append(Stage(spk, Loss(potential=0.0, count=1.0, van_rossum=1.0), "spiking",
+                            "adam", spike_steps, learning_rate))
+        stages.append(Stage(spk, Loss(potential=1.0), "spiking", "lbfgs", polish_steps))
+    return tuple(stages)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Box:
+    """A fitted field's box [lo, hi], its map u -> x and u's own range."""
+
+    kind: str  # "sigmoid", "log_sigmoid", "above", "below", "linear"
+    lo: float
+    hi: float
+    scale: float
+
+    @classmethod
+    def of(cls, lo: float, hi: float, start: float) -> "_Box":
+        lo_finite, hi_finite = lo > -configs.LARGEST, hi < configs.LARGEST
+        kind = ("log_sigmoid" if lo > 0 else "sigmoid") if lo_finite and hi_finite else (
+            "above" if lo_finite else "below" if hi_finite else "linear")
+        return cls(kind, lo, hi, max(abs(start), 1.0))
+
+    def to_x(self, u: Array) -> Array:
+        if self.kind == "sigmoid":
+            x = self.lo + (self.hi - self.lo) * jax.nn.sigmoid(u)
+        elif self.kind == "log_sigmoid":
+            x = jnp.exp(math.log(self.lo) + math.log(self.hi / self.lo) * jax.nn.sigmoid(u))
+        elif self.kind == "above":
+            x = self.lo + jnp.exp(u)
+        elif self.kind == "below":
+            x = self.hi - jnp.exp(u)
+        else:
+            x = self.scale * u
+        return jnp.clip(x, self.lo, self.hi)
+
+    def to_u(self, x: np.ndarray) -> np.ndarray:
+        x = np.clip(np.asarray(x, np.float64), self.lo, self.hi)
+        if self.kind in ("sigmoid", "log_sigmoid"):
+            frac = ((x - self.lo) / (self.hi - self.lo) if self.kind == "sigmoid"
+                    else np.log(x / self.lo) / math.log(self.hi / self.lo))
+            frac = np.clip(frac, 1e-6, 1 - 1e-6)
+            return np.log(frac / (1 - frac))
+        if self.kind == "above":
+            return np.log(np.maximum(x - self.lo, 1e-12))
+        if self.kind == "below":
+            return np.log(np.maximum(self.hi - x, 1e-12))
+        return x / self.scale
+
+    def u_range(self) -> tuple[float, float]:
+        """Where the map is finite and still moves: beyond, σ(u) is 0 or 1
+        in float32 and e^u under- or overflows the box."""
+        if self.kind in ("sigmoid", "log_sigmoid"):
+            return -30.0, 30.0
+        if self.kind in ("above", "below"):
+            return -30.0, math.log(self.hi - self.lo) if self.hi - self.lo < math.inf else 30.0
+        return self.lo / self.scale, self.hi / self.scale
+
+
+def _boxes(soma: ExponentialSoma, fields: tuple[str, ...],
+           bounds: Mapping[str, tuple[float, float]],
+           start: Mapping[str, float]) -> dict[str, _Box]:
+    """Each fitted field's box: its bounds, checked against what the config
+    rules allow over the other fields' boxes, or that interval itself."""
+    values = {n: float(np.asarray(v).ravel()[0]) for n, v in soma.parameters().items()}
+    given = {n: (float(lo), float(hi)) for n, (lo, hi) in bounds.items()}
+    box = dict(given)
+
+    def rule_interval(name: str) -> tuple[float, float]:
+        # The rules are monotone in each other field, so the interval allowed
+        # over the others' whole boxes is the intersection of those allowed
+        # at each box's two ends.
+        ends = [{**values, **{n: box.get(n, (values[n],) * 2)[i] for n in fields if n != name}}
+                for i in (0, 1)]
+        lo, hi = -math.inf, math.inf
+        for v in ends:
+            a, b = configs.feasible_interval(soma.config_class, name, v, jnp.float32)
+            lo, hi = max(lo, float(a)), min(hi, float(b))
+        if name.endswith("_tau"):  # the forward-Euler leak 1 − dt/τ stays ≥ 0
+            lo = max(lo, soma.dt)
+        return lo, hi
+
+    for name in fields:
+        if name not in box:
+            box[name] = rule_interval(name)
+    rule = {n: soma.config_class.field_info(n)["rule"] for n in fields}
+    out = {}
+    for name in fields:
+        lo, hi = box[name]
+        allowed = rule_interval(name)
+        require(math.isfinite(lo) and math.isfinite(hi) and lo < hi, f"bounds[{name!r}]",
+                (lo, hi), "finite (low, high) with low < high")
+        require(allowed[0] <= lo and hi <= allowed[1], f"bounds[{name!r}]", (lo, hi),
+                f"inside what the config rules allow, [{allowed[0]:.7g}, {allowed[1]:.7g}] "
+                f"({rule[name].text(name)}; time constants ≥ dt)")
+        require(lo <= start[name] <= hi, f"start {name}", start[name],
+                f"inside bounds[{name!r}] = ({lo:g}, {hi:g})")
+        out[name] = _Box.of(lo, hi, start[name])
+    return out
+
+
+def _template(soma: ExponentialSoma,
+              fields: tuple[str, ...]) -> tuple[Any, tuple[dict[str, Array], nnx.State]]:
+    """One fitting neuron of ``soma``'s class: its graph (shared by every fit
+    of the same class, fields, dt, method, dtype and surrogate, so that they
+    share one compilation), the fixed fields' values and its state."""
+    config = soma.config_class(surrogate=soma.config.surrogate,
+                               detach_reset=soma.config.detach_reset)
+    neuron = type(soma)(config, units=1, dt=soma.dt, method=soma.method, trainable=fields,
+                        dtype=soma.dtype, param_dtype=soma.param_dtype)
+    graph, _, _, state = nnx.split(neuron, nnx.Param, SomaConstant, SomaState)
+    fixed = {n: jnp.asarray(np.asarray(v).ravel()[0], soma.param_dtype)
+             for n, v in soma.parameters().items() if n not in fields}
+    return graph, (fixed, state)
+
+
+def _run(graph: Any, x: Mapping[str, Array], fixed: tuple[Mapping[str, Array], nnx.State],
+         currents: Array) -> tuple[Array, Array]:
+    """One neuron with fields ``x`` (scalars), the other fields and the
+    state template ``fixed``, over currents (T, S): its potential and
+    spikes, (T, S)."""
+    values, state = fixed
+    params = nnx.State({k: nnx.Param(jnp.reshape(v, (1,))) for k, v in x.items()})
+    consts = nnx.State({k: SomaConstant(v) for k, v in values.items()})
+    soma = nnx.merge(graph, params, consts, state, copy=True)
+    soma.reset()
+    rec = simulate(soma, currents[..., None])
+    return rec.potential[..., 0], rec.spikes[..., 0]
+
+
+def _lane_loss(u_fit, u_rest, graph, boxes, fixed, data, loss, dt):
+    x = {n: boxes[n].to_x(u) for n, u in {**u_rest, **u_fit}.items()}
+    potential, spikes = _run(graph, x, fixed, data["currents"])
+    return loss(potential, spikes, data, dt)
+
+
+def _optimizer(stage: Stage) -> optax.GradientTransformation:
+    if stage.optimizer == "adam":
+        return optax.adam(stage.learning_rate)
+    return optax.lbfgs(linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=15))
+
+
+@functools.partial(jax.jit, static_argnames=("graph", "stage", "boxes", "dt"))
+def _fit_stage(u_fit, u_rest, fixed, data, *, graph, stage, boxes, dt):
+    """``stage.steps`` iterations for every start at once (vmapped over the
+    leading axis of ``u_fit`` / ``u_rest``); returns the final u, the loss
+    before each iteration (steps, K) and the loss evaluations per start."""
+    boxes = dict(boxes)
+    opt = _optimizer(stage)
+    low = {n: boxes[n].u_range()[0] for n in u_fit}
+    high = {n: boxes[n].u_range()[1] for n in u_fit}
+
+    def one(u_fit, u_rest):
+        value_fn = functools.partial(_lane_loss, u_rest=u_rest, graph=graph, boxes=boxes,
+                                     fixed=fixed, data=data, loss=stage.loss, dt=dt)
+        grad_fn = (optax.value_and_grad_from_state(value_fn) if stage.optimizer == "lbfgs"
+                   else lambda u, state: jax.value_and_grad(value_fn)(u))
+
+        def iteration(carry, _):
+            u, state = carry
+            value, grad = grad_fn(u, state=state)
+            grad = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grad)
+            step, state = opt.update(grad, state, u, value=value, grad=grad, value_fn=value_fn)
+            new = optax.apply_updates(u, step)
+            new = {n: jnp.clip(jnp.where(jnp.isfinite(v), v, u[n]), low[n], high[n])
+                   for n, v in new.items()}
+            extra = optax.tree_utils.tree_get(state, "num_linesearch_steps", 0)
+            return (new, state), (value, 1 + jnp.asarray(extra))
+
+        (u, _), (history, evals) = jax.lax.scan(iteration, (u_fit, opt.init(u_fit)), None,
+                                                length=stage.steps)
+        return u, history, jnp.sum(evals)
+
+    return jax.vmap(one)(u_fit, u_rest)
+
+
+@functools.partial(jax.jit, static_argnames=("graph", "loss", "boxes", "dt"))
+def _losses(u, fixed, data, *, graph, loss, boxes, dt):
+    """The loss of every start (vmapped over u's leading axis)."""
+    boxes = dict(boxes)
+    return jax.vmap(lambda u: _lane_loss(u, {}, graph, boxes, fixed, data, loss, dt))(u)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FitResult:
+    """What :func:`fit_soma` found.
+
+    Attributes:
+      params: the best start's fitted fields (field -> value in its unit).
+      starts: every start's fitted fields (field -> array (K,)).
+      initial: every start's initial values (field -> array (K,)).
+      best: index of the best start.
+      held_out_loss: each start's selection score on the held-out sweeps
+        (the training sweeps when none were held out), (K,): the
+        ``selection`` loss, or by default the sum over the stages of each
+        stage's loss on the held-out sweeps of its kind, divided by the
+        least over the starts (dimensionless, ≥ the number of stages).
+      history: per stage, the loss before each iteration, (steps, K).
+      evaluations: loss evaluations (simulations, each with its backward
+        pass) per start, summed over the stages.
+      stages: the stages run.
+      wall_s: wall time of the fit (s), compilation included.
+      soma: the fitted soma's class, config and fixed fields (a one-neuron
+        soma, :meth:`fitted_soma` builds it).
+    """
+
+    params: dict[str, float]
+    starts: dict[str, np.ndarray]
+    initial: dict[str, np.ndarray]
+    best: int
+    held_out_loss: np.ndarray
+    history: tuple[np.ndarray, ...]
+    evaluations: int
+    stages: tuple[Stage, ...]
+    wall_s: float
+    soma: ExponentialSoma
+
+    def fitted_soma(self, start: int | None = None) -> ExponentialSoma:
+        """A one-neuron soma of the fitted class with the fitted fields (the
+        best start's, or ``start``'s) and the others as they were."""
+        params = self.params if start is None else {n: float(v[start])
+                                                    for n, v in self.starts.items()}
+        s = self.soma
+        fixed = {n: np.asarray(v) for n, v in s.parameters().items() if n not in params}
+        return type(s)(s.config.replace(**fixed, **params), units=1, dt=s.dt, method=s.method,
+                       dtype=s.dtype, param_dtype=s.param_dtype)
+
+    def simulate(self, recording: Recording) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The fitted soma's potential (mV) and spike times (ms) on each
+        sweep of ``recording``."""
+        soma = self.fitted_soma()
+        data = recording.arrays()
+        rec = simulate(soma, jnp.asarray(data["currents"])[..., None])
+        potential = np.asarray(rec.potential[..., 0], np.float64)
+        spikes = np.asarray(rec.spikes[..., 0])
+        n = recording.lengths
+        return ([potential[: n[k], k] for k in range(len(n))],
+                [np.nonzero(spikes[: n[k], k])[0] * recording.dt for k in range(len(n))])
+
+    def evaluate(self, recording: Recording, *, delta: float = 4.0) -> dict[str, float]:
+        """Γ (Jolivet et al. 2008, precision ``delta`` ms) over the sweeps
+        with recorded spikes (mean of the sweeps where it is defined) and the
+        explained variance of the subthreshold potential over all sweeps."""
+        potential, times = self.simulate(recording)
+        out: dict[str, float] = {}
+        if recording.spike_times is not None:
+            gammas = [coincidence_factor(t, d, n * recording.dt, delta=delta)
+                      for t, d, n in zip(times, recording.spike_times, recording.lengths)]
+            out["gamma"] = float(np.nanmean(gammas)) if np.isfinite(gammas).any() else float("nan")
+            out["spikes_model"] = int(sum(len(t) for t in times))
+            out["spikes_data"] = int(sum(len(t) for t in recording.spike_times))
+        if recording.potential is not None:
+            out["explained_variance"] = explained_variance(
+                np.concatenate(potential), np.concatenate(recording.potential),
+                model_spikes=_concat_times(times, recording),
+                data_spikes=(None if recording.spike_times is None
+                             else _concat_times(recording.spike_times, recording)),
+                dt=recording.dt)
+        return out
+
+    def report(self, truth: Mapping[str, float] | None = None) -> str:
+        """A plain-text table: per field the best start's initial and fitted
+        values (and, with ``truth``, the true value and relative error),
+        then the losses and the cost."""
+        errors = relative_errors(self.params, truth) if truth is not None else {}
+        head = f"{'field':26s}{'start':>12s}{'fitted':>12s}"
+        head += f"{'true':>12s}{'error':>9s}" if truth is not None else ""
+        lines = [head]
+        for n, v in self.params.items():
+            line = f"{n:26s}{float(self.initial[n][self.best]):12.5g}{v:12.5g}"
+            if truth is not None:
+                line += f"{truth[n]:12.5g}{errors[n]:+9.2%}"
+            lines.append(line)
+        for k, (stage, h) in enumerate(zip(self.stages, self.history)):
+            lines.append(f"stage {k + 1} ({stage.optimizer}, {', '.join(stage.fields)}): loss "
+                         f"{h[0, self.best]:.4g} -> {h[-1, self.best]:.4g}")
+        lines.append(f"best of {len(self.held_out_loss)} start(s): #{self.best}, held-out loss "
+                     f"{self.held_out_loss[self.best]:.4g}; {self.evaluations} evaluations per "
+                     f"start, {self.wall_s:.1f} s")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.report()
+
+
+def _concat_times(times: Sequence[np.ndarray], recording: Recording) -> np.ndarray:
+    offsets = np.concatenate([[0], np.cumsum(recording.lengths)[:-1]]) * recording.dt
+    return np.concatenate([np.asarray(t) + o for t, o in zip(times, offsets)])
+
+
+def fit_soma(
+    soma: ExponentialSoma | type[ExponentialSoma],
+    recording: Recording,
+    fields: Sequence[str],
+    *,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    stages: Sequence[Stage] | None = None,
+    starts: int | Mapping[str, Any] = 1,
+    held_out: Recording | None = None,
+    selection: Loss | None = None,
+    seed: int = 0,
+) -> FitResult:
+    """Fits ``fields`` of ``soma`` to ``recording``.
+
+    Args:
+      soma: a soma (its fields not fitted are held at its values, which
+        must be one per neuron or shared) or a soma class (its defaults).
+        Its dt must be the recording's; its method, dtype and surrogate
+        are kept.
+      recording: the training sweeps.
+      fields: config fields to fit.
+      bounds: field -> (low, high) in the field's unit; by default the
+        interval the config rules allow (see the module docstring). Bounds
+        beyond the rules are refused.
+      stages: the recipe; default :func:`recipe` (``fields``).
+      starts: K, the number of starting points (the first is ``soma``'s
+        values, the others drawn in the boxes: uniformly in u where both
+        bounds are finite, else at ×e^{±0.5} / ±0.5 scale around it), or
+        field -> K initial values.
+      held_out: sweeps on which to choose the best start; default the
+        training sweeps.
+      selection: the loss that chooses; default every stage's loss on the
+        held-out sweeps of its kind (subthreshold, spiking), each relative
+        to the best start's, summed: a start must do well on all of them.
+      seed: seed of the drawn starts.
+
+    Returns:
+      A :class:`FitResult`.
+
+    Raises:
+      ConfigError: before any simulation, for unknown fields, bounds outside
+        the rules or starts outside the bounds, a stage fitting a field not
+        in ``fields``, a stage with no sweeps, a potential loss on sweeps
+        without any recorded potential, a spike loss without spike times,
+        or a dt that differs from the recording's.
+    """
+    t0 = time.perf_counter()
+    if isinstance(soma, type):
+        require(issubclass(soma, ExponentialSoma), "soma", soma, "a soma class or instance")
+        soma = soma(units=1, dt=recording.dt)
+    require(isinstance(soma, ExponentialSoma), "soma", soma, "a soma class or instance")
+    require(isinstance(recording, Recording), "recording", type(recording).__name__,
+            "a spark_somas.fitting.Recording")
+    require(abs(soma.dt - recording.dt) <= 1e-9 * recording.dt, "dt", soma.dt,
+            f"the soma's step equals the recording's sampling interval ({recording.dt} ms)")
+    fields = (fields,) if isinstance(fields, str) else tuple(fields)
+    known = [f.name for f in soma.config_class.quantity_fields()]
+    require(len(fields) > 0, "fields", fields, "at least one field to fit")
+    for name in fields:
+        require(name in known, "fields", name,
+                f"a numeric config field of {soma.config_class.__name__}: one of {known}")
+    require(len(set(fields)) == len(fields), "fields", fields, "each field once")
+    params = soma.parameters()
+    for name, value in params.items():
+        require(np.size(value) == 1 or np.ptp(np.asarray(value)) == 0, name,
+                f"an array of shape {np.shape(value)}",
+                "one value (a fit is of one cell; use starts for several starting points)")
+    bounds = dict(bounds or {})
+    for name in bounds:
+        require(name in fields, "bounds", name, f"a field being fitted, one of {fields}")
+    stages = recipe(fields) if stages is None else tuple(stages)
+    require(len(stages) > 0, "stages", stages, "at least one stage")
+    picks = []
+    for k, stage in enumerate(stages):
+        require(isinstance(stage, Stage), f"stages[{k}]", stage, "a Stage")
+        for name in stage.fields:
+            require(name in fields, f"stages[{k}].fields", name, f"one of the fields {fields}")
+        pick = stage.pick(recording)
+        require(len(pick) > 0, f"stages[{k}].sweeps", stage.sweeps,
+                "selects at least one sweep of the recording")
+        for j in pick:
+            require(0 <= j < recording.n_sweeps, f"stages[{k}].sweeps", j,
+                    f"0 ≤ index < {recording.n_sweeps}")
+        _check_targets(stage.loss, recording.select(pick), f"stages[{k}]")
+        picks.append(pick)
+    held_out = recording if held_out is None else held_out
+    require(isinstance(held_out, Recording) and held_out.dt == recording.dt, "held_out",
+            held_out, f"a Recording sampled every {recording.dt} ms")
+    if selection is None:
+        judges = []
+        for k, stage in enumerate(stages):
+            pick = (tuple(range(held_out.n_sweeps)) if not isinstance(stage.sweeps, str)
+                    else stage.pick(held_out))
+            if pick:
+                _check_targets(stage.loss, held_out.select(pick), f"held_out (stages[{k}])")
+                judges.append((stage.loss, held_out.select(pick)))
+    else:
+        _check_targets(selection, held_out, "selection")
+        judges = [(selection, held_out)]
+
+    guess = {n: float(f"{float(np.asarray(params[n]).ravel()[0]):.7g}") for n in fields}
+    boxes = _boxes(soma, fields, bounds, guess)
+    u0 = _initial(boxes, fields, guess, starts, seed)
+    graph, fixed = _template(soma, fields)
+    boxes_key = tuple(sorted(boxes.items()))
+    dtype = soma.param_dtype
+    u = {n: jnp.asarray(v, dtype) for n, v in u0.items()}
+    history, evaluations = [], 0
+    for stage, pick in zip(stages, picks):
+        data = {k: jnp.asarray(v) for k, v in recording.select(pick).arrays().items()}
+        u_fit = {n: u[n] for n in stage.fields}
+        u_rest = {n: v for n, v in u.items() if n not in stage.fields}
+        u_fit, h, evals = _fit_stage(u_fit, u_rest, fixed, data, graph=graph, stage=stage,
+                                     boxes=boxes_key, dt=recording.dt)
+        u = {**u, **u_fit}
+        history.append(np.asarray(h).T)
+        evaluations += int(np.max(evals))
+    losses = np.zeros(len(next(iter(u.values()))))
+    for loss, sweeps in judges:
+        data = {k: jnp.asarray(v) for k, v in sweeps.arrays().items()}
+        value = np.asarray(_losses(u, fixed, data, graph=graph, loss=loss, boxes=boxes_key,
+                                   dt=recording.dt), np.float64)
+        value = np.where(np.isfinite(value), value, np.inf)
+        # Each stage's loss relative to the best start's, so that every stage
+        # counts alike whatever its units and scale.
+        losses += value / max(np.min(value), 1e-12) if len(judges) > 1 else value
+    best = int(np.argmin(losses))
+    x = {n: np.asarray(boxes[n].to_x(v), np.float64) for n, v in u.items()}
+    return FitResult(
+        params={n: float(v[best]) for n, v in x.items()}, starts=x,
+        initial={n: np.asarray(boxes[n].to_x(jnp.asarray(v, dtype)), np.float64)
+                 for n, v in u0.items()},
+        best=best, held_out_loss=losses, history=tuple(history), evaluations=evaluations,
+        stages=stages, wall_s=time.perf_counter() - t0, soma=soma)
+
+
+def _check_targets(loss: Loss, recording: Recording, where: str) -> None:
+    if loss.potential:
+        require(recording.potential is not None
+                and any(np.isfinite(v).any() for v in recording.potential),
+                f"{where}: potential", "all NaN" if recording.potential else None,
+                "at least one recorded (non-NaN) sample on the sweeps a potential loss uses")
+    if loss.uses_spikes:
+        require(recording.spike_times is not None, f"{where}: spike_times", None,
+                "known spike times on the sweeps a spike loss uses")
+
+
+def _initial(boxes: Mapping[str, _Box], fields: tuple[str, ...], guess: Mapping[str, float],
+             starts: int | Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Every start's u, (K,) per field."""
+    if isinstance(starts, Mapping):
+        values = {n: np.atleast_1d(np.asarray(v, np.float64)) for n, v in starts.items()}
+        require(set(values) == set(fields), "starts", sorted(values),
+                f"initial values for exactly the fitted fields {sorted(fields)}")
+        sizes = {v.shape for v in values.values()}
+        require(len(sizes) == 1 and len(next(iter(sizes))) == 1, "starts",
+                {n: v.shape for n, v in values.items()}, "one (K,) array per field, same K")
+        for n, v in values.items():
+            b = boxes[n]
+            require(np.all((v >= b.lo) & (v <= b.hi)), f"starts[{n!r}]", v.tolist(),
+                    f"inside the bounds ({b.lo:g}, {b.hi:g})")
+        return {n: boxes[n].to_u(values[n]) for n in fields}
+    require(isinstance(starts, int) and not isinstance(starts, bool) and starts >= 1,
+            "starts", starts, "an int ≥ 1 or field -> initial values")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in fields:
+        b = boxes[n]
+        u = np.empty(starts)
+        u[0] = b.to_u(guess[n])
+        if b.kind in ("sigmoid", "log_sigmoid"):
+            frac = rng.uniform(0.02, 0.98, starts - 1)
+            u[1:] = np.log(frac / (1 - frac))
+        else:
+            u[1:] = u[0] + rng.uniform(-0.5, 0.5, starts - 1)
+        lo, hi = b.u_range()
+        out[n] = np.clip(u, lo, hi)
+    return out
+
+
+def coincidence_factor(model: np.ndarray, data: np.ndarray, duration: float, *,
+                       delta: float = 4.0) -> float:
+    """Γ, the spike-coincidence factor of Jolivet et al. (2008), J.
+    Neurosci. Methods 169:417, with precision ``delta`` (ms):
+
+    .. math:: Γ = \\frac{N_{coinc} - ⟨N_{coinc}⟩}{\\tfrac12 (N_{data} + N_{model})}
+       \\cdot \\frac{1}{1 - 2 ν Δ},\\qquad ⟨N_{coinc}⟩ = 2 ν Δ N_{data}
+
+    N_coinc counts the data spikes with a model spike within ±Δ, each model
+    spike matched at most once (in time order, which pairs as many as any
+    matching can); ν = N_model/``duration`` is the model's rate (1/ms).
+    Γ = 1 for identical trains and about 0 (to first order in νΔ) for a
+    Poisson train independent of the data. NaN when neither train has a spike.
+    Times in ms.
+    """
+    model = np.sort(np.asarray(model, np.float64))
+    data = np.sort(np.asarray(data, np.float64))
+    require(duration > 0, "duration", duration, "the recording's length in ms, > 0")
+    require(delta > 0, "delta", delta, "a precision in ms, > 0")
+    if len(model) + len(data) == 0:
+        return float("nan")
+    coinc, j = 0, 0
+    for t in data:
+        while j < len(model) and model[j] < t - delta:
+            j += 1
+        if j < len(model) and model[j] <= t + delta:
+            coinc += 1
+            j += 1
+    rate = len(model) / duration
+    expected = 2 * rate * delta * len(data)
+    return float((coinc - expected) / (0.5 * (len(data) + len(model))) / (1 - 2 * rate * delta))
+
+
+def explained_variance(model: np.ndarray, data: np.ndarray, *,
+                       model_spikes: np.ndarray | None = None,
+                       data_spikes: np.ndarray | None = None, dt: float = 0.1,
+                       window: tuple[float, float] = (2.0, 5.0)) -> float:
+    """The fraction of the subthreshold potential's variance the model explains,
+
+    .. math:: EV = 1 - \\frac{\\mathrm{Var}(V_{data} - V_{model})}{\\mathrm{Var}(V_{data})},
+
+    over the samples (steps of ``dt`` ms) where the data were recorded (not
+    NaN) and that lie outside [t − window[0], t + window[1]] ms of every
+    spike of either train (times in ms): the spike and the reset are not
+    subthreshold, and one spike a step apart would otherwise dominate. 1 is
+    a perfect prediction, 0 no better than the mean.
+    """
+    model = np.asarray(model, np.float64)
+    data = np.asarray(data, np.float64)
+    require(model.shape == data.shape, "model", f"shape {model.shape}",
+            f"the data's shape {data.shape}")
+    keep = np.isfinite(data)
+    t = np.arange(len(data)) * dt
+    for spikes in (model_spikes, data_spikes):
+        for s in ([] if spikes is None else np.asarray(spikes)):
+            keep &= ~((t >= s - window[0]) & (t <= s + window[1]))
+    require(keep.sum() >= 2, "data", f"{int(keep.sum())} subthreshold samples",
+            "at least two recorded samples away from spikes")
+    return float(1.0 - np.var(data[keep] - model[keep]) / np.var(data[keep]))
+
+
+def relative_errors(fitted: Mapping[str, float], truth: Mapping[str, float]) -> dict[str, float]:
+    """(fitted − true)/abs(true) per field of ``fitted``; where the true value
+    is 0, the absolute error (in the field's unit) instead."""
+    out = {}
+    for name, value in fitted.items():
+        require(name in truth, "truth", sorted(truth), f"a value for every fitted field ({name})")
+        t = float(truth[name])
+        out[name] = (float(value) - t) / abs(t) if t != 0 else float(value) - t
+    return out

@@ -1,0 +1,263 @@
+"""spark_somas.fitting: known parameters come back, starts are independent,
+bounds hold, bad input is refused before any simulation, and the quality
+measures match their definitions.
+
+The recordings are made by the float64 NumPy oracle (tests/reference.py),
+not by the package, with 0.5 mV of Gaussian noise, so a fit that recovers
+the parameters recovers those of an independent simulator.
+"""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import spark_somas as ss
+from spark_somas import fitting, presets
+from spark_somas.configs import ConfigError
+from spark_somas.fitting import Loss, Recording, Stage
+
+import reference
+
+DT = 0.1
+ADEX_FIELDS = [f.name for f in ss.AdaptiveExponentialSomaConfig.quantity_fields()]
+
+
+def record(config, amplitudes, *, on=20.0, length=150.0, sweep=300.0, seed=0):
+    """Sweeps of the float64 oracle: a step of each amplitude (pA) from ``on``
+    for ``length`` ms in a sweep of ``sweep`` ms, potential + 0.5 mV noise."""
+    t = np.arange(int(round(sweep / DT))) * DT
+    step = ((t >= on) & (t < on + length)).astype(np.float64)
+    currents = step[:, None] * np.asarray(amplitudes, np.float64)[None]
+    params = {n: getattr(config, n) for n in ADEX_FIELDS}
+    out = reference.simulate("adex", params, currents, DT)
+    noise = 0.5 * np.random.default_rng(seed).normal(size=currents.shape)
+    times = [np.nonzero(out["spikes"][:, k])[0] * DT for k in range(currents.shape[1])]
+    return Recording(currents.astype(np.float32), DT, potential=out["potential"] + noise,
+                     spike_times=times)
+
+
+BG_TRUE = dict(adaptation_subthreshold=4.0, adaptation_delta=80.5, adaptation_tau=144.0,
+               potential_tau=9.37)
+BG_GUESS = dict(adaptation_subthreshold=2.0, adaptation_delta=40.0, adaptation_tau=80.0,
+                potential_tau=14.0)
+
+
+def test_recovers_all_four_adex_parameters_from_a_poor_start():
+    """Brette & Gerstner's cell, notebook 04's protocol: the default recipe
+    (L-BFGS below threshold, then Adam and L-BFGS on the spiking sweeps)."""
+    truth = ss.AdaptiveExponentialSomaConfig(**BG_TRUE)
+    train = record(truth, [-300.0, 300.0, 700.0, 1000.0])
+    held_out = record(truth, [850.0], seed=1)
+    assert [len(t) for t in train.spike_times][:2] == [0, 0]
+    result = fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1, **BG_GUESS), train,
+                              tuple(BG_TRUE), held_out=held_out)
+    errors = fitting.relative_errors(result.params, BG_TRUE)
+    # a and τ_w trade off on a 300 ms sweep (the loss is flat along a/τ_w
+    # within the noise), τ_m and b do not.
+    assert abs(errors["potential_tau"]) < 0.02, errors
+    assert abs(errors["adaptation_subthreshold"]) < 0.10, errors
+    assert abs(errors["adaptation_tau"]) < 0.12, errors
+    assert abs(errors["adaptation_delta"]) < 0.06, errors
+    quality = result.evaluate(held_out)
+    assert quality["gamma"] > 0.9 and quality["explained_variance"] > 0.95, quality
+    assert result.history[0][-1, 0] < 0.3  # below threshold: the noise variance, 0.25 mV²
+
+
+@pytest.mark.parametrize("name", ["tonic_spiking", "initial_burst", "delayed_accelerating"])
+def test_recovers_the_subthreshold_fields_of_naud_patterns(name):
+    """τ_m, a and τ_w of three of Naud et al.'s firing patterns from two
+    sweeps below threshold, from a start 50 % off each."""
+    preset = presets.get(name)
+    fields = ("adaptation_subthreshold", "adaptation_tau", "potential_tau")
+    truth = {n: float(getattr(preset.config, n)) for n in fields}
+    data = record(preset.config, [-0.5 * preset.current_pA, 0.25 * preset.current_pA])
+    assert all(len(t) == 0 for t in data.spike_times)
+    start = {n: v * (1.5 if n == "potential_tau" else 0.5) for n, v in truth.items()}
+    stage = Stage(fields, Loss(potential=1.0), "all", "lbfgs", 40)
+    result = fitting.fit_soma(preset.soma(**start), data, fields, stages=[stage],
+                              bounds={"adaptation_subthreshold": (-20.0, 20.0),
+                                      "adaptation_tau": (5.0, 1000.0),
+                                      "potential_tau": (1.0, 100.0)})
+    errors = fitting.relative_errors(result.params, truth)
+    assert abs(errors["potential_tau"]) < 0.03, errors
+    assert abs(errors["adaptation_subthreshold"]) < 0.15, errors
+    assert abs(errors["adaptation_tau"]) < 0.25, errors
+
+
+SMALL_FIELDS = ("adaptation_subthreshold", "adaptation_delta", "potential_tau")
+
+
+def small_problem():
+    truth = ss.AdaptiveExponentialSomaConfig(**BG_TRUE)
+    return record(truth, [-300.0, 800.0], length=60.0, sweep=100.0)
+
+
+SMALL_STAGES = (Stage(("adaptation_subthreshold", "potential_tau"), Loss(), "subthreshold",
+                      "lbfgs", 6),
+                Stage(("adaptation_delta",), Loss(potential=0.0, count=1.0, van_rossum=1.0),
+                      "spiking", "adam", 8, 0.1))
+
+
+def test_many_starts_in_one_program_equal_separate_fits():
+    data = small_problem()
+    starts = {"adaptation_subthreshold": np.array([1.0, 3.0, 6.0]),
+              "adaptation_delta": np.array([20.0, 60.0, 150.0]),
+              "potential_tau": np.array([5.0, 12.0, 20.0])}
+    soma = ss.AdaptiveExponentialSoma(units=1)
+    together = fitting.fit_soma(soma, data, SMALL_FIELDS, stages=SMALL_STAGES, starts=starts)
+    for k in range(3):
+        alone = fitting.fit_soma(soma, data, SMALL_FIELDS, stages=SMALL_STAGES,
+                                 starts={n: v[k:k + 1] for n, v in starts.items()})
+        # Each start takes the steps it takes alone: the losses agree to
+        # float32 rounding at every iteration; the parameters to 0.5 %, as
+        # L-BFGS carries a rounding difference along the flat direction of
+        # the loss (a against τ_m here) and Adam then follows it.
+        for h_together, h_alone in zip(together.history, alone.history):
+            np.testing.assert_allclose(h_together[:, k], h_alone[:, 0], rtol=2e-5, atol=1e-5)
+        for n in SMALL_FIELDS:
+            np.testing.assert_allclose(together.starts[n][k], alone.params[n], rtol=5e-3,
+                                       err_msg=f"start {k}, {n}")
+    # The best start is the one whose selection loss is least.
+    assert together.best == int(np.argmin(together.held_out_loss))
+    assert together.params == {n: together.starts[n][together.best] for n in SMALL_FIELDS}
+
+
+@pytest.mark.parametrize("learning_rate", [1e3, 1e8, 1e30])
+def test_bounds_hold_at_absurd_learning_rates(learning_rate):
+    data = small_problem()
+    fields = ("adaptation_subthreshold", "adaptation_delta", "potential_tau", "adaptation_tau",
+              "potential_reset")
+    bounds = {"adaptation_subthreshold": (0.5, 8.0), "adaptation_delta": (0.0, 200.0),
+              "potential_reset": (-80.0, -50.0)}  # τ_m, τ_w: the rules' own, ≥ dt
+    stage = Stage(fields, Loss(potential=1.0, count=1.0), "all", "adam", 6, learning_rate)
+    result = fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), data, fields, bounds=bounds,
+                              stages=[stage], starts=8)
+    for n in fields:
+        values = result.starts[n]
+        lo, hi = bounds.get(n, (DT, 1e6))
+        assert np.all(np.isfinite(values)) and np.all((values >= lo) & (values <= hi)), (n, values)
+    for k in range(8):
+        result.fitted_soma(k)  # every start is a legal soma: the constructor checks the rules
+
+
+def test_sweeps_of_different_lengths_and_unrecorded_samples():
+    """Padding and NaN never count: the potential loss of the true model is
+    the mean squared noise over the recorded samples only."""
+    truth = ss.AdaptiveExponentialSomaConfig(**BG_TRUE)
+    a, b = record(truth, [-200.0], sweep=80.0), record(truth, [300.0], sweep=50.0, seed=3)
+    va, vb = a.potential[0].copy(), b.potential[0].copy()
+    vb[100:200] = np.nan
+    data = Recording([a.currents[0], b.currents[0]], DT, potential=[va, vb])
+    arrays = {k: jnp.asarray(v) for k, v in data.arrays().items()}
+    clean = reference.simulate("adex", {n: getattr(truth, n) for n in ADEX_FIELDS},
+                               np.asarray(arrays["currents"], np.float64), DT)
+    loss = Loss()(jnp.asarray(clean["potential"], jnp.float32), jnp.zeros_like(arrays["currents"]),
+                  arrays, DT)
+    residual = np.concatenate([va - clean["potential"][:800, 0], vb - clean["potential"][:500, 1]])
+    expected = np.nanmean(residual**2)
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+    assert 0.2 < expected < 0.3
+
+
+def test_van_rossum_distance_of_one_extra_spike_is_one_half():
+    steps = 20000  # 2 s: the kernel (τ = 10 ms) has decayed by the end
+    data = {"spikes": jnp.zeros((steps, 1)), "valid": jnp.ones((steps, 1)),
+            "recorded": jnp.zeros((steps, 1)), "potential": jnp.zeros((steps, 1))}
+    spikes = jnp.zeros((steps, 1)).at[1000, 0].set(1.0)
+    value = Loss(potential=0.0, van_rossum=1.0)(jnp.zeros((steps, 1)), spikes, data, DT)
+    # (1/τ) ∫ e^{-2t/τ} dt = 1/2, as a sum of steps dt: dt/τ / (1 − e^{-2dt/τ}).
+    assert float(value) == pytest.approx(DT / 10.0 / (1 - math.exp(-2 * DT / 10.0)), rel=1e-5)
+
+
+def test_coincidence_factor_follows_jolivet_2008():
+    t = np.array([10.0, 50.0, 120.0, 300.0])
+    assert fitting.coincidence_factor(t, t, 500.0) == pytest.approx(1.0)
+    # Within ±Δ counts, beyond does not; each model spike is matched once.
+    model = np.array([13.0, 56.0, 121.0])
+    n_coinc, nu, delta = 2, 3 / 500.0, 4.0
+    expected = (n_coinc - 2 * nu * delta * 4) / (0.5 * 7) / (1 - 2 * nu * delta)
+    assert fitting.coincidence_factor(model, t, 500.0) == pytest.approx(expected)
+    assert fitting.coincidence_factor(np.array([50.0]), np.array([49.0, 51.0]), 500.0) == \
+        pytest.approx((1 - 2 * (1 / 500) * 4 * 2) / 1.5 / (1 - 2 * (1 / 500) * 4))
+    # A Poisson train independent of the data scores 0 on average, to first
+    # order in νΔ (2 Hz here: the chance of a coincidence, 1 − e^{−2νΔ},
+    # is 2νΔ within 1 %).
+    rng = np.random.default_rng(0)
+    data = np.sort(rng.uniform(0, 100_000.0, 200))
+    scores = [fitting.coincidence_factor(np.sort(rng.uniform(0, 100_000.0, 200)), data,
+                                         100_000.0) for _ in range(200)]
+    assert abs(np.mean(scores)) < 0.005
+    assert math.isnan(fitting.coincidence_factor([], [], 100.0))
+
+
+def test_explained_variance_is_one_for_the_data_and_zero_for_its_mean():
+    v = np.sin(np.arange(1000) / 30.0) * 5 - 65
+    assert fitting.explained_variance(v, v) == pytest.approx(1.0)
+    assert fitting.explained_variance(np.full_like(v, v.mean()), v) == pytest.approx(0.0)
+    # Samples near a spike of either train are left out.
+    model = v.copy()
+    model[495:560] += 40.0
+    assert fitting.explained_variance(model, v, model_spikes=np.array([50.0]),
+                                      window=(1.0, 6.0)) == pytest.approx(1.0)
+
+
+@pytest.fixture
+def no_simulation(monkeypatch):
+    """Fails the test if a fit starts simulating: errors come before any work."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("simulated before refusing")
+    monkeypatch.setattr(fitting, "_fit_stage", refuse)
+
+
+@pytest.mark.usefixtures("no_simulation")
+@pytest.mark.parametrize("case, message", [
+    (lambda r: Recording([np.zeros(100)], DT, potential=[np.zeros(99)]),
+     "potential[0] = '99 samples' violates the rule: as many samples as currents[0] (100)"),
+    (lambda r: Recording([np.zeros(100)], DT, potential=[np.full(100, np.nan)]),
+     "potential = 'all NaN' violates the rule: at least one recorded"),
+    (lambda r: Recording([np.zeros(100)], DT, potential=[np.zeros(100)],
+                         spike_times=[[12.0, 10.0]]),
+     "spike_times[0] = [10.0, 12.0] violates the rule: times in ms within the sweep, 0 ≤ t < 10"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["membrane_tau"]),
+     "fields = 'membrane_tau' violates the rule: a numeric config field"),
+    (lambda r: fitting.fit_soma(ss.ExponentialSoma(units=1), r, ["adaptation_delta"]),
+     "fields = 'adaptation_delta' violates the rule"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
+                                bounds={"potential_tau": (-1.0, 20.0)}),
+     "bounds['potential_tau'] = (-1.0, 20.0) violates the rule: inside what the config rules "
+     "allow, [0.1, 1000000]"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_reset"],
+                                bounds={"potential_reset": (-80.0, -30.0)}),
+     "bounds['potential_reset'] = (-80.0, -30.0) violates the rule: inside what the config "
+     "rules allow, [-1000000, -40.40001]"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
+                                bounds={"potential_tau": (20.0, 50.0)}),
+     "start potential_tau = 9.37"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
+                                stages=[Stage(("adaptation_tau",))]),
+     "stages[0].fields = 'adaptation_tau' violates the rule: one of the fields"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1, dt=0.05), r,
+                                ["potential_tau"]),
+     "dt = 0.05 violates the rule: the soma's step equals the recording's"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1),
+                                Recording(r.currents, DT, potential=r.potential),
+                                ["adaptation_delta"]),
+     "Recording.spike_times = None violates the rule: known spike times"),
+    (lambda r: fitting.fit_soma(
+        ss.AdaptiveExponentialSoma(units=1),
+        Recording(r.currents, DT, potential=[r.potential[0], np.full(1000, np.nan)],
+                  spike_times=r.spike_times),
+        ["adaptation_delta"], stages=[Stage(("adaptation_delta",), Loss(), (1,))]),
+     "stages[0]: potential = 'all NaN' violates the rule"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
+                                starts={"potential_tau": [5.0, 2e6]}),
+     "violates the rule"),
+])
+def test_bad_input_is_refused_by_name_before_any_work(case, message):
+    recording = record(ss.AdaptiveExponentialSomaConfig(), [-100.0, 900.0], length=50.0,
+                       sweep=100.0)
+    with pytest.raises(ConfigError) as info:
+        case(recording)
+    assert message in str(info.value), str(info.value)
