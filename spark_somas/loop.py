@@ -96,7 +96,8 @@ def gradient_norms(grads: Any) -> dict[str, Array]:
     ``"grad_norm/<module>"`` for each module that owns parameters (its path,
     e.g. ``layers/0/input``, ``layers/0/recurrent``, ``layers/0/soma``,
     ``output``)."""
-    leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
+    pure = nnx.to_pure_dict(grads) if isinstance(grads, nnx.State) else grads
+    leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
     groups: dict[str, list] = {}
     for path, leaf in leaves:
         groups.setdefault(path_name(path[:-1]), []).append(leaf)

@@ -457,7 +457,7 @@ def test_currents_of_the_wrong_rank_are_named_whole():
     soma = ss.ExponentialSoma(units=3)
     for shape in [(10,), (10, 4), (3,)]:
         with pytest.raises(ValueError, match=re.escape(f"currents of shape {shape} violate the "
-                                                       "rule: (T, *units) or (T, *batch, *units)")):
+                                                       "rule: (T, *batch, *units) with units = (3,)")):
             ss.simulate(soma, jnp.ones(shape))
 
 

@@ -116,5 +116,5 @@ def test_simulate_sharded_reads_one_field_name_as_a_string_and_checks_the_curren
     with pytest.raises(ValueError, match=r"record = \('spike',\): \['spike'\] not recordable"):
         sharding.simulate_sharded(soma, currents, mesh, record="spike")
     with pytest.raises(ValueError, match=r"currents of shape \(20,\) violate the rule: \(T, "
-                                         r"\*units\) or \(T, \*batch, \*units\)"):
+                                         r"\*batch, \*units\) with units = \(4,\)"):
         sharding.simulate_sharded(soma, jnp.ones(20), mesh)
