@@ -187,7 +187,16 @@ def _pure(module: Any) -> dict:
     return nnx.to_pure_dict(nnx.state(module))
 
 
-def _soma_paths(model: Any) -> dict[str, somas.ExponentialSoma]:
+def _membrane_of(spec: Any) -> str:
+    """The membrane variable's name of the soma class a spec names (the
+    registry's class; ``"potential"`` when it names none)."""
+    try:
+        return registry.soma_class(spec.get("class")).membrane
+    except (registry.UnknownModelError, AttributeError):
+        return "potential"
+
+
+def _soma_paths(model: Any) -> dict[str, somas.Soma]:
     return {somas.path_name(p) or ".": node for p, node in somas.iter_somas(model)}
 
 
@@ -301,7 +310,7 @@ def _state_units(model: Any) -> dict[str, tuple[int, ...]]:
     spikes, readout potential) -> its units, the trailing shape a batch
     never changes: a soma's ``units``; for any other leaf, its shape less
     the batch shape the model's somas hold now (one batch for the whole
-    model, as :meth:`ExponentialSoma.broadcast_state` and every ``reset``
+    model, as :meth:`Soma.broadcast_state` and every ``reset``
     keep it)."""
     soma_paths = _soma_paths(model)
     out, batches = {}, set()
@@ -770,7 +779,8 @@ class Checkpointer:
             raise self._corrupt(step, "array metadata", err) from err
         for path, spec in saved_somas.items():
             units = tuple(spec.get("units") or ()) if isinstance(spec, dict) else None
-            md = stored.get("potential" if path == "." else f"{path}/potential")
+            membrane = _membrane_of(spec)
+            md = stored.get(membrane if path == "." else f"{path}/{membrane}")
             shape = None if md is None else tuple(md.shape)
             if shape is None or units is None or shape[len(shape) - len(units):] != units:
                 raise self._corrupt(step, "metadata", f"soma {path!r} has units {units} in the "

@@ -38,6 +38,8 @@ __all__ = [
     "as_number",
     "FLOAT_DTYPES",
     "feasible_interval",
+    "SomaConfig",
+    "quantity",
     "ExponentialSomaConfig",
     "RefractoryExponentialSomaConfig",
     "AdaptiveExponentialSomaConfig",
@@ -181,10 +183,16 @@ def feasible_interval(config_class: type, name: str, values: Mapping[str, Any],
     return lo, hi
 
 
-def quantity(default: float, *, symbol: str, units: str, doc: str, rule: Rule = FINITE) -> Any:
-    """A numeric config field with its symbol, units, meaning and rule."""
+def quantity(default: float, *, symbol: str, units: str, doc: str, rule: Rule = FINITE,
+             time_constant: bool = False) -> Any:
+    """A numeric config field with its symbol, units, meaning and rule.
+
+    ``time_constant`` marks a τ (ms) of the dynamics: in a compensated
+    half-precision state dt/τ must stay resolvable, and a trained or fitted
+    τ is kept ≥ dt, so that the forward-Euler leak 1 − dt/τ stays ≥ 0."""
     return dataclasses.field(
-        default=default, metadata={"symbol": symbol, "units": units, "doc": doc, "rule": rule}
+        default=default, metadata={"symbol": symbol, "units": units, "doc": doc, "rule": rule,
+                                   "time_constant": time_constant}
     )
 
 
@@ -200,41 +208,17 @@ def _describe_value(value: np.ndarray, ok: np.ndarray) -> str:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
-class ExponentialSomaConfig:
-    """Exponential integrate-and-fire soma (Fourcaud-Trocmé et al. 2003, J.
-    Neurosci. 23:11628).
-
-    .. math::
-
-        τ_m \\frac{dV}{dt} = -(V - E_L) + Δ_T \\exp\\left(\\frac{V - V_T}{Δ_T}\\right) + R I,
-        \\qquad V > V_{th} \\Rightarrow V \\leftarrow V_r
-
-    With the defaults, rheobase is I_rh = (V_T - E_L - Δ_T)/R = 546 pA; a
-    constant 800 pA makes the default soma fire regularly at 56 Hz (dt = 0.1 ms;
-    tested in tests/test_somas.py).
+class SomaConfig:
+    """What every soma's config holds, whatever its equations: the
+    surrogate of the spike's derivative, whether the reset is detached from
+    the gradient, and the backward pass of the model's guarded nonlinearity
+    (``exp_gradient``, one of :data:`spark_somas.numerics.EXP_GRADIENTS`;
+    a model without one ignores it). A model's config subclasses it and
+    declares its numeric fields with :func:`quantity` — symbol, units,
+    meaning, rule — from which validation, ``to_dict``/``from_dict``, the
+    trained-parameter projection and the property tests all follow.
     """
 
-    potential_rest: Value = quantity(-70.6, symbol="E_L", units="mV", doc="resting potential")
-    potential_reset: Value = quantity(
-        -70.6, symbol="V_r", units="mV", doc="potential after a spike",
-        rule=Rule("<", "threshold"),
-    )
-    potential_tau: Value = quantity(
-        9.37, symbol="τ_m", units="ms", doc="membrane time constant", rule=POSITIVE
-    )
-    resistance: Value = quantity(
-        1.0 / 30.0, symbol="R", units="GΩ", doc="membrane resistance (1/g_L)", rule=POSITIVE
-    )
-    threshold: Value = quantity(
-        -40.4, symbol="V_th", units="mV", doc="spike cut-off: a spike is emitted when V > V_th",
-        rule=Rule(">", "rheobase_threshold"),
-    )
-    rheobase_threshold: Value = quantity(
-        -50.4, symbol="V_T", units="mV", doc="where the exponential runaway starts"
-    )
-    spike_slope: Value = quantity(
-        2.0, symbol="Δ_T", units="mV", doc="sharpness of spike initiation", rule=POSITIVE
-    )
     surrogate: surrogates_lib.Surrogate = surrogates_lib.DEFAULT
     detach_reset: bool = True
     exp_gradient: str = "exact"
@@ -311,6 +295,11 @@ class ExponentialSomaConfig:
         return tuple(f for f in dataclasses.fields(cls) if "units" in f.metadata)
 
     @classmethod
+    def time_constant_fields(cls) -> tuple[str, ...]:
+        """The numeric fields marked ``time_constant`` (the τs, ms)."""
+        return tuple(f.name for f in cls.quantity_fields() if f.metadata.get("time_constant"))
+
+    @classmethod
     def field_info(cls, name: str) -> Mapping[str, Any]:
         """Symbol, units, meaning and rule of field ``name``."""
         return {f.name: f.metadata for f in cls.quantity_fields()}[name]
@@ -367,7 +356,7 @@ class ExponentialSomaConfig:
             f"({info['doc']}, {info['symbol']}){note}"
         )
 
-    def replace(self, **changes: Any) -> "ExponentialSomaConfig":
+    def replace(self, **changes: Any) -> "SomaConfig":
         """A copy with ``changes`` applied, validated again."""
         return dataclasses.replace(self, **changes)
 
@@ -388,7 +377,7 @@ class ExponentialSomaConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ExponentialSomaConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> "SomaConfig":
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
         require(isinstance(d, Mapping), f"{cls.__name__}.from_dict: d", d,
                 "a dict of config fields")
@@ -402,7 +391,7 @@ class ExponentialSomaConfig:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, text: str) -> "ExponentialSomaConfig":
+    def from_json(cls, text: str) -> "SomaConfig":
         return cls.from_dict(json.loads(text))
 
     def __eq__(self, other: object) -> bool:
@@ -441,6 +430,44 @@ class ExponentialSomaConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+class ExponentialSomaConfig(SomaConfig):
+    """Exponential integrate-and-fire soma (Fourcaud-Trocmé et al. 2003, J.
+    Neurosci. 23:11628).
+
+    .. math::
+
+        τ_m \\frac{dV}{dt} = -(V - E_L) + Δ_T \\exp\\left(\\frac{V - V_T}{Δ_T}\\right) + R I,
+        \\qquad V > V_{th} \\Rightarrow V \\leftarrow V_r
+
+    With the defaults, rheobase is I_rh = (V_T - E_L - Δ_T)/R = 546 pA; a
+    constant 800 pA makes the default soma fire regularly at 56 Hz (dt = 0.1 ms).
+    """
+
+    potential_rest: Value = quantity(-70.6, symbol="E_L", units="mV", doc="resting potential")
+    potential_reset: Value = quantity(
+        -70.6, symbol="V_r", units="mV", doc="potential after a spike",
+        rule=Rule("<", "threshold"),
+    )
+    potential_tau: Value = quantity(
+        9.37, symbol="τ_m", units="ms", doc="membrane time constant", rule=POSITIVE,
+        time_constant=True,
+    )
+    resistance: Value = quantity(
+        1.0 / 30.0, symbol="R", units="GΩ", doc="membrane resistance (1/g_L)", rule=POSITIVE
+    )
+    threshold: Value = quantity(
+        -40.4, symbol="V_th", units="mV", doc="spike cut-off: a spike is emitted when V > V_th",
+        rule=Rule(">", "rheobase_threshold"),
+    )
+    rheobase_threshold: Value = quantity(
+        -50.4, symbol="V_T", units="mV", doc="where the exponential runaway starts"
+    )
+    spike_slope: Value = quantity(
+        2.0, symbol="Δ_T", units="mV", doc="sharpness of spike initiation", rule=POSITIVE
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class RefractoryExponentialSomaConfig(ExponentialSomaConfig):
     """ExpIF with an absolute refractory period ``cooldown`` (Brian2's convention:
     n = floor(t_ref/dt + 1e-3) steps, the first being the spike's own)."""
@@ -465,7 +492,8 @@ class AdaptiveExponentialSomaConfig(ExponentialSomaConfig):
     """
 
     adaptation_tau: Value = quantity(
-        144.0, symbol="τ_w", units="ms", doc="adaptation time constant", rule=POSITIVE
+        144.0, symbol="τ_w", units="ms", doc="adaptation time constant", rule=POSITIVE,
+        time_constant=True,
     )
     adaptation_delta: Value = quantity(
         80.5, symbol="b", units="pA", doc="jump of w at each spike"
@@ -484,7 +512,8 @@ class SimplifiedAdaptiveExponentialSomaConfig(RefractoryExponentialSomaConfig):
     """
 
     threshold_tau: Value = quantity(
-        50.0, symbol="τ_θ", units="ms", doc="decay of the threshold offset", rule=POSITIVE
+        50.0, symbol="τ_θ", units="ms", doc="decay of the threshold offset", rule=POSITIVE,
+        time_constant=True,
     )
     threshold_delta: Value = quantity(
         2.0, symbol="Δθ", units="mV", doc="jump of the threshold offset at each spike",

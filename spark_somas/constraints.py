@@ -72,7 +72,7 @@ import optax
 from flax import nnx
 
 from spark_somas.configs import feasible_interval
-from spark_somas.somas import ExponentialSoma, iter_somas, path_name
+from spark_somas.somas import Soma, iter_somas, path_name
 
 __all__ = [
     "neuron_constraints",
@@ -91,7 +91,7 @@ FIXED_FIELDS = "neuron_fixed_fields"
 ``update``: the somas' fixed fields, as :func:`fixed_neuron_fields` returns."""
 
 
-def _fixed(soma: ExponentialSoma) -> dict[str, Array]:
+def _fixed(soma: Soma) -> dict[str, Array]:
     return {n: v for n, v in soma.parameters().items() if n not in soma.trainable}
 
 
@@ -115,7 +115,7 @@ class _Bounds(NamedTuple):
     dtype_bounds: tuple[tuple[str, float, float], ...] = ()
 
     @classmethod
-    def of(cls, path: tuple, soma: ExponentialSoma) -> "_Bounds":
+    def of(cls, path: tuple, soma: Soma) -> "_Bounds":
         limits = tuple((n, lo, hi) for n, (lo, hi) in sorted(soma.dtype_bounds().items())
                        if n in soma.trainable)
         return cls(tuple(path), type(soma.config), soma.dt, tuple(soma.trainable), limits)
@@ -142,7 +142,7 @@ class _Bounds(NamedTuple):
         for name in self.trainable:
             value = values[name]
             lo, hi = feasible_interval(self.config_class, name, current, value.dtype)
-            if name.endswith("_tau"):
+            if name in self.config_class.time_constant_fields():
                 lo = jnp.maximum(lo, jnp.asarray(self.dt, value.dtype))
             for field, low, high in self.dtype_bounds:
                 if field == name:

@@ -74,7 +74,7 @@ from flax import nnx
 from spark_somas import configs
 from spark_somas.configs import require
 from spark_somas.simulation import simulate
-from spark_somas.somas import ExponentialSoma, SomaConstant, SomaState
+from spark_somas.somas import Soma, SomaConstant, SomaState
 
 __all__ = [
     "Recording",
@@ -409,7 +409,7 @@ class _Box:
         return self.lo / self.scale, self.hi / self.scale
 
 
-def _boxes(soma: ExponentialSoma, fields: tuple[str, ...],
+def _boxes(soma: Soma, fields: tuple[str, ...],
            bounds: Mapping[str, tuple[float, float]],
            start: Mapping[str, float]) -> dict[str, _Box]:
     """Each fitted field's box: its bounds, checked against what the config
@@ -428,7 +428,7 @@ def _boxes(soma: ExponentialSoma, fields: tuple[str, ...],
         for v in ends:
             a, b = configs.feasible_interval(soma.config_class, name, v, jnp.float32)
             lo, hi = max(lo, float(a)), min(hi, float(b))
-        if name.endswith("_tau"):  # the forward-Euler leak 1 − dt/τ stays ≥ 0
+        if name in soma.config_class.time_constant_fields():  # the Euler leak 1 − dt/τ ≥ 0
             lo = max(lo, soma.dt)
         return lo, hi
 
@@ -451,7 +451,7 @@ def _boxes(soma: ExponentialSoma, fields: tuple[str, ...],
     return out
 
 
-def _template(soma: ExponentialSoma,
+def _template(soma: Soma,
               fields: tuple[str, ...]) -> tuple[Any, tuple[dict[str, Array], nnx.State]]:
     """One fitting neuron of ``soma``'s class: its graph (shared by every fit
     of the same class, fields, dt, method, dtype and surrogate, so that they
@@ -565,9 +565,9 @@ class FitResult:
     evaluations: int
     stages: tuple[Stage, ...]
     wall_s: float
-    soma: ExponentialSoma
+    soma: Soma
 
-    def fitted_soma(self, start: int | None = None) -> ExponentialSoma:
+    def fitted_soma(self, start: int | None = None) -> Soma:
         """A one-neuron soma of the fitted class with the fitted fields (the
         best start's, or ``start``'s) and the others as they were."""
         params = self.params if start is None else {n: float(v[start])
@@ -641,7 +641,7 @@ def _concat_times(times: Sequence[np.ndarray], recording: Recording) -> np.ndarr
 
 
 def fit_soma(
-    soma: ExponentialSoma | type[ExponentialSoma],
+    soma: Soma | type[Soma],
     recording: Recording,
     fields: Sequence[str],
     *,
@@ -688,9 +688,9 @@ def fit_soma(
     """
     t0 = time.perf_counter()
     if isinstance(soma, type):
-        require(issubclass(soma, ExponentialSoma), "soma", soma, "a soma class or instance")
+        require(issubclass(soma, Soma), "soma", soma, "a soma class or instance")
         soma = soma(units=1, dt=recording.dt)
-    require(isinstance(soma, ExponentialSoma), "soma", soma, "a soma class or instance")
+    require(isinstance(soma, Soma), "soma", soma, "a soma class or instance")
     require(isinstance(recording, Recording), "recording", type(recording).__name__,
             "a spark_somas.fitting.Recording")
     require(abs(soma.dt - recording.dt) <= 1e-9 * recording.dt, "dt", soma.dt,

@@ -25,10 +25,12 @@ afterwards by :func:`spark_somas.somas.step`, the same for every method.
     For ExpIF: V ← V∞ + (V − V∞)·e^(−dt/τ_m), V∞ = E_L + Δ_T·e^((V−V_T)/Δ_T) + R·I.
 
 Every method is one explicit Runge–Kutta tableau over step coefficients
-c_x (dt/τ_x, or 1 − e^(−dt/τ_x) for the exponential Euler). The exponential
-of spike initiation is evaluated through ``exp_term`` (below), capped as
-:mod:`spark_somas.numerics` explains, so every method is finite for every
-legal parameter set; at its cap a stage has crossed any legal threshold.
+c_x (dt/τ_x, or 1 − e^(−dt/τ_x) for the exponential Euler). An integrator
+knows no variable names: it hands each evaluation of the drives a
+:class:`Stage` — the coefficients c_x by the model's own names and the
+tableau's smallest weight — from which a model bounds its own stiff terms
+(the exponential models cap e^u there, :mod:`spark_somas.numerics`), so
+that every stage stays finite for every legal parameter set.
 """
 
 from __future__ import annotations
@@ -39,13 +41,27 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from spark_somas import numerics
-
-__all__ = ["METHODS", "Tableau", "TABLEAUS", "ExpTerm", "advance"]
+__all__ = ["METHODS", "Tableau", "TABLEAUS", "Stage", "Drives", "advance"]
 
 Array = jax.Array
-# exp_term(prefactor, u): prefactor·e^u as the integrator tames it.
-ExpTerm = Callable[[Array, Array], Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """What an integrator tells the drives about the step being taken.
+
+    ``coefficients[x]`` is c_x, the factor that turns variable x's drive
+    F_x into its change in one Euler substep (dt/τ_x, or 1 − e^(−dt/τ_x));
+    ``smallest_weight`` is the tableau's smallest nonzero coefficient, so
+    a drive bounded by B/(c_x · smallest_weight) moves x by at most B in
+    any stage. A model's guard reads them; the integrator does not."""
+
+    coefficients: Mapping[str, Array]
+    smallest_weight: float
+
+
+# drives(state, stage) -> {x: F_x} for every integrated variable x.
+Drives = Callable[[dict[str, Array], Stage], dict[str, Array]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,34 +99,28 @@ def _combine(weights: tuple[float, ...], stages: list[Array]) -> Array:
 
 def advance(
     method: str,
-    drives: Callable[[dict[str, Array], ExpTerm], dict[str, Array]],
+    drives: Drives,
     time_constants: Mapping[str, Array],
     state: Mapping[str, Array],
     dt: float,
-    exp_gradient: str = "exact",
 ) -> dict[str, Array]:
     """One step of ``method`` for the variables in ``time_constants``.
 
-    ``drives(state, exp_term)`` returns F_x for each of them; the other
-    entries of ``state`` (e.g. the threshold offset θ) are held over the
-    step. ``exp_gradient`` is the backward pass of ``exp_term``, one of
-    :data:`spark_somas.numerics.EXP_GRADIENTS`. Returns the advanced variables.
+    ``drives(state, stage)`` returns F_x for each of them (``stage``: a
+    :class:`Stage`); the other entries of ``state`` (e.g. a threshold
+    offset) are held over the step. Returns the advanced variables.
     """
     tableau = TABLEAUS[method]
     if method == "exponential_euler":
         coeff = {x: -jnp.expm1(-dt / tau) for x, tau in time_constants.items()}
     else:
         coeff = {x: dt / tau for x, tau in time_constants.items()}
-    scale = coeff["potential"] * tableau.smallest_weight
-
-    def exp_term(prefactor: Array, u: Array) -> Array:
-        return prefactor * numerics.capped_exp(u, scale * prefactor, exp_gradient)
-
+    stage = Stage(coeff, tableau.smallest_weight)
     stages: list[dict[str, Array]] = []
     for row in tableau.a:
         point = dict(state)
         if any(row):
             for x in coeff:
                 point[x] = state[x] + coeff[x] * _combine(row, [f[x] for f in stages])
-        stages.append(drives(point, exp_term))
+        stages.append(drives(point, stage))
     return {x: state[x] + coeff[x] * _combine(tableau.b, [f[x] for f in stages]) for x in coeff}

@@ -483,7 +483,7 @@ def _engine(step: Callable, shared: Any, local: Any, state: Any, xs: Any, *, seg
                                              "interpret"))
 def _run(params, state, currents, *, model, options, record, segment, block, interpret):
     steps = currents.shape[0]
-    shape = state["potential"].shape
+    shape = state[model.membrane].shape
     neurons = math.prod(shape)
     flat_params = {n: jnp.broadcast_to(v, shape).reshape(-1) for n, v in params.items()}
     flat_state = {n: v.reshape(-1) for n, v in state.items()}
@@ -629,13 +629,13 @@ def run(
     """
     interpret = _interpret(interpret)
     state = dict(state)
-    shape = state["potential"].shape
+    shape = state[model.membrane].shape
     steps = currents.shape[0]
     missing = len(shape) - (currents.ndim - 1)  # batch axes the current lacks
     currents = jnp.broadcast_to(
         currents.reshape((steps,) + (1,) * missing + currents.shape[1:]), (steps,) + shape)
     if steps == 0 or math.prod(shape) == 0:
-        return state, {r: jnp.zeros((steps,) + shape, state["potential"].dtype if r == "spikes"
+        return state, {r: jnp.zeros((steps,) + shape, state[model.membrane].dtype if r == "spikes"
                                     else state[r].dtype) for r in record}
     neurons = math.prod(shape)
     block = _block(block, block_size(neurons, interpret))

@@ -57,7 +57,8 @@ from spark_somas import backends, layout, numerics, registry
 from spark_somas import surrogates as surrogates_lib
 from spark_somas.configs import LARGEST, SMALLEST, as_number, require
 from spark_somas.simulation import FusedBackendError, drive
-from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
+from spark_somas.somas import (AdaptiveExponentialSoma, SimplifiedAdaptiveExponentialSoma, Soma,
+                               SomaOutput, SomaState, input_scale)
 
 __all__ = [
     "TRAINING_SURROGATE",
@@ -90,22 +91,25 @@ TRAINING_EXP_GRADIENT = "bounded"
 #: soma config's own surrogate and exponential gradient.
 _LEGACY_GRADIENTS = {"surrogate": None, "exp_gradient": None}
 
-#: Neuron parameters trained when ``trainable_neurons=True`` (those the soma's config has).
-NEURON_PARAMS = ("potential_tau", "threshold", "adaptation_tau", "adaptation_delta",
-                 "adaptation_subthreshold", "threshold_tau", "threshold_delta")
+def trainable_neuron_params(soma_class: type[Soma]) -> tuple[str, ...]:
+    """The fields trained when ``trainable_neurons=True``: the soma class's
+    own ``default_trainable``."""
+    return tuple(soma_class.default_trainable)
 
 
-def trainable_neuron_params(soma_class: type[ExponentialSoma]) -> tuple[str, ...]:
-    """The :data:`NEURON_PARAMS` that ``soma_class``'s config defines."""
-    fields = {f.name for f in soma_class.config_class.quantity_fields()}
-    return tuple(n for n in NEURON_PARAMS if n in fields)
+#: The fields ``trainable_neurons=True`` trains in any of the four somas of
+#: this package (each soma trains those its config has).
+NEURON_PARAMS = tuple(dict.fromkeys(
+    n for cls in (AdaptiveExponentialSoma, SimplifiedAdaptiveExponentialSoma)
+    for n in cls.default_trainable))
 
 
-def rheobase_current(soma: ExponentialSoma) -> float:
-    """I_rh = (V_T − E_L − Δ_T)/R in pA (mean over neurons): the smallest
-    constant current that makes an ExpIF neuron fire (Fourcaud-Trocmé et al. 2003)."""
-    p = {k: float(np.mean(v)) for k, v in soma.parameters().items()}
-    return (p["rheobase_threshold"] - p["potential_rest"] - p["spike_slope"]) / p["resistance"]
+def rheobase_current(soma: Soma) -> float:
+    """The layer's unit of input current (pA, mean over neurons): the soma
+    class's ``input_scale`` — for the exponential somas the rheobase
+    I_rh = (V_T − E_L − Δ_T)/R, the smallest constant current that makes
+    an ExpIF neuron fire (Fourcaud-Trocmé et al. 2003)."""
+    return input_scale(soma)
 
 
 def spike_count(spikes: Array) -> Array:
@@ -526,7 +530,7 @@ class SpikingNetwork(nnx.Module):
         hidden: int | Sequence[int | Layer],
         n_classes: int,
         *,
-        soma: str | type[ExponentialSoma] = "adex",
+        soma: str | type[Soma] = "adex",
         dt: float = 1.0,
         recurrent: bool = False,
         output: str = "leaky",
@@ -576,22 +580,22 @@ class SpikingNetwork(nnx.Module):
         return self.config.to_dict()
 
     @property
-    def hidden(self) -> ExponentialSoma:
+    def hidden(self) -> Soma:
         """The first hidden layer's soma."""
         return self.layers[0].soma
 
     @property
-    def readout_soma(self) -> ExponentialSoma | None:
+    def readout_soma(self) -> Soma | None:
         """The readout soma (``output="soma"``), else None."""
         return None if self.readout_layer is None else self.readout_layer.soma
 
-    def somas(self) -> list[ExponentialSoma]:
+    def somas(self) -> list[Soma]:
         """The soma layers (hidden, input side first, then the readout soma if any)."""
         return [layer.soma for layer in self.layers] + (
             [] if self.readout_layer is None else [self.readout_layer.soma])
 
     def reset(self, batch_shape: Sequence[int] | None = None) -> None:
-        """Every soma back to rest (see ``ExponentialSoma.reset``), synaptic
+        """Every soma back to rest (see ``Soma.reset``), synaptic
         currents, previous spikes and the leaky readout to 0, with shape
         ``(N,)`` or ``(*batch_shape, N)``."""
         for layer in self.layers:

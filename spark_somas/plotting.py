@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 
 from spark_somas.configs import AdaptiveExponentialSomaConfig
 from spark_somas.simulation import simulate
-from spark_somas.somas import AdaptiveExponentialSoma, ExponentialSoma
+from spark_somas import integrators
+from spark_somas.somas import AdaptiveExponentialSoma, ExponentialSoma, StepOptions
 
 __all__ = ["voltage_trace", "raster", "firing_rates", "fi_curve", "nullclines", "phase_plane"]
 
@@ -157,9 +158,10 @@ def nullclines(model: Any, current_pA: float, v: Any, *, neuron: int = 0) -> tup
     """
     p = types.SimpleNamespace(**_adex_parameters(model, neuron))
     v = np.asarray(v, np.float64)
+    no_cap = integrators.Stage({"potential": 0.0}, 1.0)  # a zero step: e^u is never capped
     drives = AdaptiveExponentialSoma.drives(
         p, {"potential": v, "adaptation": np.zeros_like(v)}, np.asarray(current_pA, np.float64),
-        lambda prefactor, u: prefactor * np.exp(u))
+        no_cap, StepOptions(dt=1.0))
     return (np.asarray(drives["potential"], np.float64) / p.resistance,
             np.asarray(drives["adaptation"], np.float64))
 

@@ -31,6 +31,7 @@ __all__ = [
     "ModelType",
     "UnknownModelError",
     "register_model",
+    "register_soma",
     "model_type",
     "type_of",
     "soma_class",
@@ -66,7 +67,7 @@ _TYPES: dict[str, ModelType] = {}
 LEGACY_METHOD = "euler"
 
 #: Short name -> soma class, for every registered soma that has one (a live view).
-SOMAS: dict[str, type[somas.ExponentialSoma]] = {}
+SOMAS: dict[str, type[somas.Soma]] = {}
 
 
 def register_model(name: str, cls: type, *, spec: Callable[[Any], dict],
@@ -86,8 +87,19 @@ def register_model(name: str, cls: type, *, spec: Callable[[Any], dict],
     _TYPES[name] = entry
     if short:
         _TYPES[short] = entry
-        if issubclass(cls, somas.ExponentialSoma):
+        if issubclass(cls, somas.Soma):
             SOMAS[short] = cls
+
+
+def register_soma(cls: type[somas.Soma], short: str | None = None) -> type[somas.Soma]:
+    """Registers soma class ``cls`` under its class name (and ``short``):
+    checkpoints, networks (``soma="short"``) and the command line then find
+    it. Returns ``cls``, so that it also works as a class decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, somas.Soma) and cls.state_variables):
+        raise TypeError(f"register_soma: {cls!r} is not a soma model (a subclass of "
+                        "spark_somas.somas.Soma that declares its state_variables)")
+    register_model(cls.__name__, cls, spec=soma_spec, build=soma_from_spec, short=short)
+    return cls
 
 
 #: Model types of this package defined outside this module -> the module of
@@ -117,25 +129,25 @@ def type_of(model: Any) -> ModelType | None:
 
 def soma_names() -> list[str]:
     """Every name a registered soma class answers to, sorted."""
-    return sorted(n for n, t in _TYPES.items() if issubclass(t.cls, somas.ExponentialSoma))
+    return sorted(n for n, t in _TYPES.items() if issubclass(t.cls, somas.Soma))
 
 
-def soma_class(soma: str | type) -> type[somas.ExponentialSoma]:
+def soma_class(soma: str | type) -> type[somas.Soma]:
     """A soma class from a registered name (short or class name) or the class itself.
 
     Raises:
       UnknownModelError: ``soma`` names no registered soma class.
     """
-    if isinstance(soma, type) and issubclass(soma, somas.ExponentialSoma):
+    if isinstance(soma, type) and issubclass(soma, somas.Soma):
         return soma
     entry = _TYPES.get(soma) if isinstance(soma, str) else None
-    if entry is None or not issubclass(entry.cls, somas.ExponentialSoma):
+    if entry is None or not issubclass(entry.cls, somas.Soma):
         raise UnknownModelError(f"soma class {soma!r} is not registered (known: {soma_names()}); "
                                 "register it with register_model")
     return entry.cls
 
 
-def soma_spec(soma: somas.ExponentialSoma) -> dict[str, Any]:
+def soma_spec(soma: somas.Soma) -> dict[str, Any]:
     """A soma's construction as JSON: class, config, units, dt, integration
     method, dtypes, trained fields.
 
@@ -159,7 +171,7 @@ def soma_spec(soma: somas.ExponentialSoma) -> dict[str, Any]:
     }
 
 
-def soma_from_spec(spec: Mapping[str, Any]) -> somas.ExponentialSoma:
+def soma_from_spec(spec: Mapping[str, Any]) -> somas.Soma:
     """Inverse of :func:`soma_spec`: a soma at rest with the recorded config,
     its class taken from this registry. A spec without ``method`` (written
     by release 0.1.0, which did not record it) gives forward Euler, that

@@ -39,8 +39,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from spark_somas import layout
 from spark_somas.configs import as_number
-from spark_somas.simulation import RECORDABLE, recorded_fields, simulate
-from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
+from spark_somas.simulation import output, recorded_fields, simulate
+from spark_somas.somas import Soma, SomaOutput, SomaState
 
 __all__ = [
     "DATA",
@@ -151,13 +151,13 @@ def _place_module(module: nnx.Pytree, place: Callable[[str, jax.Array], jax.Arra
 
 
 def shard_soma(
-    soma: ExponentialSoma,
+    soma: Soma,
     mesh: Mesh,
     *,
     batch_axis: Axis = DATA,
     neuron_axis: Axis = NEURONS,
     batch_shape: Sequence[int] | None = None,
-) -> ExponentialSoma:
+) -> Soma:
     """Places a soma's state and parameters on ``mesh``, in place; returns it.
 
     State (shape ``(*batch, *units)``) is split over ``batch_axis`` and
@@ -196,7 +196,7 @@ def shard_currents(
 
 
 def simulate_sharded(
-    soma: ExponentialSoma,
+    soma: Soma,
     currents: jax.Array,
     mesh: Mesh,
     *,
@@ -255,7 +255,8 @@ def _simulate_blocks(graphdef, state, rest, currents, *, mesh, specs, current_sp
         return out, nnx.state(local, SomaState)
 
     state_spec, rest_spec = (jax.tree.unflatten(treedef, leaves) for leaves, treedef in specs)
-    out_spec = SomaOutput(**{k: current_spec if k in record else None for k in RECORDABLE})
+    model = nnx.merge(graphdef, state, rest)
+    out_spec = jax.tree.map(lambda _: current_spec, output(model, {k: 0 for k in record}))
     # check_vma=False: a pallas_call's outputs do not declare how they vary
     # over the mesh; here every output is per block by construction.
     return jax.shard_map(block, mesh=mesh, in_specs=(state_spec, rest_spec, current_spec),

@@ -33,14 +33,17 @@ from flax import nnx
 
 from spark_somas import layout
 from spark_somas.backends import FusedBackendError, resolve_backend
-from spark_somas.somas import ExponentialSoma, SomaOutput, SomaState
+from spark_somas.somas import Soma, SomaOutput, SomaState
 
-__all__ = ["drive", "simulate", "recorded_fields", "RECORDABLE",
+__all__ = ["drive", "simulate", "recordable", "recorded_fields", "output", "RECORDABLE",
            "FusedBackendError"]
 
 M = TypeVar("M", bound=nnx.Module)
 
+#: What the four exponential somas can record; any soma records ``spikes``,
+#: its membrane variable and each state variable it declares recordable.
 RECORDABLE = ("spikes", "potential", "adaptation", "threshold_offset", "refractory")
+_FIELDS = RECORDABLE
 
 
 def _call(module: nnx.Module, x: Any) -> Any:
@@ -100,19 +103,27 @@ class _Record:
 
     names: tuple[str, ...]
 
-    def __call__(self, soma: ExponentialSoma, current: jax.Array) -> dict[str, jax.Array]:
+    def __call__(self, soma: Soma, current: jax.Array) -> dict[str, jax.Array]:
         values = {"spikes": soma(current).spikes, **soma.neuron_state()}
         return {k: values[k] for k in self.names}
 
 
-def recorded_fields(soma: ExponentialSoma, record: str | Sequence[str]) -> tuple[str, ...]:
+def recordable(soma: Soma) -> tuple[str, ...]:
+    """What ``soma`` can record: ``spikes``, its membrane variable and each
+    state variable its class declares ``recordable``."""
+    names = ("spikes", soma.membrane) + tuple(
+        n for n, v in soma.state_variables.items() if v.recordable)
+    return tuple(dict.fromkeys(names))
+
+
+def recorded_fields(soma: Soma, record: str | Sequence[str]) -> tuple[str, ...]:
     """``record`` as a tuple of field names (one name may be given as a
     string), each recordable for ``soma``; ``ValueError`` naming the others
     and the choices otherwise. What :func:`simulate` and
     :func:`~spark_somas.sharding.simulate_sharded` accept."""
     record = (record,) if isinstance(record, str) else tuple(record)
-    choices = tuple(dict.fromkeys(("spikes", "potential") + soma.state_names))
-    bad = [name for name in record if name not in RECORDABLE or name not in choices]
+    choices = recordable(soma)
+    bad = [name for name in record if name not in choices]
     if bad:
         raise ValueError(f"record = {record!r}: {bad} not recordable for "
                          f"{type(soma).__name__}; choose from {choices}")
@@ -120,7 +131,7 @@ def recorded_fields(soma: ExponentialSoma, record: str | Sequence[str]) -> tuple
 
 
 def simulate(
-    soma: ExponentialSoma,
+    soma: Soma,
     currents: jax.Array,
     *,
     time_major: bool = True,
@@ -136,14 +147,15 @@ def simulate(
     :class:`~spark_somas.somas.ExponentialSoma`), so T steps span T·dt ms.
 
     Args:
-      soma: any of the four somas; its state is the initial condition and
+      soma: a soma (any registered model); its state is the initial condition and
         receives the final state.
       currents: input current per step.
       time_major: where the time axis is, in ``currents`` and in the
         result: first (True), or just before the units axes (False, as
         ``flax.nnx.RNN(time_major=False)``); see :mod:`spark_somas.layout`.
-      record: which of ``RECORDABLE`` to return stacked over time; fields not
-        recorded are None in the result.
+      record: which of :func:`recordable` to return stacked over time;
+        fields not recorded are None in the result (``out[name]`` reads any
+        recorded one, a model's own variables included).
       remat: False (keep every step for the backward pass), True (segments
         of ⌈√T⌉ steps) or an int k (segments of k steps, recomputed on the
         backward pass).
@@ -184,7 +196,17 @@ def simulate(
         recorded = drive(soma, currents, _Record(record), remat=remat, unroll=unroll,
                          backend="scan")
     recorded = layout.from_time_major(recorded, len(soma.units), time_major)
-    return SomaOutput(**{k: recorded.get(k) for k in RECORDABLE})
+    return output(soma, recorded)
+
+
+def output(soma: Soma, recorded: dict[str, jax.Array]) -> SomaOutput:
+    """Recorded arrays by name as a :class:`SomaOutput`: the membrane
+    variable as ``potential``, a model's own variables in ``extra``."""
+    recorded = dict(recorded)
+    if soma.membrane in recorded:
+        recorded["potential"] = recorded.pop(soma.membrane)
+    extra = {k: v for k, v in recorded.items() if k not in _FIELDS}
+    return SomaOutput(**{k: recorded.get(k) for k in _FIELDS}, extra=extra or None)
 
 
 def _segment_length(remat: bool | int, steps: int) -> int | None:

@@ -21,9 +21,23 @@ spike emitted; θ still decays. :mod:`spark_somas.numerics` explains how the
 exponential is tamed and half precision kept faithful.
 
 State lives in :class:`SomaState` Variables, trained fields in ``nnx.Param``,
-the other fields in :class:`SomaConstant`. Adding a model is one small
-class: its config, ``state_names``, ``time_constants``, ``drives`` and, if
-they differ, ``spike_threshold`` and ``after_spike``.
+the other fields in :class:`SomaConstant`.
+
+**The model protocol.** :class:`Soma` is the base of every model and
+assumes nothing about the exponential. A model is one subclass that
+declares, in its own class body: its config class (a
+:class:`~spark_somas.configs.SomaConfig` with :func:`~spark_somas.configs.quantity`
+fields), its ``state_variables`` (:class:`StateVariable`: unit, value at
+rest, integrated or event-only, recordable), ``time_constants`` and
+``drives`` of the integrated variables, ``spike_threshold``,
+``after_spike`` (the reset), ``default_trainable`` fields, ``input_scale``
+(the current a network's input gain is measured in) and ``cell_scale`` (the
+unit of a relative surrogate's width). Any stiff term is bounded by the
+model itself from the :class:`~spark_somas.integrators.Stage` its drives
+receive (the exponential models cap e^u, :mod:`spark_somas.numerics`).
+Registered with :func:`spark_somas.registry.register_soma`, such a class
+simulates, integrates by every method, differentiates, trains in a
+network, checkpoints and shards like the four somas here.
 """
 
 from __future__ import annotations
@@ -52,6 +66,11 @@ __all__ = [
     "step",
     "iter_somas",
     "path_name",
+    "StateVariable",
+    "Soma",
+    "input_scale",
+    "mean_parameters",
+    "exponential_term",
     "ExponentialSoma",
     "RefractoryExponentialSoma",
     "AdaptiveExponentialSoma",
@@ -62,21 +81,52 @@ Array = jax.Array
 
 
 class SomaState(nnx.Variable):
-    """Running neuron state: potential V (mV), adaptation w (pA), refractory
-    counter (steps still to skip, int32) and threshold offset θ (mV)."""
+    """Running neuron state, one Variable per :class:`StateVariable` of the
+    model (the exponential somas: potential V (mV), adaptation w (pA),
+    refractory counter (steps still to skip, int32), threshold offset θ
+    (mV)), plus the low words of a compensated half-precision state."""
 
 
 class SomaConstant(nnx.Variable):
     """A config field that is not trained: an optimizer never sees it."""
 
 
+@dataclasses.dataclass(frozen=True)
+class StateVariable:
+    """One state variable of a model, as its class declares it.
+
+    Attributes:
+      units: its unit, e.g. ``"mV"``.
+      rest: its value at rest: a number, or the name of the config field
+        that holds it (``"potential_rest"``).
+      integrated: advanced by the integrator (then ``time_constants`` and
+        ``drives`` give its τ and F), or event-only (changed by
+        ``after_spike`` alone, held over the integration).
+      recordable: :func:`spark_somas.simulate` may record it.
+      integer: an int32 counter (no half-precision low word).
+      takes: config fields, beyond ``rest``, whose value it is set to
+        (``("potential_reset",)``): like ``rest`` they must fit the state
+        dtype.
+    """
+
+    units: str
+    rest: str | float = 0.0
+    integrated: bool = True
+    recordable: bool = True
+    integer: bool = False
+    takes: tuple[str, ...] = ()
+
+
 @flax.struct.dataclass
 class SomaOutput:
-    """What a step (or, stacked time-major, a run) reports.
+    """What a step (or, stacked over time, a run) reports.
 
-    ``spikes`` are 0/1 and ``potential`` is V after any reset (mV), both in
-    the state dtype. ``adaptation``, ``threshold_offset`` and ``refractory``
-    are filled by :func:`spark_somas.simulate` when recorded, else None.
+    ``spikes`` are 0/1 and ``potential`` is the membrane variable after any
+    reset (mV), both in the state dtype. ``adaptation``,
+    ``threshold_offset`` and ``refractory`` are filled by
+    :func:`spark_somas.simulate` when recorded, else None; any other
+    recorded state variable of a model is in ``extra``. ``out[name]`` reads
+    any of them by name.
     """
 
     spikes: Array
@@ -84,13 +134,16 @@ class SomaOutput:
     adaptation: Array | None = None
     threshold_offset: Array | None = None
     refractory: Array | None = None
+    extra: Mapping[str, Array] | None = None
 
-
-_TIME_CONSTANTS = ("potential_tau", "adaptation_tau", "threshold_tau")
-# Fields that become the stored V (at rest and after a spike): they must fit
-# the state dtype, or the soma would rest or reset elsewhere.
-_STORED_POTENTIALS = ("potential_rest", "potential_reset")
-STATE_UNITS = {"potential": "mV", "adaptation": "pA", "refractory": "steps", "threshold_offset": "mV"}
+    def __getitem__(self, name: str) -> Array:
+        if name in ("spikes", "potential", "adaptation", "threshold_offset", "refractory"):
+            value = getattr(self, name)
+        else:
+            value = (self.extra or {}).get(name)
+        if value is None:
+            raise KeyError(f"{name!r} was not recorded")
+        return value
 
 
 def refractory_steps(cooldown: Array, dt: float) -> Array:
@@ -102,12 +155,12 @@ def refractory_steps(cooldown: Array, dt: float) -> Array:
 RESIDUAL = "_residual"
 
 
-def residual_names(state_names: Sequence[str], dtype: Any) -> tuple[str, ...]:
+def residual_names(variables: Mapping[str, StateVariable], dtype: Any) -> tuple[str, ...]:
     """The low words of a compensated (half-precision) state, see
-    :mod:`spark_somas.numerics`; none in float32 and wider."""
+    :mod:`spark_somas.numerics`; none in float32 and wider, none for a counter."""
     if not numerics.is_compensated(dtype):
         return ()
-    return tuple(n + RESIDUAL for n in state_names if n != "refractory")
+    return tuple(n + RESIDUAL for n, v in variables.items() if not v.integer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +168,9 @@ class StepOptions:
     """What is fixed about a soma's step: dt (ms), the integration method
     (one of :data:`spark_somas.integrators.METHODS`), the surrogate of the
     spike's derivative, whether the reset is detached from the gradient and
-    the backward pass of the exponential term (one of
-    :data:`spark_somas.numerics.EXP_GRADIENTS`)."""
+    the backward pass of the model's guarded nonlinearity (one of
+    :data:`spark_somas.numerics.EXP_GRADIENTS`; the exponential term of the
+    exponential models)."""
 
     dt: float
     method: str = "euler"
@@ -126,7 +180,7 @@ class StepOptions:
 
 
 def step(
-    model: type["ExponentialSoma"],
+    model: type["Soma"],
     params: Mapping[str, Array],
     state: Mapping[str, Array],
     current: Array,
@@ -140,7 +194,8 @@ def step(
     gate refractoriness, reset, store. Returns the new state (same keys and
     dtypes) and the spikes (0/1 in the state dtype).
     """
-    dtype = state["potential"].dtype
+    membrane = model.membrane
+    dtype = state[membrane].dtype
     wide = numerics.compute_dtype(dtype)
     p = types.SimpleNamespace(**{k: v.astype(wide) for k, v in params.items()})
 
@@ -149,20 +204,24 @@ def step(
             return numerics.join(state[name], state[name + RESIDUAL], wide)
         return numerics.widen(state[name], wide)
 
-    x = {n: read(n) for n in model.state_names if n != "refractory"}
+    x = {n: read(n) for n, v in model.state_variables.items() if not v.integer}
     current = numerics.saturate(numerics.widen(current, wide))
+    taus = model.time_constants(p)
+    if set(taus) != set(model.integrated_names):
+        raise TypeError(f"{model.__name__}.time_constants gives {sorted(taus)}; the integrated "
+                        f"state variables are {sorted(model.integrated_names)}")
     x_new = {**x, **integrators.advance(
-        options.method, lambda y, exp_term: model.drives(p, y, current, exp_term),
-        model.time_constants(p), x, options.dt, options.exp_gradient)}
+        options.method, lambda y, stage: model.drives(p, y, current, stage, options),
+        taus, x, options.dt)}
     scale = model.cell_scale(p) if options.surrogate.relative else None
-    s = surrogates_lib.spike(x_new["potential"] - model.spike_threshold(p, x), options.surrogate,
+    s = surrogates_lib.spike(x_new[membrane] - model.spike_threshold(p, x), options.surrogate,
                              scale)
     if model.refractory:
         refractory = state["refractory"] > 0
-        x_new["potential"] = jnp.where(refractory, x["potential"], x_new["potential"])
+        x_new[membrane] = jnp.where(refractory, x[membrane], x_new[membrane])
         s = jnp.where(refractory, 0.0, s)
     new = model.after_spike(p, x_new, jax.lax.stop_gradient(s) if options.detach_reset else s,
-                      options.dt)
+                            options.dt)
     out = {}
     for name, value in new.items():
         if name + RESIDUAL in state:
@@ -179,10 +238,21 @@ def step(
     return out, s.astype(dtype)
 
 
-def _membrane(p: Any, v: Array, v_t: Array, drive: Array, exp_term: integrators.ExpTerm) -> Array:
-    """−(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) + drive, the exponential tamed by
-    the integrator's ``exp_term``."""
-    return -(v - p.potential_rest) + exp_term(p.spike_slope, (v - v_t) / p.spike_slope) + drive
+def exponential_term(p: Any, v: Array, v_t: Array, stage: integrators.Stage,
+                     options: StepOptions) -> Array:
+    """Δ_T·exp((V − V_T)/Δ_T) (mV), the exponential models' guard applied:
+    e^u capped where c_V · w_min · Δ_T · e^u would pass ``numerics.EXP_CAP``
+    (c_V, w_min from the integrator's ``stage``), its backward pass the
+    config's ``exp_gradient``; see :func:`spark_somas.numerics.capped_exp`."""
+    scale = stage.coefficients["potential"] * stage.smallest_weight * p.spike_slope
+    return p.spike_slope * numerics.capped_exp((v - v_t) / p.spike_slope, scale,
+                                               options.exp_gradient)
+
+
+def _membrane(p: Any, v: Array, v_t: Array, drive: Array, stage: integrators.Stage,
+              options: StepOptions) -> Array:
+    """−(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) + drive."""
+    return -(v - p.potential_rest) + exponential_term(p, v, v_t, stage, options) + drive
 
 
 def _input(p: Any, current: Array) -> Array:
@@ -190,10 +260,23 @@ def _input(p: Any, current: Array) -> Array:
     return p.resistance * current
 
 
+def mean_parameters(soma: "Soma") -> types.SimpleNamespace:
+    """Every field of ``soma`` as its mean over neurons (a Python float), by
+    attribute: what a model's ``input_scale`` reads."""
+    return types.SimpleNamespace(**{k: float(np.mean(v)) for k, v in soma.parameters().items()})
+
+
+def input_scale(soma: "Soma") -> float:
+    """The current (pA) a network's input gain is measured in, for ``soma``
+    (mean over neurons): its class's ``input_scale``; the rheobase for the
+    exponential somas."""
+    return float(type(soma).input_scale(mean_parameters(soma)))
+
+
 def iter_somas(model: Any) -> Iterator[tuple[tuple, "ExponentialSoma"]]:
     """(path, soma) for every soma in an NNX module tree, ``model`` included."""
     for path, node in nnx.iter_graph(model):
-        if isinstance(node, ExponentialSoma):
+        if isinstance(node, Soma):
             yield path, node
 
 
@@ -233,12 +316,16 @@ def _batch_of(shape: tuple[int, ...], units: tuple[int, ...]) -> tuple[int, ...]
     return shape[: len(shape) - len(units)]
 
 
-class ExponentialSoma(nnx.Module):
-    """Exponential integrate-and-fire soma (Fourcaud-Trocmé et al. 2003).
+class Soma(nnx.Module):
+    """The base of every soma model: the machinery, no equations.
 
-    .. math:: τ_m \\dot V = -(V - E_L) + Δ_T e^{(V - V_T)/Δ_T} + R I,
-       \\quad V > V_{th} ⇒ V ← V_r
-
+    A model subclasses it and declares its equations (see the module
+    docstring): ``config_class``, ``state_variables``, ``time_constants``,
+    ``drives``, ``spike_threshold``, ``after_spike``, ``cell_scale``,
+    ``input_scale`` and, if it has any, ``default_trainable``; with
+    ``refractory = True`` a ``"refractory"`` counter and a ``cooldown``
+    field give Brian2's absolute refractory period. ``membrane`` names the
+    variable whose crossing of ``spike_threshold`` is a spike.
     Args:
       config: the soma's config; None gives the defaults.
       units: neurons, an int or a shape tuple.
@@ -259,43 +346,79 @@ class ExponentialSoma(nnx.Module):
       **field_overrides: config fields to replace, e.g. ``potential_tau=20.0``.
     """
 
-    config_class: ClassVar[type[configs.ExponentialSomaConfig]] = configs.ExponentialSomaConfig
-    state_names: ClassVar[tuple[str, ...]] = ("potential",)
+    config_class: ClassVar[type[configs.SomaConfig]] = configs.SomaConfig
+    state_variables: ClassVar[Mapping[str, StateVariable]] = {}
+    membrane: ClassVar[str] = "potential"
     refractory: ClassVar[bool] = False
+    default_trainable: ClassVar[tuple[str, ...]] = ()
+    #: Derived from ``state_variables`` for each subclass.
+    state_names: ClassVar[tuple[str, ...]] = ()
+    integrated_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.state_names = tuple(cls.state_variables)
+        cls.integrated_names = tuple(n for n, v in cls.state_variables.items() if v.integrated)
+        if not cls.state_variables:
+            return  # an abstract intermediate class
+        fields = {f.name for f in cls.config_class.quantity_fields()}
+        problems = []
+        if cls.membrane not in cls.state_variables:
+            problems.append(f"membrane = {cls.membrane!r} is not one of its state_variables")
+        for name, var in cls.state_variables.items():
+            for field in (var.rest,) * isinstance(var.rest, str) + var.takes:
+                if field not in fields:
+                    problems.append(f"state variable {name!r} refers to {field!r}, not a "
+                                    f"numeric field of {cls.config_class.__name__}")
+        if cls.refractory and ("refractory" not in cls.state_variables or "cooldown" not in fields):
+            problems.append("refractory = True needs a 'refractory' state variable and a "
+                            "'cooldown' config field")
+        bad = sorted(set(cls.default_trainable) - fields)
+        if bad:
+            problems.append(f"default_trainable {bad} are not numeric config fields")
+        if problems:
+            raise TypeError(f"{cls.__name__}: " + "; ".join(problems))
 
     @staticmethod
     def time_constants(p: Any) -> dict[str, Array]:
-        """τ_m (ms) of the one integrated variable, V."""
-        return {"potential": p.potential_tau}
+        """τ_x (ms) of each integrated variable x, from the parameters ``p``."""
+        raise NotImplementedError("a soma model defines time_constants")
 
     @staticmethod
-    def drives(p: Any, x: Mapping[str, Array], current: Array,
-               exp_term: integrators.ExpTerm) -> dict[str, Array]:
-        """τ_m dV/dt = −(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) + R·I"""
-        return {"potential": _membrane(p, x["potential"], p.rheobase_threshold,
-                                       _input(p, current), exp_term)}
+    def drives(p: Any, x: Mapping[str, Array], current: Array, stage: integrators.Stage,
+               options: StepOptions) -> dict[str, Array]:
+        """F_x of τ_x·dx/dt = F_x for each integrated variable, at state ``x``
+        and input ``current`` (pA, held over the step); ``stage`` and
+        ``options`` let a model guard its stiff terms."""
+        raise NotImplementedError("a soma model defines drives")
 
     @staticmethod
     def spike_threshold(p: Any, x: Mapping[str, Array]) -> Array:
-        """A spike when V > V_th."""
-        return p.threshold
-
-    @staticmethod
-    def cell_scale(p: Any) -> Array:
-        """d = V_th − E_L (mV), the unit of a ``relative`` surrogate's width;
-        Δ_T where a legal but unusual cell rests within Δ_T of its threshold
-        (or above it)."""
-        return jnp.maximum(p.threshold - p.potential_rest, p.spike_slope)
+        """The value of the membrane variable above which it spikes, at the
+        step's start state ``x``."""
+        raise NotImplementedError("a soma model defines spike_threshold")
 
     @staticmethod
     def after_spike(p: Any, x: Mapping[str, Array], spike: Array, dt: float) -> dict[str, Array]:
-        """V ← V_r where spiking (a blend, so that an undetached reset carries
-        the spike's gradient)."""
-        return {**x, "potential": x["potential"] * (1.0 - spike) + p.potential_reset * spike}
+        """The state after the step: the reset where ``spike`` (0/1, a blend
+        so that an undetached reset carries the spike's gradient) and any
+        event-only update (every step)."""
+        raise NotImplementedError("a soma model defines after_spike")
+
+    @staticmethod
+    def cell_scale(p: Any) -> Array:
+        """The unit (mV) of a ``relative`` surrogate's width: threshold minus rest."""
+        raise NotImplementedError("a soma model defines cell_scale")
+
+    @staticmethod
+    def input_scale(p: Any) -> Any:
+        """The current (pA) a network's input gain is measured in (the
+        rheobase, for a model that has one), from mean parameters ``p``."""
+        raise NotImplementedError("a soma model defines input_scale")
 
     def __init__(
         self,
-        config: configs.ExponentialSomaConfig | None = None,
+        config: configs.SomaConfig | None = None,
         *,
         units: int | Sequence[int],
         dt: float = 0.1,
@@ -363,14 +486,14 @@ class ExponentialSoma(nnx.Module):
                     v = jnp.broadcast_to(jnp.asarray(v), self.units)
                 setattr(self, n, nnx.Param(v, **meta) if n in trainable
                         else SomaConstant(_constant(v), **meta))
-            self.residual_names = residual_names(self.state_names, self.dtype)
+            self.residual_names = residual_names(self.state_variables, self.dtype)
             for n in self.stored_names:
-                units = STATE_UNITS[n.removesuffix(RESIDUAL)]
+                units = self.state_variables[n.removesuffix(RESIDUAL)].units
                 setattr(self, n, SomaState(self._rest_value(n, ()), units=units))
         except Exception as err:
             if "RESOURCE_EXHAUSTED" not in str(err):
                 raise
-            stored = self.state_names + residual_names(self.state_names, self.dtype)
+            stored = self.state_names + residual_names(self.state_variables, self.dtype)
             per_neuron = (len(trainable) * self.param_dtype.itemsize
                           + len(stored) * self.dtype.itemsize)
             raise MemoryError(
@@ -387,10 +510,10 @@ class ExponentialSoma(nnx.Module):
         (:func:`~spark_somas.numerics.resolution_problem`), τ ≤ dt/(m·u) with
         m = ``RESOLUTION_MARGIN`` and u the double word's relative unit."""
         out = {n: (-numerics.bound(self.dtype), numerics.bound(self.dtype))
-               for n in _STORED_POTENTIALS}
+               for n in self.stored_fields()}
         if numerics.is_compensated(self.dtype):
             unit = 2.0 ** (-2 * (jnp.finfo(self.dtype).nmant + 1))
-            for n in _TIME_CONSTANTS:
+            for n in self.config_class.time_constant_fields():
                 out[n] = (-np.inf, self.dt / (numerics.RESOLUTION_MARGIN * unit))
         fields = {f.name for f in self.config.quantity_fields()}
         return {n: b for n, b in out.items() if n in fields}
@@ -413,10 +536,11 @@ class ExponentialSoma(nnx.Module):
         if self.config.validated:
             self.config.validate(values, dtype=self.param_dtype)
         problem = numerics.resolution_problem(self.dtype, self.dt, {
-            n: float(np.max(values[n])) for n in _TIME_CONSTANTS if n in values})
+            n: float(np.max(values[n])) for n in self.config_class.time_constant_fields()
+            if n in values})
         if problem:
             raise ValueError(f"{name}: {problem}")
-        for n in _STORED_POTENTIALS:
+        for n in self.stored_fields():
             if n in values and values[n].size:
                 worst = values[n].flat[int(np.argmax(np.abs(values[n])))]
                 configs.require(
@@ -453,13 +577,24 @@ class ExponentialSoma(nnx.Module):
 
     def _rest_value(self, name: str, batch_shape: tuple[int, ...]) -> Array:
         shape = tuple(batch_shape) + self.units
-        if name == "potential" or name == "potential" + RESIDUAL:
-            rest = jnp.broadcast_to(self.potential_rest[...], shape).astype(
-                numerics.compute_dtype(self.dtype))
-            return numerics.split(rest, self.dtype)[name != "potential"]
-        if name == "refractory":
-            return jnp.zeros(shape, jnp.int32)
-        return jnp.zeros(shape, self.dtype)
+        base = name.removesuffix(RESIDUAL)
+        var = self.state_variables[base]
+        if var.integer:
+            return jnp.full(shape, int(var.rest), jnp.int32)
+        rest = getattr(self, var.rest)[...] if isinstance(var.rest, str) else var.rest
+        rest = jnp.broadcast_to(jnp.asarray(rest), shape).astype(numerics.compute_dtype(self.dtype))
+        return numerics.split(rest, self.dtype)[name != base]
+
+    @classmethod
+    def stored_fields(cls) -> tuple[str, ...]:
+        """Config fields whose values become a stored state value (each
+        variable's ``rest`` and ``takes``): they must fit the state dtype,
+        or the soma would rest or reset elsewhere."""
+        names = []
+        for var in cls.state_variables.values():
+            if not var.integer:
+                names += [var.rest] * isinstance(var.rest, str) + list(var.takes)
+        return tuple(dict.fromkeys(names))
 
     def reset(self, batch_shape: Sequence[int] | None = None) -> None:
         """Back to rest (V = E_L, w = 0, no refractoriness, θ = 0), shape
@@ -474,6 +609,11 @@ class ExponentialSoma(nnx.Module):
         """Every SomaState Variable of this soma: the model's ``state_names``
         and, in half precision, their low words (``residual_names``)."""
         return self.state_names + self.residual_names
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """``(*batch, *units)`` of the running state."""
+        return tuple(getattr(self, self.membrane)[...].shape)
 
     @property
     def options(self) -> StepOptions:
@@ -505,7 +645,7 @@ class ExponentialSoma(nnx.Module):
                 f"{type(self).__name__}: a current of shape {current_shape} must have shape "
                 f"(*units) or (*batch, *units) with units = {self.units}"
             )
-        state_shape = tuple(self.potential[...].shape)
+        state_shape = self.state_shape
         try:
             batch = tuple(np.broadcast_shapes(_batch_of(state_shape, self.units),
                                               _batch_of(current_shape, self.units)))
@@ -533,8 +673,8 @@ class ExponentialSoma(nnx.Module):
         new, spikes = step(type(self), self.parameters(), state, current, self.options)
         for name, value in new.items():
             getattr(self, name)[...] = jnp.broadcast_to(value, state[name].shape)
-        return SomaOutput(spikes=jnp.broadcast_to(spikes, state["potential"].shape),
-                          potential=self.potential[...])
+        return SomaOutput(spikes=jnp.broadcast_to(spikes, state[self.membrane].shape),
+                          potential=getattr(self, self.membrane)[...])
 
     def rows(self) -> list[tuple[str, ...]]:
         """(field, symbol, value, units, meaning), with current values and
@@ -548,7 +688,7 @@ class ExponentialSoma(nnx.Module):
         return out
 
     def __repr__(self) -> str:
-        shape = tuple(self.potential[...].shape)
+        shape = self.state_shape
         head = (f"units={self.units}, dt={self.dt} ms, method={self.method}, "
                 f"state={shape} {self.dtype.name}")
         body = ", ".join(f"{n}={v} {u}" for n, _, v, u, _ in self.rows())
@@ -558,10 +698,62 @@ class ExponentialSoma(nnx.Module):
         return configs.html_table(
             f"{type(self).__name__}(units={self.units})", self.rows(),
             [("dt", f"{self.dt} ms"), ("method", self.method),
-             ("state", f"{tuple(self.potential[...].shape)} {self.dtype.name}"),
+             ("state", f"{self.state_shape} {self.dtype.name}"),
              ("surrogate", repr(self.config.surrogate))],
         )
 
+
+
+class ExponentialSoma(Soma):
+    """Exponential integrate-and-fire soma (Fourcaud-Trocmé et al. 2003).
+
+    .. math:: τ_m \\dot V = -(V - E_L) + Δ_T e^{(V - V_T)/Δ_T} + R I,
+       \\quad V > V_{th} ⇒ V ← V_r
+
+    Constructor arguments: see :class:`Soma`.
+    """
+
+    config_class = configs.ExponentialSomaConfig
+    state_variables = {
+        "potential": StateVariable("mV", rest="potential_rest", takes=("potential_reset",)),
+    }
+    default_trainable = ("potential_tau", "threshold")
+
+    @staticmethod
+    def time_constants(p: Any) -> dict[str, Array]:
+        """τ_m (ms) of the one integrated variable, V."""
+        return {"potential": p.potential_tau}
+
+    @staticmethod
+    def drives(p: Any, x: Mapping[str, Array], current: Array, stage: integrators.Stage,
+               options: StepOptions) -> dict[str, Array]:
+        """τ_m dV/dt = −(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) + R·I"""
+        return {"potential": _membrane(p, x["potential"], p.rheobase_threshold,
+                                       _input(p, current), stage, options)}
+
+    @staticmethod
+    def spike_threshold(p: Any, x: Mapping[str, Array]) -> Array:
+        """A spike when V > V_th."""
+        return p.threshold
+
+    @staticmethod
+    def cell_scale(p: Any) -> Array:
+        """d = V_th − E_L (mV), the unit of a ``relative`` surrogate's width;
+        Δ_T where a legal but unusual cell rests within Δ_T of its threshold
+        (or above it)."""
+        return jnp.maximum(p.threshold - p.potential_rest, p.spike_slope)
+
+    @staticmethod
+    def input_scale(p: Any) -> Any:
+        """I_rh = (V_T − E_L − Δ_T)/R (pA), the smallest constant current
+        that makes an ExpIF neuron fire (Fourcaud-Trocmé et al. 2003)."""
+        return (p.rheobase_threshold - p.potential_rest - p.spike_slope) / p.resistance
+
+    @staticmethod
+    def after_spike(p: Any, x: Mapping[str, Array], spike: Array, dt: float) -> dict[str, Array]:
+        """V ← V_r where spiking (a blend, so that an undetached reset carries
+        the spike's gradient)."""
+        return {**x, "potential": x["potential"] * (1.0 - spike) + p.potential_reset * spike}
 
 class RefractoryExponentialSoma(ExponentialSoma):
     """ExpIF with an absolute refractory period ``cooldown`` (ms), Brian2's
@@ -571,7 +763,8 @@ class RefractoryExponentialSoma(ExponentialSoma):
     down and saturates at 0, so it never wraps."""
 
     config_class = configs.RefractoryExponentialSomaConfig
-    state_names = ("potential", "refractory")
+    state_variables = {**ExponentialSoma.state_variables,
+                       "refractory": StateVariable("steps", integrated=False, integer=True)}
     refractory = True
 
 
@@ -584,7 +777,9 @@ class AdaptiveExponentialSoma(ExponentialSoma):
     """
 
     config_class = configs.AdaptiveExponentialSomaConfig
-    state_names = ("potential", "adaptation")
+    state_variables = {**ExponentialSoma.state_variables, "adaptation": StateVariable("pA")}
+    default_trainable = ExponentialSoma.default_trainable + (
+        "adaptation_tau", "adaptation_delta", "adaptation_subthreshold")
 
     @staticmethod
     def time_constants(p: Any) -> dict[str, Array]:
@@ -592,14 +787,14 @@ class AdaptiveExponentialSoma(ExponentialSoma):
         return {"potential": p.potential_tau, "adaptation": p.adaptation_tau}
 
     @staticmethod
-    def drives(p: Any, x: Mapping[str, Array], current: Array,
-               exp_term: integrators.ExpTerm) -> dict[str, Array]:
+    def drives(p: Any, x: Mapping[str, Array], current: Array, stage: integrators.Stage,
+               options: StepOptions) -> dict[str, Array]:
         """τ_m dV/dt = −(V − E_L) + Δ_T·exp((V − V_T)/Δ_T) − R·w + R·I,
         τ_w dw/dt = a·(V − E_L) − w"""
         v, w = x["potential"], x["adaptation"]
         return {
             "potential": _membrane(p, v, p.rheobase_threshold,
-                                   _input(p, current) - p.resistance * w, exp_term),
+                                   _input(p, current) - p.resistance * w, stage, options),
             "adaptation": p.adaptation_subthreshold * (v - p.potential_rest) - w,
         }
 
@@ -618,14 +813,17 @@ class SimplifiedAdaptiveExponentialSoma(RefractoryExponentialSoma):
     """
 
     config_class = configs.SimplifiedAdaptiveExponentialSomaConfig
-    state_names = ("potential", "refractory", "threshold_offset")
+    state_variables = {**RefractoryExponentialSoma.state_variables,
+                       "threshold_offset": StateVariable("mV", integrated=False)}
+    default_trainable = ExponentialSoma.default_trainable + ("threshold_tau", "threshold_delta")
 
     @staticmethod
-    def drives(p: Any, x: Mapping[str, Array], current: Array,
-               exp_term: integrators.ExpTerm) -> dict[str, Array]:
+    def drives(p: Any, x: Mapping[str, Array], current: Array, stage: integrators.Stage,
+               options: StepOptions) -> dict[str, Array]:
         """τ_m dV/dt = −(V − E_L) + Δ_T·exp((V − V_T − θ)/Δ_T) + R·I"""
         return {"potential": _membrane(p, x["potential"], p.rheobase_threshold
-                                       + x["threshold_offset"], _input(p, current), exp_term)}
+                                       + x["threshold_offset"], _input(p, current), stage,
+                                       options)}
 
     @staticmethod
     def spike_threshold(p: Any, x: Mapping[str, Array]) -> Array:
