@@ -29,8 +29,12 @@ c_x (dt/τ_x, or 1 − e^(−dt/τ_x) for the exponential Euler). An integrator
 knows no variable names: it hands each evaluation of the drives a
 :class:`Stage` — the coefficients c_x by the model's own names and the
 tableau's smallest weight — from which a model bounds its own stiff terms
-(the exponential models cap e^u there, :mod:`spark_somas.numerics`), so
-that every stage stays finite for every legal parameter set.
+(the exponential models cap e^u there, :mod:`spark_somas.numerics`); the
+point each later stage starts from is clipped to the state range
+(±``numerics.STATE_LIMIT``), so that a stiff step (dt ≫ τ) cannot compound
+through the stages of rk2 and rk4. With both, every stage stays finite for
+every legal parameter set; forward Euler has no intermediate stage, and
+below the state range the clip changes nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+
+from spark_somas import numerics
 
 __all__ = ["METHODS", "Tableau", "TABLEAUS", "Stage", "Drives", "advance"]
 
@@ -121,6 +127,10 @@ def advance(
         point = dict(state)
         if any(row):
             for x in coeff:
-                point[x] = state[x] + coeff[x] * _combine(row, [f[x] for f in stages])
+                # A stage point beyond the state range is not a state the
+                # step could store; clipped to it, a stiff stage (dt ≫ τ)
+                # cannot compound through the next stages to inf.
+                point[x] = numerics.saturate(
+                    state[x] + coeff[x] * _combine(row, [f[x] for f in stages]))
         stages.append(drives(point, stage))
     return {x: state[x] + coeff[x] * _combine(tableau.b, [f[x] for f in stages]) for x in coeff}
