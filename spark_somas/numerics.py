@@ -5,8 +5,11 @@ field within ±10^6 in its unit, positive fields at least 10^-6), any dt in
 [10^-6, 10^6] ms and any input current representable in the dtype, ±inf
 included, in float32, bfloat16 and float16 (float64 too):
 
-* forward values, spikes and gradients with respect to the input are
-  finite, and spikes are exactly 0 or 1;
+* forward values are finite and spikes are exactly 0 or 1, by every
+  integration method; gradients with respect to the input are finite
+  wherever the step is stable (dt ≤ τ for every time constant, and always
+  with the exponential Euler) — beyond, the explicit map is itself
+  unstable and its true gradient grows as \|1 − dt/τ\|^T;
 * wherever the true forward-Euler update is representable (its linear part
   within the state range ±``STATE_LIMIT``), the trajectory is the Euler
   trajectory, the same arithmetic operation for operation; where the
@@ -73,8 +76,8 @@ The pieces, each small:
 6. **Cheap backward.** :func:`saturate` has a one-mask derivative rule:
    ``jnp.clip``'s own, through ``maximum``/``minimum`` with their tie
    handling, tripled the backward pass. With it the guards cost BPTT no more
-   than a hand-written loop (``benchmarks/guards.py`` measures forward, BPTT
-   and a training step against the same loop in plain JAX).
+   than a hand-written loop (the repository's guards benchmark measures
+   forward, BPTT and a training step against the same loop in plain JAX).
 """
 
 from __future__ import annotations

@@ -144,6 +144,21 @@ def test_every_method_is_finite_for_a_steep_neuron_under_extreme_input(method):
     assert np.asarray(rec.spikes)[:, 0].all()
 
 
+@pytest.mark.parametrize("method", ["rk2", "rk4"])
+@pytest.mark.parametrize("dt, tau", [(10.0, 1e-5), (1e6, 1e-6), (1.0, 1e-3)])
+def test_stiff_multi_stage_steps_stay_finite_under_infinite_input(method, dt, tau):
+    """dt/τ from 10^3 to 10^12, R = 10^6 GΩ, ±inf and ±1e30 pA: every stage
+    point is clipped to the state range, so the stages cannot compound to
+    inf (they did before: NaN from the second step)."""
+    x = jnp.asarray(np.tile([[np.inf, -np.inf, 1e30, -1e30]], (12, 1)), jnp.float32)
+    soma = ss.AdaptiveExponentialSoma(units=4, dt=dt, method=method, potential_tau=tau,
+                                      adaptation_tau=tau, resistance=1e6)
+    rec = ss.simulate(soma, x, record=("spikes", "potential", "adaptation"))
+    for name in ("spikes", "potential", "adaptation"):
+        assert np.all(np.isfinite(np.asarray(rec[name]))), name
+    assert set(np.unique(np.asarray(rec.spikes))) <= {0.0, 1.0}
+
+
 def test_fused_kernels_run_the_chosen_method():
     soma = ss.AdaptiveExponentialSoma(units=4, method="rk4")
     x = jnp.asarray(np.random.default_rng(0).normal(900.0, 300.0, (200, 4)), jnp.float32)
