@@ -217,9 +217,9 @@ def networks(draw) -> tuple[dict, bool | int, int | None, tuple[int, int]]:
           suppress_health_check=list(HealthCheck))
 @given(networks())
 def test_any_network_fused_equals_scan(case):
-    """Over drawn networks (above), the fused backend's outputs and final
-    state equal the scan's bit for bit, and its parameter gradients equal
-    them to float32 rounding."""
+    """Over drawn networks (above), the fused backend's spikes equal the
+    scan's bit for bit, its readout and final state and its parameter
+    gradients equal them to float32 rounding."""
     kwargs, remat, block, (steps, batch) = case
     net = _network(kwargs)
     inputs = jax.random.uniform(jax.random.key(steps), (steps, batch, 5), maxval=2.0)
@@ -241,7 +241,13 @@ def test_any_network_fused_equals_scan(case):
             grad_fn = nnx.grad(loss, has_aux=True)
             results[backend] = jax.tree.map(np.asarray, grad_fn(nnx.clone(net), backend))
     (want_grads, want_out), (got_grads, got_out) = results["scan"], results["fused"]
-    chex.assert_trees_all_equal(got_out, want_out)
+    (got_y, got_state), (want_y, want_state) = got_out, want_out
+    chex.assert_trees_all_equal(got_y[0], want_y[0])  # every layer's spikes, bit for bit
+    # A matrix product inside the kernel may round its sum in another order
+    # (seen: one unit in the last place of a layer's input current on one
+    # CPU, none on another); spikes are the same, the rest within rounding.
+    chex.assert_trees_all_close((got_y[1:], got_state), (want_y[1:], want_state),
+                                rtol=1e-6, atol=0.0)
     scale = max([float(np.abs(x).max()) for x in jax.tree.leaves(want_grads)] + [1e-30])
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(got_grads))
     chex.assert_trees_all_close(got_grads, want_grads, rtol=1e-4, atol=1e-5 * scale)
