@@ -93,6 +93,25 @@ autosummary_generate = True
 autosummary_ignore_module_all = False  # a module's __all__ is its public API
 autosummary_imported_members = False
 autodoc_member_order = "bysource"
+
+
+def _reexported_exceptions() -> list[str]:
+    """``module.Name`` of each exception a module lists in ``__all__`` but
+    another module of the package defines (``spark_somas.configs.ConfigError``
+    is :mod:`spark_somas.errors`'s): its page on the re-exporting module is
+    kept out of the index, so that a bare ``ConfigError`` has one target."""
+    names = set()
+    for module_name in spark_somas.SUBMODULES:
+        module = importlib.import_module(f"spark_somas.{module_name}")
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name, None)
+            if (isinstance(obj, type) and issubclass(obj, BaseException)
+                    and obj.__module__ != module.__name__):
+                names.add(f"{module.__name__}.{name}")
+    return sorted(names)
+
+
+autosummary_context = {"reexported": _reexported_exceptions()}
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented"
 autodoc_typehints_format = "short"

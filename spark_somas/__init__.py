@@ -18,6 +18,7 @@ from spark_somas.configs import (
     RefractoryExponentialSomaConfig,
     SimplifiedAdaptiveExponentialSomaConfig,
 )
+from spark_somas.errors import SparkSomasError
 from spark_somas.registry import SOMAS
 from spark_somas.simulation import simulate
 from spark_somas.somas import (
@@ -37,10 +38,10 @@ __version__ = "0.1.0"
 
 #: Modules reached as attributes of the package, imported when first used (PEP 562).
 SUBMODULES = (
-    "backends", "checkpointing", "configs", "constraints", "datasets", "encoders", "events",
-    "fetch", "fitting", "integrators", "kernels", "layout", "loggers", "loop", "network", "numerics",
-    "objectives", "plotting", "presets", "registry", "runs", "sharding", "simulation", "somas",
-    "tasks", "training",
+    "backends", "checkpointing", "configs", "constraints", "datasets", "encoders", "errors",
+    "events", "fetch", "fitting", "integrators", "kernels", "layout", "loggers", "loop", "network",
+    "numerics", "objectives", "plotting", "presets", "registry", "runs", "sharding", "simulation",
+    "somas", "tasks", "training",
 )
 
 
@@ -65,6 +66,7 @@ __all__ = [
     "SOMAS",
     "SimplifiedAdaptiveExponentialSoma",
     "SimplifiedAdaptiveExponentialSomaConfig",
+    "SparkSomasError",
     "SomaConstant",
     "SomaOutput",
     "SomaState",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import jax
 
+from spark_somas.errors import RuleError, require
+
 __all__ = ["BACKENDS", "FUSED_BY_DEFAULT", "FusedBackendError", "resolve_backend"]
 
 BACKENDS = ("auto", "scan", "fused")
@@ -17,7 +19,7 @@ BACKENDS = ("auto", "scan", "fused")
 FUSED_BY_DEFAULT: tuple[str, ...] = ()
 
 
-class FusedBackendError(ValueError):
+class FusedBackendError(RuleError):
     """``backend="fused"`` asked of a run the kernels cannot partition: a
     module step whose state, inputs or outputs lack the shared batch axis."""
 
@@ -25,8 +27,7 @@ class FusedBackendError(ValueError):
 def resolve_backend(backend: str) -> str:
     """``"scan"`` or ``"fused"``: ``"auto"`` is fused only on a platform in
     ``FUSED_BY_DEFAULT`` (none yet), the scan elsewhere."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend = {backend!r} violates the rule: one of {BACKENDS}")
+    require(backend in BACKENDS, "backend", backend, f"one of {BACKENDS}", error=RuleError)
     if backend == "auto":
         return "fused" if jax.default_backend() in FUSED_BY_DEFAULT else "scan"
     return backend

@@ -72,7 +72,8 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
 from spark_somas import integrators, registry, somas
-from spark_somas.configs import is_initializer, require
+from spark_somas.configs import is_initializer
+from spark_somas.errors import RuleError, SparkSomasError, require, rule_message, violation
 from spark_somas.registry import ModelType, register_model, soma_from_spec, soma_spec
 
 __all__ = [
@@ -99,7 +100,7 @@ FORMAT_VERSION = 1
 _ITEMS = ("state", "optimizer", "metadata")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SparkSomasError, ValueError):
     """A checkpoint cannot be written or read as asked; the message says why."""
 
 
@@ -396,7 +397,7 @@ def _jsonable(obj: Any) -> Any:
 
 def _check_step(step: Any) -> int:
     require(not isinstance(step, bool) and isinstance(step, (int, np.integer)) and step >= 0,
-            "step", step, "an int >= 0", error=ValueError)
+            "step", step, "an int >= 0", error=RuleError)
     return int(step)
 
 
@@ -411,9 +412,9 @@ def _check_writable(directory: str, name: str = "checkpoint directory", *,
         with tempfile.TemporaryFile(dir=directory, prefix=".spark-somas-write-check-"):
             pass
     except OSError as err:
-        raise error(
-            f"{name} {directory} violates the rule: a directory this process can "
-            f"create and write ({err.strerror or type(err).__name__})") from None
+        raise error(violation(
+            f"{name} {directory}", f"a directory this process can create and write "
+            f"({err.strerror or type(err).__name__})")) from None
 
 
 def check_directory(directory: str | os.PathLike, name: str = "checkpoint directory") -> str:
@@ -472,12 +473,12 @@ class Checkpointer:
         read_only: bool = False,
     ):
         self.directory = check_directory(directory)
-        if max_to_keep is not None and not (isinstance(max_to_keep, int) and max_to_keep >= 1):
-            raise ValueError(f"max_to_keep = {max_to_keep!r} violates the rule: None or an int >= 1")
-        if best_mode not in ("min", "max"):
-            raise ValueError(f"best_mode = {best_mode!r} violates the rule: 'min' or 'max'")
-        if not (isinstance(keep_best, int) and keep_best >= 1):
-            raise ValueError(f"keep_best = {keep_best!r} violates the rule: an int >= 1")
+        require(max_to_keep is None or isinstance(max_to_keep, int) and max_to_keep >= 1,
+                "max_to_keep", max_to_keep, "None or an int >= 1", error=RuleError)
+        require(best_mode in ("min", "max"), "best_mode", best_mode, "'min' or 'max'",
+                error=RuleError)
+        require(isinstance(keep_best, int) and keep_best >= 1, "keep_best", keep_best,
+                "an int >= 1", error=RuleError)
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist")
         if not read_only:
@@ -607,8 +608,8 @@ class Checkpointer:
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"extra = {_show(str(extra))} (or the model spec) violates the rule: "
-                             f"JSON-serialisable ({err})") from None
+            raise RuleError(violation(f"extra = {_show(str(extra))} (or the model spec)",
+                                      f"JSON-serialisable ({err})")) from None
         _check_writable(self.directory)
         items = {"state": ocp.args.StandardSave(jax.tree.map(_stored, _pure(model))),
                  "metadata": ocp.args.JsonSave(meta)}
@@ -641,12 +642,12 @@ class Checkpointer:
             try:
                 out[str(name)] = float(value)
             except (TypeError, ValueError):
-                raise ValueError(f"metrics[{name!r}] = {value!r} violates the rule: a number") from None
+                raise RuleError(rule_message(f"metrics[{name!r}]", value, "a number")) from None
         if isinstance(self.best_metric, str):
             value = out.get(self.best_metric)
-            if value is None or not math.isfinite(value):
-                raise ValueError(f"metrics = {out!r} violates the rule: must hold a finite "
-                                 f"best_metric {self.best_metric!r} (it ranks the steps)")
+            require(value is not None and math.isfinite(value), "metrics", out,
+                    f"must hold a finite best_metric {self.best_metric!r} (it ranks the steps)",
+                    error=RuleError)
         return out
 
     # -- read
@@ -818,7 +819,7 @@ def load(directory: str | os.PathLike, step: int | None = None, *,
     """
     if method is not None:
         require(method in integrators.METHODS, "method", method,
-                f"None or one of {integrators.METHODS}", error=ValueError)
+                f"None or one of {integrators.METHODS}", error=RuleError)
     with Checkpointer(directory, read_only=True) as ckpt:
         step = ckpt._resolve(step)
         meta = ckpt.metadata(step)

@@ -58,12 +58,14 @@ from typing import Callable, Sequence
 
 import matplotlib
 
+from spark_somas.errors import SparkSomasError
+
 matplotlib.use("Agg")  # files only; no display needed
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "CommandError"]
 
 
-class CommandError(Exception):
+class CommandError(SparkSomasError):
     """A user error found while a command runs: reported as one line, exit status 1."""
 
 

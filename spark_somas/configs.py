@@ -29,6 +29,7 @@ import numpy as np
 
 from spark_somas import numerics
 from spark_somas import surrogates as surrogates_lib
+from spark_somas.errors import ConfigError, require  # re-exported: configs.ConfigError, configs.require
 
 __all__ = [
     "ConfigError",
@@ -48,10 +49,6 @@ __all__ = [
 
 Initializer = Callable[..., Any]
 Value = Union[float, "np.ndarray", "jax.Array", Initializer]  # noqa: F821
-
-
-class ConfigError(ValueError):
-    """A config field breaks its rule. Names the field, the value and the rule."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,14 +139,6 @@ def as_number(value: Any, name: str, *, integer: bool = False,
     except (TypeError, ValueError, OverflowError):
         pass
     require(False, name, value, kind, error=error)
-
-
-def require(ok: Any, name: str, value: Any, rule: str, *,
-            error: type[Exception] = ConfigError) -> None:
-    """Raises ``error("<name> = <value> violates the rule: <rule>")`` unless
-    ``ok``: the one form of every refusal that names field, value and rule."""
-    if not ok:
-        raise error(f"{name} = {value!r} violates the rule: {rule}")
 
 
 def feasible_interval(config_class: type, name: str, values: Mapping[str, Any],

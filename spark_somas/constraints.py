@@ -72,7 +72,12 @@ import optax
 from flax import nnx
 
 from spark_somas.configs import feasible_interval
+<<<<<<< HEAD
 from spark_somas.somas import Soma, iter_somas, path_name
+=======
+from spark_somas.errors import RuleError
+from spark_somas.somas import ExponentialSoma, iter_somas, path_name
+>>>>>>> errors
 
 __all__ = [
     "neuron_constraints",
@@ -211,7 +216,7 @@ def neuron_constraints(model: nnx.Module) -> optax.GradientTransformationExtraAr
                   params: optax.Params | None = None,
                   **extra_args: Any) -> tuple[optax.Updates, optax.EmptyState]:
         if params is None:
-            raise ValueError("neuron_constraints: update() needs params (nnx.Optimizer "
+            raise RuleError("neuron_constraints: update() needs params (nnx.Optimizer "
                              "passes them)")
         fixed = extra_args.get(FIXED_FIELDS)
         if fixed is None:
@@ -223,7 +228,7 @@ def neuron_constraints(model: nnx.Module) -> optax.GradientTransformationExtraAr
         for plan in plans:
             where = path_name(plan.path)
             if where not in fixed:
-                raise ValueError(f"neuron_constraints: {FIXED_FIELDS} has no soma {where!r} "
+                raise RuleError(f"neuron_constraints: {FIXED_FIELDS} has no soma {where!r} "
                                  f"(it has {sorted(fixed)}); pass fixed_neuron_fields(model)")
             slots = {n: index[path_name(plan.path + (n,))] for n in plan.trainable}
             old = {n: flat_params[i] for n, i in slots.items()}

@@ -24,10 +24,12 @@ import math
 
 import numpy as np
 
+from spark_somas.errors import RuleError, require, rule_message, violation
+
 __all__ = ["DataError", "Dataset", "load_digits", "load_randman", "TASKS", "load_task"]
 
 
-class DataError(ValueError):
+class DataError(RuleError):
     """A dataset breaks a rule a training run needs; names the array, the
     offending value and the rule."""
 
@@ -57,8 +59,8 @@ class Dataset:
         """The first ``n`` samples of each split (all when ``n`` is None)."""
         if n is None:
             return self
-        if not (isinstance(n, int) and n > 0):
-            raise ValueError(f"limit = {n!r} violates the rule: a positive int or None")
+        require(isinstance(n, int) and n > 0, "limit", n, "a positive int or None",
+                error=RuleError)
         return dataclasses.replace(
             self, x_train=self.x_train[:n], y_train=self.y_train[:n],
             x_test=self.x_test[:n], y_test=self.y_test[:n],
@@ -76,40 +78,40 @@ class Dataset:
           DataError: naming the array, the offending value (and its index) and the rule.
         """
         ndim = {"static": 2, "spikes": 3}.get(self.encoding)
-        if ndim is None:
-            raise DataError(f"{self.name}: encoding = {self.encoding!r} violates the rule: "
-                            "'static' or 'spikes'")
-        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, (int, np.integer)) \
-                or self.n_classes < 1:
-            raise DataError(f"{self.name}: n_classes = {self.n_classes!r} violates the rule: a "
-                            "positive int")
+        require(ndim is not None, f"{self.name}: encoding", self.encoding,
+                "'static' or 'spikes'", error=DataError)
+        require(not isinstance(self.n_classes, bool)
+                and isinstance(self.n_classes, (int, np.integer)) and self.n_classes >= 1,
+                f"{self.name}: n_classes", self.n_classes, "a positive int", error=DataError)
         for split in ("train", "test"):
             x, y = np.asarray(getattr(self, f"x_{split}")), np.asarray(getattr(self, f"y_{split}"))
             where = f"{self.name}: x_{split}"
             if x.ndim != ndim or x.shape[0] == 0:
-                raise DataError(f"{where} has shape {x.shape}, which violates the rule: "
-                                f"{'(N, F)' if ndim == 2 else '(N, T, F)'} with N >= 1 for "
-                                f"{self.encoding} data")
+                raise DataError(violation(
+                    f"{where} has shape {x.shape}, which",
+                    f"{'(N, F)' if ndim == 2 else '(N, T, F)'} with N >= 1 for {self.encoding} data"))
             if x.shape[1:] != np.shape(self.x_train)[1:]:
-                raise DataError(f"{where} has shape {x.shape}, which violates the rule: the "
-                                f"trailing shape {np.shape(self.x_train)[1:]} of x_train")
+                raise DataError(violation(
+                    f"{where} has shape {x.shape}, which",
+                    f"the trailing shape {np.shape(self.x_train)[1:]} of x_train"))
             if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
                     or x.dtype == bool):
-                raise DataError(f"{where} has dtype {x.dtype}, which violates the rule: real numbers")
+                raise DataError(violation(f"{where} has dtype {x.dtype}, which", "real numbers"))
             bad = ~np.isfinite(x)
             if bad.any():
                 index = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise DataError(f"{where}[{index}] = {x[index]!r} violates the rule: finite inputs "
-                                "(one NaN or inf would make every weight NaN)")
+                raise DataError(rule_message(f"{where}[{index}]", x[index], "finite inputs (one "
+                                             "NaN or inf would make every weight NaN)"))
             where = f"{self.name}: y_{split}"
             if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-                raise DataError(f"{where} has shape {y.shape} and dtype {y.dtype}, which violate "
-                                f"the rule: {x.shape[0]} integer labels, one per sample")
+                raise DataError(violation(
+                    f"{where} has shape {y.shape} and dtype {y.dtype}, which",
+                    f"{x.shape[0]} integer labels, one per sample", plural=True))
             bad = (y < 0) | (y >= self.n_classes)
             if bad.any():
                 index = int(np.argmax(bad))
-                raise DataError(f"{where}[{index}] = {int(y[index])} violates the rule: "
-                                f"0 <= label < n_classes = {self.n_classes}")
+                raise DataError(rule_message(f"{where}[{index}]", int(y[index]),
+                                             f"0 <= label < n_classes = {self.n_classes}"))
 
     def __repr__(self) -> str:
         return (
@@ -119,8 +121,8 @@ class Dataset:
 
 
 def _check_fraction(test_fraction: float) -> None:
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction = {test_fraction!r} violates the rule: 0 < test_fraction < 1")
+    require(0.0 < test_fraction < 1.0, "test_fraction", test_fraction, "0 < test_fraction < 1",
+            error=RuleError)
 
 
 def _stratified_split(
@@ -218,10 +220,10 @@ def load_randman(
     """
     for name, value in (("n_classes", n_classes), ("n_units", n_units), ("n_steps", n_steps),
                         ("manifold_dim", manifold_dim), ("samples_per_class", samples_per_class)):
-        if not (isinstance(value, int) and value > 0):
-            raise ValueError(f"{name} = {value!r} violates the rule: a positive int")
-    if not (alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha = {alpha!r} violates the rule: alpha > 0 and finite")
+        require(isinstance(value, int) and value > 0, name, value, "a positive int",
+                error=RuleError)
+    require(alpha > 0 and math.isfinite(alpha), "alpha", alpha, "alpha > 0 and finite",
+            error=RuleError)
     _check_fraction(test_fraction)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n_classes + 1)]
     times, labels = [], []
@@ -266,6 +268,5 @@ TASKS = {"digits": load_digits, "randman": load_randman, "shd": _load_shd, "ssc"
 
 def load_task(name: str, **kwargs) -> Dataset:
     """``TASKS[name](**kwargs)``; unknown names raise ValueError listing the choices."""
-    if name not in TASKS:
-        raise ValueError(f"task = {name!r} violates the rule: one of {sorted(TASKS)}")
+    require(name in TASKS, "task", name, f"one of {sorted(TASKS)}", error=RuleError)
     return TASKS[name](**kwargs)

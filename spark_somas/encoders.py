@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from spark_somas import layout
-from spark_somas.configs import as_number, require
+from spark_somas.configs import as_number
+from spark_somas.errors import RuleError, require
 
 __all__ = ["Encoder", "encode_current", "encode_poisson", "encode_latency"]
 
@@ -90,7 +91,7 @@ class Encoder:
     def __post_init__(self) -> None:
         # a NumPy or JAX integer is a step count too
         object.__setattr__(self, "steps", as_number(self.steps, "Encoder.steps", integer=True,
-                                                    error=ValueError))
+                                                    error=RuleError))
         p = self.rate_hz * self.dt / 1000.0
         for name, ok, rule in (
             ("kind", self.kind in self.KINDS, f"one of {self.KINDS}"),
@@ -102,7 +103,7 @@ class Encoder:
             ("noise", not self.noise or self.kind == "current", "only for kind='current'"),
             ("threshold", 0.0 <= self.threshold < 1.0, "0 <= threshold < 1"),
         ):
-            require(ok, f"Encoder.{name}", getattr(self, name), rule, error=ValueError)
+            require(ok, f"Encoder.{name}", getattr(self, name), rule, error=RuleError)
 
     def __call__(self, x: Array, key: Array | None = None, *, train: bool = False,
                  time_major: bool = True) -> Array:
@@ -115,7 +116,7 @@ class Encoder:
     def _encode(self, x: Array, key: Array | None, train: bool) -> Array:
         if self.kind in ("poisson",) or (train and self.noise):
             if key is None:
-                raise ValueError(f"Encoder(kind={self.kind!r}, noise={self.noise}) needs a key")
+                raise RuleError(f"Encoder(kind={self.kind!r}, noise={self.noise}) needs a key")
             key, noise_key = jax.random.split(key)
         if self.kind == "current":
             out = encode_current(x, self.steps)
@@ -128,7 +129,7 @@ class Encoder:
             return encode_poisson(x, self.steps, key, rate_hz=self.rate_hz, dt=self.dt)
         x = jnp.asarray(x)
         if x.ndim != 3 or x.shape[1] != self.steps:
-            raise ValueError(
+            raise RuleError(
                 f"Encoder(kind='spikes', steps={self.steps}) needs samples of shape "
                 f"(B, T={self.steps}, F), time on axis 1 as data sets store them; got {x.shape}"
             )

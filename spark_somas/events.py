@@ -55,8 +55,9 @@ from typing import Sequence
 
 import numpy as np
 
-from spark_somas.configs import as_number, require
+from spark_somas.configs import as_number
 from spark_somas.datasets import DataError, Dataset, _check_fraction, _stratified_split
+from spark_somas.errors import RuleError, SparkSomasError, require, rule_message, violation
 
 __all__ = [
     "N_CHANNELS",
@@ -84,7 +85,7 @@ _CHUNK_CELLS = 1 << 24  # binning works on this many (sample, step, channel) cel
 _SOURCE = "the Heidelberg SHD/SSC download page (compneuro.net)"
 
 
-class EventDatasetMissing(FileNotFoundError):
+class EventDatasetMissing(SparkSomasError, FileNotFoundError):
     """An SHD/SSC file is not in the directory given; the message says which
     file, where it was looked for and where to get it, on one line."""
 
@@ -108,7 +109,7 @@ def _integral(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind == "f":
         with np.errstate(invalid="ignore"):
             return np.isfinite(arr) & (np.floor(arr) == arr) & (np.abs(arr) <= 2.0**62)
-    raise DataError(f"an array of dtype {arr.dtype} violates the rule: integers")
+    raise DataError(violation(f"an array of dtype {arr.dtype}", "integers"))
 
 
 def _integers(values: np.ndarray, what: str) -> np.ndarray:
@@ -120,18 +121,18 @@ def _integers(values: np.ndarray, what: str) -> np.ndarray:
     ok = _integral(arr)
     if not np.all(ok):
         index = tuple(int(i) for i in np.argwhere(~ok)[0])
-        raise DataError(f"{what}[{', '.join(map(str, index))}] = {arr[index].item()!r} violates the "
-                        "rule: an integer")
+        raise DataError(rule_message(f"{what}[{', '.join(map(str, index))}]", arr[index].item(),
+                                     "an integer"))
     return arr.astype(np.int64)
 
 
 def _check_binning(steps: int, bin_ms: float, pool: int, n_channels: int) -> None:
     for name, value in (("steps", steps), ("pool", pool), ("n_channels", n_channels)):
-        require(as_number(value, name, integer=True, error=ValueError) > 0, name, value,
-                "a positive int", error=ValueError)
-    bin_ms = as_number(bin_ms, "bin_ms", error=ValueError)  # NumPy and JAX scalars too
+        require(as_number(value, name, integer=True, error=RuleError) > 0, name, value,
+                "a positive int", error=RuleError)
+    bin_ms = as_number(bin_ms, "bin_ms", error=RuleError)  # NumPy and JAX scalars too
     require(math.isfinite(bin_ms) and bin_ms > 0, "bin_ms", bin_ms, "bin_ms > 0 and finite",
-            error=ValueError)
+            error=RuleError)
 
 
 def bin_events(
@@ -155,15 +156,15 @@ def bin_events(
     """
     _check_binning(steps, bin_ms, pool, n_channels)
     if len(times) != len(units):
-        raise ValueError(f"{len(times)} time arrays but {len(units)} unit arrays: one each per "
-                         f"sample")
+        raise RuleError(f"{len(times)} time arrays but {len(units)} unit arrays: one each per "
+                        f"sample")
     n, width = len(times), -(-n_channels // pool)
     dtype = np.dtype(dtype)
     lengths = np.fromiter((np.size(t) for t in times), np.int64, count=n)
     unit_lengths = np.fromiter((np.size(u) for u in units), np.int64, count=n)
     if not np.array_equal(lengths, unit_lengths):
         i = int(np.flatnonzero(lengths != unit_lengths)[0])
-        raise ValueError(f"sample {i} has {lengths[i]} times but {unit_lengths[i]} units")
+        raise RuleError(f"sample {i} has {lengths[i]} times but {unit_lengths[i]} units")
     out = np.zeros((n, steps, width), dtype)
     cap = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else None
     chunk = max(1, _CHUNK_CELLS // (steps * width))
@@ -217,8 +218,8 @@ def read_events(path: str | os.PathLike, *, limit: int | None = None
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise EventDatasetMissing(_missing_message(path))
-    if limit is not None and not (isinstance(limit, int) and limit > 0):
-        raise ValueError(f"limit = {limit!r} violates the rule: a positive int or None")
+    require(limit is None or isinstance(limit, int) and limit > 0, "limit", limit,
+            "a positive int or None", error=RuleError)
     try:
         f = h5py.File(path, "r")
     except OSError as err:
@@ -229,16 +230,16 @@ def read_events(path: str | os.PathLike, *, limit: int | None = None
                 found = "missing" if key not in f else (
                     f"a dataset of shape {f[key].shape}" if isinstance(f[key], h5py.Dataset)
                     else "a group")
-                raise DataError(f"{path}: {key!r} is {found}, which violates the rule: a "
-                                "dataset of shape (N,), one entry per sample (the SHD/SSC layout)")
+                raise DataError(violation(f"{path}: {key!r} is {found}, which", "a dataset of "
+                                          "shape (N,), one entry per sample (the SHD/SSC layout)"))
         times = list(f["spikes/times"][:limit])
         units = list(f["spikes/units"][:limit])
         labels = _integers(f["labels"][:limit], f"{path}: labels")
     outside = (labels < 0) | (labels > np.iinfo(np.int32).max)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
-        raise DataError(f"{path}: labels[{i}] = {int(labels[i])} violates the rule: a class "
-                        f"index, 0 … {np.iinfo(np.int32).max}")
+        raise DataError(rule_message(f"{path}: labels[{i}]", int(labels[i]),
+                                     f"a class index, 0 … {np.iinfo(np.int32).max}"))
     labels = labels.astype(np.int32)
     if not len(times) == len(units) == len(labels):
         raise DataError(f"{path}: {len(times)} time arrays, {len(units)} unit arrays and "
@@ -278,8 +279,8 @@ def _load(
     dtype: np.dtype | type,
 ) -> Dataset:
     spec = EVENT_DATASETS[name]
-    if holdout not in ("test", "validation"):
-        raise ValueError(f"holdout = {holdout!r} violates the rule: 'test' or 'validation'")
+    require(holdout in ("test", "validation"), "holdout", holdout, "'test' or 'validation'",
+            error=RuleError)
     _check_binning(steps, bin_ms, pool, N_CHANNELS)
     carve = holdout == "validation" and spec["validation"] is None
     if carve:

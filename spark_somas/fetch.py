@@ -40,7 +40,7 @@ import shutil
 import urllib.error
 import urllib.request
 
-from spark_somas.configs import require
+from spark_somas.errors import RuleError, SparkSomasError, require, violation
 from spark_somas.events import EVENT_DATASETS
 
 __all__ = ["BASE_URL", "CHECKSUMS", "ChecksumError", "DownloadError", "default_cache_dir",
@@ -56,7 +56,7 @@ _CHUNK = 1 << 20  # bytes per read, and per update of the progress bar
 _TIMEOUT_S = 60.0  # per blocking socket operation, not per file
 
 
-class DownloadError(OSError):
+class DownloadError(SparkSomasError, OSError):
     """A file could not be downloaded (the server's answer, or the network's)."""
 
 
@@ -67,7 +67,7 @@ class ChecksumError(DownloadError):
 def files_of(name: str) -> list[str]:
     """The unpacked file names of data set ``name`` (``"shd"`` or ``"ssc"``)."""
     require(name in EVENT_DATASETS, "name", name, f"one of {sorted(EVENT_DATASETS)}",
-            error=ValueError)
+            error=RuleError)
     spec = EVENT_DATASETS[name]
     return [spec[k] for k in ("train", "validation", "test") if spec[k]]
 
@@ -116,10 +116,10 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, *,
         digest = _md5(part)
         if digest != checksums[archive]:
             part.unlink()
-            raise ChecksumError(
-                f"{archive}: MD5 {digest} violates the rule: the published MD5 "
-                f"{checksums[archive]} ({base_url}/{CHECKSUMS}); the corrupt download was "
-                f"deleted from {directory}, so the next fetch starts it afresh")
+            raise ChecksumError(violation(
+                f"{archive}: MD5 {digest}", f"the published MD5 {checksums[archive]} "
+                f"({base_url}/{CHECKSUMS}); the corrupt download was deleted from {directory}, "
+                f"so the next fetch starts it afresh"))
         _unpack(part, directory / file)
     return directory
 

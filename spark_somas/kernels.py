@@ -98,6 +98,7 @@ from jax.extend import core as jex_core
 
 from spark_somas import somas
 from spark_somas.backends import BACKENDS, FUSED_BY_DEFAULT, FusedBackendError, resolve_backend
+from spark_somas.errors import RuleError, require, require_shape, violation
 
 # BACKENDS, FUSED_BY_DEFAULT, FusedBackendError and resolve_backend are
 # spark_somas.backends' (documented there), imported here for this module's checks.
@@ -505,10 +506,10 @@ def _run_module(state, rest, inputs, *, graphdef, step, segment, block, interpre
         rest, [], state, jax.tree.map(lambda x: x[0], inputs))
     _check_rows("step output", outputs, 0, rows)
     if traced.consts:
-        raise FusedBackendError(
+        raise FusedBackendError(violation(
             f"the step captures constant arrays of shapes {[c.shape for c in traced.consts]}, "
-            f"which violates the rule: a kernel takes its operands as inputs; hold them in "
-            f"the module's Variables (or use backend = 'scan')")
+            f"which", "a kernel takes its operands as inputs; hold them in the module's "
+            "Variables (or use backend = 'scan')"))
     if not interpret:
         for what, tree, batch_axes in (("state", state, 1), ("inputs", inputs, 2),
                                        ("module", rest, 0)):
@@ -521,12 +522,11 @@ def _run_module(state, rest, inputs, *, graphdef, step, segment, block, interpre
 
 def _check_rows(what: str, tree: Any, axis: int, rows: int) -> None:
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if x.ndim <= axis or x.shape[axis] != rows:
-            raise FusedBackendError(
-                f"{what}{jax.tree_util.keystr(path)} of shape {x.shape} violates the rule: "
-                f"the fused backend partitions a batch of {rows} (axis 1 of the inputs), so it "
-                f"needs axis {axis} of that length: inputs (T, B, ...), state and step "
-                f"outputs (B, ...); use backend = 'scan'")
+        require_shape(
+            x.ndim > axis and x.shape[axis] == rows, f"{what}{jax.tree_util.keystr(path)}",
+            x.shape, f"the fused backend partitions a batch of {rows} (axis 1 of the inputs), "
+            f"so it needs axis {axis} of that length: inputs (T, B, ...), state and step "
+            f"outputs (B, ...); use backend = 'scan'", error=FusedBackendError)
 
 
 def run_module(
@@ -574,11 +574,11 @@ def _check_triton_shapes(what: str, tree: Any, batch_axes: int) -> None:
     """Triton loads tensors whose every dimension is a power of two: so
     must be each weight and layer width (the batch axis is padded)."""
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if any(d & (d - 1) for d in x.shape[batch_axes:]):
-            raise FusedBackendError(
-                f"{what}{jax.tree_util.keystr(path)} of shape {x.shape} violates the rule: on a "
-                f"GPU the fused backend needs every dimension but time and the batch to be a "
-                f"power of two (Triton's rule for a loaded tensor); use backend = 'scan'")
+        powers = not any(d & (d - 1) for d in x.shape[batch_axes:])
+        require_shape(
+            powers, f"{what}{jax.tree_util.keystr(path)}", x.shape, "on a GPU the fused "
+            "backend needs every dimension but time and the batch to be a power of two "
+            "(Triton's rule for a loaded tensor); use backend = 'scan'", error=FusedBackendError)
 
 
 def _interpret(interpret: bool | None) -> bool:
@@ -588,8 +588,8 @@ def _interpret(interpret: bool | None) -> bool:
 
 def _block(block: int | None, default: int) -> int:
     block = default if block is None else int(block)
-    if block <= 0 or block & (block - 1):
-        raise ValueError(f"block = {block} violates the rule: a positive power of two")
+    require(block > 0 and not block & (block - 1), "block", block, "a positive power of two",
+            error=RuleError)
     return block
 
 

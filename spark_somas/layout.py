@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from spark_somas.errors import RuleError, require_shape
+
 __all__ = ["layout_name", "time_axis", "to_time_major", "from_time_major"]
 
 
@@ -47,13 +49,13 @@ def time_axis(name: str, shape: Sequence[int], feature_shape: Sequence[int], tim
     """
     shape, feature_shape = tuple(shape), tuple(feature_shape)
     n = len(feature_shape)
-    if len(shape) < n + 1 or shape[len(shape) - n:] != feature_shape:
-        bare = features.lstrip("*")
-        where = "first" if time_major else f"just before the {bare} axes"
-        raise ValueError(
-            f"{name} of shape {shape} violate the rule: {layout_name(features, time_major)} "
-            f"with {bare} = {feature_shape}, the time axis {where} (time_major={time_major}; "
-            f"time_major={not time_major} reads {layout_name(features, not time_major)})")
+    bare = features.lstrip("*")
+    where = "first" if time_major else f"just before the {bare} axes"
+    require_shape(
+        len(shape) >= n + 1 and shape[len(shape) - n:] == feature_shape, name, shape,
+        f"{layout_name(features, time_major)} with {bare} = {feature_shape}, the time axis "
+        f"{where} (time_major={time_major}; time_major={not time_major} reads "
+        f"{layout_name(features, not time_major)})", plural=True, error=RuleError)
     return 0 if time_major else len(shape) - n - 1
 
 

@@ -26,6 +26,7 @@ from spark_somas.configs import require
 from spark_somas.constraints import NeuronOptimizer, neuron_constraints, skip_non_finite
 from spark_somas.datasets import DataError, Dataset
 from spark_somas.encoders import Encoder
+from spark_somas.errors import SparkSomasError
 from spark_somas.network import NetworkOutput, SpikingNetwork
 from spark_somas.somas import path_name
 from spark_somas.objectives import Objective, firing_rate
@@ -258,7 +259,7 @@ def batch_key(seed: int, epoch: int, index: int) -> Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), index)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(SparkSomasError, FloatingPointError):
     """Training produced a NaN or infinite loss; the run stopped before the
     epoch's ``on_epoch_end`` (so no checkpoint of it was written)."""
 

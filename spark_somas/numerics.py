@@ -89,6 +89,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spark_somas.errors import RuleError, rule_message
+
 __all__ = [
     "STATE_LIMIT", "EXP_CAP", "bound", "compute_dtype", "saturate", "widen", "narrow",
     "EXP_GRADIENTS", "capped_exp", "is_compensated", "split", "join", "resolution_problem",
@@ -179,7 +181,7 @@ def capped_exp(u: jax.Array, scale: jax.Array, gradient: str = "exact") -> jax.A
         return _bounded_exp(u, cap)
     if gradient == "detached":
         return jax.lax.stop_gradient(jnp.exp(jnp.minimum(u, cap)))
-    raise ValueError(f"gradient = {gradient!r} violates the rule: one of {EXP_GRADIENTS}")
+    raise RuleError(rule_message("gradient", gradient, f"one of {EXP_GRADIENTS}"))
 
 
 @jax.custom_jvp

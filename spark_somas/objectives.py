@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spark_somas.configs import require
+from spark_somas.errors import RuleError, require
 
 if TYPE_CHECKING:
     from spark_somas.network import NetworkOutput, SpikingNetwork
@@ -129,24 +129,24 @@ class Objective:
 
     def __post_init__(self) -> None:
         require(self.rate_target_hz > 0, "Objective.rate_target_hz", self.rate_target_hz, "> 0",
-                error=ValueError)
+                error=RuleError)
         for name in ("rate_strength", "bounds_strength", "rate_lower_hz"):
             require(getattr(self, name) >= 0, f"Objective.{name}", getattr(self, name), ">= 0",
-                    error=ValueError)
+                    error=RuleError)
         require(self.rate_upper_hz >= self.rate_lower_hz, "Objective.rate_upper_hz",
-                self.rate_upper_hz, f">= rate_lower_hz = {self.rate_lower_hz}", error=ValueError)
+                self.rate_upper_hz, f">= rate_lower_hz = {self.rate_lower_hz}", error=RuleError)
         require(self.loss in LOSSES, "Objective.loss", self.loss, f"one of {LOSSES}",
-                error=ValueError)
+                error=RuleError)
         require(len(self.count_target) == 2 and all(c >= 0 for c in self.count_target),
                 "Objective.count_target", self.count_target, "(true, false) counts >= 0",
-                error=ValueError)
+                error=RuleError)
         object.__setattr__(self, "count_target", tuple(float(c) for c in self.count_target))
 
     def per_sample(self, out: NetworkOutput, labels: Array) -> Array:
         """The task loss of each sample, (B,): its mean is the task loss."""
         if self.loss == "count_mse":
             if out.output_counts is None:
-                raise ValueError("Objective(loss='count_mse') needs spike counts: a network with "
+                raise RuleError("Objective(loss='count_mse') needs spike counts: a network with "
                                  "output='soma'")
             return jax.vmap(count_mse, (0, 0, None, None))(out.output_counts, labels,
                                                            *self.count_target)

@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from spark_somas.configs import AdaptiveExponentialSomaConfig
+from spark_somas.errors import RuleError, require, violation
 from spark_somas.simulation import simulate
 from spark_somas import integrators
 from spark_somas.somas import AdaptiveExponentialSoma, ExponentialSoma, StepOptions
@@ -55,7 +56,7 @@ def voltage_trace(
     if spikes is not None:
         s = np.asarray(spikes).reshape(-1) > 0
         if s.shape != v.shape:
-            raise ValueError(f"spikes of shape {s.shape} must match potential of shape {v.shape}")
+            raise RuleError(f"spikes of shape {s.shape} must match potential of shape {v.shape}")
         ax.vlines(t[s], v[s], peak, color=line.get_color(), lw=1)
     ax.set_xlabel("time (ms)")
     ax.set_ylabel("V (mV)")
@@ -93,11 +94,8 @@ def firing_rates(
     The soma's own state is left as it was.
     """
     currents = np.asarray(currents_pA, np.float32).reshape(-1)
-    if not 0.0 <= transient_ms < duration_ms:
-        raise ValueError(
-            f"transient_ms = {transient_ms} violates the rule: 0 <= transient_ms < duration_ms "
-            f"= {duration_ms}"
-        )
+    require(0.0 <= transient_ms < duration_ms, "transient_ms", transient_ms,
+            f"0 <= transient_ms < duration_ms = {duration_ms}", error=RuleError)
     steps, skip = int(round(duration_ms / soma.dt)), int(round(transient_ms / soma.dt))
     saved = soma.neuron_state()
     soma.reset((len(currents),))
@@ -136,12 +134,11 @@ def _adex_parameters(model: Any, neuron: int) -> Mapping[str, float]:
     elif isinstance(model, AdaptiveExponentialSomaConfig):
         values = {f.name: getattr(model, f.name) for f in model.quantity_fields()}
         if any(callable(v) for v in values.values()):
-            raise ValueError("phase_plane needs a config with numbers, not initializers")
+            raise RuleError("phase_plane needs a config with numbers, not initializers")
     else:
-        raise ValueError(
-            f"model = {type(model).__name__} violates the rule: an AdaptiveExponentialSoma or "
-            "an AdaptiveExponentialSomaConfig (the (V, w) plane is AdEx's)"
-        )
+        raise RuleError(violation(
+            f"model = {type(model).__name__}", "an AdaptiveExponentialSoma or an "
+            "AdaptiveExponentialSomaConfig (the (V, w) plane is AdEx's)"))
     return {k: float(np.asarray(v, np.float64).reshape(-1)[neuron if np.size(v) > 1 else 0])
             for k, v in values.items()}
 
@@ -191,7 +188,7 @@ def phase_plane(
     ax.axvline(p["potential_reset"], color="0.6", ls="--", lw=1, label="V_r")
     if potential is not None:
         if adaptation is None:
-            raise ValueError("phase_plane: potential given without adaptation (record both)")
+            raise RuleError("phase_plane: potential given without adaptation (record both)")
         vt, wt = (np.asarray(x, np.float64).reshape(-1) for x in (potential, adaptation))
         ax.plot(vt, wt, color="k", lw=0.8, label="trajectory")
         w_all = np.concatenate([wt, w_w])

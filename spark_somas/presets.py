@@ -52,6 +52,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from spark_somas.configs import AdaptiveExponentialSomaConfig
+from spark_somas.errors import RuleError, require
 from spark_somas.somas import AdaptiveExponentialSoma
 
 __all__ = [
@@ -174,7 +175,7 @@ def get(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"preset = {name!r} is unknown; choose one of {sorted(PRESETS)}") from None
+        raise RuleError(f"preset = {name!r} is unknown; choose one of {sorted(PRESETS)}") from None
 
 
 def stack(presets: Sequence[Preset]) -> tuple[AdaptiveExponentialSomaConfig, np.ndarray]:
@@ -187,8 +188,7 @@ def stack(presets: Sequence[Preset]) -> tuple[AdaptiveExponentialSomaConfig, np.
         soma = ss.AdaptiveExponentialSoma(config, units=len(current))
         rec = ss.simulate(soma, np.broadcast_to(current, (6000, len(current))))
     """
-    if not presets:
-        raise ValueError("presets = [] violates the rule: at least one preset")
+    require(len(presets) > 0, "presets", presets, "at least one preset", error=RuleError)
     fields = [f.name for f in AdaptiveExponentialSomaConfig.quantity_fields()]
     config = AdaptiveExponentialSomaConfig(
         **{n: np.array([getattr(p.config, n) for p in presets]) for n in fields}
@@ -336,7 +336,7 @@ def classify(spike_times: np.ndarray, duration_ms: float, dt: float = 0.1) -> st
     if f.silent_tail > duration_ms / 2:
         return "transient"
     if f.n_spikes < 4:
-        raise ValueError(
+        raise RuleError(
             f"spike_times has {f.n_spikes} spikes in {duration_ms} ms; classify needs at least 4 "
             "(or silence over the second half, a transient)"
         )

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from spark_somas import configs, somas
+from spark_somas.errors import RuleError
 
 __all__ = [
     "ModelType",
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(RuleError):
     """A name that no :func:`register_model` call registered."""
 
 

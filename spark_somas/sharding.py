@@ -39,6 +39,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from spark_somas import layout
 from spark_somas.configs import as_number
+from spark_somas.errors import RuleError, require, violation
 from spark_somas.simulation import output, recorded_fields, simulate
 from spark_somas.somas import Soma, SomaOutput, SomaState
 
@@ -82,16 +83,15 @@ def make_mesh(data: int | None = None, neurons: int = 1, *,
     compiler propagates it through jitted code.
     """
     devices = list(jax.devices() if devices is None else devices)
-    neurons = as_number(neurons, "make_mesh: neurons", integer=True, error=ValueError)
+    neurons = as_number(neurons, "make_mesh: neurons", integer=True, error=RuleError)
     if data is not None:
-        data = as_number(data, "make_mesh: data", integer=True, error=ValueError)
-    if not (isinstance(neurons, int) and 0 < neurons <= len(devices)):
-        raise ValueError(f"make_mesh: neurons = {neurons!r} violates the rule: a positive int "
-                         f"≤ {len(devices)} devices")
+        data = as_number(data, "make_mesh: data", integer=True, error=RuleError)
+    require(isinstance(neurons, int) and 0 < neurons <= len(devices), "make_mesh: neurons",
+            neurons, f"a positive int ≤ {len(devices)} devices", error=RuleError)
     data = len(devices) // neurons if data is None else data
-    if not (isinstance(data, int) and data > 0 and data * neurons <= len(devices)):
-        raise ValueError(f"make_mesh: data = {data!r} violates the rule: a positive int with "
-                         f"data × neurons = {data} × {neurons} ≤ {len(devices)} devices")
+    require(isinstance(data, int) and data > 0 and data * neurons <= len(devices),
+            "make_mesh: data", data, f"a positive int with data × neurons = {data} × {neurons} "
+            f"≤ {len(devices)} devices", error=RuleError)
     return jax.make_mesh((data, neurons), (DATA, NEURONS), (AxisType.Auto, AxisType.Auto),
                          devices=devices[: data * neurons])
 
@@ -99,9 +99,8 @@ def make_mesh(data: int | None = None, neurons: int = 1, *,
 def _axis_size(mesh: Mesh, axis: Axis, what: str) -> int:
     names = (axis,) if isinstance(axis, str) else tuple(axis)
     unknown = [n for n in names if n not in mesh.shape]
-    if unknown:
-        raise ValueError(f"{what} = {axis!r} violates the rule: names of mesh axes "
-                         f"{tuple(mesh.axis_names)}")
+    require(not unknown, what, axis, f"names of mesh axes {tuple(mesh.axis_names)}",
+            error=RuleError)
     return math.prod(mesh.shape[n] for n in names)
 
 
@@ -135,10 +134,9 @@ def partition_spec(
             continue
         size = _axis_size(mesh, axis, what)
         if shape[dim] % size:
-            raise ValueError(
-                f"{name}: dimension {dim} of shape {shape} is {shape[dim]}, which violates the "
-                f"rule: divisible by the {size} devices of mesh axis {axis!r}"
-            )
+            raise RuleError(violation(
+                f"{name}: dimension {dim} of shape {shape} is {shape[dim]}, which",
+                f"divisible by the {size} devices of mesh axis {axis!r}"))
         spec[dim] = axis if isinstance(axis, str) else tuple(axis)
     return PartitionSpec(*spec)
 

@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spark_somas.errors import RuleError, require, rule_message
+
 __all__ = [
     "Surrogate",
     "FastSigmoid",
@@ -92,9 +94,7 @@ class Surrogate:
                       and _SMALLEST <= value <= _LARGEST)
                 rule = f"{_SMALLEST:g} ≤ {f.name} ≤ {_LARGEST:g}"
                 value = float(value) if ok else value
-            if not ok:
-                raise ValueError(f"{type(self).__name__}.{f.name} = {value!r} violates the rule: "
-                                 f"{rule}")
+            require(ok, f"{type(self).__name__}.{f.name}", value, rule, error=RuleError)
             object.__setattr__(self, f.name, value)
 
     def pseudo_derivative(self, x: jax.Array, scale: jax.Array | None = None) -> jax.Array:
@@ -102,7 +102,7 @@ class Surrogate:
         (mV) when ``relative``, else γ·g(x)."""
         if self.relative:
             if scale is None:
-                raise ValueError(f"{self!r} is relative: spike() needs the cell's scale "
+                raise RuleError(f"{self!r} is relative: spike() needs the cell's scale "
                                  "d = V_th − E_L (mV)")
             scale = scale.astype(x.dtype)
             g = self.derivative(x / scale) / scale
@@ -297,7 +297,7 @@ def by_name(name: str, **params: float) -> Surrogate:
     try:
         cls = Surrogate._registry[name]
     except KeyError:
-        raise ValueError(
+        raise RuleError(
             f"surrogate = {name!r} is not one of {sorted(Surrogate._registry)}"
         ) from None
     return cls(**params)
@@ -317,20 +317,19 @@ def from_spec(spec: str) -> Surrogate:
     params: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"surrogate = {spec!r} violates the rule: NAME[:KEY=VALUE,...]")
+        require(sep, "surrogate", spec, "NAME[:KEY=VALUE,...]", error=RuleError)
         lowered = text.strip().lower()
         try:
             params[key.strip()] = (lowered == "true" if lowered in ("true", "false")
                                    else float(text))
         except ValueError:
-            raise ValueError(f"surrogate = {spec!r} violates the rule: {key.strip()} is a "
-                             f"number or true/false, not {text!r}") from None
+            raise RuleError(rule_message("surrogate", spec, f"{key.strip()} is a number or "
+                                         f"true/false, not {text!r}")) from None
     try:
         return by_name(name.strip(), **params)
     except TypeError as err:
-        raise ValueError(f"surrogate = {spec!r} violates the rule: parameters of "
-                         f"{name.strip()!r} ({err})") from None
+        raise RuleError(rule_message("surrogate", spec,
+                                     f"parameters of {name.strip()!r} ({err})")) from None
 
 
 def to_spec(surrogate: Surrogate) -> str:
@@ -372,7 +371,7 @@ def spike(x: jax.Array, surrogate: Surrogate | None = None,
     surrogate = DEFAULT if surrogate is None else surrogate
     if scale is None:
         if surrogate.relative:
-            raise ValueError(f"{surrogate!r} is relative: spike() needs the cell's scale "
+            raise RuleError(f"{surrogate!r} is relative: spike() needs the cell's scale "
                              "d = V_th − E_L (mV)")
         scale = jnp.ones((), x.dtype)
     return _heaviside(x, jax.lax.stop_gradient(jnp.asarray(scale)), surrogate)

@@ -38,6 +38,7 @@ import math
 import numpy as np
 
 from spark_somas.datasets import Dataset, _check_fraction, _stratified_split
+from spark_somas.errors import RuleError, require
 
 __all__ = ["EvidenceAccumulation", "load_evidence_accumulation"]
 
@@ -46,13 +47,10 @@ LEFT, RIGHT, RECALL, BACKGROUND = range(4)
 
 def _steps(name: str, ms: float, dt: float, *, positive: bool) -> int:
     ok = isinstance(ms, (int, float)) and math.isfinite(ms) and (ms > 0 if positive else ms >= 0)
-    if not ok:
-        rule = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} = {ms!r} violates the rule: finite and {rule}")
+    require(ok, name, ms, f"finite and {'> 0' if positive else '>= 0'}", error=RuleError)
     n = round(ms / dt)
-    if abs(n * dt - ms) > 1e-9 * max(1.0, ms):
-        raise ValueError(f"{name} = {ms!r} violates the rule: a whole number of steps of "
-                         f"dt = {dt} ms")
+    require(abs(n * dt - ms) <= 1e-9 * max(1.0, ms), name, ms,
+            f"a whole number of steps of dt = {dt} ms", error=RuleError)
     return n
 
 
@@ -78,22 +76,21 @@ class EvidenceAccumulation:
     def __post_init__(self) -> None:
         for name in ("n_cues", "population"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise ValueError(f"{name} = {value!r} violates the rule: a positive int")
-        if self.n_cues % 2 == 0:
-            raise ValueError(f"n_cues = {self.n_cues} violates the rule: odd, so that one side "
-                             f"wins")
-        if not (isinstance(self.dt, (int, float)) and math.isfinite(self.dt) and self.dt > 0):
-            raise ValueError(f"dt = {self.dt!r} violates the rule: dt > 0 and finite")
+            require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                    name, value, "a positive int", error=RuleError)
+        require(self.n_cues % 2 == 1, "n_cues", self.n_cues, "odd, so that one side wins",
+                error=RuleError)
+        require(isinstance(self.dt, (int, float)) and math.isfinite(self.dt) and self.dt > 0,
+                "dt", self.dt, "dt > 0 and finite", error=RuleError)
         _steps("cue_ms", self.cue_ms, self.dt, positive=True)
         _steps("gap_ms", self.gap_ms, self.dt, positive=False)
         _steps("delay_ms", self.delay_ms, self.dt, positive=False)
         _steps("recall_ms", self.recall_ms, self.dt, positive=True)
         for name in ("cue_rate_hz", "background_rate_hz"):
             rate = getattr(self, name)
-            if not (isinstance(rate, (int, float)) and 0 <= rate * self.dt / 1000.0 <= 1):
-                raise ValueError(f"{name} = {rate!r} violates the rule: 0 <= rate · dt <= 1 "
-                                 f"(a spike probability per step of dt = {self.dt} ms)")
+            require(isinstance(rate, (int, float)) and 0 <= rate * self.dt / 1000.0 <= 1,
+                    name, rate, f"0 <= rate · dt <= 1 (a spike probability per step of "
+                    f"dt = {self.dt} ms)", error=RuleError)
 
     @property
     def cue_steps(self) -> int:
@@ -163,10 +160,8 @@ class EvidenceAccumulation:
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Trials 0 … n − 1 of ``seed``: spikes ``(n, steps, n_inputs)``,
         labels ``(n,)`` int32 and cue sides ``(n, n_cues)`` int8."""
-        if not (isinstance(n, int) and n > 0):
-            raise ValueError(f"n = {n!r} violates the rule: a positive int")
-        if not (isinstance(seed, int) and seed >= 0):
-            raise ValueError(f"seed = {seed!r} violates the rule: an int >= 0")
+        require(isinstance(n, int) and n > 0, "n", n, "a positive int", error=RuleError)
+        require(isinstance(seed, int) and seed >= 0, "seed", seed, "an int >= 0", error=RuleError)
         x = np.empty((n, self.steps, self.n_inputs), dtype)
         labels = np.empty(n, np.int32)
         sides = np.empty((n, self.n_cues), np.int8)

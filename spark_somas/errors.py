@@ -1,0 +1,94 @@
+"""The package's errors: one family, one sentence.
+
+Every error spark_somas raises on purpose derives from
+:class:`SparkSomasError`, so ``except ss.SparkSomasError`` tells a refusal of
+the package from a failure of something under it (JAX, NumPy, the file
+system). Each concrete class also derives from the builtin a caller would
+expect of it, so that ``except ValueError`` or ``except FileNotFoundError``
+keeps working: a value breaking a rule is a ``ValueError``
+(:class:`RuleError`, :class:`ConfigError`, ``DataError``,
+``CheckpointError``, …), a missing dataset a ``FileNotFoundError``, a failed
+download an ``OSError``, a diverging loss a ``FloatingPointError``.
+
+A refusal names the field, the value and the rule, in one sentence written
+here alone::
+
+    <name> = <value> violates the rule: <rule>
+
+:func:`require` raises it (:func:`rule_message` writes it, for a
+``raise … from None``); :func:`require_shape` writes its form for an
+array named by its shape (or dtype); :func:`violation` writes the sentence
+for a subject of another form. Each is raised before any work is done.
+
+This module imports nothing else from the package, so every module may
+import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "SparkSomasError",
+    "RuleError",
+    "ConfigError",
+    "violation",
+    "rule_message",
+    "require",
+    "require_shape",
+]
+
+
+class SparkSomasError(Exception):
+    """The root of every error spark_somas raises on purpose.
+
+    Catch it to handle any refusal of the package at once. It is never
+    raised itself: each concrete class derives from it and from the builtin
+    a caller would expect (``ValueError``, ``FileNotFoundError``,
+    ``OSError``, ``FloatingPointError``, …), so that code catching the
+    builtin keeps catching it.
+    """
+
+
+class RuleError(SparkSomasError, ValueError):
+    """A value breaks a rule; the message names the field, the value and the rule."""
+
+
+class ConfigError(RuleError):
+    """A config field breaks its rule. Names the field, the value and the rule."""
+
+
+def violation(subject: str, rule: str, *, plural: bool = False) -> str:
+    """The sentence ``"<subject> violates the rule: <rule>"`` (``violate``
+    with ``plural``): the end of every refusal that names a rule. ``subject``
+    names what breaks it and shows its value, e.g. ``"x_train has shape
+    (0, 3), which"`` or ``"--out /tmp/x"``; :func:`require` and
+    :func:`require_shape` write the two common subjects."""
+    return f"{subject} {'violate' if plural else 'violates'} the rule: {rule}"
+
+
+def rule_message(name: str, value: Any, rule: str) -> str:
+    """The sentence ``"<name> = <value> violates the rule: <rule>"`` that
+    :func:`require` raises, for a ``raise … from None`` inside an ``except``."""
+    return violation(f"{name} = {value!r}", rule)
+
+
+def require(ok: Any, name: str, value: Any, rule: str, *,
+            error: type[Exception] = ConfigError) -> None:
+    """Raises ``error("<name> = <value> violates the rule: <rule>")`` unless
+    ``ok``: the one form of every refusal that names field, value and rule.
+    The value is shown as its ``repr``; pass a string describing it (``"an
+    array of shape (3,)"``) where the value itself would not read well."""
+    if not ok:
+        raise error(rule_message(name, value, rule))
+
+
+def require_shape(ok: Any, name: str, shape: Any, rule: str, *,
+                  error: type[Exception] = RuleError, what: str = "shape",
+                  plural: bool = False) -> None:
+    """Raises ``error("<name> of shape <shape> violates the rule: <rule>")``
+    unless ``ok``: the form for an array named by its shape rather than its
+    values. ``what="dtype"`` names the dtype instead; ``plural`` says
+    ``violate`` (``"currents of shape (20,) violate the rule: …"``)."""
+    if not ok:
+        raise error(violation(f"{name} of {what} {shape}", rule, plural=plural))
