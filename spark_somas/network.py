@@ -477,8 +477,8 @@ def _network_config(config: "NetworkConfig | None", arguments: Mapping[str, Any]
     defaults = _constructor_defaults()
     given = sorted(k for k, v in arguments.items()
                    if v is not defaults[k] and not _same(v, defaults[k]))
-    require(not given, "config", config, f"given alone: {given} are fields of the config "
-            "(dataclasses.replace(config, ...) changes them)", error=ValueError)
+    require(not given, "arguments besides config", given, "none: they are fields of the "
+            "config, and dataclasses.replace(config, ...) changes them", error=ValueError)
     return config
 
 
