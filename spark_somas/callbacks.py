@@ -174,12 +174,26 @@ class Checkpoint(Callback):
                         "keep_best": keep_best or 1}
         self.checkpointer, self._owned = None, False
 
-    def on_fit_start(self, fit: FitState) -> None:
+    def open(self) -> Any:
+        """The Checkpointer (opened for a directory on the first call)."""
         from spark_somas.checkpointing import Checkpointer
 
-        self._owned = not isinstance(self.target, Checkpointer)
-        self.checkpointer = (Checkpointer(self.target, **self.options) if self._owned
-                             else self.target)
+        if self.checkpointer is None:
+            self._owned = not isinstance(self.target, Checkpointer)
+            self.checkpointer = (Checkpointer(self.target, **self.options) if self._owned
+                                 else self.target)
+        return self.checkpointer
+
+    def close(self) -> None:
+        """Commits the pending save and closes the Checkpointer this callback
+        opened (one it was given stays open); a later ``fit`` opens it again."""
+        if self._owned and self.checkpointer is not None:
+            self.checkpointer.close()
+        if self._owned:
+            self.checkpointer = None
+
+    def on_fit_start(self, fit: FitState) -> None:
+        self.open()
 
     def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
         self.checkpointer.save(epoch + 1, fit.model, fit.optimizer,
@@ -187,9 +201,7 @@ class Checkpoint(Callback):
                                extra={"history": history, **self.extra})
 
     def on_fit_end(self, fit: FitState) -> None:
-        if self._owned and self.checkpointer is not None:
-            self.checkpointer.close()
-            self.checkpointer = None
+        self.close()
 
 
 class EarlyStopping(Callback):
