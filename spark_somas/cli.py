@@ -12,6 +12,9 @@ new one in :data:`SUBCOMMANDS`):
   of one test sample) and ``.json`` (history and settings); with
   ``--tensorboard DIR`` also TensorBoard event files, one scalar per history
   key per epoch. ``make demo`` runs it with its defaults: AdEx on digits.
+  The command parses its options into a :class:`~spark_somas.runs.RunConfig`
+  and calls :func:`spark_somas.runs.train`, which does the run; then it
+  prints the result.
 * ``spark-somas simulate`` — each of the four default somas under a step
   current: spike counts, firing rates and ``<out>/simulate.png`` (voltage traces).
 
@@ -23,7 +26,7 @@ count, hence the learning-rate schedule), test metrics, and ``extra =
 {"history", "run"}``, the run's :class:`~spark_somas.runs.RunConfig` as a
 dict. ``train --resume D`` restores the newest step into a network built from
 the saved run and runs ``fit(..., start_epoch=e + 1,
-history=extra["history"])``: data order and noise are pure functions of
+history=extra["history"])`` (``runs.train(..., resume=True)``): data order and noise are pure functions of
 (seed, epoch), so the resumed run is the run that never stopped. A run
 option given on resume must keep its saved value, except ``--epochs``, which
 extends the run (the cosine schedule is then the longer run's). SIGINT and
