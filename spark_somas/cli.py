@@ -112,27 +112,14 @@ def _writable_dir(path: str, option: str) -> None:
     _check_writable(path, option, error=CommandError)
 
 
-def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The ``train`` options: one per :class:`~spark_somas.runs.RunConfig`
-    field (``--batch-size`` for ``batch_size``), then where the run goes."""
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """One option per :class:`~spark_somas.runs.RunConfig` field, its type,
+    choices, help and metavar from the field's metadata."""
     import dataclasses
     import typing
 
-    from spark_somas.runs import RECIPES, RunConfig
+    from spark_somas.runs import RunConfig
 
-    recipes = "; ".join(
-        f"{task}: {r.encoder} input, "
-        + (f"{r.steps} steps" if r.steps else "steps set by the trial")
-        + f", input gain {r.input_gain:g}, "
-        + (f"synapse tau {r.synapse_tau:g} ms" if r.synapse_tau else "no synapse")
-        for task, r in RECIPES.items())
-    p = sub.add_parser(
-        "train", help="train a spiking network on digits, Randman, the cue task, SHD or SSC",
-        description="Train input Linear -> soma layers -> Linear -> leaky readout with BPTT "
-                    "through surrogate spikes (Adam, cosine-decayed learning rate). "
-                    f"Each task's recipe: {recipes}.",
-        formatter_class=_HelpFormatter,
-    )
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
         meta = field.metadata
@@ -153,6 +140,27 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         else:
             kwargs["type"] = _positive(kind) if meta["positive"] else kind
         p.add_argument(flag, **kwargs)
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``train`` options: one per :class:`~spark_somas.runs.RunConfig`
+    field (``--batch-size`` for ``batch_size``), then where the run goes."""
+    from spark_somas.runs import RECIPES
+
+    recipes = "; ".join(
+        f"{task}: {r.encoder} input, "
+        + (f"{r.steps} steps" if r.steps else "steps set by the trial")
+        + f", input gain {r.input_gain:g}, "
+        + (f"synapse tau {r.synapse_tau:g} ms" if r.synapse_tau else "no synapse")
+        for task, r in RECIPES.items())
+    p = sub.add_parser(
+        "train", help="train a spiking network on digits, Randman, the cue task, SHD or SSC",
+        description="Train input Linear -> soma layers -> Linear -> leaky readout with BPTT "
+                    "through surrogate spikes (Adam, cosine-decayed learning rate). "
+                    f"Each task's recipe: {recipes}.",
+        formatter_class=_HelpFormatter,
+    )
+    _add_run_options(p)
     p.add_argument("--download", action="store_true",
                    help="shd/ssc: first download the official files (checksummed, resumable) "
                         "into --data-dir, default the cache directory of spark_somas.fetch")
