@@ -38,7 +38,7 @@ __version__ = "0.1.0"
 
 #: Modules reached as attributes of the package, imported when first used (PEP 562).
 SUBMODULES = (
-    "backends", "checkpointing", "configs", "constraints", "datasets", "encoders", "errors",
+    "backends", "callbacks", "checkpointing", "configs", "constraints", "datasets", "encoders", "errors",
     "events", "fetch", "fitting", "integrators", "kernels", "layout", "loggers", "loop", "network",
     "numerics", "objectives", "plotting", "presets", "registry", "runs", "sharding", "simulation",
     "somas", "tasks", "training",

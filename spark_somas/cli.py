@@ -12,6 +12,9 @@ new one in :data:`SUBCOMMANDS`):
   of one test sample) and ``.json`` (history and settings); with
   ``--tensorboard DIR`` also TensorBoard event files, one scalar per history
   key per epoch. ``make demo`` runs it with its defaults: AdEx on digits.
+  The command parses its options into a :class:`~spark_somas.runs.RunConfig`
+  and calls :func:`spark_somas.runs.train`, which does the run; then it
+  prints the result.
 * ``spark-somas simulate`` — each of the four default somas under a step
   current: spike counts, firing rates and ``<out>/simulate.png`` (voltage traces).
 
@@ -23,7 +26,7 @@ count, hence the learning-rate schedule), test metrics, and ``extra =
 {"history", "run"}``, the run's :class:`~spark_somas.runs.RunConfig` as a
 dict. ``train --resume D`` restores the newest step into a network built from
 the saved run and runs ``fit(..., start_epoch=e + 1,
-history=extra["history"])``: data order and noise are pure functions of
+history=extra["history"])`` (``runs.train(..., resume=True)``): data order and noise are pure functions of
 (seed, epoch), so the resumed run is the run that never stopped. A run
 option given on resume must keep its saved value, except ``--epochs``, which
 extends the run (the cosine schedule is then the longer run's). SIGINT and
@@ -45,22 +48,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
-import importlib.util
-import json
 import math
 import os
 import shlex
 import signal
 import sys
-import time
 import warnings
 from typing import Callable, Sequence
 
-import matplotlib
-
 from spark_somas.errors import SparkSomasError
-
-matplotlib.use("Agg")  # files only; no display needed
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "CommandError"]
 
@@ -118,27 +114,14 @@ def _writable_dir(path: str, option: str) -> None:
     _check_writable(path, option, error=CommandError)
 
 
-def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The ``train`` options: one per :class:`~spark_somas.runs.RunConfig`
-    field (``--batch-size`` for ``batch_size``), then where the run goes."""
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """One option per :class:`~spark_somas.runs.RunConfig` field, its type,
+    choices, help and metavar from the field's metadata."""
     import dataclasses
     import typing
 
-    from spark_somas.runs import RECIPES, RunConfig
+    from spark_somas.runs import RunConfig
 
-    recipes = "; ".join(
-        f"{task}: {r.encoder} input, "
-        + (f"{r.steps} steps" if r.steps else "steps set by the trial")
-        + f", input gain {r.input_gain:g}, "
-        + (f"synapse tau {r.synapse_tau:g} ms" if r.synapse_tau else "no synapse")
-        for task, r in RECIPES.items())
-    p = sub.add_parser(
-        "train", help="train a spiking network on digits, Randman, the cue task, SHD or SSC",
-        description="Train input Linear -> soma layers -> Linear -> leaky readout with BPTT "
-                    "through surrogate spikes (Adam, cosine-decayed learning rate). "
-                    f"Each task's recipe: {recipes}.",
-        formatter_class=_HelpFormatter,
-    )
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
         meta = field.metadata
@@ -159,6 +142,27 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         else:
             kwargs["type"] = _positive(kind) if meta["positive"] else kind
         p.add_argument(flag, **kwargs)
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``train`` options: one per :class:`~spark_somas.runs.RunConfig`
+    field (``--batch-size`` for ``batch_size``), then where the run goes."""
+    from spark_somas.runs import RECIPES
+
+    recipes = "; ".join(
+        f"{task}: {r.encoder} input, "
+        + (f"{r.steps} steps" if r.steps else "steps set by the trial")
+        + f", input gain {r.input_gain:g}, "
+        + (f"synapse tau {r.synapse_tau:g} ms" if r.synapse_tau else "no synapse")
+        for task, r in RECIPES.items())
+    p = sub.add_parser(
+        "train", help="train a spiking network on digits, Randman, the cue task, SHD or SSC",
+        description="Train input Linear -> soma layers -> Linear -> leaky readout with BPTT "
+                    "through surrogate spikes (Adam, cosine-decayed learning rate). "
+                    f"Each task's recipe: {recipes}.",
+        formatter_class=_HelpFormatter,
+    )
+    _add_run_options(p)
     p.add_argument("--download", action="store_true",
                    help="shd/ssc: first download the official files (checksummed, resumable) "
                         "into --data-dir, default the cache directory of spark_somas.fetch")
@@ -202,206 +206,110 @@ def _percent(x: float) -> str:
     return f"{100.0 * x:.2f}%"
 
 
+#: How the run function's messages name its settings: as the options that set them.
+_OPTION_NAMES = {"out_dir": "--out", "checkpoint_dir": "--checkpoint-dir",
+                 "tensorboard": "--tensorboard", "download": "--download",
+                 "data_dir": "--data-dir", "data_option": "--data-option",
+                 "encoder": "--encoder", "resume": "--resume"}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
+    """Parses the options into a run and calls :func:`spark_somas.runs.train`."""
+    from spark_somas import runs
+
+    run = _train_run(args)
+    stopped = None
+    try:
+        with _stop_on_signals():
+            result = runs.train(
+                run, args.out, checkpoint_dir=args.checkpoint_dir, resume=bool(args.resume),
+                keep_last=args.keep_last, keep_best=args.keep_best, tensorboard=args.tensorboard,
+                download=args.download, epoch_on_device=args.epoch_on_device,
+                progress=args.progress, names=_OPTION_NAMES,
+                echo=lambda line: print(f"spark-somas train: {line}", flush=True))
+    except Stopped as stop:
+        stopped = stop
+    if stopped is not None:
+        print(f"spark-somas train: stopped by {stopped.name}; {_saved(args.checkpoint_dir)}",
+              file=sys.stderr)
+        return 128 + stopped.signum
+    _report(result, args.tensorboard)
+    return 0
+
+
+def _train_run(args: argparse.Namespace) -> "RunConfig":
+    """The run the options ask for: a new one, or the one saved in
+    ``--resume``'s directory (then also ``args.checkpoint_dir``)."""
     import dataclasses
-    import logging
 
-    import jax
-    import numpy as np
-    from flax import nnx
-
-    from spark_somas import datasets, loggers, training
-    from spark_somas.checkpointing import Checkpointer, check_directory
-    from spark_somas.events import EventDatasetMissing
-    from spark_somas.runs import RunConfig
+    from spark_somas.checkpointing import check_directory
+    from spark_somas.runs import FILE_TASKS, RunConfig, saved_run
 
     if args.download:
         from spark_somas.fetch import default_cache_dir
-        from spark_somas.runs import FILE_TASKS
 
         if args.task not in FILE_TASKS or args.resume:
             raise CommandError(f"--download violates the rule: only for --task "
                                f"{' or '.join(sorted(FILE_TASKS))}, without --resume")
         args.data_dir = args.data_dir or str(default_cache_dir(args.task))
-    resumed = None
-    if args.resume:
-        args.resume = check_directory(args.resume, "--resume")
-        resumed = _resumable(args.resume)
-        run = _resumed_run(args, resumed)
-        if args.checkpoint_dir and check_directory(args.checkpoint_dir) != args.resume:
-            raise CommandError(f"--checkpoint-dir {args.checkpoint_dir} violates the rule: a "
-                               f"resumed run keeps saving to its --resume directory {args.resume}")
-        args.checkpoint_dir = args.resume
-    else:
+    if not args.resume:
         try:
-            run = RunConfig(**{f.name: getattr(args, f.name)
-                               for f in dataclasses.fields(RunConfig)})
+            return RunConfig(**{f.name: getattr(args, f.name)
+                                for f in dataclasses.fields(RunConfig)})
         except ValueError as err:  # a rule of one option, or between options
             raise CommandError(f"{err} (--{str(err).split()[0].replace('_', '-')})") from None
-        if args.checkpoint_dir:
-            _new_checkpoint_dir(check_directory(args.checkpoint_dir, "--checkpoint-dir"))
-    _writable_dir(args.out, "--out")
-    for option, directory in (("--checkpoint-dir", args.checkpoint_dir),
-                              ("--tensorboard", args.tensorboard)):
-        if directory:
-            _writable_dir(directory, option)
-    if args.tensorboard and importlib.util.find_spec("tensorboardX") is None:
-        raise CommandError('--tensorboard needs tensorboardX: pip install '
-                           '"spark_somas[tensorboard]"')
+    args.resume = check_directory(args.resume, "--resume")
+    run = _resumed_run(args, saved_run(args.resume, "--resume"))
+    if args.checkpoint_dir and check_directory(args.checkpoint_dir) != args.resume:
+        raise CommandError(f"--checkpoint-dir {args.checkpoint_dir} violates the rule: a "
+                           f"resumed run keeps saving to its --resume directory {args.resume}")
+    args.checkpoint_dir = args.resume
+    return run
 
-    if args.download:
-        from spark_somas.fetch import DownloadError, fetch
 
-        _writable_dir(run.data_dir, "--data-dir")
+def _saved(checkpoint_dir: str | None) -> str:
+    """Which epochs a stopped run left in ``checkpoint_dir``, and how to continue."""
+    from spark_somas.checkpointing import CheckpointError, Checkpointer
+
+    last = None
+    if checkpoint_dir and os.path.isdir(checkpoint_dir):
         try:
-            fetch(run.task, run.data_dir, progress=args.progress)
-        except DownloadError as err:
-            raise CommandError(f"--download: {err}") from None
-    try:
-        data = datasets.load_task(run.task, **run.data_kwargs()).limit(run.limit)
-    except EventDatasetMissing as err:
-        raise CommandError(f"--data-dir {run.data_dir}: {err}") from None
-    except datasets.DataError as err:  # a damaged file, or data breaking a rule
-        where = f"--data-dir {run.data_dir}: " if run.data_dir else f"{run.task} data: "
-        raise CommandError(where + str(err)) from None
-    except (TypeError, ValueError) as err:  # an unknown --data-option key or a bad value
-        if not run.data_option:
-            raise CommandError(f"{run.task} data: {err}") from None
-        raise CommandError(f"--data-option violates the rule: a keyword of the {run.task} "
-                           f"loader with a valid value ({err})") from None
-    if data.encoding == "spikes" and run.encoder not in (None, "spikes"):
-        raise CommandError(f"--encoder {run.encoder} violates the rule: {run.task} is spike data")
-    encoder = run.make_encoder(data)
-    model = training.SpikingNetwork.from_config(run.network(data), nnx.Rngs(run.seed))
-    batch = min(run.batch_size, len(data.x_train))
-    # The cosine schedule is a function of the step and the whole run's
-    # length: a run extended on resume continues on the longer run's curve.
-    optimizer = training.make_optimizer(model, run.lr,
-                                        total_steps=run.epochs * (len(data.x_train) // batch))
-    settings = run.to_dict() | {
-        "steps": encoder.steps, "encoder": encoder.kind, "dt_ms": model.dt,
-        "input_gain": run.recipe.input_gain, "synapse_tau_ms": run.recipe.synapse_tau,
-        "current_scale_pA": [layer.scale for layer in model.layers],
-        "readout_window": model.config.readout_window}
-    print(f"spark-somas train: {data!r}\n  {settings}", flush=True)
-
-    save = checkpointer = None
-    start_epoch, history = 0, None
-    if args.checkpoint_dir:
-        # Orbax logs a failed background write with its tracebacks; the
-        # failure itself reaches the user as one CheckpointNotWritableError line.
-        logging.getLogger("absl").setLevel(logging.CRITICAL)
-        checkpointer = Checkpointer(
-            args.checkpoint_dir, max_to_keep=args.keep_last or None,
-            best_metric="test_accuracy" if args.keep_best else None, best_mode="max",
-            keep_best=args.keep_best or 1)
-        if resumed is not None:
-            start_epoch, history = checkpointer.restore(model, optimizer), resumed["history"]
-            print(f"resumed {args.resume} after epoch {start_epoch}", flush=True)
-
-        def save(epoch, model, optimizer, history):
-            checkpointer.save(epoch + 1, model, optimizer,
-                              metrics={k: history[k][-1] for k in ("test_accuracy", "test_loss")},
-                              extra={"history": history, "run": run.to_dict()})
-    tensorboard = None
-    if args.tensorboard:  # a resumed run hides the events the old run wrote after its save
-        tensorboard = loggers.TensorBoardLogger(args.tensorboard, histograms=True,
-                                                purge_step=start_epoch + 1 if start_epoch else None)
-    stopped = None
-    try:
-        with _stop_on_signals():
-            history = training.fit(model, optimizer, data, encoder=encoder, epochs=run.epochs,
-                                   batch_size=batch, seed=run.seed,
-                                   on_epoch_end=loggers.chain(save, tensorboard),
-                                   start_epoch=start_epoch, history=history,
-                                   progress=args.progress, epoch_on_device=args.epoch_on_device)
-    except Stopped as stop:
-        stopped = stop
-    finally:
-        for closing in (checkpointer, tensorboard):
-            if closing is not None:
-                closing.close()  # waits for the pending save: the last epoch is complete
-    if stopped is not None:
-        last = None
-        if checkpointer is not None:  # read again: the wait in close() may have committed one
-            with Checkpointer(args.checkpoint_dir, read_only=True) as ckpt:
+            with Checkpointer(checkpoint_dir, read_only=True) as ckpt:
                 last = ckpt.latest_step()
-        where = (f"epochs 1 … {last} are saved in {args.checkpoint_dir}; continue with: "
-                 f"spark-somas train --resume {shlex.quote(args.checkpoint_dir)}"
-                 if last else "no epoch was saved" + ("" if args.checkpoint_dir else
-                                                      " (no --checkpoint-dir)"))
-        print(f"spark-somas train: stopped by {stopped.name}; {where}", file=sys.stderr)
-        return 128 + stopped.signum
-    wall = time.perf_counter() - t0
+        except CheckpointError:
+            pass
+    if last:
+        return (f"epochs 1 … {last} are saved in {checkpoint_dir}; continue with: "
+                f"spark-somas train --resume {shlex.quote(checkpoint_dir)}")
+    return "no epoch was saved" + ("" if checkpoint_dir else " (no --checkpoint-dir)")
+
+
+def _report(result, tensorboard: str | None) -> None:
+    """Prints what a finished run did: accuracy, rates, trained neuron
+    parameters and the files written."""
+    import numpy as np
+
+    history, raster, n_test = result.history, result.raster, len(result.data.x_test)
     losses = np.asarray(history["train_loss"] + history["test_loss"])
-    sample = training.record(model, data.x_test[:1], jax.random.key(run.seed), encoder=encoder)
-    raster = np.asarray(sample.hidden_spikes[:, 0])
     acc = history["test_accuracy"][-1]
-    print(f"final test accuracy {_percent(acc)} ({round(acc * len(data.x_test))}/"
-          f"{len(data.x_test)}), train accuracy {_percent(history['train_accuracy'][-1])}")
+    print(f"final test accuracy {_percent(acc)} ({round(acc * n_test)}/{n_test}), "
+          f"train accuracy {_percent(history['train_accuracy'][-1])}")
     print(f"hidden firing rate: train {history['train_rate_hz'][-1]:.1f} Hz, test "
           f"{history['test_rate_hz'][-1]:.1f} Hz; test sample shown: {int(raster.sum())} spikes "
           f"from {int((raster.sum(0) > 0).sum())}/{raster.shape[1]} neurons")
-    print(f"wall time {wall:.1f} s (compilation included); NaN in losses: "
+    print(f"wall time {result.wall_seconds:.1f} s (compilation included); NaN in losses: "
           f"{bool(np.isnan(losses).any())}")
-    for index, soma in enumerate(model.somas()):
+    for index, soma in enumerate(result.model.somas()):
         for name in soma.trainable:
             v = np.asarray(soma.parameters()[name])
             print(f"  soma layer {index}, trained {name}: mean {v.mean():.4g}, "
                   f"range [{v.min():.4g}, {v.max():.4g}]")
-
-    stem = os.path.join(args.out, f"train_{run.task}_{run.soma}")
-    fig = training.plot_training(
-        history, raster, dt=model.dt,
-        title=f"{run.soma} on {run.task}: test accuracy {_percent(acc)}")
-    fig.savefig(stem + ".png", dpi=120)
-    with open(stem + ".json", "w") as f:
-        json.dump({"settings": settings, "history": history, "wall_seconds": wall}, f, indent=1)
-    print(f"wrote {stem}.png and {stem}.json"
-          + (f"; TensorBoard: tensorboard --logdir {args.tensorboard}" if tensorboard else ""))
-    return 0
+    png, json_path = result.files
+    print(f"wrote {png} and {json_path}"
+          + (f"; TensorBoard: tensorboard --logdir {tensorboard}" if tensorboard else ""))
 
 
-def _resumable(directory: str) -> dict:
-    """The ``extra`` of the newest step in ``directory`` when it is a run that
-    ``train --checkpoint-dir`` wrote; else :class:`CommandError` naming ``--resume``."""
-    from spark_somas.checkpointing import CheckpointError, Checkpointer
-
-    try:
-        with Checkpointer(directory, read_only=True) as ckpt:
-            meta = ckpt.metadata()
-    except CheckpointError as err:
-        raise CommandError(f"--resume: {err}") from None
-    extra = meta.get("extra")
-    if (meta["model"].get("type") != "SpikingNetwork" or not isinstance(extra, dict)
-            or not isinstance(extra.get("run"), dict)
-            or not isinstance(extra.get("history"), dict)):
-        raise CommandError(
-            f"--resume {directory} violates the rule: a directory written by 'spark-somas train "
-            f"--checkpoint-dir' (its step {meta['step']} holds a "
-            f"{meta['model'].get('type') or meta['model'].get('class')} without the training "
-            "settings and history)")
-    return extra | {"epochs_done": meta["step"]}
-
-
-def _new_checkpoint_dir(directory: str) -> None:
-    """Refuses a ``--checkpoint-dir`` that already holds checkpoints, before any
-    work: a new run would fail at its first save (steps are never overwritten)."""
-    from spark_somas.checkpointing import Checkpointer
-
-    if not os.path.isdir(directory):
-        return
-    with Checkpointer(directory, read_only=True) as ckpt:
-        steps = ckpt.all_steps()
-    if steps:
-        raise CommandError(
-            f"--checkpoint-dir {directory} violates the rule: a new or empty directory (it "
-            f"holds the checkpoints of epochs {steps}); continue that run with --resume "
-            f"{shlex.quote(directory)}, or choose another directory")
-
-
-def _resumed_run(args: argparse.Namespace, resumed: dict) -> "RunConfig":
+def _resumed_run(args: argparse.Namespace, resumed: "SavedRun") -> "RunConfig":
     """The run saved in ``--resume``'s directory, extended to ``--epochs`` when
     given; every other run option given must agree with the saved value."""
     import dataclasses
@@ -409,11 +317,11 @@ def _resumed_run(args: argparse.Namespace, resumed: dict) -> "RunConfig":
     from spark_somas.runs import RunConfig
 
     try:
-        saved = RunConfig.from_dict(resumed["run"])
+        saved = RunConfig.from_dict(resumed.run)
     except ValueError as err:
         raise CommandError(f"--resume {args.resume}: the run saved there cannot be rebuilt by "
                            f"this version ({err})") from None
-    done = resumed["epochs_done"]
+    done = resumed.epochs_done
     for field in dataclasses.fields(RunConfig):
         if field.name == "epochs" or field.name not in args.given:
             continue
@@ -483,8 +391,8 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no display, no backend to choose
 
     import spark_somas as ss
     from spark_somas import plotting
@@ -503,8 +411,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     t = np.arange(steps) * args.dt
     current = np.where(t >= args.onset, args.current, 0.0).astype(np.float32)[:, None]
     on_ms = max(args.duration - max(args.onset, 0.0), 0.0)
-    fig, axes = plt.subplots(len(ss.SOMAS), 1, figsize=(8, 1.9 * len(ss.SOMAS)), sharex=True,
-                             layout="constrained")
+    fig = Figure(figsize=(8, 1.9 * len(ss.SOMAS)), layout="constrained")
+    axes = fig.subplots(len(ss.SOMAS), 1, sharex=True)
     print(f"{args.current:g} pA step at {args.onset:g} ms, {args.duration:g} ms, dt = {args.dt:g} ms")
     for ax, (name, cls) in zip(axes, ss.SOMAS.items()):
         soma = cls(units=1, dt=args.dt)
@@ -584,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from spark_somas.checkpointing import CheckpointError
     from spark_somas.configs import ConfigError
     from spark_somas.datasets import DataError
+    from spark_somas.runs import RunError
     from spark_somas.training import NonFiniteLossError
 
     def warn(message, category, filename, lineno, file=None, line=None):
@@ -593,7 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():  # a warning is one line too, as errors are
             warnings.showwarning = warn
             return args.func(args)
-    except (CommandError, CheckpointError, ConfigError, DataError, NonFiniteLossError) as err:
+    except (CommandError, RunError, CheckpointError, ConfigError, DataError,
+            NonFiniteLossError) as err:
         print(f"spark-somas {args.command}: error: {err}", file=sys.stderr)
         return 1
 

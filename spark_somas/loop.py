@@ -22,13 +22,15 @@ import optax
 from flax import nnx
 
 from spark_somas import sharding
+from spark_somas.callbacks import (Callback, Checkpoint, EarlyStopping, FitState, Logger,
+                                   ProgressBar, default_callbacks, resolve_callbacks)
 from spark_somas.configs import require
 from spark_somas.constraints import NeuronOptimizer, neuron_constraints, skip_non_finite
 from spark_somas.datasets import DataError, Dataset
 from spark_somas.encoders import Encoder
 from spark_somas.errors import SparkSomasError
 from spark_somas.network import NetworkOutput, SpikingNetwork
-from spark_somas.somas import path_name
+from spark_somas.somas import SomaState, path_name
 from spark_somas.objectives import Objective, firing_rate
 
 __all__ = [
@@ -48,6 +50,13 @@ __all__ = [
     "summarize_batches",
     "HISTORY_KEYS",
     "fit",
+    "Callback",
+    "FitState",
+    "ProgressBar",
+    "Logger",
+    "Checkpoint",
+    "EarlyStopping",
+    "default_callbacks",
     "plot_training",
 ]
 
@@ -127,26 +136,35 @@ def _gradient_health(grads: Any, optimizer: nnx.Optimizer) -> dict[str, Array]:
     return {**norms, "skipped": 1.0 - applied.astype(jnp.float32)}
 
 
+def _running_state(model: nnx.Module) -> nnx.State:
+    """A snapshot of ``model``'s running state (its ``SomaState`` values)."""
+    return jax.tree.map(lambda x: x, nnx.state(model, SomaState))
+
+
 def _train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
                 key: Array, *, encoder: Encoder, objective: Objective) -> dict[str, Array]:
     inputs = encoder(x, key, train=True)
+    running = _running_state(model)
 
     def loss_fn(model):
-        out = model(inputs)
+        out = model(inputs)  # from rest: the batch's one reset
         return objective(model, out, labels), out
 
     (loss, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
-    model.reset()
+    nnx.update(model, running)  # the state as the batch found it: fixed shapes between batches
     return {**_metrics(model, out, labels, loss), **_gradient_health(grads, optimizer)}
 
 
 @nnx.jit(static_argnames=("encoder", "objective"))
 def train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
                key: Array, *, encoder: Encoder, objective: Objective) -> dict[str, Array]:
-    """One compiled update on a batch: encode, forward, BPTT, the
-    optimizer's update (which keeps neuron parameters legal when built by
-    :func:`make_optimizer`), somas back to rest. Returns loss, accuracy and
+    """One compiled update on a batch: encode, forward from rest (the
+    network's one reset of the batch), BPTT, the optimizer's update (which
+    keeps neuron parameters legal when built by :func:`make_optimizer`),
+    and the running state put back as the batch found it (at rest, unbatched,
+    for a network that came in so), which keeps the compiled shapes and an
+    epoch scan's carry fixed. Returns loss, accuracy and
     the hidden layers' mean rate (Hz) on the batch (before the update), the
     gradient's norms (:func:`gradient_norms`) and ``skipped``: 1 when the
     update was not applied for being non-finite (an optimizer from
@@ -193,9 +211,11 @@ def train_epoch(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, label
 def eval_step(model: SpikingNetwork, x: Array, labels: Array, key: Array, *,
               encoder: Encoder, objective: Objective) -> dict[str, Array]:
     """Per sample: the objective's task loss, the logits and the hidden
-    layers' mean rate (Hz). Somas end at rest."""
+    layers' mean rate (Hz). The network runs from rest and keeps the
+    running state it came in with, as :func:`train_step`."""
+    running = _running_state(model)
     out = model(encoder(x, key))
-    model.reset()
+    nnx.update(model, running)
     spikes = out.hidden_spikes
     return {
         "loss": objective.per_sample(out, labels),
@@ -206,9 +226,11 @@ def eval_step(model: SpikingNetwork, x: Array, labels: Array, key: Array, *,
 
 @nnx.jit(static_argnames=("encoder",))
 def record(model: SpikingNetwork, x: Array, key: Array, *, encoder: Encoder) -> NetworkOutput:
-    """The forward pass on a batch (logits and every trace); somas end at rest."""
+    """The forward pass on a batch (logits and every trace), from rest; the
+    network keeps the running state it came in with, as :func:`train_step`."""
+    running = _running_state(model)
     out = model(encoder(x, key))
-    model.reset()
+    nnx.update(model, running)
     return out
 
 
@@ -300,9 +322,9 @@ def _check_fit(model: Any, data: Dataset, encoder: Encoder, epochs: Any, batch_s
     if "in_features" in spec and data.n_features != spec["in_features"]:
         raise DataError(f"{data.name}: {data.n_features} features violate the rule: the model's "
                         f"in_features = {spec['in_features']}")
-    if "n_classes" in spec and data.n_classes > spec["n_classes"]:
-        raise DataError(f"{data.name}: n_classes = {data.n_classes} violates the rule: at most the "
-                        f"model's n_classes = {spec['n_classes']}")
+    if "n_classes" in spec:
+        require(data.n_classes <= spec["n_classes"], f"{data.name}: n_classes", int(data.n_classes),
+                f"at most the model's n_classes = {spec['n_classes']}", error=DataError)
     require(encoder.kind != "poisson" or not hasattr(model, "dt") or encoder.dt == model.dt,
             "Encoder.dt", encoder.dt, f"the model's dt = {getattr(model, 'dt', None)} ms "
             "(a Poisson rate per step needs the step the network takes; a network's dt is 1 ms "
@@ -343,6 +365,95 @@ def _continued(history: Mapping[str, list] | None, start_epoch: int) -> dict[str
     return history
 
 
+class _Epochs:
+    """Trains one epoch's batches: epoch e visits the training split in the
+    order :func:`epoch_order` (seed, e), in ``steps_per_epoch`` batches of
+    ``batch_size`` (the last, incomplete one dropped), batch i with encoder
+    key :func:`batch_key` (seed, e, i); on the device (one program,
+    :func:`train_epoch`) or from a Python loop over :func:`train_step`."""
+
+    def __init__(self, model: SpikingNetwork, optimizer: nnx.Optimizer, data: Dataset, *,
+                 encoder: Encoder, objective: Objective, seed: int, batch_size: int,
+                 mesh: jax.sharding.Mesh | None, on_device: bool | None):
+        self.model, self.optimizer, self.data = model, optimizer, data
+        self.encoder, self.objective, self.seed = encoder, objective, seed
+        self.n = len(data.x_train)
+        self.batch_size = min(batch_size, self.n)
+        self.steps_per_epoch = self.n // self.batch_size
+        if on_device is None:
+            on_device = mesh is None and fits_on_device(data.x_train.nbytes + data.y_train.nbytes)
+        self.on_device = on_device
+        self.place = lambda batch: batch  # noqa: E731
+        if mesh is not None:
+            sharding.replicate(model, mesh)
+            sharding.replicate(optimizer, mesh)
+            self.place = lambda batch: sharding.shard_batch(batch, mesh)  # noqa: E731
+        if on_device:
+            self.x, self.y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+        else:
+            self.step = nnx.cached_partial(train_step, model, optimizer)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample indices of the epoch's batches, (steps_per_epoch, batch_size)."""
+        k, b = self.steps_per_epoch, self.batch_size
+        return epoch_order(self.seed, epoch, self.n)[:k * b].reshape(k, b)
+
+    def __call__(self, epoch: int, on_batch: Callable[[int, dict], None]) -> dict[str, Any]:
+        """Trains epoch ``epoch``; each batch's metrics, stacked (K,).
+        ``on_batch(index, metrics)`` follows each batch of the Python loop."""
+        order = self.order(epoch)
+        if self.on_device:
+            keys = jax.vmap(lambda i: batch_key(self.seed, epoch, i))(
+                jnp.arange(self.steps_per_epoch))
+            return train_epoch(self.model, self.optimizer, self.x, self.y, jnp.asarray(order),
+                               keys, encoder=self.encoder, objective=self.objective)
+        batches = []
+        for i, idx in enumerate(order):
+            metrics = self.step(*self.place((self.data.x_train[idx], self.data.y_train[idx])),
+                                batch_key(self.seed, epoch, i), encoder=self.encoder,
+                                objective=self.objective)
+            batches.append(metrics)
+            on_batch(i, metrics)
+        return {k: np.stack([np.asarray(b[k]) for b in batches]) for k in batches[0]}
+
+
+def _epoch_row(epoch: int, train: Mapping[str, float], test: Mapping[str, float],
+               seconds: float) -> dict[str, float]:
+    """The history entry of ``epoch`` (0-based) from its training and test metrics."""
+    return {"epoch": epoch + 1, "train_loss": train["loss"],
+            "train_accuracy": train["accuracy"], "train_rate_hz": train["rate_hz"],
+            "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+            "test_rate_hz": test["rate_hz"], "seconds": seconds,
+            **{k: v for k, v in train.items() if k.startswith("grad_norm")},
+            "skipped_batches": train["skipped_batches"]}
+
+
+def _append(history: dict[str, list], row: Mapping[str, Any]) -> None:
+    for k, v in row.items():  # "epoch" first: a new key has NaN for the epochs before
+        history.setdefault(k, [math.nan] * (len(history["epoch"]) - 1))
+        history[k].append(v)
+
+
+def _check_finite(epoch: int, row: Mapping[str, float], steps_per_epoch: int) -> None:
+    """Raises when the epoch learned nothing (every update skipped) or its loss diverged."""
+    require(row["skipped_batches"] != steps_per_epoch, f"epoch {epoch + 1}: skipped_batches",
+            steps_per_epoch, "at least one batch with a finite gradient per epoch (every update "
+            "was skipped; see 'Training over long sequences' in the docs: exp_gradient='bounded', "
+            "a damped surrogate, a lower learning rate); training stopped before this epoch was "
+            "saved", error=NonFiniteGradientError)
+    if not np.isfinite([row["train_loss"], row["test_loss"]]).all():
+        raise NonFiniteLossError(
+            f"epoch {epoch + 1}: train loss {row['train_loss']}, test loss {row['test_loss']} "
+            "violate the rule: a finite loss (lower the learning rate or check the "
+            "inputs); training stopped before this epoch was saved")
+
+
+def _stop_asked(callbacks: Sequence[Callback], fit: FitState, epoch: int) -> bool:
+    """Every callback's ``on_epoch_end``; whether one asked to stop."""
+    answers = [callback.on_epoch_end(fit, epoch, fit.history) for callback in callbacks]
+    return any(answer is True for answer in answers)
+
+
 def fit(
     model: SpikingNetwork,
     optimizer: nnx.Optimizer,
@@ -360,6 +471,7 @@ def fit(
     mesh: jax.sharding.Mesh | None = None,
     stop_on_nonfinite: bool = True,
     epoch_on_device: bool | None = None,
+    callbacks: Sequence[Callback] | None = None,
 ) -> dict[str, list]:
     """Trains for epochs ``start_epoch`` … ``epochs − 1``; returns the history.
 
@@ -374,18 +486,22 @@ def fit(
 
     **Epochs on the device.** With ``epoch_on_device`` True the training
     split is copied to the device once and each epoch is one compiled
-    program (:func:`train_epoch`: the batches scanned on the device); with
-    False each batch is one call of the compiled :func:`train_step` from a
-    Python loop (the module graph cached with ``nnx.cached_partial``). Both
-    run the same updates in the same order. None (default) chooses the
-    device when there is no ``mesh`` and the training split takes at most a
-    quarter of the device's memory (:func:`fits_on_device`).
+    program (:func:`train_epoch`); with False each batch is one call of the
+    compiled :func:`train_step` from a Python loop. Both run the same
+    updates in the same order. None (default) chooses the device when there
+    is no ``mesh`` and the training split takes at most a quarter of the
+    device's memory (:func:`fits_on_device`).
 
-    **Logging.** ``on_epoch_end(epoch, model, optimizer, history)`` runs
-    after each epoch, ``epoch`` being the 0-based index of the epoch just
-    finished and ``history`` every epoch so far: checkpoint there, or log
-    (:mod:`spark_somas.loggers`: JSON lines, TensorBoard, a three-line
-    Weights & Biases hook; :func:`~spark_somas.loggers.chain` runs several).
+    **Hooks.** Around the epochs, ``callbacks`` (:mod:`spark_somas.callbacks`)
+    draw the progress bar, checkpoint, log and stop early: their
+    ``on_fit_start``, ``on_batch_end``, ``on_epoch_end`` (True: stop after
+    this epoch) and ``on_fit_end``. None (default) runs a
+    :class:`~spark_somas.callbacks.ProgressBar` when ``progress`` (a tqdm
+    bar of steps or epochs: loss, accuracy, hidden mean rate) and
+    ``on_epoch_end(epoch, model, optimizer, history)`` when given, after
+    each epoch (``epoch`` 0-based, ``history`` every epoch so far: checkpoint
+    or log there, :mod:`spark_somas.loggers`). A list replaces those
+    defaults; ``on_epoch_end``, when given, still runs after it.
 
     History: a dict of equal-length lists, one entry per epoch —
     :data:`HISTORY_KEYS` (loss and accuracy on the training batches as
@@ -397,9 +513,6 @@ def fit(
     (:func:`gradient_norms`, :func:`summarize_batches`). The test metrics
     are ``flax.nnx.metrics`` (:func:`classification_metrics`).
 
-    A tqdm bar counts training steps (Python loop) or epochs (on the
-    device) and shows loss, accuracy and the hidden mean rate.
-
     With a ``mesh`` (:func:`spark_somas.sharding.make_mesh`) training is data
     parallel: ``model`` and ``optimizer`` are replicated onto it and every
     batch is split over its ``"data"`` axis (``batch_size`` must divide by
@@ -410,111 +523,68 @@ def fit(
     (:meth:`Dataset.check`: shapes, finite inputs, labels in range; the
     model's input size and classes; the encoder's kind and steps). After
     each epoch a NaN or infinite train or test loss raises
-    :class:`NonFiniteLossError` before ``on_epoch_end``, so the last
+    :class:`NonFiniteLossError` before any ``on_epoch_end``, so the last
     checkpoint written is the last good one; ``stop_on_nonfinite=False``
     trains on regardless.
 
     Raises:
       ValueError: bad ``epochs``, ``batch_size`` or ``start_epoch``, or
         ``epoch_on_device=True`` with a ``mesh``.
+      TypeError: an entry of ``callbacks`` that is not a Callback.
       DataError: ``data`` that cannot train ``model`` (see above).
       NonFiniteLossError: the loss diverged.
       NonFiniteGradientError: every batch of an epoch had a non-finite gradient.
     """
-    if progress:  # tqdm.auto picks the notebook bar, and warns in a kernel without ipywidgets
-        from tqdm.auto import tqdm
-    else:
-        from tqdm import tqdm
-
     _check_fit(model, data, encoder, epochs, batch_size, start_epoch)
     require(not (epoch_on_device and mesh is not None), "epoch_on_device", epoch_on_device,
             "False with a mesh (a sharded run loops over batches in Python)", error=ValueError)
-    n = len(data.x_train)
-    batch_size = min(batch_size, n)
-    per_epoch = n // batch_size
-    if epoch_on_device is None:
-        epoch_on_device = mesh is None and fits_on_device(data.x_train.nbytes + data.y_train.nbytes)
-    history = _continued(history, start_epoch)
-    place = lambda batch: batch  # noqa: E731
-    if mesh is not None:
-        sharding.replicate(model, mesh)
-        sharding.replicate(optimizer, mesh)
-        place = lambda batch: sharding.shard_batch(batch, mesh)  # noqa: E731
-    if epoch_on_device:
-        x_all, y_all = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    else:
-        step = nnx.cached_partial(train_step, model, optimizer)
+    callbacks = resolve_callbacks(callbacks, progress=progress, on_epoch_end=on_epoch_end)
+    run = _Epochs(model, optimizer, data, encoder=encoder, objective=objective, seed=seed,
+                  batch_size=batch_size, mesh=mesh, on_device=epoch_on_device)
+    state = FitState(model, optimizer, epochs, start_epoch, run.steps_per_epoch, run.on_device,
+                     _continued(history, start_epoch))
     eval_key = jax.random.fold_in(jax.random.key(seed), 2**32 - 1)  # never an epoch
-    bar = tqdm(total=(epochs - start_epoch) * (1 if epoch_on_device else per_epoch),
-               disable=not progress, unit="epoch" if epoch_on_device else "step",
-               dynamic_ncols=True)
     try:
+        for callback in callbacks:
+            callback.on_fit_start(state)
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
-            order = epoch_order(seed, epoch, n)[:per_epoch * batch_size].reshape(per_epoch,
-                                                                                 batch_size)
-            if epoch_on_device:
-                keys = jax.vmap(lambda i: batch_key(seed, epoch, i))(jnp.arange(per_epoch))
-                batches = train_epoch(model, optimizer, x_all, y_all, jnp.asarray(order), keys,
-                                      encoder=encoder, objective=objective)
-                bar.update(1)
-            else:
-                batches = []
-            for i in range(0 if epoch_on_device else per_epoch):
-                m = step(*place((data.x_train[order[i]], data.y_train[order[i]])),
-                         batch_key(seed, epoch, i), encoder=encoder, objective=objective)
-                batches.append(m)
-                bar.update(1)
-                if i % 10 == 0 or i == per_epoch - 1:
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(m['loss']):.3f}",
-                                    acc=f"{float(m['accuracy']):.3f}",
-                                    rate=f"{float(m['rate_hz']):.1f}Hz", refresh=False)
-            if not epoch_on_device:
-                batches = {k: np.stack([np.asarray(b[k]) for b in batches]) for k in batches[0]}
-            train = summarize_batches(batches)
+            train = summarize_batches(run(epoch, lambda i, m: [
+                callback.on_batch_end(state, epoch, i, m) for callback in callbacks]))
             test = evaluate(model, data.x_test, data.y_test, encoder=encoder,
                             objective=objective, key=eval_key, mesh=mesh)
-            row = {"epoch": epoch + 1, "train_loss": train["loss"],
-                   "train_accuracy": train["accuracy"], "train_rate_hz": train["rate_hz"],
-                   "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-                   "test_rate_hz": test["rate_hz"], "seconds": time.perf_counter() - t0,
-                   **{k: v for k, v in train.items() if k.startswith("grad_norm")},
-                   "skipped_batches": train["skipped_batches"]}
-            for k, v in row.items():  # "epoch" first: a new key has NaN for the epochs before
-                history.setdefault(k, [math.nan] * (len(history["epoch"]) - 1))
-                history[k].append(v)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{train['loss']:.3f}",
-                            acc=f"{train['accuracy']:.3f}", test_acc=f"{test['accuracy']:.3f}",
-                            rate=f"{train['rate_hz']:.1f}Hz")
-            if stop_on_nonfinite and train["skipped_batches"] == per_epoch:
-                raise NonFiniteGradientError(
-                    f"epoch {epoch + 1}: skipped_batches = {per_epoch} violates the rule: at "
-                    "least one batch with a finite gradient per epoch (every update was skipped; "
-                    "see 'Training over long sequences' in the docs: exp_gradient='bounded', a "
-                    "damped surrogate, a lower learning rate); training stopped before this "
-                    "epoch was saved")
-            if stop_on_nonfinite and not np.isfinite([train["loss"], test["loss"]]).all():
-                raise NonFiniteLossError(
-                    f"epoch {epoch + 1}: train loss {train['loss']}, test loss {test['loss']} "
-                    "violate the rule: a finite loss (lower the learning rate or check the "
-                    "inputs); training stopped before this epoch was saved")
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, model, optimizer, history)
+            row = _epoch_row(epoch, train, test, time.perf_counter() - t0)
+            _append(state.history, row)
+            if stop_on_nonfinite:
+                _check_finite(epoch, row, run.steps_per_epoch)
+            if _stop_asked(callbacks, state, epoch):
+                break
     finally:
-        bar.close()
-    return history
+        for callback in callbacks:
+            callback.on_fit_end(state)
+    return state.history
 
 
 def plot_training(history: Mapping[str, Sequence[float]], raster: np.ndarray | None = None, *,
-                  dt: float = 1.0, title: str = ""):
+                  dt: float = 1.0, title: str = "", figure: Any = None):
     """A matplotlib Figure: loss and accuracy per epoch (train and test) and,
-    given ``raster`` (T, N) 0/1 of one sample, its hidden spike raster."""
-    import matplotlib.pyplot as plt
+    given ``raster`` (T, N) 0/1 of one sample, its hidden spike raster.
 
+    Drawn into ``figure`` when given (an empty ``matplotlib.figure.Figure``:
+    one made without pyplot needs no display and no backend, which is how
+    :func:`spark_somas.runs.train` writes its PNG), else into a new pyplot figure."""
     from spark_somas import plotting
 
     panels = 3 if raster is not None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), layout="constrained")
+    size = (4.2 * panels, 3.4)
+    if figure is None:
+        import matplotlib.pyplot as plt
+
+        figure = plt.figure(figsize=size, layout="constrained")
+    else:
+        figure.set_size_inches(*size)
+        figure.set_layout_engine("constrained")
+    fig, axes = figure, figure.subplots(1, panels)
     for ax, what in zip(axes, ("loss", "accuracy")):
         ax.plot(history["epoch"], history[f"train_{what}"], "o-", ms=3, label="train")
         ax.plot(history["epoch"], history[f"test_{what}"], "s-", ms=3, label="test")

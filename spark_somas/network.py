@@ -44,6 +44,8 @@ optimizer (:mod:`spark_somas.constraints`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 from typing import Any, Callable, Mapping, Sequence
 
@@ -190,8 +192,9 @@ def _as_surrogate(value: Any) -> surrogates_lib.Surrogate | None:
         return (surrogates_lib.by_name(value) if isinstance(value, str)
                 else surrogates_lib.from_dict(value))
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"surrogate = {value!r} violates the rule: None, a Surrogate, its "
-                         f"name or its dict ({err})") from None
+        problem = err
+    require(False, "surrogate", value, f"None, a Surrogate, its name or its dict ({problem})",
+            error=ValueError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,7 +299,9 @@ class Layer:
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
     """The architecture of a :class:`SpikingNetwork`: its constructor's
-    arguments, checked, as a frozen value (see there for each field).
+    arguments, checked, as a frozen value (see there for each field;
+    ``soma_kwargs`` None is ``{}``). :meth:`build` (or
+    ``SpikingNetwork(config=...)``) makes the network from it.
 
     ``hidden`` is an int (one layer) or a tuple whose entries are ints or
     :class:`Layer`\\ s; an int entry is a layer of that many somas with the
@@ -330,8 +335,9 @@ class NetworkConfig:
         require(isinstance(self.remat, (bool, int, np.integer)) and (
             isinstance(self.remat, bool) or self.remat >= 1), "remat", self.remat,
             "False, True or a positive int", error=ValueError)
-        require(self.backend in backends.BACKENDS, "backend", self.backend,
-                f"one of {backends.BACKENDS}", error=ValueError)
+        backends.check_backend(self.backend)
+        if self.soma_kwargs is None:
+            object.__setattr__(self, "soma_kwargs", {})
         object.__setattr__(self, "remat", self.remat if isinstance(self.remat, bool)
                            else int(self.remat))
         for name in ("in_features", "n_classes"):
@@ -399,6 +405,11 @@ class NetworkConfig:
         out["surrogate"] = None if self.surrogate is None else self.surrogate.to_dict()
         return out
 
+    def build(self, rngs: nnx.Rngs | None = None) -> "SpikingNetwork":
+        """A fresh :class:`SpikingNetwork` of this architecture (``rngs``
+        default: seed 0): :meth:`SpikingNetwork.from_config`."""
+        return SpikingNetwork.from_config(self, rngs)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "NetworkConfig":
         """Inverse of :meth:`to_dict`. A dict without the newer keys, from an
@@ -457,6 +468,36 @@ class HiddenLayer(nnx.Module):
         if self.spikes is not None:
             self.spikes[...] = out.spikes
         return out
+
+
+def _network_config(config: "NetworkConfig | None", arguments: Mapping[str, Any]) -> "NetworkConfig":
+    """``config``, or the :class:`NetworkConfig` of the constructor's
+    ``arguments`` (its fields by name) when there is none; with a config, an
+    argument that differs from its default would be ignored, so it is refused."""
+    if config is None:
+        return NetworkConfig(**arguments)
+    require(isinstance(config, NetworkConfig), "config", config, "a NetworkConfig",
+            error=TypeError)
+    defaults = _constructor_defaults()
+    given = sorted(k for k, v in arguments.items()
+                   if v is not defaults[k] and not _same(v, defaults[k]))
+    require(not given, "arguments besides config", given, "none: they are fields of the "
+            "config, and dataclasses.replace(config, ...) changes them", error=ValueError)
+    return config
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # an array compared elementwise: not a default
+        return False
+
+
+@functools.cache
+def _constructor_defaults() -> dict[str, Any]:
+    signature = inspect.signature(SpikingNetwork.__init__)
+    return {k: p.default for k, p in signature.parameters.items()
+            if k not in ("self", "config", "rngs")}
 
 
 class SpikingNetwork(nnx.Module):
@@ -521,14 +562,18 @@ class SpikingNetwork(nnx.Module):
         default (None: the soma config's own).
       exp_gradient: every soma layer's backward pass of the exponential term,
         :data:`TRAINING_EXP_GRADIENT` by default (None: the soma config's own).
+      config: a :class:`NetworkConfig` to build instead of the arguments
+        above, which then keep their defaults: ``SpikingNetwork(config=cfg,
+        rngs=...)``, as :meth:`from_config` and :meth:`NetworkConfig.build`;
+        the arguments themselves make one (``net.config``).
       rngs: Linear initialisation.
     """
 
     def __init__(
         self,
-        in_features: int,
-        hidden: int | Sequence[int | Layer],
-        n_classes: int,
+        in_features: int | None = None,
+        hidden: int | Sequence[int | Layer] | None = None,
+        n_classes: int | None = None,
         *,
         soma: str | type[Soma] = "adex",
         dt: float = 1.0,
@@ -545,24 +590,21 @@ class SpikingNetwork(nnx.Module):
         backend: str = "auto",
         surrogate: surrogates_lib.Surrogate | str | Mapping[str, Any] | None = TRAINING_SURROGATE,
         exp_gradient: str | None = TRAINING_EXP_GRADIENT,
+        config: NetworkConfig | None = None,
         rngs: nnx.Rngs,
     ):
-        self.config = config = NetworkConfig(
-            in_features, hidden, n_classes, soma=registry.soma_class(soma).__name__, dt=dt,
-            recurrent=recurrent, output=output, readout=readout, readout_tau=readout_tau,
-            trainable_neurons=trainable_neurons, input_gain=input_gain, synapse_tau=synapse_tau,
-            soma_kwargs=soma_kwargs or {}, readout_window=readout_window, remat=remat,
-            backend=backend, surrogate=surrogate, exp_gradient=exp_gradient)
-        self.dt = float(dt)
-        self.readout_decay = float(np.exp(-dt / readout_tau))
-        layers, width = [], in_features
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "config", "rngs")}
+        self.config = config = _network_config(config, arguments)
+        self.dt = float(config.dt)
+        self.readout_decay = float(np.exp(-config.dt / config.readout_tau))
+        layers, width = [], config.in_features
         for layer in config.layers:
-            layers.append(HiddenLayer(width, layer, dt=dt, rngs=rngs))
+            layers.append(HiddenLayer(width, layer, dt=config.dt, rngs=rngs))
             width = layer.units
         self.layers = nnx.List(layers)
-        soma_out = output == "soma"
+        soma_out, n_classes = config.output == "soma", config.n_classes
         readout = dataclasses.replace(config.layers[-1], units=n_classes, recurrent=False)
-        self.readout_layer = nnx.data(HiddenLayer(width, readout, dt=dt, rngs=rngs)
+        self.readout_layer = nnx.data(HiddenLayer(width, readout, dt=config.dt, rngs=rngs)
                                       if soma_out else None)
         self.output = nnx.data(None if soma_out else nnx.Linear(width, n_classes, rngs=rngs))
         self.readout_potential = nnx.data(
@@ -570,9 +612,10 @@ class SpikingNetwork(nnx.Module):
 
     @classmethod
     def from_config(cls, config: NetworkConfig, rngs: nnx.Rngs | None = None) -> "SpikingNetwork":
-        """A fresh network of ``config``'s architecture (``rngs`` default: seed 0)."""
-        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        return cls(**fields, rngs=rngs or nnx.Rngs(0))
+        """A fresh network of ``config``'s architecture (``rngs`` default:
+        seed 0): ``SpikingNetwork(config=config, rngs=rngs)``, the config
+        kept as it is (``net.config is config``)."""
+        return cls(config=config, rngs=rngs or nnx.Rngs(0))
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -654,8 +697,9 @@ class SpikingNetwork(nnx.Module):
         axis = layout.time_axis("inputs", inputs.shape, (self.config.in_features,), time_major,
                                 features="in_features")
         inputs = layout.to_time_major(inputs, axis)
-        backend = self.config.backend if backend is None else backend
-        if inputs.ndim < 3 and backends.resolve_backend(backend) == "fused":
+        # Resolved once, here: the loop below runs the name it is given.
+        backend = backends.resolve_backend(self.config.backend if backend is None else backend)
+        if inputs.ndim < 3 and backend == "fused":
             raise FusedBackendError(
                 f"inputs of shape {inputs.shape} violate the rule: the fused backend "
                 f"partitions a batch, (T, B, F); add a batch axis or use backend = 'scan'")

@@ -12,10 +12,16 @@ rebuilds the run with :meth:`RunConfig.from_dict`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
+import logging
 import math
+import os
+import time
 import typing
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+import jax
 import numpy as np
 
 from spark_somas import backends, numerics, registry
@@ -27,7 +33,8 @@ from spark_somas.events import EVENT_DATASETS
 from spark_somas.network import TRAINING_EXP_GRADIENT, TRAINING_SURROGATE, NetworkConfig
 from spark_somas.tasks import EvidenceAccumulation
 
-__all__ = ["Recipe", "RECIPES", "FILE_TASKS", "RunConfig", "Built"]
+__all__ = ["Recipe", "RECIPES", "FILE_TASKS", "RunConfig", "Built", "train", "TrainResult",
+           "RunError", "SavedRun", "saved_run", "SETTING_NAMES"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,3 +288,293 @@ class RunConfig:
         require(not unknown, "run", unknown, f"only RunConfig fields, {sorted(names)} "
                 "(the run was saved by another version?)", error=ValueError)
         return cls(**{"surrogate": None, "exp_gradient": None, **d})
+
+
+# --- Running one: what ``spark-somas train`` does, as a function -----------------------------
+
+#: How :func:`train`'s messages name its settings; the command line passes
+#: its options instead (``{"out_dir": "--out", ...}``).
+SETTING_NAMES: dict[str, str] = {
+    "out_dir": "out_dir", "checkpoint_dir": "checkpoint_dir", "tensorboard": "tensorboard",
+    "download": "download", "data_dir": "data_dir", "data_option": "data_option",
+    "encoder": "encoder", "resume": "resume=True and checkpoint_dir"}
+
+
+class RunError(Exception):
+    """A run that cannot go on — a directory, its data, the run to resume:
+    one line naming the setting at fault (as ``train``'s ``names`` spell it)."""
+
+
+class SavedRun(NamedTuple):
+    """What ``train`` saved with its newest checkpoint in a directory."""
+
+    run: dict[str, Any]  # the RunConfig's to_dict()
+    history: dict[str, list]
+    epochs_done: int
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` did: the run, the settings it reported, the
+    history (a resumed run's earlier epochs included), the trained network,
+    the data, the hidden spikes of the first test sample (T, N), the first
+    epoch of this call, the wall seconds (compilation included) and the
+    files written (the PNG and the JSON)."""
+
+    run: RunConfig
+    settings: dict[str, Any]
+    history: dict[str, list]
+    model: Any
+    data: Dataset
+    raster: np.ndarray
+    start_epoch: int
+    wall_seconds: float
+    files: tuple[str, ...]
+
+
+def saved_run(directory: str, name: str = "checkpoint_dir") -> SavedRun:
+    """The run, history and epochs of the newest step in ``directory`` when
+    :func:`train` wrote it; else :class:`RunError` naming ``name``."""
+    from spark_somas.checkpointing import CheckpointError, Checkpointer
+
+    try:
+        with Checkpointer(directory, read_only=True) as ckpt:
+            meta = ckpt.metadata()
+    except CheckpointError as err:
+        raise RunError(f"{name}: {err}") from None
+    extra = meta.get("extra")
+    if (meta["model"].get("type") != "SpikingNetwork" or not isinstance(extra, dict)
+            or not isinstance(extra.get("run"), dict)
+            or not isinstance(extra.get("history"), dict)):
+        raise RunError(
+            f"{name} {directory} violates the rule: a directory written by 'spark-somas train "
+            f"--checkpoint-dir' (its step {meta['step']} holds a "
+            f"{meta['model'].get('type') or meta['model'].get('class')} without the training "
+            "settings and history)")
+    return SavedRun(extra["run"], extra["history"], meta["step"])
+
+
+def _check_resumed(run: RunConfig, directory: str, names: Mapping[str, str]) -> SavedRun:
+    """The run saved in ``directory``, which ``run`` continues: the same run
+    but for more epochs."""
+    saved = saved_run(directory, names["checkpoint_dir"])
+    try:
+        before = RunConfig.from_dict(saved.run)
+    except ValueError as err:
+        raise RunError(f"{names['checkpoint_dir']} {directory}: the run saved there cannot be "
+                       f"rebuilt by this version ({err})") from None
+    differ = [f.name for f in dataclasses.fields(RunConfig)
+              if f.name != "epochs" and getattr(run, f.name) != getattr(before, f.name)]
+    require(not differ, "run fields", differ, f"those of the run saved in {directory} (only "
+            "epochs may change, to extend it)", error=RunError)
+    require(run.epochs > saved.epochs_done, "epochs", run.epochs, f"more than the "
+            f"{saved.epochs_done} epochs the run saved in {directory} has done", error=RunError)
+    return saved
+
+
+def _new_checkpoint_dir(directory: str, names: Mapping[str, str]) -> None:
+    """Refuses a checkpoint directory that already holds checkpoints, before
+    any work: a new run would fail at its first save (steps are never overwritten)."""
+    import shlex
+
+    from spark_somas.checkpointing import Checkpointer
+
+    if not os.path.isdir(directory):
+        return
+    with Checkpointer(directory, read_only=True) as ckpt:
+        steps = ckpt.all_steps()
+    if steps:
+        raise RunError(
+            f"{names['checkpoint_dir']} {directory} violates the rule: a new or empty directory "
+            f"(it holds the checkpoints of epochs {steps}); continue that run with "
+            f"{names['resume']} {shlex.quote(directory)}, or choose another directory")
+
+
+def _check_places(run: RunConfig, out_dir: str, checkpoint_dir: str | None, resume: bool,
+                  tensorboard: str | None, download: bool,
+                  names: Mapping[str, str]) -> SavedRun | None:
+    """Everything about where the run goes, checked before any work: the
+    directories writable, a new run's checkpoint directory empty, a resumed
+    one holding this run, TensorBoard installed when asked for."""
+    from spark_somas.checkpointing import _check_writable, check_directory
+
+    require(not download or run.task in FILE_TASKS and not resume, names["download"], download,
+            f"only for task {' or '.join(sorted(FILE_TASKS))}, without {names['resume']}",
+            error=RunError)
+    require(not resume or checkpoint_dir is not None, "resume", resume,
+            f"with the {names['checkpoint_dir']} to resume", error=RunError)
+    saved = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = check_directory(checkpoint_dir, names["checkpoint_dir"])
+        if resume:
+            saved = _check_resumed(run, checkpoint_dir, names)
+        else:
+            _new_checkpoint_dir(checkpoint_dir, names)
+    for key, directory in (("out_dir", out_dir), ("checkpoint_dir", checkpoint_dir),
+                           ("tensorboard", tensorboard)):
+        if directory:
+            _check_writable(directory, names[key], error=RunError)
+    if tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise RunError(f'{names["tensorboard"]} needs tensorboardX: pip install '
+                       '"spark_somas[tensorboard]"')
+    return saved
+
+
+def _load_data(run: RunConfig, download: bool, progress: bool,
+               names: Mapping[str, str]) -> Dataset:
+    """The run's data (first downloaded when asked), errors as one :class:`RunError` line."""
+    from spark_somas import datasets
+    from spark_somas.events import EventDatasetMissing
+
+    if download:
+        from spark_somas.checkpointing import _check_writable
+        from spark_somas.fetch import DownloadError, fetch
+
+        _check_writable(run.data_dir, names["data_dir"], error=RunError)
+        try:
+            fetch(run.task, run.data_dir, progress=progress)
+        except DownloadError as err:
+            raise RunError(f"{names['download']}: {err}") from None
+    try:
+        data = datasets.load_task(run.task, **run.data_kwargs()).limit(run.limit)
+    except EventDatasetMissing as err:
+        raise RunError(f"{names['data_dir']} {run.data_dir}: {err}") from None
+    except datasets.DataError as err:  # a damaged file, or data breaking a rule
+        where = f"{names['data_dir']} {run.data_dir}: " if run.data_dir else f"{run.task} data: "
+        raise RunError(where + str(err)) from None
+    except (TypeError, ValueError) as err:  # an unknown data_option key or a bad value
+        if not run.data_option:
+            raise RunError(f"{run.task} data: {err}") from None
+        raise RunError(f"{names['data_option']} violates the rule: a keyword of the {run.task} "
+                       f"loader with a valid value ({err})") from None
+    if data.encoding == "spikes" and run.encoder not in (None, "spikes"):
+        raise RunError(f"{names['encoder']} {run.encoder} violates the rule: {run.task} is "
+                       "spike data")
+    return data
+
+
+def _settings(run: RunConfig, built: Built) -> dict[str, Any]:
+    """What the run reports and writes next to its history: its fields and
+    what they resolved to (steps, encoder, dt, currents, the time loop)."""
+    model = built.model
+    return run.to_dict() | {
+        "steps": built.encoder.steps, "encoder": built.encoder.kind, "dt_ms": model.dt,
+        "input_gain": run.recipe.input_gain, "synapse_tau_ms": run.recipe.synapse_tau,
+        "current_scale_pA": [layer.scale for layer in model.layers],
+        "readout_window": model.config.readout_window,
+        "time_loop": backends.resolve_backend(run.backend)}
+
+
+def _write_report(run: RunConfig, out_dir: str, history: Mapping[str, list],
+                  raster: np.ndarray, settings: Mapping[str, Any], dt: float,
+                  wall: float) -> tuple[str, str]:
+    """``<out_dir>/train_<task>_<soma>.png`` (curves and the raster, drawn
+    without pyplot: no display, no backend to choose) and ``.json``."""
+    from matplotlib.figure import Figure
+
+    from spark_somas.loop import plot_training
+
+    stem = os.path.join(out_dir, f"train_{run.task}_{run.soma}")
+    acc = history["test_accuracy"][-1]
+    figure = plot_training(history, raster, dt=dt, figure=Figure(),
+                           title=f"{run.soma} on {run.task}: test accuracy {100.0 * acc:.2f}%")
+    figure.savefig(stem + ".png", dpi=120)
+    with open(stem + ".json", "w") as f:
+        json.dump({"settings": settings, "history": history, "wall_seconds": wall}, f, indent=1)
+    return stem + ".png", stem + ".json"
+
+
+def train(run: RunConfig, out_dir: str = "out", *, checkpoint_dir: str | None = None,
+          resume: bool = False, keep_last: int = 3, keep_best: int = 1,
+          tensorboard: str | None = None, download: bool = False,
+          epoch_on_device: bool | None = None, progress: bool = True,
+          callbacks: Sequence[Any] = (), echo: Callable[[str], None] | None = None,
+          names: Mapping[str, str] | None = None) -> TrainResult:
+    """Runs ``run`` as ``spark-somas train`` does (the command line parses
+    its options into a :class:`RunConfig` and calls this).
+
+    Checks first, before any data are loaded, where the run goes
+    (``out_dir``, ``checkpoint_dir``, ``tensorboard``: writable; a new run's
+    checkpoint directory empty; with ``resume``, the directory holds this
+    run, which ``run`` may only extend by ``epochs``). Then downloads the
+    data when ``download`` (SHD/SSC into ``run.data_dir``), loads them,
+    builds the network and optimizer (:meth:`RunConfig.build`), restores
+    the newest checkpoint when resuming, and trains with
+    :func:`~spark_somas.loop.fit`: a progress bar when ``progress``, a
+    :class:`~spark_somas.callbacks.Checkpoint` after every epoch into
+    ``checkpoint_dir`` (keeping the newest ``keep_last``, 0: all, and the
+    ``keep_best`` by test accuracy; ``extra`` holds the history and
+    ``run.to_dict()``), TensorBoard scalars and histograms, then
+    ``callbacks`` of your own. Last it writes ``<out_dir>/train_<task>_<soma>.png``
+    and ``.json`` (settings, history, wall seconds).
+
+    ``echo`` receives a line about the data and settings before training
+    and one when a run is resumed (the command line prints them). A problem
+    of the run's places or data raises :class:`RunError`, its message
+    naming the setting as ``names`` spell them (:data:`SETTING_NAMES` by
+    default). An interrupt (KeyboardInterrupt, or the command line's
+    signals) stops training with the saved epochs committed.
+    """
+    from spark_somas.loop import fit, record
+
+    t0 = time.perf_counter()
+    say = echo or (lambda line: None)
+    names = {**SETTING_NAMES, **(names or {})}
+    saved = _check_places(run, out_dir, checkpoint_dir, resume, tensorboard, download, names)
+    data = _load_data(run, download, progress, names)
+    built = run.build(data)
+    settings = _settings(run, built)
+    say(f"{data!r}\n  {settings}")
+    history, start_epoch, hooks, closers = _train_hooks(
+        run, built, checkpoint_dir, saved, keep_last, keep_best, tensorboard, progress, say)
+    try:
+        history = fit(built.model, built.optimizer, data, encoder=built.encoder,
+                      epochs=run.epochs, batch_size=min(run.batch_size, len(data.x_train)),
+                      seed=run.seed, start_epoch=start_epoch, history=history,
+                      epoch_on_device=epoch_on_device, callbacks=[*hooks, *callbacks])
+    finally:
+        for close in closers:  # the pending save committed: the last epoch is complete
+            close()
+    wall = time.perf_counter() - t0
+    sample = record(built.model, data.x_test[:1], jax.random.key(run.seed), encoder=built.encoder)
+    raster = np.asarray(sample.hidden_spikes[:, 0])
+    files = _write_report(run, out_dir, history, raster, settings, built.model.dt, wall)
+    return TrainResult(run, settings, history, built.model, data, raster, start_epoch, wall,
+                       files)
+
+
+def _train_hooks(run: RunConfig, built: Built, checkpoint_dir: str | None,
+                 saved: SavedRun | None, keep_last: int, keep_best: int,
+                 tensorboard: str | None, progress: bool, say: Callable[[str], None]):
+    """Where the run starts and the callbacks ``train`` runs: (history,
+    start epoch, callbacks — bar, checkpoint, TensorBoard —, what closes
+    their files); a resumed run's newest checkpoint restored into the model
+    and optimizer."""
+    from spark_somas.callbacks import Checkpoint, Logger, ProgressBar
+
+    hooks: list[Any] = [ProgressBar()] if progress else []
+    closers: list[Callable[[], None]] = []
+    history, start_epoch = None, 0
+    if checkpoint_dir is not None:
+        # Orbax logs a failed background write with its tracebacks; the
+        # failure itself reaches the user as one CheckpointNotWritableError line.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
+        checkpoint = Checkpoint(checkpoint_dir, keep_last=keep_last, keep_best=keep_best,
+                                extra={"run": run.to_dict()})
+        hooks.append(checkpoint)
+        closers.append(checkpoint.close)
+        if saved is not None:
+            try:
+                start_epoch = checkpoint.open().restore(built.model, built.optimizer)
+            except BaseException:
+                checkpoint.close()
+                raise
+            history = saved.history
+            say(f"resumed {checkpoint.checkpointer.directory} after epoch {start_epoch}")
+    if tensorboard:  # a resumed run hides the events the old run wrote after its save
+        from spark_somas.loggers import TensorBoardLogger
+
+        board = TensorBoardLogger(tensorboard, histograms=True,
+                                  purge_step=start_epoch + 1 if start_epoch else None)
+        hooks.append(Logger(board))
+        closers.append(board.close)
+    return history, start_epoch, hooks, closers
