@@ -72,12 +72,8 @@ import optax
 from flax import nnx
 
 from spark_somas.configs import feasible_interval
-<<<<<<< HEAD
-from spark_somas.somas import Soma, iter_somas, path_name
-=======
 from spark_somas.errors import RuleError
-from spark_somas.somas import ExponentialSoma, iter_somas, path_name
->>>>>>> errors
+from spark_somas.somas import Soma, iter_somas, path_name
 
 __all__ = [
     "neuron_constraints",
