@@ -27,6 +27,7 @@ import numpy as np
 from spark_somas import backends, numerics, registry
 from spark_somas import surrogates as surrogates_lib
 from spark_somas.configs import require
+from spark_somas.errors import SparkSomasError
 from spark_somas.datasets import TASKS, Dataset
 from spark_somas.encoders import Encoder
 from spark_somas.events import EVENT_DATASETS
@@ -300,7 +301,7 @@ SETTING_NAMES: dict[str, str] = {
     "encoder": "encoder", "resume": "resume=True and checkpoint_dir"}
 
 
-class RunError(Exception):
+class RunError(SparkSomasError):
     """A run that cannot go on — a directory, its data, the run to resume:
     one line naming the setting at fault (as ``train``'s ``names`` spell it)."""
 
