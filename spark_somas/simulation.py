@@ -33,7 +33,7 @@ from flax import nnx
 
 from spark_somas import layout
 from spark_somas.backends import FusedBackendError, resolve_backend
-from spark_somas.somas import Soma, SomaOutput, SomaState
+from spark_somas.somas import OUTPUT_FIELDS, Soma, SomaOutput, SomaState
 
 __all__ = ["drive", "simulate", "recordable", "recorded_fields", "output", "RECORDABLE",
            "FusedBackendError"]
@@ -42,8 +42,7 @@ M = TypeVar("M", bound=nnx.Module)
 
 #: What the four exponential somas can record; any soma records ``spikes``,
 #: its membrane variable and each state variable it declares recordable.
-RECORDABLE = ("spikes", "potential", "adaptation", "threshold_offset", "refractory")
-_FIELDS = RECORDABLE
+RECORDABLE = OUTPUT_FIELDS
 
 
 def _call(module: nnx.Module, x: Any) -> Any:
@@ -205,8 +204,8 @@ def output(soma: Soma, recorded: dict[str, jax.Array]) -> SomaOutput:
     recorded = dict(recorded)
     if soma.membrane in recorded:
         recorded["potential"] = recorded.pop(soma.membrane)
-    extra = {k: v for k, v in recorded.items() if k not in _FIELDS}
-    return SomaOutput(**{k: recorded.get(k) for k in _FIELDS}, extra=extra or None)
+    extra = {k: v for k, v in recorded.items() if k not in OUTPUT_FIELDS}
+    return SomaOutput(**{k: recorded.get(k) for k in OUTPUT_FIELDS}, extra=extra or None)
 
 
 def _segment_length(remat: bool | int, steps: int) -> int | None:

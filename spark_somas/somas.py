@@ -137,13 +137,17 @@ class SomaOutput:
     extra: Mapping[str, Array] | None = None
 
     def __getitem__(self, name: str) -> Array:
-        if name in ("spikes", "potential", "adaptation", "threshold_offset", "refractory"):
+        if name in OUTPUT_FIELDS:
             value = getattr(self, name)
         else:
             value = (self.extra or {}).get(name)
         if value is None:
             raise KeyError(f"{name!r} was not recorded")
         return value
+
+
+#: The named fields of a :class:`SomaOutput`; ``extra`` holds any other.
+OUTPUT_FIELDS = tuple(f.name for f in dataclasses.fields(SomaOutput) if f.name != "extra")
 
 
 def refractory_steps(cooldown: Array, dt: float) -> Array:
