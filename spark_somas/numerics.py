@@ -9,7 +9,7 @@ included, in float32, bfloat16 and float16 (float64 too):
   integration method; gradients with respect to the input are finite
   wherever the step is stable (dt ≤ τ for every time constant, and always
   with the exponential Euler) — beyond, the explicit map is itself
-  unstable and its true gradient grows as \|1 − dt/τ\|^T;
+  unstable and its true gradient grows as abs(1 − dt/τ)^T;
 * wherever the true forward-Euler update is representable (its linear part
   within the state range ±``STATE_LIMIT``), the trajectory is the Euler
   trajectory, the same arithmetic operation for operation; where the
