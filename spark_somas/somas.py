@@ -330,6 +330,7 @@ class Soma(nnx.Module):
     ``refractory = True`` a ``"refractory"`` counter and a ``cooldown``
     field give Brian2's absolute refractory period. ``membrane`` names the
     variable whose crossing of ``spike_threshold`` is a spike.
+
     Args:
       config: the soma's config; None gives the defaults.
       units: neurons, an int or a shape tuple.

@@ -27,7 +27,7 @@ instead of mV, as in Bellec et al.'s scaled potential (V − V_th)/V_th::
     ∂S/∂V = γ · g(x)                (in mV, the default)
 
 so ``Triangle(width=1.0, damping=0.3, relative=True)`` is Bellec et al.'s
-pseudo-derivative 0.3·max(0, 1 − |V − V_th|/d)/d for any cell, whatever its
+pseudo-derivative 0.3·max(0, 1 − abs(V − V_th)/d)/d for any cell, whatever its
 potentials. The forward pass is the Heaviside step of x in every case.
 """
 
