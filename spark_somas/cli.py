@@ -4,26 +4,26 @@ Subcommands (one ``add_<name>_parser`` / ``cmd_<name>`` pair each; register a
 new one in :data:`SUBCOMMANDS`):
 
 * ``spark-somas train`` — trains :class:`~spark_somas.training.SpikingNetwork`
-  on a task of :data:`spark_somas.datasets.TASKS` (digits, Randman, the cue
+  on a task of :data:`spark_somas.data.datasets.TASKS` (digits, Randman, the cue
   task, or SHD/SSC read from ``--data-dir``, or first downloaded there by
-  ``--download``: :mod:`spark_somas.fetch`), prints progress, the final
+  ``--download``: :mod:`spark_somas.data.fetch`), prints progress, the final
   test accuracy and the firing rates, and writes
   ``<out>/train_<task>_<soma>.png`` (loss and accuracy curves, spike raster
   of one test sample) and ``.json`` (history and settings); with
   ``--tensorboard DIR`` also TensorBoard event files, one scalar per history
   key per epoch. ``make demo`` runs it with its defaults: AdEx on digits.
-  The command parses its options into a :class:`~spark_somas.runs.RunConfig`
-  and calls :func:`spark_somas.runs.train`, which does the run; then it
+  The command parses its options into a :class:`~spark_somas.training.runs.RunConfig`
+  and calls :func:`spark_somas.training.runs.train`, which does the run; then it
   prints the result.
 * ``spark-somas simulate`` — each of the four default somas under a step
   current: spike counts, firing rates and ``<out>/simulate.png`` (voltage traces).
 
 ``train --checkpoint-dir D`` (a new or empty D) saves after every epoch e
-(0-based) the step e + 1 of a :class:`spark_somas.checkpointing.Checkpointer`,
+(0-based) the step e + 1 of a :class:`spark_somas.persistence.checkpointing.Checkpointer`,
 keeping the newest ``--keep-last`` and the ``--keep-best`` by test accuracy:
 model (weights, neuron parameters and state), optimizer (Adam moments, step
 count, hence the learning-rate schedule), test metrics, and ``extra =
-{"history", "run"}``, the run's :class:`~spark_somas.runs.RunConfig` as a
+{"history", "run"}``, the run's :class:`~spark_somas.training.runs.RunConfig` as a
 dict. ``train --resume D`` restores the newest step into a network built from
 the saved run and runs ``fit(..., start_epoch=e + 1,
 history=extra["history"])`` (``runs.train(..., resume=True)``): data order and noise are pure functions of
@@ -109,18 +109,18 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _writable_dir(path: str, option: str) -> None:
     """Creates ``path`` and a file in it (removed at once), or raises
     :class:`CommandError` naming ``option``: before any work depends on it."""
-    from spark_somas.checkpointing import _check_writable
+    from spark_somas.persistence.checkpointing import check_writable
 
-    _check_writable(path, option, error=CommandError)
+    check_writable(path, option, error=CommandError)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    """One option per :class:`~spark_somas.runs.RunConfig` field, its type,
+    """One option per :class:`~spark_somas.training.runs.RunConfig` field, its type,
     choices, help and metavar from the field's metadata."""
     import dataclasses
     import typing
 
-    from spark_somas.runs import RunConfig
+    from spark_somas.training.runs import RunConfig
 
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
@@ -145,9 +145,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The ``train`` options: one per :class:`~spark_somas.runs.RunConfig`
+    """The ``train`` options: one per :class:`~spark_somas.training.runs.RunConfig`
     field (``--batch-size`` for ``batch_size``), then where the run goes."""
-    from spark_somas.runs import RECIPES
+    from spark_somas.training.runs import RECIPES
 
     recipes = "; ".join(
         f"{task}: {r.encoder} input, "
@@ -165,7 +165,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     _add_run_options(p)
     p.add_argument("--download", action="store_true",
                    help="shd/ssc: first download the official files (checksummed, resumable) "
-                        "into --data-dir, default the cache directory of spark_somas.fetch")
+                        "into --data-dir, default the cache directory of spark_somas.data.fetch")
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                    help="save model, optimizer and history after every epoch (Orbax) in DIR, "
                         "a new or empty directory")
@@ -214,8 +214,8 @@ _OPTION_NAMES = {"out_dir": "--out", "checkpoint_dir": "--checkpoint-dir",
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Parses the options into a run and calls :func:`spark_somas.runs.train`."""
-    from spark_somas import runs
+    """Parses the options into a run and calls :func:`spark_somas.training.runs.train`."""
+    from spark_somas.training import runs
 
     run = _train_run(args)
     stopped = None
@@ -242,11 +242,11 @@ def _train_run(args: argparse.Namespace) -> "RunConfig":
     ``--resume``'s directory (then also ``args.checkpoint_dir``)."""
     import dataclasses
 
-    from spark_somas.checkpointing import check_directory
-    from spark_somas.runs import FILE_TASKS, RunConfig, saved_run
+    from spark_somas.persistence.checkpointing import check_directory
+    from spark_somas.training.runs import FILE_TASKS, RunConfig, saved_run
 
     if args.download:
-        from spark_somas.fetch import default_cache_dir
+        from spark_somas.data.fetch import default_cache_dir
 
         if args.task not in FILE_TASKS or args.resume:
             raise CommandError(f"--download violates the rule: only for --task "
@@ -269,7 +269,7 @@ def _train_run(args: argparse.Namespace) -> "RunConfig":
 
 def _saved(checkpoint_dir: str | None) -> str:
     """Which epochs a stopped run left in ``checkpoint_dir``, and how to continue."""
-    from spark_somas.checkpointing import CheckpointError, Checkpointer
+    from spark_somas.persistence.checkpointing import CheckpointError, Checkpointer
 
     last = None
     if checkpoint_dir and os.path.isdir(checkpoint_dir):
@@ -314,7 +314,7 @@ def _resumed_run(args: argparse.Namespace, resumed: "SavedRun") -> "RunConfig":
     given; every other run option given must agree with the saved value."""
     import dataclasses
 
-    from spark_somas.runs import RunConfig
+    from spark_somas.training.runs import RunConfig
 
     try:
         saved = RunConfig.from_dict(resumed.run)
@@ -397,7 +397,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import spark_somas as ss
     from spark_somas import plotting
 
-    from spark_somas.configs import LARGEST, SMALLEST
+    from spark_somas.models.configs import LARGEST, SMALLEST
 
     if not SMALLEST <= args.dt <= LARGEST:
         raise CommandError(f"--dt {args.dt:g} violates the rule: {SMALLEST:g} ≤ dt ≤ "
@@ -440,7 +440,7 @@ def add_checkpoints_parser(sub: argparse._SubParsersAction) -> argparse.Argument
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    from spark_somas.checkpointing import describe, format_listing
+    from spark_somas.persistence.checkpointing import describe, format_listing
 
     print(format_listing(describe(args.directory)))
     return 0
@@ -489,10 +489,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``spark-somas`` with ``argv`` (default: the process arguments)."""
     args = build_parser().parse_args(argv)
     args.given = _given(argv)
-    from spark_somas.checkpointing import CheckpointError
-    from spark_somas.configs import ConfigError
-    from spark_somas.datasets import DataError
-    from spark_somas.runs import RunError
+    from spark_somas.persistence.checkpointing import CheckpointError
+    from spark_somas.models.configs import ConfigError
+    from spark_somas.data.datasets import DataError
+    from spark_somas.training.runs import RunError
     from spark_somas.training import NonFiniteLossError
 
     def warn(message, category, filename, lineno, file=None, line=None):

@@ -28,7 +28,7 @@ The exponential term keeps its exact gradient.
 
 **Parameters stay inside their rules.** Each fitted field x lives in a box
 [lo, hi]: the bounds given, else the interval its config rule allows
-against the fixed fields (:func:`~spark_somas.configs.feasible_interval`;
+against the fixed fields (:func:`~spark_somas.models.configs.feasible_interval`;
 time constants also ≥ dt). The optimizer moves an unconstrained u:
 
 * both ends finite: x = lo + (hi − lo)·σ(u), on a log scale
@@ -71,10 +71,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from spark_somas import configs
-from spark_somas.configs import require
-from spark_somas.simulation import simulate
-from spark_somas.somas import Soma, SomaConstant, SomaState
+from spark_somas.models import configs
+from spark_somas.models.configs import require
+from spark_somas.simulation.driver import simulate
+from spark_somas.models.somas import Soma, SomaConstant, SomaState
 
 __all__ = [
     "Recording",
@@ -128,7 +128,7 @@ class Recording:
         step, NaN where not recorded; None when only spikes were recorded.
       spike_times: per sweep, spike times (ms from the sweep's start, a
         spike in step k reported at k·dt as
-        :func:`spark_somas.presets.spike_times` does); None when unknown.
+        :func:`spark_somas.models.presets.spike_times` does); None when unknown.
       time_major: layout of 2-D ``currents`` / ``potential``.
 
     Raises ConfigError naming the sweep, the value and the rule for

@@ -16,11 +16,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from spark_somas.configs import AdaptiveExponentialSomaConfig
+from spark_somas.models.configs import AdaptiveExponentialSomaConfig
 from spark_somas.errors import RuleError, require, violation
-from spark_somas.simulation import simulate
-from spark_somas import integrators
-from spark_somas.somas import AdaptiveExponentialSoma, ExponentialSoma, StepOptions
+from spark_somas.simulation.driver import simulate
+from spark_somas.dynamics import integrators
+from spark_somas.models.somas import AdaptiveExponentialSoma, ExponentialSoma, StepOptions
 
 __all__ = ["voltage_trace", "raster", "firing_rates", "fi_curve", "nullclines", "phase_plane"]
 

@@ -15,7 +15,7 @@ import pytest
 
 import spark_somas as ss
 
-HEAVY = ("matplotlib", "spark_somas.kernels", "jax.experimental.pallas")
+HEAVY = ("matplotlib", "spark_somas.simulation.kernels", "jax.experimental.pallas")
 
 
 def loaded_after(code: str) -> list[str]:
@@ -39,7 +39,7 @@ def test_training_and_checkpointing_load_neither():
 
 def test_plotting_loads_matplotlib_and_a_fused_run_the_kernels():
     assert "matplotlib" in loaded_after("import spark_somas as ss\nss.plotting.raster")
-    assert "spark_somas.kernels" in loaded_after(
+    assert "spark_somas.simulation.kernels" in loaded_after(
         "import jax.numpy as jnp, spark_somas as ss\n"
         "ss.simulate(ss.ExponentialSoma(units=2), jnp.ones((2, 1, 2)), backend='fused')")
 
@@ -48,7 +48,9 @@ def test_plotting_loads_matplotlib_and_a_fused_run_the_kernels():
 def test_every_submodule_is_an_attribute(name):
     import importlib
 
-    assert getattr(ss, name) is importlib.import_module(f"spark_somas.{name}")
+    home = importlib.import_module(f"spark_somas.{ss.MODULES[name]}")
+    assert getattr(ss, name) is home
+    assert importlib.import_module(f"spark_somas.{name}") is home
     assert name in dir(ss)
 
 

@@ -1,0 +1,14 @@
+"""The neuron models: what a soma is, its parameters and its spike.
+
+* :mod:`~spark_somas.models.somas` — the :class:`~spark_somas.models.somas.Soma`
+  protocol, the four exponential somas and the one pure :func:`~spark_somas.models.somas.step`;
+* :mod:`~spark_somas.models.configs` — parameter configs: fields with units,
+  defaults and rules (:func:`~spark_somas.models.configs.quantity`);
+* :mod:`~spark_somas.models.surrogates` — the spike function and the
+  surrogates of its derivative;
+* :mod:`~spark_somas.models.presets` — the Naud et al. (2008) AdEx firing patterns;
+* :mod:`~spark_somas.models.registry` — model classes by name, for checkpoints,
+  the command line and the network.
+
+Imports only :mod:`spark_somas.errors` and :mod:`spark_somas.dynamics`.
+"""

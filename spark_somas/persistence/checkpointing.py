@@ -1,0 +1,863 @@
+"""Checkpoint and resume with Orbax: parameters, optimizer state and the running neuron state.
+
+A soma is a deterministic map: one forward-Euler step takes the state
+x_t = (V_t [mV], w_t [pA], refractory countdown r_t [steps, int32], θ_t [mV])
+and the input I_t [pA] to x_{t+1} = F(x_t, I_t; p) with fixed or trained
+parameters p. Saving x_t and p bit for bit, in their own dtypes, and resuming
+with the same inputs and the same compiled F therefore continues a run
+exactly: the spikes and potentials after a restore are those the
+uninterrupted run would have produced. Training adds the optimizer state
+(Adam's moments and step count, Kingma & Ba 2015), which the next update
+reads just as F reads x_t.
+
+A checkpoint is one step directory of an Orbax ``CheckpointManager`` holding
+
+* ``state``: ``nnx.state(model)`` as a pure dict — every ``nnx.Param``,
+  :class:`~spark_somas.models.somas.SomaConstant` and
+  :class:`~spark_somas.models.somas.SomaState` (V, w, refractory counters, θ), and
+  any other Variable of the module tree (typed PRNG keys as their key data);
+* ``optimizer``: ``nnx.state(optimizer)`` when one was given;
+* ``metadata``: JSON — for every soma in the tree its class, config
+  (``config.to_dict()``), units, dt, integration method, dtype, param_dtype
+  and trained fields (release 0.1.0 did not record the method: see :func:`load`);
+  the model's registered type and its spec (what :func:`load` rebuilds it
+  from); the package, jax, flax and orbax versions; the step's metrics and the
+  caller's ``extra``.
+
+Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it to
+``<step>`` when complete (an atomic rename on a POSIX file system), so a
+save killed mid-write leaves the earlier steps intact and is never listed.
+One process writes a directory at a time.
+
+Loading never imports or runs code named on disk: :func:`load` rebuilds a
+model only from a type registered in this process (:func:`register_model`;
+see :mod:`spark_somas.models.registry`; the four somas and
+:class:`~spark_somas.training.network.SpikingNetwork` register themselves), and the metadata is plain JSON read as data.
+
+A :class:`Checkpointer` that may write checks up front that it can create a
+file in its directory, and again before every save, so an unwritable
+directory is refused before any work depends on it.
+
+Refusals: restoring into a model whose somas differ from the saved ones
+(class, units, dt, integration method, dtype, param_dtype, trained fields,
+any config field) or
+whose arrays differ in path, shape or dtype (a neuron state's batch
+shape may differ, its trailing ``units`` may not) raises
+:class:`CheckpointMismatchError` naming the field and both values, before any
+array is read; a missing directory or step raises
+:class:`CheckpointNotFoundError`; an unreadable one, or one whose metadata disagrees with its
+arrays, :class:`CheckpointCorruptError`; saving a step that exists
+:class:`CheckpointExistsError`; a directory this process cannot write
+:class:`CheckpointNotWritableError`. All subclass :class:`CheckpointError`, a
+``ValueError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import tempfile
+import warnings
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from orbax.checkpoint import checkpoint_managers
+
+from spark_somas.dynamics import integrators
+from spark_somas.models import registry
+from spark_somas.models import somas
+from spark_somas.models.configs import is_initializer
+from spark_somas.errors import RuleError, SparkSomasError, require, rule_message, violation
+from spark_somas.models.registry import ModelType, register_model, soma_from_spec, soma_spec
+
+__all__ = [
+    "Checkpointer",
+    "CheckpointInfo",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "CheckpointCorruptError",
+    "CheckpointMismatchError",
+    "CheckpointExistsError",
+    "CheckpointNotWritableError",
+    "check_writable",
+    "UnrecordedMethodWarning",
+    "ModelType",
+    "register_model",
+    "soma_spec",
+    "soma_from_spec",
+    "load",
+    "describe",
+    "check_directory",
+    "format_listing",
+]
+
+FORMAT_VERSION = 1
+_ITEMS = ("state", "optimizer", "metadata")
+
+
+class CheckpointError(SparkSomasError, ValueError):
+    """A checkpoint cannot be written or read as asked; the message says why."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint directory, or the requested step in it, does not exist."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A step exists but cannot be read: missing files, garbled metadata or arrays."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The saved model and the target differ; names the field and both values."""
+
+
+class CheckpointExistsError(CheckpointError, FileExistsError):
+    """The step is already saved; a checkpoint is never overwritten."""
+
+
+class UnrecordedMethodWarning(UserWarning):
+    """A checkpoint of release 0.1.0 records no integration method: the
+    somas take the one named in the warning, unchecked."""
+
+
+class CheckpointNotWritableError(CheckpointError, PermissionError):
+    """The directory cannot be created or written by this process, or a
+    save to it failed on the file system."""
+
+
+def _build_model(model_meta: Mapping[str, Any], check: Callable[[nnx.Module], None]) -> nnx.Module:
+    """The model the metadata describes, built once abstractly
+    (``nnx.eval_shape``: shapes and dtypes, no memory) and handed to
+    ``check``, then for real: a spec that claims more than the stored
+    arrays hold is refused before anything of its size is allocated. A
+    model whose construction reads a parameter as a number (a
+    SpikingNetwork with trained neurons: its rheobase current) cannot be
+    built abstractly; it is built for real and compared after."""
+    name = model_meta.get("type")
+    if name is None:
+        raise CheckpointError(
+            f"the checkpoint holds a {model_meta.get('class')} that no register_model() call "
+            "describes, so it cannot be rebuilt from the directory alone; build the model "
+            "yourself and use Checkpointer.restore(model)"
+        )
+    try:
+        entry = registry.model_type(name)
+    except registry.UnknownModelError as err:
+        raise CheckpointError(
+            f"model type {err}; loading never imports a module named in a checkpoint: import "
+            "or define the model's class and call register_model for it first") from None
+    try:
+        try:
+            abstract = nnx.eval_shape(lambda: entry.build(model_meta.get("spec")))
+        except jax.errors.ConcretizationTypeError:
+            abstract = None  # its construction reads a traced value as a number
+        if abstract is not None:
+            check(abstract)
+        return entry.build(model_meta.get("spec"))
+    except CheckpointError:
+        raise
+    except registry.UnknownModelError as err:
+        raise CheckpointError(str(err)) from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise CheckpointCorruptError(f"the checkpoint's spec of its {name} cannot rebuild it "
+                                     f"({type(err).__name__}: {err})") from None
+
+
+def _is_key(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _stored(leaf: Any) -> Any:
+    """What is written for a leaf: typed PRNG keys as their raw key data,
+    Python scalars as arrays."""
+    if _is_key(leaf):
+        return jax.random.key_data(leaf)
+    return leaf if hasattr(leaf, "dtype") else np.asarray(leaf)
+
+
+def _pure(module: Any) -> dict:
+    return nnx.to_pure_dict(nnx.state(module))
+
+
+def _membrane_of(spec: Any) -> str:
+    """The membrane variable's name of the soma class a spec names (the
+    registry's class; ``"potential"`` when it names none)."""
+    try:
+        return registry.soma_class(spec.get("class")).membrane
+    except (registry.UnknownModelError, AttributeError):
+        return "potential"
+
+
+def _soma_paths(model: Any) -> dict[str, somas.Soma]:
+    return {somas.path_name(p) or ".": node for p, node in somas.iter_somas(model)}
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
+    """Every difference between the saved somas and ``model``'s, as text."""
+    have = _soma_paths(model)
+    problems = []
+    for path in sorted(set(saved) | set(have)):
+        if path not in have:
+            problems.append(f"soma {path!r}: checkpoint has a {saved[path]['class']}, model has none")
+            continue
+        if path not in saved:
+            problems.append(f"soma {path!r}: model has a {type(have[path]).__name__}, checkpoint has none")
+            continue
+        mine, theirs = soma_spec(have[path]), saved[path]
+        for key in ("class", "units", "dt", "method", "dtype", "param_dtype", "trainable"):
+            if key == "method" and key not in theirs:
+                continue  # release 0.1.0 did not record it: see _unrecorded_methods
+            if theirs.get(key) != mine[key]:
+                problems.append(f"soma {path!r} {key}: checkpoint {_show(theirs.get(key))}, "
+                                f"model {_show(mine[key])}")
+        if theirs.get("class") != mine["class"]:
+            continue
+        live = have[path].config
+        drawn = {f.name for f in live.quantity_fields() if is_initializer(getattr(live, f.name))}
+        theirs = {**theirs, "config": _with_defaults(type(live), theirs["config"])}
+        for name in mine["config"]:
+            # A field the model draws from an initializer takes the saved values;
+            # every other entry (the surrogate and detach_reset included) must agree.
+            if name in drawn:
+                continue
+            if theirs["config"].get(name) != mine["config"][name]:
+                problems.append(f"soma {path!r} config.{name}: checkpoint "
+                                f"{_show(theirs['config'].get(name))}, model {_show(mine['config'][name])}")
+    return problems
+
+
+def _with_defaults(config_class: type, saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A saved config dict with the fields and surrogate parameters added
+    since it was written, at their defaults (an older release's checkpoint
+    compares as the config it meant); as saved if it does not parse."""
+    try:
+        return config_class(**saved, __skip_validation__=True).to_dict()
+    except (TypeError, ValueError):
+        return saved
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_SOMA_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "class": (lambda v: isinstance(v, str), "a class name"),
+    "config": (lambda v: isinstance(v, dict), "a dict of config fields"),
+    "units": (lambda v: isinstance(v, list) and len(v) > 0 and all(
+        isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in v),
+              "a list of positive ints"),
+    "dt": (_is_number, "a number (ms)"),
+    "dtype": (lambda v: isinstance(v, str), "a dtype name"),
+    "param_dtype": (lambda v: isinstance(v, str), "a dtype name"),
+    "trainable": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+                  "a list of field names"),
+}
+
+
+def _metadata_problem(meta: Mapping[str, Any]) -> str | None:
+    """What in a step's metadata is not as :meth:`Checkpointer.save` writes
+    it (a hand edit, another program), or None: checked before anything
+    reads it, so that damage is named instead of raising KeyError deep inside."""
+    if not isinstance(meta.get("time"), str):
+        return f"'time' = {_show(meta.get('time'))}, not an ISO 8601 string"
+    metrics = meta.get("metrics") or {}
+    if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
+        return f"'metrics' = {_show(metrics)}, not a dict of numbers"
+    model = meta["model"]
+    if not isinstance(model.get("class"), str) or not isinstance(model.get("type"), (str, type(None))):
+        return f"'model' = {_show(model)}, without a class name and a type name or null"
+    for path, spec in meta["somas"].items():
+        if not isinstance(spec, dict):
+            return f"soma {path!r} = {_show(spec)}, not a dict"
+        for key, (ok, rule) in _SOMA_KEYS.items():
+            if key not in spec or not ok(spec[key]):
+                return f"soma {path!r} {key!r} = {_show(spec.get(key))}, not {rule}"
+        if "method" in spec and spec["method"] not in integrators.METHODS:
+            return (f"soma {path!r} 'method' = {_show(spec['method'])}, not one of "
+                    f"{integrators.METHODS}")
+    return None
+
+
+def _unrecorded_methods(saved: Mapping[str, Any]) -> list[str]:
+    """Paths of the saved somas whose metadata records no integration method
+    (written by release 0.1.0)."""
+    return sorted(path for path, spec in saved.items()
+                  if isinstance(spec, Mapping) and "method" not in spec)
+
+
+def _written_by(meta: Mapping[str, Any]) -> str:
+    versions = meta.get("versions")
+    version = versions.get("spark_somas") if isinstance(versions, Mapping) else None
+    return f"spark_somas {version}" if isinstance(version, str) else "an older spark_somas"
+
+
+def _state_units(model: Any) -> dict[str, tuple[int, ...]]:
+    """Path of every neuron-state leaf of ``model`` (each ``SomaState``, the
+    somas' and any other module's: a network's synaptic currents, previous
+    spikes, readout potential) -> its units, the trailing shape a batch
+    never changes: a soma's ``units``; for any other leaf, its shape less
+    the batch shape the model's somas hold now (one batch for the whole
+    model, as :meth:`Soma.broadcast_state` and every ``reset``
+    keep it)."""
+    soma_paths = _soma_paths(model)
+    out, batches = {}, set()
+    for path, soma in soma_paths.items():
+        prefix = "" if path == "." else path + "/"
+        for name, leaf in somas.named_leaves(nnx.to_pure_dict(nnx.state(soma, somas.SomaState))).items():
+            out[prefix + name] = soma.units
+            batches.add(tuple(np.shape(leaf))[: np.ndim(leaf) - len(soma.units)])
+    batch = batches.pop() if len(batches) == 1 else ()
+    for name, leaf in somas.named_leaves(nnx.to_pure_dict(nnx.state(model, somas.SomaState))).items():
+        shape = tuple(np.shape(leaf))
+        if name not in out and shape[: len(batch)] == batch:
+            out[name] = shape[len(batch):]
+    return out
+
+
+def _array_mismatches(item: str, saved: Mapping[str, Any], target: Mapping[str, Any],
+                      loose: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Differences in path, dtype and shape between saved array metadata and
+    the target's leaves; ``loose`` paths (neuron state, mapped to their
+    units) take the saved batch shape, which must be one for all of them,
+    followed by those units."""
+    problems, batches = [], {}
+    for path in sorted(set(saved) | set(target)):
+        if path not in target:
+            problems.append(f"{item} {path!r}: in the checkpoint, not in the model")
+        elif path not in saved:
+            problems.append(f"{item} {path!r}: in the model, not in the checkpoint")
+        else:
+            leaf, md = _stored(target[path]), saved[path]
+            dtype, shape = jnp.dtype(leaf.dtype), tuple(np.shape(leaf))
+            if jnp.dtype(md.dtype) != dtype:
+                problems.append(f"{item} {path!r} dtype: checkpoint {jnp.dtype(md.dtype).name}, "
+                                f"model {dtype.name}")
+            saved_shape = tuple(md.shape)
+            if path in loose:
+                units = loose[path]
+                if len(saved_shape) < len(units) or saved_shape[len(saved_shape) - len(units):] != units:
+                    problems.append(f"{item} {path!r} shape: checkpoint {saved_shape}, which does "
+                                    f"not end in the model's units {units}")
+                else:
+                    batches.setdefault(saved_shape[: len(saved_shape) - len(units)], path)
+            elif saved_shape != shape:
+                problems.append(f"{item} {path!r} shape: checkpoint {saved_shape}, model {shape}")
+    if len(batches) > 1:
+        problems.append(f"{item}: the neuron state has several batch shapes in the checkpoint ("
+                        + ", ".join(f"{b} at {p!r}" for b, p in batches.items()) + ")")
+    return problems
+
+
+def _abstract(leaf: Any, shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
+    stored = _stored(leaf)
+    sharding = getattr(stored, "sharding", None)
+    if sharding is None or tuple(stored.shape) != shape:
+        devices = getattr(stored, "devices", None)
+        sharding = jax.sharding.SingleDeviceSharding(
+            next(iter(devices())) if devices else jax.devices()[0])
+    return jax.ShapeDtypeStruct(shape, stored.dtype, sharding=sharding)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """One saved step: when (UTC, ISO 8601), its metrics, the model it holds
+    and the caller's ``extra``."""
+
+    step: int
+    time: str
+    metrics: dict[str, float]
+    model: str
+    extra: Any = None
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with numpy / jax scalars and arrays as Python numbers and lists."""
+    if isinstance(obj, Mapping):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
+        return np.asarray(obj).tolist()
+    return obj
+
+
+def _check_step(step: Any) -> int:
+    require(not isinstance(step, bool) and isinstance(step, (int, np.integer)) and step >= 0,
+            "step", step, "an int >= 0", error=RuleError)
+    return int(step)
+
+
+def check_writable(directory: str, name: str = "checkpoint directory", *,
+                    error: type[Exception] = CheckpointNotWritableError) -> None:
+    """Creates ``directory`` if need be and a file in it (removed at once);
+    raises ``error`` naming ``name`` and the directory when either fails,
+    whatever the reason (permissions, a read-only file system, a file in the
+    way). The command line checks its output directories with it too."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory, prefix=".spark-somas-write-check-"):
+            pass
+    except OSError as err:
+        raise error(violation(
+            f"{name} {directory}", f"a directory this process can create and write "
+            f"({err.strerror or type(err).__name__})")) from None
+
+
+def check_directory(directory: str | os.PathLike, name: str = "checkpoint directory") -> str:
+    """The absolute path of ``directory`` as a checkpoint directory, or
+    :class:`CheckpointError` naming ``name`` when Orbax cannot keep a
+    checkpoint there: its array store (TensorStore) reads a backslash as a
+    path separator, so the arrays of ``run\\a`` would be written under
+    ``run/a`` and nothing would restore."""
+    path = os.path.abspath(os.fspath(directory))
+    require("\\" not in path, name, path,
+            "a path without a backslash (Orbax's array store reads '\\' as a separator "
+            "and would write the arrays elsewhere)", error=CheckpointError)
+    return path
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("spark_somas", "jax", "jaxlib", "flax", "orbax-checkpoint", "optax"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+class Checkpointer:
+    """Numbered checkpoints of a model (and optimizer) in one directory.
+
+    Wraps ``orbax.checkpoint.CheckpointManager``. Saves are asynchronous by
+    default: :meth:`save` returns once the arrays are copied off the device,
+    and the files are written in a background thread while training goes on;
+    :meth:`wait` blocks until they are committed, :meth:`close` (or leaving a
+    ``with`` block) waits and releases the manager.
+
+    Args:
+      directory: where the step directories live; created unless ``read_only``.
+      max_to_keep: keep the newest ``max_to_keep`` steps (None: all).
+      best_metric: a metric name, or a function ``metrics -> float``, ranking
+        the steps; with it every save must pass that metric.
+      best_mode: ``"min"`` (lower is better, e.g. a loss) or ``"max"``.
+      keep_best: how many of the best steps to keep besides the newest
+        ``max_to_keep`` (both sets survive clean-up).
+      async_save: write in the background (True) or before returning.
+      read_only: only restore and list; nothing in ``directory`` changes.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = None,
+        best_metric: str | Callable[[Mapping[str, float]], float] | None = None,
+        best_mode: str = "min",
+        keep_best: int = 1,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
+        self.directory = check_directory(directory)
+        require(max_to_keep is None or isinstance(max_to_keep, int) and max_to_keep >= 1,
+                "max_to_keep", max_to_keep, "None or an int >= 1", error=RuleError)
+        require(best_mode in ("min", "max"), "best_mode", best_mode, "'min' or 'max'",
+                error=RuleError)
+        require(isinstance(keep_best, int) and keep_best >= 1, "keep_best", keep_best,
+                "an int >= 1", error=RuleError)
+        if read_only and not os.path.isdir(self.directory):
+            raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist")
+        if not read_only:
+            check_writable(self.directory)
+        self.best_metric = best_metric
+        self.read_only = read_only
+        best_fn = None
+        if best_metric is not None:
+            best_fn = best_metric if callable(best_metric) else (lambda m: m[best_metric])
+        policies = [checkpoint_managers.LatestN(n=max_to_keep)]
+        if best_fn is not None:
+            policies.append(checkpoint_managers.BestN(
+                get_metric_fn=best_fn, reverse=best_mode == "min", n=keep_best))
+        options = ocp.CheckpointManagerOptions(
+            best_fn=best_fn,
+            best_mode=best_mode,
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            # A writer removes what a killed save left behind. (Orbax's own
+            # read_only mode logs a warning per option; this class guards saves.)
+            cleanup_tmp_directories=not read_only,
+        )
+        handlers = {"state": ocp.StandardCheckpointHandler(),
+                    "optimizer": ocp.StandardCheckpointHandler(),
+                    "metadata": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS,
+                                              item_handlers=handlers, options=options)
+
+    # -- lifecycle
+
+    def wait(self) -> None:
+        """Blocks until every pending save is committed.
+
+        Raises:
+          CheckpointNotWritableError: a pending save failed on the file system
+            (its step is not committed; earlier steps are intact).
+        """
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:  # the writer raises OSError, or TensorStore's ValueError
+            raise self._not_written(err) from err
+
+    def close(self) -> None:
+        """Waits for pending saves, then releases the manager (also when a
+        save failed, whose error it then raises as :meth:`wait` does)."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- steps
+
+    def all_steps(self) -> list[int]:
+        """Saved steps, ascending; a save still being written by this
+        Checkpointer is included (other processes see it once committed)."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest step, or None when there is none."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The best step by ``best_metric`` (the newest without one)."""
+        return self._manager.best_step()
+
+    def _resolve(self, step: int | None) -> int:
+        if step is not None:
+            step = _check_step(step)
+        self.wait()  # reads see this Checkpointer's own pending saves committed
+        steps = self.all_steps()
+        if not steps:
+            raise CheckpointNotFoundError(f"no checkpoints in {self.directory}")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise CheckpointNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
+                                          f"steps: {steps}")
+        return step
+
+    # -- save
+
+    def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None = None, *,
+             metrics: Mapping[str, float] | None = None, extra: Any = None) -> None:
+        """Saves ``model`` (every Variable: parameters, constants, neuron state)
+        and ``optimizer``'s state as ``step``; returns before the write ends
+        when asynchronous.
+
+        Args:
+          step: a non-negative int not yet saved here.
+          metrics: name -> number, listed with the step and used by ``best_metric``.
+          extra: anything JSON-serialisable (numpy / jax numbers and arrays are
+            converted) to keep alongside, e.g. a data position or a history.
+
+        Raises:
+          CheckpointExistsError: ``step`` is already saved.
+          CheckpointNotWritableError: the directory can no longer be written
+            (checked before anything is handed to the writer).
+          ValueError: a bad step, metric or ``extra``.
+        """
+        step = _check_step(step)
+        if self.read_only:
+            raise CheckpointError(f"this Checkpointer of {self.directory} is read_only")
+        metrics = self._check_metrics(metrics)
+        model_type = registry.type_of(model)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "model": {
+                "class": f"{type(model).__module__}.{type(model).__qualname__}",
+                "type": model_type.name if model_type else None,
+                "spec": model_type.spec(model) if model_type else None,
+            },
+            "somas": {path: soma_spec(s) for path, s in _soma_paths(model).items()},
+            "optimizer": optimizer is not None,
+            "metrics": metrics,
+            "extra": _jsonable(extra),
+        }
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError) as err:
+            raise RuleError(violation(f"extra = {_show(str(extra))} (or the model spec)",
+                                      f"JSON-serialisable ({err})")) from None
+        check_writable(self.directory)
+        items = {"state": ocp.args.StandardSave(jax.tree.map(_stored, _pure(model))),
+                 "metadata": ocp.args.JsonSave(meta)}
+        if optimizer is not None:
+            items["optimizer"] = ocp.args.StandardSave(jax.tree.map(_stored, _pure(optimizer)))
+        try:
+            self._manager.save(step, args=ocp.args.Composite(**items),
+                               metrics=metrics if self.best_metric is not None else None, force=True)
+        except ocp.checkpoint_manager.StepAlreadyExistsError:
+            raise CheckpointExistsError(
+                f"step {step} is already saved in {self.directory}; checkpoints are never "
+                f"overwritten (steps: {self.all_steps()})") from None
+        except Exception as err:  # a synchronous write failed (or an earlier async one)
+            raise self._not_written(err) from err
+
+    def _not_written(self, err: Exception) -> CheckpointNotWritableError:
+        """A failed write, whatever the layer that reports it (an OSError, or
+        TensorStore's ``ValueError: RESOURCE_EXHAUSTED …`` for a full disk),
+        in one line: its step is not committed; earlier steps are intact."""
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # the file system's own words close TensorStore's message: keep them
+        reason = reason if len(reason) <= 300 else reason[:100] + " … " + reason[-197:]
+        return CheckpointNotWritableError(
+            f"a save to {self.directory} failed on the file system and was not committed; "
+            f"earlier steps are intact ({reason})")
+
+    def _check_metrics(self, metrics: Mapping[str, float] | None) -> dict[str, float]:
+        out = {}
+        for name, value in dict(metrics or {}).items():
+            try:
+                out[str(name)] = float(value)
+            except (TypeError, ValueError):
+                raise RuleError(rule_message(f"metrics[{name!r}]", value, "a number")) from None
+        if isinstance(self.best_metric, str):
+            value = out.get(self.best_metric)
+            require(value is not None and math.isfinite(value), "metrics", out,
+                    f"must hold a finite best_metric {self.best_metric!r} (it ranks the steps)",
+                    error=RuleError)
+        return out
+
+    # -- read
+
+    def metadata(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON metadata of ``step`` (default: the newest)."""
+        step = self._resolve(step)
+        try:
+            meta = self._manager.restore(
+                step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+        except Exception as err:  # orbax raises many kinds on unreadable files
+            raise self._corrupt(step, "metadata", err) from err
+        if (not isinstance(meta, dict) or not {"format_version", "somas", "model"} <= set(meta)
+                or not isinstance(meta["somas"], dict) or not isinstance(meta["model"], dict)
+                or not isinstance(meta["format_version"], int)):
+            raise self._corrupt(step, "metadata", "not spark_somas checkpoint metadata")
+        if meta["format_version"] > FORMAT_VERSION:
+            raise CheckpointError(f"step {step} in {self.directory} has format version "
+                                  f"{meta['format_version']}; this spark_somas reads up to "
+                                  f"{FORMAT_VERSION}")
+        problem = _metadata_problem(meta)
+        if problem:
+            raise self._corrupt(step, "metadata", problem)
+        return meta
+
+    def _corrupt(self, step: int, item: str, err: Any) -> CheckpointCorruptError:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        return CheckpointCorruptError(f"checkpoint step {step} in {self.directory} is corrupted or "
+                                      f"incomplete: cannot read its {item} ({reason})")
+
+    def list(self) -> list[CheckpointInfo]:
+        """Every step with its time, metrics, model and ``extra``."""
+        out = []
+        for step in self.all_steps():
+            meta = self.metadata(step)
+            model = meta["model"]
+            out.append(CheckpointInfo(step, meta["time"], meta.get("metrics") or {},
+                                      model.get("type") or model["class"], meta.get("extra")))
+        return out
+
+    def restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
+                step: int | None = None) -> int:
+        """Restores ``step`` (default: the newest) into ``model`` and
+        ``optimizer`` in place; returns the step.
+
+        The neuron state (every ``SomaState``: the somas', and a network's
+        synaptic currents, previous spikes and readout potential) takes the
+        saved batch shape. Somas (their integration method included), array
+        paths, shapes and dtypes are compared with the checkpoint first; on
+        any difference nothing is changed. A checkpoint of release 0.1.0
+        records no integration method: it is restored into the model's own
+        with a :class:`UnrecordedMethodWarning`.
+
+        Raises:
+          CheckpointNotFoundError: no such directory or step.
+          CheckpointMismatchError: the model (or optimizer) differs from the saved one.
+          CheckpointCorruptError: the step's files cannot be read.
+        """
+        step = self._resolve(step)
+        meta = self.metadata(step)
+        unrecorded = _unrecorded_methods(meta["somas"])
+        if unrecorded:
+            have = _soma_paths(model)
+            methods = sorted({have[p].method for p in unrecorded if p in have})
+            warnings.warn(UnrecordedMethodWarning(
+                f"checkpoint step {step} of {self.directory} was written by {_written_by(meta)}, "
+                f"which did not record the integration method of soma(s) {unrecorded}: it is "
+                f"restored into the model's method {', '.join(methods) or '-'} unchecked; it "
+                "should be the one the saved run used"), stacklevel=2)
+        return self._restore(model, optimizer, step, meta)
+
+    def _restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None, step: int,
+                 meta: Mapping[str, Any]) -> int:
+        problems = _soma_mismatches(meta["somas"], model)
+        if optimizer is not None and not meta.get("optimizer"):
+            problems.append("optimizer: the checkpoint has no optimizer state")
+        if problems:
+            raise CheckpointMismatchError(self._refusal(step, problems))
+        modules = {"state": model}
+        if optimizer is not None:
+            modules["optimizer"] = optimizer
+        try:
+            saved_md = self._manager.item_metadata(step)
+            saved = {name: somas.named_leaves(saved_md[name].tree) for name in modules}
+        except Exception as err:
+            raise self._corrupt(step, "array metadata", err) from err
+        loose = _state_units(model)
+        targets, args = {}, {}
+        for name, module in modules.items():
+            targets[name] = _pure(module)
+            problems += _array_mismatches(name, saved[name], somas.named_leaves(targets[name]),
+                                          loose if name == "state" else {})
+        if problems:
+            raise CheckpointMismatchError(self._refusal(step, problems))
+        for name, pure in targets.items():
+            shapes = saved[name]
+            abstract = jax.tree_util.tree_map_with_path(
+                lambda p, leaf: _abstract(leaf, tuple(shapes[somas.path_name(p)].shape)), pure)
+            args[name] = ocp.args.StandardRestore(abstract)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as err:
+            raise self._corrupt(step, "arrays", err) from err
+        stored = somas.named_leaves(restored["state"])
+        for path, soma in _soma_paths(model).items():
+            prefix = "" if path == "." else path + "/"
+            try:  # an untrusted checkpoint may hold any numbers: the soma's rules decide
+                soma.check_parameters({f.name: stored[prefix + f.name]
+                                       for f in soma.config.quantity_fields()})
+            except ValueError as err:
+                raise CheckpointCorruptError(
+                    f"checkpoint step {step} in {self.directory} holds values that break the "
+                    f"rules of soma {path!r}, so nothing is restored: {err}") from None
+        for name, module in modules.items():
+            values = jax.tree.map(
+                lambda like, arr: jax.random.wrap_key_data(arr, impl=jax.random.key_impl(like))
+                if _is_key(like) else arr, targets[name], restored[name])
+            state = nnx.state(module)
+            nnx.replace_by_pure_dict(state, values)
+            nnx.update(module, state)
+        return step
+
+    def _check_units(self, step: int, saved_somas: Mapping[str, Any]) -> None:
+        """Refuses metadata whose somas' units disagree with the stored
+        potentials, before anything is built from it."""
+        try:
+            stored = somas.named_leaves(self._manager.item_metadata(step)["state"].tree)
+        except Exception as err:
+            raise self._corrupt(step, "array metadata", err) from err
+        for path, spec in saved_somas.items():
+            units = tuple(spec.get("units") or ()) if isinstance(spec, dict) else None
+            membrane = _membrane_of(spec)
+            md = stored.get(membrane if path == "." else f"{path}/{membrane}")
+            shape = None if md is None else tuple(md.shape)
+            if shape is None or units is None or shape[len(shape) - len(units):] != units:
+                raise self._corrupt(step, "metadata", f"soma {path!r} has units {units} in the "
+                                    f"metadata but a stored potential of shape {shape}")
+
+    def _check_shapes(self, step: int, model: nnx.Module) -> None:
+        """Refuses metadata that describes a model whose arrays are not the
+        stored ones (``model`` may be abstract, from ``nnx.eval_shape``)."""
+        try:
+            stored = somas.named_leaves(self._manager.item_metadata(step)["state"].tree)
+        except Exception as err:
+            raise self._corrupt(step, "array metadata", err) from err
+        problems = _array_mismatches("state", stored, somas.named_leaves(_pure(model)), _state_units(model))
+        if problems:
+            raise self._corrupt(step, "metadata", "its model spec disagrees with the stored "
+                                "arrays: " + "; ".join(problems[:5]))
+
+    def _refusal(self, step: int, problems: list[str]) -> str:
+        return (f"cannot restore step {step} of {self.directory} into this model: "
+                + "; ".join(problems))
+
+
+def load(directory: str | os.PathLike, step: int | None = None, *,
+         method: str | None = None) -> nnx.Module:
+    """The model saved in ``directory`` at ``step`` (default: the newest),
+    rebuilt from the metadata alone and restored: a soma, or any model type
+    registered with :func:`register_model`.
+
+    Each soma is rebuilt with the integration method its metadata records.
+    Release 0.1.0 did not record it: its somas are rebuilt with ``method``
+    when given, else with forward Euler (that release's default) and an
+    :class:`UnrecordedMethodWarning` that says how to choose another.
+    ``method`` for a checkpoint that records its somas' methods must agree
+    with them (else :class:`CheckpointMismatchError`).
+    """
+    if method is not None:
+        require(method in integrators.METHODS, "method", method,
+                f"None or one of {integrators.METHODS}", error=RuleError)
+    with Checkpointer(directory, read_only=True) as ckpt:
+        step = ckpt._resolve(step)
+        meta = ckpt.metadata(step)
+        ckpt._check_units(step, meta["somas"])
+        model = _build_model(meta["model"], lambda abstract: ckpt._check_shapes(step, abstract))
+        unrecorded = _unrecorded_methods(meta["somas"])
+        built = _soma_paths(model)
+        for path, soma in built.items():
+            if path in unrecorded and method is not None:
+                soma.method = method
+            elif method is not None and method != soma.method:
+                raise CheckpointMismatchError(
+                    f"cannot load step {step} of {ckpt.directory} with method = {method!r}: "
+                    f"its soma {path!r} records method {soma.method!r}")
+        if unrecorded and method is None:
+            warnings.warn(UnrecordedMethodWarning(
+                f"checkpoint step {step} of {ckpt.directory} was written by {_written_by(meta)}, "
+                f"which did not record the integration method of soma(s) {unrecorded}: loaded "
+                f"with method {', '.join(sorted({built[p].method for p in unrecorded if p in built}))}"
+                f" ({registry.LEGACY_METHOD!r} is that release's default); if the run used "
+                "another, pass it: load(directory, method='rk4')"), stacklevel=2)
+        ckpt._restore(model, None, step, meta)
+    return model
+
+
+def describe(directory: str | os.PathLike) -> list[CheckpointInfo]:
+    """The steps saved in ``directory``, oldest first, read-only."""
+    with Checkpointer(directory, read_only=True) as ckpt:
+        return ckpt.list()
+
+
+def format_listing(infos: Sequence[CheckpointInfo]) -> str:
+    """A plain-text table of :func:`describe`'s rows: step, time, model, metrics."""
+    if not infos:
+        return "no checkpoints"
+    rows = [("step", "time (UTC)", "model", "metrics")] + [
+        (str(i.step), i.time, i.model,
+         ", ".join(f"{k}={v:.6g}" for k, v in sorted(i.metrics.items())) or "-")
+        for i in infos
+    ]
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    return "\n".join("  ".join(r[c].ljust(widths[c]) for c in range(3)) + "  " + r[3] for r in rows)

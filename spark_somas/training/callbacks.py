@@ -1,0 +1,270 @@
+"""Hooks of :func:`spark_somas.training.loop.fit`: the :class:`Callback` protocol and the callbacks it runs.
+
+``fit`` trains epoch after epoch; everything around that loop — the
+progress bar, checkpoints, logging, stopping early — is a callback. Each
+callback's hooks are called in the order of the list::
+
+    on_fit_start(fit)                          once, before the first step
+    on_batch_end(fit, epoch, index, metrics)   after each training batch run from Python
+    on_epoch_end(fit, epoch, history) -> stop  after each epoch, trained, evaluated, recorded
+    on_fit_end(fit)                            once, at the end, also when an error ends fit
+
+``fit`` is the run's :class:`FitState` (model, optimizer, epochs,
+batches per epoch, history); ``epoch`` the 0-based index of the epoch
+(``history["epoch"][-1] == epoch + 1`` in ``on_epoch_end``); ``metrics``
+one batch's metrics (arrays on the device: ``loss``, ``accuracy``,
+``rate_hz``, gradient norms, ``skipped``). An epoch on the device
+(``fit(epoch_on_device=True)``) runs its batches in one program and calls
+no ``on_batch_end``. ``on_epoch_end`` returning True stops ``fit`` after
+that epoch, once every callback has seen it. A loss that is not finite
+raises before any ``on_epoch_end`` of that epoch (so no checkpoint of it
+is written); ``on_fit_end`` still runs, for every callback, so it must
+cope with an ``on_fit_start`` that never ran.
+
+``fit(..., callbacks=None)`` runs :func:`default_callbacks`: a
+:class:`ProgressBar` (``progress=True``) and a :class:`Logger` of
+``on_epoch_end`` when given. A list replaces the defaults (``on_epoch_end``,
+when given, still runs last, as a :class:`Logger`); to add to them, pass
+``[*default_callbacks(), MyCallback()]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+from spark_somas.models.configs import require
+
+__all__ = ["FitState", "Callback", "ProgressBar", "Logger", "Checkpoint", "EarlyStopping",
+           "default_callbacks", "resolve_callbacks"]
+
+
+@dataclasses.dataclass
+class FitState:
+    """What a :func:`~spark_somas.training.loop.fit` call shows its callbacks.
+
+    Attributes:
+      model, optimizer: what is trained (updated in place).
+      epochs: this call trains epochs ``start_epoch`` … ``epochs − 1``.
+      start_epoch: the first epoch of this call (> 0 for a resumed run).
+      steps_per_epoch: training batches per epoch.
+      epoch_on_device: whether each epoch runs as one compiled program.
+      history: the dict ``fit`` returns, one entry per epoch appended
+        before ``on_epoch_end`` (a resumed run's earlier epochs included).
+    """
+
+    model: Any
+    optimizer: Any
+    epochs: int
+    start_epoch: int
+    steps_per_epoch: int
+    epoch_on_device: bool
+    history: dict[str, list]
+
+
+class Callback:
+    """Base class of ``fit``'s callbacks: every hook does nothing; override
+    the ones you need (see the module's docstring for when each runs)."""
+
+    def on_fit_start(self, fit: FitState) -> None:
+        """Before the first step."""
+
+    def on_batch_end(self, fit: FitState, epoch: int, index: int,
+                     metrics: Mapping[str, Any]) -> None:
+        """After training batch ``index`` of ``epoch`` (the Python loop only)."""
+
+    def on_epoch_end(self, fit: FitState, epoch: int,
+                     history: Mapping[str, Sequence[Any]]) -> bool | None:
+        """After ``epoch``; return True to stop ``fit`` after it."""
+        return None
+
+    def on_fit_end(self, fit: FitState) -> None:
+        """At the end of ``fit``, however it ends."""
+
+
+class ProgressBar(Callback):
+    """A tqdm bar of training steps (the Python loop) or of epochs (on the
+    device) showing loss, accuracy and the hidden mean rate, refreshed every
+    ``every`` steps and after each epoch (with the test accuracy).
+    ``tqdm.auto`` (a notebook bar in Jupyter) is imported only when a bar
+    is drawn: the import alone warns in a kernel without ipywidgets."""
+
+    def __init__(self, every: int = 10):
+        require(isinstance(every, int) and not isinstance(every, bool) and every >= 1, "every",
+                every, "an int >= 1", error=ValueError)
+        self.every, self.bar = every, None
+
+    def on_fit_start(self, fit: FitState) -> None:
+        from tqdm.auto import tqdm
+
+        per_epoch = 1 if fit.epoch_on_device else fit.steps_per_epoch
+        self.bar = tqdm(total=(fit.epochs - fit.start_epoch) * per_epoch,
+                        unit="epoch" if fit.epoch_on_device else "step", dynamic_ncols=True)
+
+    def on_batch_end(self, fit: FitState, epoch: int, index: int,
+                     metrics: Mapping[str, Any]) -> None:
+        self.bar.update(1)
+        if index % self.every == 0 or index == fit.steps_per_epoch - 1:
+            self.bar.set_postfix(epoch=epoch + 1, loss=f"{float(metrics['loss']):.3f}",
+                                 acc=f"{float(metrics['accuracy']):.3f}",
+                                 rate=f"{float(metrics['rate_hz']):.1f}Hz", refresh=False)
+
+    def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
+        if fit.epoch_on_device:
+            self.bar.update(1)
+        self.bar.set_postfix(epoch=epoch + 1, loss=f"{history['train_loss'][-1]:.3f}",
+                             acc=f"{history['train_accuracy'][-1]:.3f}",
+                             test_acc=f"{history['test_accuracy'][-1]:.3f}",
+                             rate=f"{history['train_rate_hz'][-1]:.1f}Hz")
+
+    def on_fit_end(self, fit: FitState) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Logger(Callback):
+    """Calls ``hook(epoch, model, optimizer, history)`` after every epoch:
+    a logger of :mod:`spark_somas.persistence.loggers` (JSON lines, TensorBoard,
+    :func:`~spark_somas.persistence.loggers.chain` of several) or any function of that
+    signature, as ``fit``'s ``on_epoch_end`` takes. ``close=True`` calls
+    ``hook.close()`` when ``fit`` ends (a TensorBoard writer's file)."""
+
+    def __init__(self, hook: Callable[[int, Any, Any, Mapping[str, Sequence[Any]]], None], *,
+                 close: bool = False):
+        require(callable(hook), "hook", hook, "a callable (epoch, model, optimizer, history)",
+                error=TypeError)
+        self.hook, self.closes = hook, close
+
+    def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
+        self.hook(epoch, fit.model, fit.optimizer, history)
+
+    def on_fit_end(self, fit: FitState) -> None:
+        if self.closes:
+            self.hook.close()
+
+
+class Checkpoint(Callback):
+    """Saves after every epoch ``e`` (0-based) step ``e + 1`` of a
+    :class:`~spark_somas.persistence.checkpointing.Checkpointer`: model, optimizer, the
+    epoch's ``metrics`` (default test accuracy and loss) and ``extra =
+    {"history": history, **extra}`` — what ``spark-somas train
+    --checkpoint-dir`` writes.
+
+    ``target`` is a Checkpointer (kept open: its owner closes it) or a
+    directory, for which one is opened when ``fit`` starts and closed (its
+    pending save committed) when it ends, keeping the newest ``keep_last``
+    steps (0 or None: every one) and the ``keep_best`` steps best by
+    ``best_metric`` (``best_mode`` "max" or "min"; 0: none kept for it).
+    """
+
+    def __init__(self, target: Any, *, keep_last: int | None = 3, keep_best: int = 1,
+                 best_metric: str = "test_accuracy", best_mode: str = "max",
+                 metrics: Sequence[str] = ("test_accuracy", "test_loss"),
+                 extra: Mapping[str, Any] | None = None):
+        for name, value in (("keep_last", keep_last), ("keep_best", keep_best)):
+            require(value is None or isinstance(value, int) and not isinstance(value, bool)
+                    and value >= 0, name, value, "None or an int >= 0", error=ValueError)
+        require("history" not in (extra or {}), "extra", extra, "no 'history' key (the "
+                "callback saves the run's history under it)", error=ValueError)
+        self.target, self.metrics, self.extra = target, tuple(metrics), dict(extra or {})
+        self.options = {"max_to_keep": keep_last or None, "best_mode": best_mode,
+                        "best_metric": best_metric if keep_best else None,
+                        "keep_best": keep_best or 1}
+        self.checkpointer, self._owned = None, False
+
+    def open(self) -> Any:
+        """The Checkpointer (opened for a directory on the first call)."""
+        from spark_somas.persistence.checkpointing import Checkpointer
+
+        if self.checkpointer is None:
+            self._owned = not isinstance(self.target, Checkpointer)
+            self.checkpointer = (Checkpointer(self.target, **self.options) if self._owned
+                                 else self.target)
+        return self.checkpointer
+
+    def close(self) -> None:
+        """Commits the pending save and closes the Checkpointer this callback
+        opened (one it was given stays open); a later ``fit`` opens it again."""
+        if self._owned and self.checkpointer is not None:
+            self.checkpointer.close()
+        if self._owned:
+            self.checkpointer = None
+
+    def on_fit_start(self, fit: FitState) -> None:
+        self.open()
+
+    def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
+        self.checkpointer.save(epoch + 1, fit.model, fit.optimizer,
+                               metrics={k: history[k][-1] for k in self.metrics},
+                               extra={"history": history, **self.extra})
+
+    def on_fit_end(self, fit: FitState) -> None:
+        self.close()
+
+
+class EarlyStopping(Callback):
+    """Stops ``fit`` once ``history[monitor]`` has not improved by more than
+    ``min_delta`` for ``patience`` epochs in a row.
+
+    It reads the whole history, a resumed run's earlier epochs included, so
+    a run resumed from a checkpoint stops where the uninterrupted run
+    would. ``mode`` "min" (a loss) or "max" (an accuracy); default: "max"
+    when ``monitor`` names an accuracy, else "min". A NaN entry is no
+    improvement. ``stopped_epoch`` is the epoch (0-based) it stopped after.
+    """
+
+    def __init__(self, monitor: str = "test_loss", *, patience: int = 3, mode: str | None = None,
+                 min_delta: float = 0.0):
+        mode = mode or ("max" if "accuracy" in monitor else "min")
+        require(mode in ("min", "max"), "mode", mode, "'min' or 'max'", error=ValueError)
+        require(isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1,
+                "patience", patience, "an int >= 1", error=ValueError)
+        require(isinstance(min_delta, (int, float)) and math.isfinite(min_delta)
+                and min_delta >= 0, "min_delta", min_delta, ">= 0 and finite", error=ValueError)
+        self.monitor, self.patience, self.mode, self.min_delta = monitor, patience, mode, min_delta
+        self.stopped_epoch: int | None = None
+
+    def epochs_without_improvement(self, values: Sequence[float]) -> int:
+        """How many of the last ``values`` came after the best one."""
+        sign = 1.0 if self.mode == "min" else -1.0
+        best, since = math.inf, 0
+        for value in values:
+            score = sign * float(value)
+            if math.isfinite(score) and score < best - self.min_delta:
+                best, since = score, 0
+            else:
+                since += 1
+        return since
+
+    def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
+        require(self.monitor in history, "monitor", self.monitor,
+                f"a history key, one of {sorted(history)}", error=ValueError)
+        if self.epochs_without_improvement(history[self.monitor]) >= self.patience:
+            self.stopped_epoch = epoch
+            return True
+        return None
+
+
+def default_callbacks(progress: bool = True, on_epoch_end: Callable | None = None
+                      ) -> list[Callback]:
+    """The callbacks ``fit(callbacks=None)`` runs: a :class:`ProgressBar`
+    when ``progress``, then a :class:`Logger` of ``on_epoch_end`` if given."""
+    return ([ProgressBar()] if progress else []) + (
+        [Logger(on_epoch_end)] if on_epoch_end is not None else [])
+
+
+def resolve_callbacks(callbacks: Sequence[Callback] | None, *, progress: bool = True,
+                      on_epoch_end: Callable | None = None) -> list[Callback]:
+    """``fit``'s callbacks: :func:`default_callbacks` for None; else
+    ``callbacks`` (each a :class:`Callback`), followed by a :class:`Logger`
+    of ``on_epoch_end`` when given."""
+    if callbacks is None:
+        return default_callbacks(progress, on_epoch_end)
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        require(isinstance(callback, Callback), "callbacks", callback,
+                "Callback instances (an on_epoch_end function goes in Logger(function))",
+                error=TypeError)
+    return callbacks + ([Logger(on_epoch_end)] if on_epoch_end is not None else [])
