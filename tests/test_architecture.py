@@ -8,6 +8,7 @@ functions too), so a lazy import cannot hide a circle."""
 from __future__ import annotations
 
 import ast
+import re
 import importlib
 import pathlib
 
@@ -112,3 +113,12 @@ def test_every_layer_unit_is_known():
     units = {p.name if p.is_dir() else p.stem for p in PACKAGE.iterdir()
              if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.name not in ROOTS)}
     assert units == set(LAYERS)
+
+
+def test_the_package_points_at_nothing_the_wheel_lacks():
+    """The installed wheel holds the package alone: its docstrings and comments
+    must not send a reader to the repository's tests or benchmarks."""
+    bad = [f"{p.relative_to(PACKAGE)}:{n}" for p in sorted(PACKAGE.rglob("*.py"))
+           for n, line in enumerate(p.read_text().splitlines(), 1)
+           if re.search(r"\b(tests|benchmarks)/|\btest_\w+\.py\b", line)]
+    assert not bad, bad

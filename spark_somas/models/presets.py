@@ -22,7 +22,7 @@ a–e and h but not on f (delayed regular bursting: 200 pF, 12 nS, -70 mV, a =
 -6 nS, 300 ms, b = 0, V_r = -58 mV, 110 pA) and g (transient: a = -10 nS, b
 = 30 pA, 350 pA); run here, those give no spike in 1 s and sustained firing
 at about 160 Hz, so we keep Brian2's rows, which show the named patterns
-(tests/test_presets.py checks all nine).
+(the package's tests check all nine).
 
 **Spike cut-off.** The cut-off is a numerical choice, not one of the model's
 parameters: the paper's analysis treats a spike as the divergence of V in

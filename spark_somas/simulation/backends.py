@@ -22,7 +22,7 @@ __all__ = ["BACKENDS", "FUSED_BY_DEFAULT", "FusedBackendError", "check_backend",
 BACKENDS = ("auto", "scan", "fused")
 
 # Platforms where the fused kernels have been run, checked and timed faster
-# than the scan (benchmarks/README.md): none yet, not even a GPU.
+# than the scan: none yet, not even a GPU.
 FUSED_BY_DEFAULT: tuple[str, ...] = ()
 
 

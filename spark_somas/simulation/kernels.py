@@ -64,15 +64,14 @@ neuron per step, as much as the spikes and potential it records.
 **Backends.** On a GPU the kernels compile through Pallas' Triton lowering;
 elsewhere they run with ``interpret=True`` (the kernel body as XLA loops:
 correct, not fast). :func:`resolve_backend` implements
-``simulate(..., backend="auto")``: the scan everywhere, until a run of the
-kernel tests and ``benchmarks/fused.py`` on a GPU is recorded in
-``benchmarks/README.md`` and shows the kernels winning there; then that
-platform joins ``FUSED_BY_DEFAULT``. Until then the fused path is used only
+``simulate(..., backend="auto")``: the scan everywhere, until the kernels
+have been checked and timed faster than the scan on a platform's hardware;
+then that platform joins ``FUSED_BY_DEFAULT``. Until then the fused path is used only
 when asked for by name, ``backend="fused"``.
 
 **Limits.** Reverse mode only (``jax.custom_vjp``): ``jax.jvp`` through the
 fused path is not defined; ``vmap`` and ``jit`` compose. The GPU path has
-been checked to lower to Triton IR for CUDA (tests/test_fused.py), not yet
+been checked to lower to Triton IR for CUDA, not yet
 compiled or timed on a GPU: :func:`block_size`, the 16-sample block of
 :func:`run_module` and ``num_warps`` are untuned first guesses. On a GPU
 every dimension of a module's operands but time and the batch must be a

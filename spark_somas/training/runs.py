@@ -52,7 +52,8 @@ class Recipe:
     synapse_tau: float | None
 
 
-#: Per-task recipe (benchmarks/TRAINING.md). Digits: constant input
+#: Per-task recipe (the measured results are on the docs page "Training
+#: benchmarks"). Digits: constant input
 #: currents, no synapse. Spike data (Randman, SHD/SSC bins, the cue task's
 #: Bernoulli spikes): one-step inputs, which need the charge of a 5 ms
 #: synapse and gain 3. SHD/SSC: 100 bins (14 ms for SHD, 10 ms for SSC),
