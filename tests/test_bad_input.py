@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from flax import nnx
 
 import spark_somas as ss
@@ -508,3 +510,70 @@ def test_surrogates_at_the_edges_of_their_range_give_finite_gradients_and_numpy_
               ss.surrogates.Sigmoid(slope=1e6), ss.surrogates.Gaussian(sigma=1e-6),
               ss.surrogates.FastSigmoid(slope=1e6, damping=1e6)):
         assert np.isfinite(np.asarray(jax.vmap(jax.grad(lambda v: ss.spike(v, s)))(x))).all(), s
+
+
+def _window_net(window, readout):
+    return tr.SpikingNetwork(3, 4, 2, output="soma" if readout in ("count", "first_spike") else "leaky",
+                             readout=readout, readout_window=window, input_gain=3.0,
+                             rngs=nnx.Rngs(0))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(steps=st.integers(1, 12), start=st.none() | st.integers(-15, 15),
+       stop=st.none() | st.integers(-15, 15), readout=st.sampled_from(sorted(tr.READOUTS)))
+def test_a_readout_window_must_keep_a_step_of_the_run(steps, start, stop, readout):
+    """A window that keeps no step of the run is refused by name before the
+    run, for every readout; one that keeps steps reads exactly them."""
+    x = jnp.ones((steps, 2, 3))
+    kept = range(steps)[slice(start, stop)]
+    if not kept:
+        with pytest.raises(ss.errors.RuleError, match=r"readout_window .*violates the rule.*"
+                           rf"T = {steps} steps"):
+            _window_net((start, stop), readout)(x)
+        return
+    windowed = _window_net((start, stop), readout)(x)
+    whole = _window_net(None, readout)(x)
+    trace = whole.output_spikes if readout in ("count", "first_spike") else whole.output_potential
+    fn = tr.READOUTS[readout][0]
+    np.testing.assert_allclose(windowed.logits, fn(trace[slice(start, stop)], 1.0), rtol=1e-6)
+
+
+def _marked_digits() -> Dataset:
+    """Sixteen training samples of 3 features, one of them marked (feature 0 = 1)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 0.5, (24, 3)).astype(np.float32)
+    x[5, 0] = 1.0
+    y = (np.arange(24) % 2).astype(np.int32)
+    return Dataset("marked", x[:16], y[:16], x[16:], y[16:], n_classes=2, encoding="static")
+
+
+class _NaNOnMark(tr.Encoder):
+    """Direct current, NaN at one step for the marked sample (a sensor glitch)."""
+
+    def __call__(self, x, key=None, *, train=False, time_major=True):
+        out = super().__call__(x, key, train=train)
+        glitch = (x[..., 0] > 0.9)[None, :, None] & (jnp.arange(out.shape[0]) == 2)[:, None, None]
+        return jnp.where(glitch, jnp.nan, out)
+
+
+def test_a_nan_input_that_silences_a_soma_stops_fit_by_name():
+    """One NaN sample makes its neurons' potential NaN for the rest of the run
+    (they never spike again), with a finite loss; fit refuses to go on."""
+    net = tr.SpikingNetwork(3, 4, 2, rngs=nnx.Rngs(0))
+    encoder = _NaNOnMark("current", 5)
+    with pytest.raises(tr.NonFiniteStateError, match=r"nonfinite_state_batches = 1 violates"):
+        tr.fit(net, tr.make_optimizer(net), _marked_digits(), encoder=encoder, epochs=1,
+               batch_size=4, progress=False)
+    net = tr.SpikingNetwork(3, 4, 2, rngs=nnx.Rngs(0))
+    history = tr.fit(net, tr.make_optimizer(net), _marked_digits(), encoder=encoder, epochs=2,
+                     batch_size=4, progress=False, stop_on_nonfinite=False)
+    assert history["nonfinite_state_batches"] == [1, 1]
+    clean = tr.fit(net, tr.make_optimizer(net), _marked_digits(), encoder=tr.Encoder("current", 5),
+                   epochs=1, batch_size=4, progress=False)
+    assert clean["nonfinite_state_batches"] == [0]
+
+
+@pytest.mark.parametrize("noise", [float("inf"), float("nan"), -1.0])
+def test_encoder_noise_must_be_finite(noise):
+    with pytest.raises(ss.errors.RuleError, match=r"Encoder.noise = .* violates the rule: 0 <= noise < inf"):
+        tr.Encoder("current", 5, noise=noise)

@@ -15,6 +15,7 @@ returns, as :func:`~spark_somas.simulate` and
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -99,7 +100,7 @@ class Encoder:
             ("dt", self.dt > 0, "dt > 0 (ms)"),
             ("rate_hz", 0.0 <= p <= 1.0,
              f"0 <= rate_hz·dt/1000 <= 1 (a probability per step of {self.dt} ms)"),
-            ("noise", self.noise >= 0, "noise >= 0"),
+            ("noise", 0 <= self.noise < math.inf, "0 <= noise < inf"),
             ("noise", not self.noise or self.kind == "current", "only for kind='current'"),
             ("threshold", 0.0 <= self.threshold < 1.0, "0 <= threshold < 1"),
         ):

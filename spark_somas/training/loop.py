@@ -47,6 +47,7 @@ __all__ = [
     "batch_key",
     "NonFiniteLossError",
     "NonFiniteGradientError",
+    "NonFiniteStateError",
     "summarize_batches",
     "HISTORY_KEYS",
     "fit",
@@ -136,6 +137,17 @@ def _gradient_health(grads: Any, optimizer: nnx.Optimizer) -> dict[str, Array]:
     return {**norms, "skipped": 1.0 - applied.astype(jnp.float32)}
 
 
+def _state_health(model: nnx.Module) -> dict[str, Array]:
+    """``nonfinite_state``: 1 when a running state variable of ``model`` is
+    NaN after the batch, else 0. A NaN input current (or a NaN parameter)
+    makes a soma's potential NaN for the rest of the run, and a NaN soma
+    never spikes, so its spikes alone would not show it."""
+    leaves = [x for x in jax.tree.leaves(nnx.state(model, SomaState))
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    bad = jnp.any(jnp.stack([jnp.any(jnp.isnan(x)) for x in leaves])) if leaves else False
+    return {"nonfinite_state": jnp.asarray(bad, jnp.float32)}
+
+
 def _running_state(model: nnx.Module) -> nnx.State:
     """A snapshot of ``model``'s running state (its ``SomaState`` values)."""
     return jax.tree.map(lambda x: x, nnx.state(model, SomaState))
@@ -151,9 +163,10 @@ def _train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, label
         return objective(model, out, labels), out
 
     (loss, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    health = _state_health(model)  # the state the batch ended in
     optimizer.update(model, grads)
     nnx.update(model, running)  # the state as the batch found it: fixed shapes between batches
-    return {**_metrics(model, out, labels, loss), **_gradient_health(grads, optimizer)}
+    return {**_metrics(model, out, labels, loss), **_gradient_health(grads, optimizer), **health}
 
 
 @nnx.jit(static_argnames=("encoder", "objective"))
@@ -291,12 +304,20 @@ class NonFiniteGradientError(NonFiniteLossError):
     skipped and nothing was learned; the run stopped as for a non-finite loss."""
 
 
+class NonFiniteStateError(NonFiniteLossError):
+    """A batch left a neuron's running state NaN (a NaN input current, a NaN
+    encoder output or a NaN parameter); the run stopped as for a non-finite
+    loss, although the loss and the spikes may look normal."""
+
+
 def summarize_batches(batches: Mapping[str, Any]) -> dict[str, float]:
     """One epoch's training metrics from its batches' (arrays of shape (K,)):
     loss, accuracy and rate averaged; ``grad_norm`` and each
     ``grad_norm/<module>`` averaged over the batches whose gradient was
     finite (NaN if none was), ``grad_norm_max`` the largest (inf if one
-    was not finite), ``skipped_batches`` the count of skipped updates."""
+    was not finite), ``skipped_batches`` the count of skipped updates and
+    ``nonfinite_state_batches`` the count of batches that left a neuron's
+    state NaN."""
     batches = {k: np.asarray(v, np.float64) for k, v in batches.items()}
     finite = np.isfinite(batches["grad_norm"])
     out = {k: float(np.mean(batches[k])) for k in ("loss", "accuracy", "rate_hz")}
@@ -305,6 +326,7 @@ def summarize_batches(batches: Mapping[str, Any]) -> dict[str, float]:
             out[k] = float(np.mean(v[finite])) if finite.any() else math.nan
     out["grad_norm_max"] = float(np.max(np.where(finite, batches["grad_norm"], np.inf)))
     out["skipped_batches"] = int(np.sum(batches["skipped"]))
+    out["nonfinite_state_batches"] = int(np.sum(batches.get("nonfinite_state", 0.0)))
     return out
 
 
@@ -340,7 +362,7 @@ def _check_fit(model: Any, data: Dataset, encoder: Encoder, epochs: Any, batch_s
 
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "train_rate_hz",
                 "test_loss", "test_accuracy", "test_rate_hz", "grad_norm", "grad_norm_max",
-                "skipped_batches", "seconds")
+                "skipped_batches", "nonfinite_state_batches", "seconds")
 
 
 def fits_on_device(nbytes: int, device: jax.Device | None = None, *, fraction: float = 0.25) -> bool:
@@ -425,7 +447,8 @@ def _epoch_row(epoch: int, train: Mapping[str, float], test: Mapping[str, float]
             "test_loss": test["loss"], "test_accuracy": test["accuracy"],
             "test_rate_hz": test["rate_hz"], "seconds": seconds,
             **{k: v for k, v in train.items() if k.startswith("grad_norm")},
-            "skipped_batches": train["skipped_batches"]}
+            "skipped_batches": train["skipped_batches"],
+            "nonfinite_state_batches": train["nonfinite_state_batches"]}
 
 
 def _append(history: dict[str, list], row: Mapping[str, Any]) -> None:
@@ -446,6 +469,11 @@ def _check_finite(epoch: int, row: Mapping[str, float], steps_per_epoch: int) ->
             f"epoch {epoch + 1}: train loss {row['train_loss']}, test loss {row['test_loss']} "
             "violate the rule: a finite loss (lower the learning rate or check the "
             "inputs); training stopped before this epoch was saved")
+    require(row["nonfinite_state_batches"] == 0, f"epoch {epoch + 1}: nonfinite_state_batches",
+            row["nonfinite_state_batches"], "0: no batch may leave a neuron's state NaN (a NaN "
+            "input current, or a NaN from the encoder or a parameter, makes a soma's potential "
+            "NaN for the rest of the run and silences it while loss and spikes look normal); "
+            "training stopped before this epoch was saved", error=NonFiniteStateError)
 
 
 def _stop_asked(callbacks: Sequence[Callback], fit: FitState, epoch: int) -> bool:
@@ -508,7 +536,8 @@ def fit(
     trained, and on the test split after the epoch; mean hidden rates in
     Hz; the gradient's global norm averaged over the epoch's finite batches
     and its largest value, and the number of batches skipped for a
-    non-finite gradient; wall seconds of the epoch, evaluation included),
+    non-finite gradient, and of batches that left a neuron's state NaN;
+    wall seconds of the epoch, evaluation included),
     plus ``grad_norm/<module>`` for each module that owns parameters
     (:func:`gradient_norms`, :func:`summarize_batches`). The test metrics
     are ``flax.nnx.metrics`` (:func:`classification_metrics`).
@@ -524,8 +553,10 @@ def fit(
     model's input size and classes; the encoder's kind and steps). After
     each epoch a NaN or infinite train or test loss raises
     :class:`NonFiniteLossError` before any ``on_epoch_end``, so the last
-    checkpoint written is the last good one; ``stop_on_nonfinite=False``
-    trains on regardless.
+    checkpoint written is the last good one, and so does a batch that left
+    a neuron's running state NaN (:class:`NonFiniteStateError`: a NaN
+    input silences a soma for the rest of the run with a finite loss);
+    ``stop_on_nonfinite=False`` trains on regardless.
 
     Raises:
       ValueError: bad ``epochs``, ``batch_size`` or ``start_epoch``, or
@@ -533,6 +564,7 @@ def fit(
       TypeError: an entry of ``callbacks`` that is not a Callback.
       DataError: ``data`` that cannot train ``model`` (see above).
       NonFiniteLossError: the loss diverged.
+      NonFiniteStateError: a batch left a neuron's state NaN.
       NonFiniteGradientError: every batch of an epoch had a non-finite gradient.
     """
     _check_fit(model, data, encoder, epochs, batch_size, start_epoch)

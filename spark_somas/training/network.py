@@ -62,6 +62,7 @@ from spark_somas.models import registry
 from spark_somas.models import surrogates as surrogates_lib
 from spark_somas.models.configs import LARGEST, SMALLEST, as_number, require
 from spark_somas.simulation.driver import FusedBackendError, drive
+from spark_somas.errors import RuleError
 from spark_somas.models.somas import (AdaptiveExponentialSoma, SimplifiedAdaptiveExponentialSoma, Soma,
                                SomaOutput, SomaState, input_scale)
 
@@ -700,6 +701,11 @@ class SpikingNetwork(nnx.Module):
         axis = layout.time_axis("inputs", inputs.shape, (self.config.in_features,), time_major,
                                 features="in_features")
         inputs = layout.to_time_major(inputs, axis)
+        window = slice(*(self.config.readout_window or (None, None)))
+        steps = inputs.shape[0]
+        require(len(range(steps)[window]) > 0, "readout_window", self.config.readout_window,
+                f"a slice that keeps at least one of the run's T = {steps} steps (start and stop "
+                "count from the end when negative)", error=RuleError)
         # Resolved once, here: the loop below runs the name it is given.
         backend = backends.resolve_backend(self.config.backend if backend is None else backend)
         if inputs.ndim < 3 and backend == "fused":
@@ -710,7 +716,6 @@ class SpikingNetwork(nnx.Module):
         spikes, potential, out_spikes = drive(
             self, self.layers[0].input(inputs), SpikingNetwork.step_projected,
             remat=self.config.remat if remat is None else remat, unroll=unroll, backend=backend)
-        window = slice(*(self.config.readout_window or (None, None)))
         fn, trace = READOUTS[self.config.readout]
         logits = fn((out_spikes if trace == "spikes" else potential)[window], self.dt)
         counts = None if out_spikes is None else spike_count(out_spikes[window])
