@@ -220,9 +220,13 @@ def test_integer_currents_are_cast_to_the_state_dtype():
     chex.assert_trees_all_equal(a, b)
 
 
-def test_forward_mode_matches_reverse_mode_in_float32():
-    """jax.jvp through simulate (float32 has no cotangent saturation, so no custom_vjp)."""
-    graphdef, state = nnx.split(ss.AdaptiveExponentialSoma(units=3))
+# bfloat16 keeps 8 significant bits: forward and reverse accumulate their
+# roundings in different orders (measured 2.6 % apart on this sum).
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-4), (jnp.bfloat16, 5e-2)])
+def test_forward_mode_matches_reverse_mode_in_float32_and_bfloat16(dtype, rtol):
+    """jax.jvp through simulate (float32 and bfloat16 share an exponent range:
+    no cotangent saturation, so no custom_vjp on the way)."""
+    graphdef, state = nnx.split(ss.AdaptiveExponentialSoma(units=3, dtype=dtype))
 
     def total_potential(currents):
         return ss.simulate(nnx.merge(graphdef, state, copy=True), currents).potential.sum()
@@ -231,4 +235,4 @@ def test_forward_mode_matches_reverse_mode_in_float32():
     tangent = jnp.cos(jnp.arange(240.0)).reshape(80, 3)
     _, forward = jax.jvp(total_potential, (currents,), (tangent,))
     reverse = jnp.vdot(jax.grad(total_potential)(currents), tangent)
-    chex.assert_trees_all_close(forward, reverse, rtol=1e-4)
+    chex.assert_trees_all_close(forward, reverse, rtol=rtol)

@@ -137,8 +137,11 @@ def narrow(x: jax.Array, dtype) -> jax.Array:
 
 def widen(x: jax.Array, dtype) -> jax.Array:
     """Cast ``x`` up to ``dtype``; a cotangent coming back into a narrower
-    range (float16) is saturated to x's bound instead of overflowing."""
-    if jnp.finfo(x.dtype).max < jnp.finfo(dtype).max:
+    exponent range (float16's) is saturated to x's bound instead of
+    overflowing. bfloat16 has float32's exponent range: a plain cast, so
+    forward-mode differentiation works through it; float16's saturating cast
+    is a ``jax.custom_vjp``, reverse mode only."""
+    if jnp.finfo(x.dtype).maxexp < jnp.finfo(dtype).maxexp:
         return _saturating_widen(x, dtype)
     return x.astype(dtype)
 
