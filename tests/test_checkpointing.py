@@ -483,9 +483,26 @@ def test_a_model_spec_larger_than_the_stored_arrays_is_refused_before_it_is_buil
         ck.load(tmp_path)
 
 
+@pytest.mark.parametrize("trainable_neurons", [False, True])
+def test_a_network_spec_larger_than_its_arrays_is_refused_before_it_is_built(
+        tmp_path, trainable_neurons):
+    """10^11 hidden neurons claimed by a hand-edited spec: refused from the
+    abstract build, with nothing of that size allocated (it would take
+    terabytes), whether or not the neurons are trained."""
+    from spark_somas import training
+
+    net = training.SpikingNetwork(5, 6, 2, trainable_neurons=trainable_neurons, rngs=nnx.Rngs(0))
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(0, net)
+    _edit_metadata(tmp_path, 0, lambda meta: meta["model"]["spec"].update(hidden=[10**11]))
+    with pytest.raises(ck.CheckpointCorruptError, match=r"its model spec disagrees with the "
+                       r"stored arrays: .*'layers/0/input/kernel' shape: checkpoint \(5, 6\), "
+                       r"model \(5, 100000000000\)"):
+        ck.load(tmp_path)
+
+
 def test_a_network_spec_that_disagrees_with_its_arrays_is_named(tmp_path):
-    """A network is built for real before the comparison (see the limits in
-    the guarantees); the disagreement is still named, nothing restored."""
+    """The disagreement is named, nothing restored."""
     from spark_somas import training
 
     with ck.Checkpointer(tmp_path, async_save=False) as ckpt:

@@ -267,15 +267,28 @@ def _input(p: Any, current: Array) -> Array:
 
 def mean_parameters(soma: "Soma") -> types.SimpleNamespace:
     """Every field of ``soma`` as its mean over neurons (a Python float), by
-    attribute: what a model's ``input_scale`` reads."""
-    return types.SimpleNamespace(**{k: float(np.mean(v)) for k, v in soma.parameters().items()})
+    attribute: what a model's ``input_scale`` reads.
+
+    In an abstract build (``nnx.eval_shape``, how a checkpoint's model spec
+    is checked before anything of its size is allocated) the fields are
+    traced; a field given in the config as numbers is then read from there,
+    in the soma's parameter dtype (an initializer's draws have no value yet)."""
+    def mean(name: str, value: Any) -> float:
+        given = getattr(soma.config, name)
+        if isinstance(value, jax.core.Tracer) and not callable(given):
+            value = np.asarray(given, soma.param_dtype)
+        return float(np.mean(value))
+
+    return types.SimpleNamespace(**{k: mean(k, v) for k, v in soma.parameters().items()})
 
 
 def input_scale(soma: "Soma") -> float:
     """The current (pA) a network's input gain is measured in, for ``soma``
     (mean over neurons): its class's ``input_scale``; the rheobase for the
-    exponential somas."""
-    return float(type(soma).input_scale(mean_parameters(soma)))
+    exponential somas. A number even inside an abstract build: it is
+    computed from numbers, eagerly."""
+    with jax.ensure_compile_time_eval():
+        return float(type(soma).input_scale(mean_parameters(soma)))
 
 
 def iter_somas(model: Any) -> Iterator[tuple[tuple, "ExponentialSoma"]]:

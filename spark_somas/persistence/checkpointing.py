@@ -138,9 +138,9 @@ def _build_model(model_meta: Mapping[str, Any], check: Callable[[nnx.Module], No
     (``nnx.eval_shape``: shapes and dtypes, no memory) and handed to
     ``check``, then for real: a spec that claims more than the stored
     arrays hold is refused before anything of its size is allocated. A
-    model whose construction reads a parameter as a number (a
-    SpikingNetwork with trained neurons: its rheobase current) cannot be
-    built abstractly; it is built for real and compared after."""
+    model whose construction reads a traced parameter as a number (none of
+    this package's) cannot be built abstractly; it is built for real and
+    compared after."""
     name = model_meta.get("type")
     if name is None:
         raise CheckpointError(
