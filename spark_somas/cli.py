@@ -56,7 +56,7 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-from spark_somas.errors import SparkSomasError
+from spark_somas.errors import SparkSomasError, violation
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "CommandError"]
 
@@ -75,7 +75,7 @@ class _Parser(argparse.ArgumentParser):
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} violates the rule: finite")
+        raise argparse.ArgumentTypeError(violation(repr(text), "finite"))
     return value
 
 
@@ -83,7 +83,7 @@ def _positive(kind: type) -> Callable[[str], float | int]:
     def parse(text: str):
         value = kind(text)
         if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{text!r} violates the rule: > 0 and finite")
+            raise argparse.ArgumentTypeError(violation(repr(text), "> 0 and finite"))
         return value
 
     parse.__name__ = kind.__name__
@@ -93,7 +93,7 @@ def _positive(kind: type) -> Callable[[str], float | int]:
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} violates the rule: an int >= 0")
+        raise argparse.ArgumentTypeError(violation(repr(text), "an int >= 0"))
     return value
 
 
@@ -192,14 +192,14 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 def _data_option(text: str) -> tuple[str, int | float]:
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"{text!r} violates the rule: KEY=VALUE")
+        raise argparse.ArgumentTypeError(violation(repr(text), "KEY=VALUE"))
     try:
         return key, int(value)
     except ValueError:
         try:
             return key, float(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} violates the rule: a numeric VALUE") from None
+            raise argparse.ArgumentTypeError(violation(repr(text), "a numeric VALUE")) from None
 
 
 def _percent(x: float) -> str:
@@ -249,8 +249,8 @@ def _train_run(args: argparse.Namespace) -> "RunConfig":
         from spark_somas.data.fetch import default_cache_dir
 
         if args.task not in FILE_TASKS or args.resume:
-            raise CommandError(f"--download violates the rule: only for --task "
-                               f"{' or '.join(sorted(FILE_TASKS))}, without --resume")
+            raise CommandError(violation("--download", f"only for --task "
+                                         f"{' or '.join(sorted(FILE_TASKS))}, without --resume"))
         args.data_dir = args.data_dir or str(default_cache_dir(args.task))
     if not args.resume:
         try:
@@ -261,8 +261,9 @@ def _train_run(args: argparse.Namespace) -> "RunConfig":
     args.resume = check_directory(args.resume, "--resume")
     run = _resumed_run(args, saved_run(args.resume, "--resume"))
     if args.checkpoint_dir and check_directory(args.checkpoint_dir) != args.resume:
-        raise CommandError(f"--checkpoint-dir {args.checkpoint_dir} violates the rule: a "
-                           f"resumed run keeps saving to its --resume directory {args.resume}")
+        raise CommandError(violation(f"--checkpoint-dir {args.checkpoint_dir}",
+                                     f"a resumed run keeps saving to its --resume directory "
+                                     f"{args.resume}"))
     args.checkpoint_dir = args.resume
     return run
 
@@ -330,16 +331,16 @@ def _resumed_run(args: argparse.Namespace, resumed: "SavedRun") -> "RunConfig":
             mine = tuple(tuple(kv) for kv in mine)
         if mine != getattr(saved, field.name):
             flag = "--" + field.name.replace("_", "-")
-            raise CommandError(
-                f"{flag} {getattr(args, field.name)} violates the rule: a resumed run keeps "
-                f"the settings saved in {args.resume} ({field.name} = "
-                f"{getattr(saved, field.name)!r}); only --epochs may change, to extend it")
+            raise CommandError(violation(
+                f"{flag} {getattr(args, field.name)}",
+                f"a resumed run keeps the settings saved in {args.resume} ({field.name} = "
+                f"{getattr(saved, field.name)!r}); only --epochs may change, to extend it"))
     epochs = args.epochs if "epochs" in args.given else saved.epochs
     if epochs < done or "epochs" not in args.given and done >= epochs:
         rule = (f"at least the {done} epochs the run has done" if epochs < done else
                 f"the run in {args.resume} has done all its {done} epochs: pass --epochs N "
                 f"with N > {done} to extend it")
-        raise CommandError(f"--epochs {epochs} violates the rule: {rule}")
+        raise CommandError(violation(f"--epochs {epochs}", rule))
     return dataclasses.replace(saved, epochs=epochs)
 
 
@@ -400,13 +401,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from spark_somas.models.configs import LARGEST, SMALLEST
 
     if not SMALLEST <= args.dt <= LARGEST:
-        raise CommandError(f"--dt {args.dt:g} violates the rule: {SMALLEST:g} ≤ dt ≤ "
-                           f"{LARGEST:g} ms, the somas' time step")
+        raise CommandError(violation(f"--dt {args.dt:g}",
+                                     f"{SMALLEST:g} ≤ dt ≤ {LARGEST:g} ms, the somas' time step"))
     steps = round(args.duration / args.dt)
     if not 1 <= steps <= MAX_SIMULATE_STEPS:
-        raise CommandError(f"--duration {args.duration:g} violates the rule: from one step of "
-                           f"--dt {args.dt:g} ms to {MAX_SIMULATE_STEPS:.0e} steps (asked: "
-                           f"{steps:.3g})")
+        raise CommandError(violation(f"--duration {args.duration:g}",
+                                     f"from one step of --dt {args.dt:g} ms to "
+                                     f"{MAX_SIMULATE_STEPS:.0e} steps (asked: {steps:.3g})"))
     _writable_dir(args.out, "--out")
     t = np.arange(steps) * args.dt
     current = np.where(t >= args.onset, args.current, 0.0).astype(np.float32)[:, None]

@@ -7,7 +7,9 @@ system). Each concrete class also derives from the builtin a caller would
 expect of it, so that ``except ValueError`` or ``except FileNotFoundError``
 keeps working: a value breaking a rule is a ``ValueError``
 (:class:`RuleError`, :class:`ConfigError`, ``DataError``,
-``CheckpointError``, …), a missing dataset a ``FileNotFoundError``, a failed
+``CheckpointError``, …), a value of the wrong type a ``TypeError``
+(:class:`RuleTypeError`), a name that is not there a ``KeyError``
+(:class:`RuleKeyError`), a missing dataset a ``FileNotFoundError``, a failed
 download an ``OSError``, a diverging loss a ``FloatingPointError``.
 
 A refusal names the field, the value and the rule, in one sentence written
@@ -32,6 +34,8 @@ __all__ = [
     "SparkSomasError",
     "RuleError",
     "ConfigError",
+    "RuleTypeError",
+    "RuleKeyError",
     "violation",
     "rule_message",
     "require",
@@ -56,6 +60,18 @@ class RuleError(SparkSomasError, ValueError):
 
 class ConfigError(RuleError):
     """A config field breaks its rule. Names the field, the value and the rule."""
+
+
+class RuleTypeError(SparkSomasError, TypeError):
+    """A value of the wrong type is passed (an argument that is no soma, no
+    callback, no config); a ``TypeError``, as before, so ``except TypeError``
+    keeps catching it. The message names the field, the value and the rule."""
+
+
+class RuleKeyError(SparkSomasError, KeyError):
+    """A name is looked up that is not there (an output that was not
+    recorded); a ``KeyError``, as before, so ``except KeyError`` keeps
+    catching it. The message names the field, the value and the rule."""
 
 
 def violation(subject: str, rule: str, *, plural: bool = False) -> str:

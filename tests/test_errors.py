@@ -19,6 +19,8 @@ from spark_somas import configs
 from spark_somas.errors import (
     ConfigError,
     RuleError,
+    RuleKeyError,
+    RuleTypeError,
     SparkSomasError,
     require,
     require_shape,
@@ -34,6 +36,8 @@ BUILTINS = {
     "SparkSomasError": (Exception,),
     "RuleError": (ValueError,),
     "ConfigError": (ValueError,),
+    "RuleTypeError": (TypeError,),
+    "RuleKeyError": (KeyError,),
     "FusedBackendError": (ValueError,),
     "CheckpointError": (ValueError,),
     "CheckpointNotFoundError": (ValueError, FileNotFoundError),
@@ -56,7 +60,11 @@ BUILTINS = {
 PARENTS = {
     "RuleError": "SparkSomasError",
     "ConfigError": "RuleError",
+    "RuleTypeError": "SparkSomasError",
+    "RuleKeyError": "SparkSomasError",
     "DataError": "RuleError",
+    "UnknownModelError": "RuleError",
+    "FusedBackendError": "RuleError",
     "CheckpointNotFoundError": "CheckpointError",
     "CheckpointCorruptError": "CheckpointError",
     "CheckpointMismatchError": "CheckpointError",
@@ -65,17 +73,6 @@ PARENTS = {
     "ChecksumError": "DownloadError",
     "NonFiniteGradientError": "NonFiniteLossError",
 }
-
-# Files whose refusals are still written by hand ("... violates the rule: ..."
-# in an f-string rather than through spark_somas.errors). Shrink this set as
-# each is converted; the test fails for a file listed here that no longer needs it.
-HAND_WRITTEN_ALLOWED = {"cli.py", "models/configs.py", "training/loop.py", "training/runs.py",
-                        "training/network.py", "simulation/driver.py", "models/somas.py"}
-
-# Files that still raise a bare builtin error (``raise ValueError(...)`` or
-# ``require(..., error=ValueError)``) instead of one of the family.
-BARE_BUILTIN_ALLOWED = {"training/callbacks.py", "training/loop.py", "training/network.py",
-                        "models/registry.py", "training/runs.py", "simulation/driver.py", "models/somas.py"}
 
 HELPERS = {"require", "require_shape", "rule_message", "violation"}
 SENTENCE = re.compile(r"violates? the rule")
@@ -194,23 +191,18 @@ def test_the_scanner_finds_a_hand_written_sentence_and_skips_the_helpers():
 
 
 def test_no_module_writes_the_rule_sentence_by_hand():
-    sites = {relative(p): hand_written(p.read_text()) for p in sources()}
-    offending = {name: lines for name, lines in sites.items()
-                 if lines and name not in HAND_WRITTEN_ALLOWED}
+    offending = {relative(p): lines for p in sources() if (lines := hand_written(p.read_text()))}
     assert offending == {}, (
         f"write these refusals with spark_somas.errors.require (or require_shape, "
         f"rule_message, violation): {offending}")
-    done = sorted(name for name in HAND_WRITTEN_ALLOWED if not sites.get(name))
-    assert done == [], f"{done} write no rule sentence by hand now: remove them from the list"
 
 
 def test_no_module_raises_a_bare_builtin_error():
-    sites = {relative(p): bare_builtin_raises(p.read_text()) for p in sources()}
-    offending = {name: lines for name, lines in sites.items()
-                 if lines and name not in BARE_BUILTIN_ALLOWED}
-    assert offending == {}, f"raise a SparkSomasError (RuleError for a ValueError): {offending}"
-    done = sorted(name for name in BARE_BUILTIN_ALLOWED if not sites.get(name))
-    assert done == [], f"{done} raise no bare builtin error now: remove them from the list"
+    offending = {relative(p): lines for p in sources()
+                 if (lines := bare_builtin_raises(p.read_text()))}
+    assert offending == {}, (
+        f"raise a SparkSomasError (RuleError for a ValueError, RuleTypeError for a TypeError, "
+        f"RuleKeyError for a KeyError): {offending}")
 
 
 # -- (d): the helpers ---------------------------------------------------------
@@ -265,3 +257,18 @@ def test_converted_refusals_are_rule_errors_with_the_same_words():
         surrogates.from_spec("arctan:alpha")
     with pytest.raises(RuleError, match="^make_mesh: neurons = 0 violates the rule: a positive"):
         sharding.make_mesh(neurons=0)
+
+
+def test_a_wrong_type_or_a_missing_name_is_in_the_family_and_keeps_its_builtin():
+    from spark_somas.models import registry
+    from spark_somas.models.somas import SomaOutput
+
+    with pytest.raises(TypeError) as info:
+        registry.register_soma(int)
+    assert type(info.value) is RuleTypeError
+    assert str(info.value).startswith("register_soma: cls = <class 'int'> violates the rule: a soma")
+    with pytest.raises(KeyError) as info:
+        SomaOutput(spikes=0.0, potential=0.0)["adaptation"]
+    assert type(info.value) is RuleKeyError
+    assert info.value.args == ("SomaOutput[name] = 'adaptation' violates the rule: an output "
+                               "that was recorded",)

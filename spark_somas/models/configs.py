@@ -30,6 +30,7 @@ import numpy as np
 from spark_somas.dynamics import numerics
 from spark_somas.models import surrogates as surrogates_lib
 from spark_somas.errors import ConfigError, require  # re-exported: configs.ConfigError, configs.require
+from spark_somas.errors import rule_message, violation
 
 __all__ = [
     "ConfigError",
@@ -217,14 +218,11 @@ class SomaConfig:
     def __post_init__(self, skip_validation: bool) -> None:
         for f in self.quantity_fields():
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not (
+            require(not isinstance(value, bool) and (
                 isinstance(value, (int, float)) or hasattr(value, "shape")
                 or isinstance(value, (list, tuple)) or is_initializer(value)
-            ):
-                raise ConfigError(
-                    f"{type(self).__name__}.{f.name} = {value!r} violates the rule: "
-                    "a float, an array or an initializer (key, shape, dtype) -> array"
-                )
+            ), f"{type(self).__name__}.{f.name}", value,
+                "a float, an array or an initializer (key, shape, dtype) -> array")
             if not is_initializer(value):
                 object.__setattr__(self, f.name, self._number_field(f.name, value))
         surrogate = self.surrogate
@@ -234,22 +232,17 @@ class SomaConfig:
             elif isinstance(surrogate, Mapping):
                 surrogate = surrogates_lib.from_dict(surrogate)
         except (KeyError, TypeError, ValueError) as err:
-            raise ConfigError(
-                f"{type(self).__name__}.surrogate = {self.surrogate!r} violates the rule: a "
-                f"surrogate name, one of {sorted(surrogates_lib.Surrogate._registry)}, or a "
+            raise ConfigError(rule_message(
+                f"{type(self).__name__}.surrogate", self.surrogate,
+                f"a surrogate name, one of {sorted(surrogates_lib.Surrogate._registry)}, or a "
                 f"dict of 'name' and its parameters ({type(err).__name__}: {err})"
-            ) from None
-        if not isinstance(surrogate, surrogates_lib.Surrogate):
-            raise ConfigError(
-                f"{type(self).__name__}.surrogate = {self.surrogate!r} violates the rule: "
-                "a spark_somas.models.surrogates.Surrogate, its name or its dict"
-            )
+            )) from None
+        require(isinstance(surrogate, surrogates_lib.Surrogate),
+                f"{type(self).__name__}.surrogate", self.surrogate,
+                "a spark_somas.models.surrogates.Surrogate, its name or its dict")
         object.__setattr__(self, "surrogate", surrogate)
-        if not isinstance(self.detach_reset, bool):
-            raise ConfigError(
-                f"{type(self).__name__}.detach_reset = {self.detach_reset!r} violates the "
-                "rule: a bool"
-            )
+        require(isinstance(self.detach_reset, bool), f"{type(self).__name__}.detach_reset",
+                self.detach_reset, "a bool")
         require(self.exp_gradient in numerics.EXP_GRADIENTS, f"{type(self).__name__}.exp_gradient",
                 self.exp_gradient, f"one of {numerics.EXP_GRADIENTS} (the backward pass of the "
                 "exponential term)")
@@ -319,11 +312,11 @@ class SomaConfig:
                 try:
                     np.broadcast_shapes(arr.shape, other.shape)
                 except ValueError:
-                    raise ConfigError(
+                    raise ConfigError(violation(
                         f"{type(self).__name__}.{name} has shape {arr.shape} and {rule.bound} "
-                        f"shape {other.shape}, which violate the rule: per-neuron arrays "
-                        "broadcast with each other"
-                    ) from None
+                        f"shape {other.shape}, which",
+                        "per-neuron arrays broadcast with each other", plural=True
+                    )) from None
                 self._require(name, arr, rule.holds(arr, other), (rule.bound, other))
 
     def _require(self, name: str, arr: np.ndarray, ok: np.ndarray,
@@ -339,11 +332,11 @@ class SomaConfig:
             shown = other_arr if other_arr.ndim == 0 else np.broadcast_to(other_arr, shape)
             note = (f"; {other_name} = {_describe_value(shown, ok)} "
                     f"{self.field_info(other_name)['units']}")
-        raise ConfigError(
+        raise ConfigError(violation(
             f"{type(self).__name__}.{name} = {_describe_value(np.broadcast_to(arr, shape), ok)} "
-            f"{info['units']} violates the rule: {info['rule'].text(name)} "
-            f"({info['doc']}, {info['symbol']}){note}"
-        )
+            f"{info['units']}",
+            f"{info['rule'].text(name)} ({info['doc']}, {info['symbol']}){note}"
+        ))
 
     def replace(self, **changes: Any) -> "SomaConfig":
         """A copy with ``changes`` applied, validated again."""

@@ -27,7 +27,7 @@ from flax import nnx
 
 from spark_somas.models import configs
 from spark_somas.models import somas
-from spark_somas.errors import RuleError
+from spark_somas.errors import RuleError, RuleTypeError, require, rule_message
 
 __all__ = [
     "ModelType",
@@ -79,13 +79,16 @@ def register_model(name: str, cls: type, *, spec: Callable[[Any], dict],
     """Registers ``cls`` under ``name`` (and ``short``, for a soma class).
 
     Registering the same name again for the same class replaces the entry
-    (module reloads); a name taken by another class raises ``ValueError``. A
+    (module reloads); a name taken by another class raises ``RuleError`` (a
+    ``ValueError``). A
     soma subclass registers with ``spec=soma_spec, build=soma_from_spec``.
     """
     for key in (name, short):
         old = _TYPES.get(key) if key else None
         if old is not None and old.cls.__qualname__ != cls.__qualname__:
-            raise ValueError(f"register_model: name {key!r} is taken by {old.cls.__qualname__}")
+            raise RuleError(rule_message("register_model: name", key,
+                                         f"not taken by another class ({old.cls.__qualname__} "
+                                         "has it)"))
     entry = ModelType(name, cls, spec, build, short)
     _TYPES[name] = entry
     if short:
@@ -98,9 +101,10 @@ def register_soma(cls: type[somas.Soma], short: str | None = None) -> type[somas
     """Registers soma class ``cls`` under its class name (and ``short``):
     checkpoints, networks (``soma="short"``) and the command line then find
     it. Returns ``cls``, so that it also works as a class decorator."""
-    if not (isinstance(cls, type) and issubclass(cls, somas.Soma) and cls.state_variables):
-        raise TypeError(f"register_soma: {cls!r} is not a soma model (a subclass of "
-                        "spark_somas.models.somas.Soma that declares its state_variables)")
+    require(isinstance(cls, type) and issubclass(cls, somas.Soma) and cls.state_variables,
+            "register_soma: cls", cls, "a soma model: a subclass of "
+            "spark_somas.models.somas.Soma that declares its state_variables",
+            error=RuleTypeError)
     register_model(cls.__name__, cls, spec=soma_spec, build=soma_from_spec, short=short)
     return cls
 

@@ -57,6 +57,9 @@ from spark_somas.models import configs
 from spark_somas.dynamics import integrators
 from spark_somas.dynamics import numerics
 from spark_somas.models import surrogates as surrogates_lib
+from spark_somas.errors import (
+    RuleError, RuleKeyError, RuleTypeError, require, require_shape, rule_message,
+)
 
 __all__ = [
     "SomaState",
@@ -143,7 +146,8 @@ class SomaOutput:
         else:
             value = (self.extra or {}).get(name)
         if value is None:
-            raise KeyError(f"{name!r} was not recorded")
+            raise RuleKeyError(rule_message("SomaOutput[name]", name,
+                                            "an output that was recorded"))
         return value
 
 
@@ -213,8 +217,8 @@ def step(
     current = numerics.saturate(numerics.widen(current, wide))
     taus = model.time_constants(p)
     if set(taus) != set(model.integrated_names):
-        raise TypeError(f"{model.__name__}.time_constants gives {sorted(taus)}; the integrated "
-                        f"state variables are {sorted(model.integrated_names)}")
+        raise RuleTypeError(f"{model.__name__}.time_constants gives {sorted(taus)}; the integrated "
+                            f"state variables are {sorted(model.integrated_names)}")
     x_new = {**x, **integrators.advance(
         options.method, lambda y, stage: model.drives(p, y, current, stage, options),
         taus, x, options.dt)}
@@ -319,9 +323,9 @@ def _as_units(units: int | Sequence[int]) -> tuple[int, ...]:
             shape = None if isinstance(units, (str, bytes)) else tuple(units)
         except TypeError:
             shape = None
-    if shape is None or not all(isinstance(u, (int, np.integer)) and not isinstance(u, bool) and u > 0
-                            for u in shape):
-        raise ValueError(f"units = {units!r} violates the rule: an int or a tuple of positive ints")
+    require(shape is not None and all(isinstance(u, (int, np.integer)) and not isinstance(u, bool)
+                                      and u > 0 for u in shape),
+            "units", units, "an int or a tuple of positive ints", error=RuleError)
     return tuple(int(u) for u in shape)
 
 
@@ -402,7 +406,7 @@ class Soma(nnx.Module):
         if bad:
             problems.append(f"default_trainable {bad} are not numeric config fields")
         if problems:
-            raise TypeError(f"{cls.__name__}: " + "; ".join(problems))
+            raise RuleTypeError(f"{cls.__name__}: " + "; ".join(problems))
 
     @staticmethod
     def time_constants(p: Any) -> dict[str, Array]:
@@ -455,9 +459,8 @@ class Soma(nnx.Module):
         **field_overrides: Any,
     ):
         name = type(self).__name__
-        if method not in integrators.METHODS:
-            raise ValueError(f"{name}: method = {method!r} violates the rule: one of "
-                             f"{integrators.METHODS}")
+        require(method in integrators.METHODS, f"{name}: method", method,
+                f"one of {integrators.METHODS}", error=RuleError)
         config = self.config_class() if config is None else config
         ignored = sorted({f.name for f in dataclasses.fields(config)}
                          - {f.name for f in dataclasses.fields(self.config_class)})
@@ -476,21 +479,18 @@ class Soma(nnx.Module):
             config = config.replace(**field_overrides)
         trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
         bad = sorted(set(trainable) - set(fields))
-        if bad:
-            raise configs.ConfigError(
-                f"{name}: trainable = {bad} violates the rule: each must be a numeric config "
-                f"field, one of {fields}"
-            )
-        dt = configs.as_number(dt, f"{name}: dt", error=ValueError)
+        require(not bad, f"{name}: trainable", bad,
+                f"each must be a numeric config field, one of {fields}")
+        dt = configs.as_number(dt, f"{name}: dt", error=RuleError)
         configs.require(configs.SMALLEST <= dt <= configs.LARGEST, f"{name}: dt", dt,
-                        f"{configs.SMALLEST:g} ≤ dt ≤ {configs.LARGEST:g} ms", error=ValueError)
+                        f"{configs.SMALLEST:g} ≤ dt ≤ {configs.LARGEST:g} ms", error=RuleError)
         for label, dt_ in (("dtype", dtype), ("param_dtype", param_dtype)):
             try:
                 kind = jnp.dtype(dt_).name
             except TypeError:
                 kind = None
             configs.require(kind in configs.FLOAT_DTYPES, f"{name}: {label}", dt_,
-                            f"one of {configs.FLOAT_DTYPES}", error=ValueError)
+                            f"one of {configs.FLOAT_DTYPES}", error=RuleError)
         self.units = _as_units(units)
         self.dt = dt
         self.method = method
@@ -564,14 +564,14 @@ class Soma(nnx.Module):
             n: float(np.max(values[n])) for n in self.config_class.time_constant_fields()
             if n in values})
         if problem:
-            raise ValueError(f"{name}: {problem}")
+            raise RuleError(f"{name}: {problem}")
         for n in self.stored_fields():
             if n in values and values[n].size:
                 worst = values[n].flat[int(np.argmax(np.abs(values[n])))]
                 configs.require(
                     abs(worst) <= numerics.bound(self.dtype), f"{name}: {n}", float(worst),
                     f"|{n}| ≤ {numerics.bound(self.dtype):g} mV, the largest potential a "
-                    f"{self.dtype.name} state holds; use a wider dtype", error=ValueError)
+                    f"{self.dtype.name} state holds; use a wider dtype", error=RuleError)
 
     def _materialize(self, name: str, value: Any, rngs: nnx.Rngs | None) -> Any:
         """A field's value in ``param_dtype``, its shape broadcastable to the
@@ -666,7 +666,7 @@ class Soma(nnx.Module):
         current_shape = tuple(current_shape)
         n = len(self.units)
         if current_shape[len(current_shape) - n:] != self.units or len(current_shape) < n:
-            raise ValueError(
+            raise RuleError(
                 f"{type(self).__name__}: a current of shape {current_shape} must have shape "
                 f"(*units) or (*batch, *units) with units = {self.units}"
             )
@@ -675,7 +675,7 @@ class Soma(nnx.Module):
             batch = tuple(np.broadcast_shapes(_batch_of(state_shape, self.units),
                                               _batch_of(current_shape, self.units)))
         except ValueError:
-            raise ValueError(
+            raise RuleError(
                 f"{type(self).__name__}: current of shape {current_shape} cannot broadcast "
                 f"with the neuron state of shape {state_shape}"
             ) from None
@@ -688,9 +688,9 @@ class Soma(nnx.Module):
     def __call__(self, current: Array) -> SomaOutput:
         """One step with input ``current`` (pA), shape ``(*units)`` or ``(*batch, *units)``."""
         current = jnp.asarray(current)
-        if jnp.issubdtype(current.dtype, jnp.complexfloating):
-            raise ValueError(f"{type(self).__name__}: a current of dtype {current.dtype} violates "
-                             "the rule: real values (pA)")
+        require_shape(not jnp.issubdtype(current.dtype, jnp.complexfloating),
+                      f"{type(self).__name__}: a current", current.dtype, "real values (pA)",
+                      what="dtype")
         if not jnp.issubdtype(current.dtype, jnp.floating):
             current = current.astype(self.dtype)
         self.broadcast_state(current.shape)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from spark_somas.errors import RuleError, require_shape, rule_message
 from spark_somas.simulation import layout
 from spark_somas.simulation.backends import FusedBackendError, resolve_backend
 from spark_somas.models.somas import OUTPUT_FIELDS, Soma, SomaOutput, SomaState
@@ -124,8 +125,8 @@ def recorded_fields(soma: Soma, record: str | Sequence[str]) -> tuple[str, ...]:
     choices = recordable(soma)
     bad = [name for name in record if name not in choices]
     if bad:
-        raise ValueError(f"record = {record!r}: {bad} not recordable for "
-                         f"{type(soma).__name__}; choose from {choices}")
+        raise RuleError(f"record = {record!r}: {bad} not recordable for "
+                        f"{type(soma).__name__}; choose from {choices}")
     return record
 
 
@@ -177,8 +178,8 @@ def simulate(
     record = recorded_fields(soma, record)
     currents = jnp.asarray(currents)
     axis = layout.time_axis("currents", currents.shape, soma.units, time_major)
-    if jnp.issubdtype(currents.dtype, jnp.complexfloating):
-        raise ValueError(f"currents of dtype {currents.dtype} violate the rule: real values (pA)")
+    require_shape(not jnp.issubdtype(currents.dtype, jnp.complexfloating), "currents",
+                  currents.dtype, "real values (pA)", what="dtype", plural=True)
     if not jnp.issubdtype(currents.dtype, jnp.floating):
         currents = currents.astype(soma.dtype)
     currents = layout.to_time_major(currents, axis)
@@ -215,7 +216,7 @@ def _segment_length(remat: bool | int, steps: int) -> int | None:
         return max(1, math.isqrt(max(steps - 1, 0)) + 1)
     if isinstance(remat, int) and remat > 0:
         return remat
-    raise ValueError(f"remat = {remat!r} violates the rule: False, True or a positive int")
+    raise RuleError(rule_message("remat", remat, "False, True or a positive int"))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))

@@ -34,7 +34,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
-from spark_somas.models.configs import require
+from spark_somas.errors import RuleError, RuleTypeError, require
 
 __all__ = ["FitState", "Callback", "ProgressBar", "Logger", "Checkpoint", "EarlyStopping",
            "default_callbacks", "resolve_callbacks"]
@@ -92,7 +92,7 @@ class ProgressBar(Callback):
 
     def __init__(self, every: int = 10):
         require(isinstance(every, int) and not isinstance(every, bool) and every >= 1, "every",
-                every, "an int >= 1", error=ValueError)
+                every, "an int >= 1", error=RuleError)
         self.every, self.bar = every, None
 
     def on_fit_start(self, fit: FitState) -> None:
@@ -134,7 +134,7 @@ class Logger(Callback):
     def __init__(self, hook: Callable[[int, Any, Any, Mapping[str, Sequence[Any]]], None], *,
                  close: bool = False):
         require(callable(hook), "hook", hook, "a callable (epoch, model, optimizer, history)",
-                error=TypeError)
+                error=RuleTypeError)
         self.hook, self.closes = hook, close
 
     def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
@@ -165,9 +165,9 @@ class Checkpoint(Callback):
                  extra: Mapping[str, Any] | None = None):
         for name, value in (("keep_last", keep_last), ("keep_best", keep_best)):
             require(value is None or isinstance(value, int) and not isinstance(value, bool)
-                    and value >= 0, name, value, "None or an int >= 0", error=ValueError)
+                    and value >= 0, name, value, "None or an int >= 0", error=RuleError)
         require("history" not in (extra or {}), "extra", extra, "no 'history' key (the "
-                "callback saves the run's history under it)", error=ValueError)
+                "callback saves the run's history under it)", error=RuleError)
         self.target, self.metrics, self.extra = target, tuple(metrics), dict(extra or {})
         self.options = {"max_to_keep": keep_last or None, "best_mode": best_mode,
                         "best_metric": best_metric if keep_best else None,
@@ -218,11 +218,11 @@ class EarlyStopping(Callback):
     def __init__(self, monitor: str = "test_loss", *, patience: int = 3, mode: str | None = None,
                  min_delta: float = 0.0):
         mode = mode or ("max" if "accuracy" in monitor else "min")
-        require(mode in ("min", "max"), "mode", mode, "'min' or 'max'", error=ValueError)
+        require(mode in ("min", "max"), "mode", mode, "'min' or 'max'", error=RuleError)
         require(isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1,
-                "patience", patience, "an int >= 1", error=ValueError)
+                "patience", patience, "an int >= 1", error=RuleError)
         require(isinstance(min_delta, (int, float)) and math.isfinite(min_delta)
-                and min_delta >= 0, "min_delta", min_delta, ">= 0 and finite", error=ValueError)
+                and min_delta >= 0, "min_delta", min_delta, ">= 0 and finite", error=RuleError)
         self.monitor, self.patience, self.mode, self.min_delta = monitor, patience, mode, min_delta
         self.stopped_epoch: int | None = None
 
@@ -240,7 +240,7 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
         require(self.monitor in history, "monitor", self.monitor,
-                f"a history key, one of {sorted(history)}", error=ValueError)
+                f"a history key, one of {sorted(history)}", error=RuleError)
         if self.epochs_without_improvement(history[self.monitor]) >= self.patience:
             self.stopped_epoch = epoch
             return True
@@ -266,5 +266,5 @@ def resolve_callbacks(callbacks: Sequence[Callback] | None, *, progress: bool = 
     for callback in callbacks:
         require(isinstance(callback, Callback), "callbacks", callback,
                 "Callback instances (an on_epoch_end function goes in Logger(function))",
-                error=TypeError)
+                error=RuleTypeError)
     return callbacks + ([Logger(on_epoch_end)] if on_epoch_end is not None else [])

@@ -28,7 +28,7 @@ from spark_somas.models.configs import require
 from spark_somas.training.constraints import NeuronOptimizer, neuron_constraints, skip_non_finite
 from spark_somas.data.datasets import DataError, Dataset
 from spark_somas.training.encoders import Encoder
-from spark_somas.errors import SparkSomasError
+from spark_somas.errors import RuleError, SparkSomasError, violation
 from spark_somas.training.network import NetworkOutput, SpikingNetwork
 from spark_somas.models.somas import SomaState, path_name
 from spark_somas.training.objectives import Objective, firing_rate
@@ -91,7 +91,7 @@ def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
     """
     if clip_norm is not None:
         require(isinstance(clip_norm, (int, float)) and np.isfinite(clip_norm) and clip_norm > 0,
-                "clip_norm", clip_norm, "None or > 0 and finite", error=ValueError)
+                "clip_norm", clip_norm, "None or > 0 and finite", error=RuleError)
     if tx is None:
         schedule = (learning_rate if total_steps is None
                     else optax.cosine_decay_schedule(learning_rate, total_steps))
@@ -336,28 +336,29 @@ def _check_fit(model: Any, data: Dataset, encoder: Encoder, epochs: Any, batch_s
     for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
                              ("start_epoch", start_epoch, 0)):
         require(not isinstance(value, bool) and isinstance(value, (int, np.integer))
-                and value >= low, name, value, f"an int >= {low}", error=ValueError)
+                and value >= low, name, value, f"an int >= {low}", error=RuleError)
     require(start_epoch <= epochs, "start_epoch", start_epoch, f"start_epoch <= epochs = {epochs}",
-            error=ValueError)
+            error=RuleError)
     data.check()
     spec = model.spec if isinstance(model, SpikingNetwork) else {}
     if "in_features" in spec and data.n_features != spec["in_features"]:
-        raise DataError(f"{data.name}: {data.n_features} features violate the rule: the model's "
-                        f"in_features = {spec['in_features']}")
+        raise DataError(violation(f"{data.name}: {data.n_features} features",
+                                  f"the model's in_features = {spec['in_features']}", plural=True))
     if "n_classes" in spec:
         require(data.n_classes <= spec["n_classes"], f"{data.name}: n_classes", int(data.n_classes),
                 f"at most the model's n_classes = {spec['n_classes']}", error=DataError)
     require(encoder.kind != "poisson" or not hasattr(model, "dt") or encoder.dt == model.dt,
             "Encoder.dt", encoder.dt, f"the model's dt = {getattr(model, 'dt', None)} ms "
             "(a Poisson rate per step needs the step the network takes; a network's dt is 1 ms "
-            "by default, a lone soma's 0.1 ms)", error=ValueError)
+            "by default, a lone soma's 0.1 ms)", error=RuleError)
     spikes = data.encoding == "spikes"
     if spikes != (encoder.kind == "spikes"):
-        raise DataError(f"{data.name}: {data.encoding} data violate the rule: encoder kind "
-                        f"{encoder.kind!r} needs {'spikes' if encoder.kind == 'spikes' else 'static'} data")
+        raise DataError(violation(
+            f"{data.name}: {data.encoding} data", f"encoder kind {encoder.kind!r} needs "
+            f"{'spikes' if encoder.kind == 'spikes' else 'static'} data", plural=True))
     if spikes and data.x_train.shape[1] != encoder.steps:
-        raise DataError(f"{data.name}: {data.x_train.shape[1]} time steps per sample violate the "
-                        f"rule: the encoder's steps = {encoder.steps}")
+        raise DataError(violation(f"{data.name}: {data.x_train.shape[1]} time steps per sample",
+                                  f"the encoder's steps = {encoder.steps}", plural=True))
 
 
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "train_rate_hz",
@@ -465,10 +466,10 @@ def _check_finite(epoch: int, row: Mapping[str, float], steps_per_epoch: int) ->
             "a damped surrogate, a lower learning rate); training stopped before this epoch was "
             "saved", error=NonFiniteGradientError)
     if not np.isfinite([row["train_loss"], row["test_loss"]]).all():
-        raise NonFiniteLossError(
-            f"epoch {epoch + 1}: train loss {row['train_loss']}, test loss {row['test_loss']} "
-            "violate the rule: a finite loss (lower the learning rate or check the "
-            "inputs); training stopped before this epoch was saved")
+        raise NonFiniteLossError(violation(
+            f"epoch {epoch + 1}: train loss {row['train_loss']}, test loss {row['test_loss']}",
+            "a finite loss (lower the learning rate or check the inputs); training stopped "
+            "before this epoch was saved", plural=True))
     require(row["nonfinite_state_batches"] == 0, f"epoch {epoch + 1}: nonfinite_state_batches",
             row["nonfinite_state_batches"], "0: no batch may leave a neuron's state NaN (a NaN "
             "input current, or a NaN from the encoder or a parameter, makes a soma's potential "
@@ -569,7 +570,7 @@ def fit(
     """
     _check_fit(model, data, encoder, epochs, batch_size, start_epoch)
     require(not (epoch_on_device and mesh is not None), "epoch_on_device", epoch_on_device,
-            "False with a mesh (a sharded run loops over batches in Python)", error=ValueError)
+            "False with a mesh (a sharded run loops over batches in Python)", error=RuleError)
     callbacks = resolve_callbacks(callbacks, progress=progress, on_epoch_end=on_epoch_end)
     run = _Epochs(model, optimizer, data, encoder=encoder, objective=objective, seed=seed,
                   batch_size=batch_size, mesh=mesh, on_device=epoch_on_device)

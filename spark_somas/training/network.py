@@ -61,8 +61,8 @@ from spark_somas.dynamics import numerics
 from spark_somas.models import registry
 from spark_somas.models import surrogates as surrogates_lib
 from spark_somas.models.configs import LARGEST, SMALLEST, as_number, require
+from spark_somas.errors import RuleError, RuleTypeError, require_shape
 from spark_somas.simulation.driver import FusedBackendError, drive
-from spark_somas.errors import RuleError
 from spark_somas.models.somas import (AdaptiveExponentialSoma, SimplifiedAdaptiveExponentialSoma, Soma,
                                SomaOutput, SomaState, input_scale)
 
@@ -181,7 +181,7 @@ class NetworkOutput:
 
 def _positive_int(name: str, value: Any) -> None:
     require(not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1,
-            name, value, "a positive int", error=ValueError)
+            name, value, "a positive int", error=RuleError)
 
 
 def _value_hash(config: Any) -> int:
@@ -198,7 +198,7 @@ def _as_surrogate(value: Any) -> surrogates_lib.Surrogate | None:
     except (KeyError, TypeError, ValueError) as err:
         problem = err
     require(False, "surrogate", value, f"None, a Surrogate, its name or its dict ({problem})",
-            error=ValueError)
+            error=RuleError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,10 +243,10 @@ class Layer:
             if value is None and name == "synapse_tau":
                 continue
             # The config rules' range: within it I_0 = gain · I_rh is finite in float32.
-            value = as_number(value, name, error=ValueError)
+            value = as_number(value, name, error=RuleError)
             require(SMALLEST <= value <= LARGEST, name, value,
                     f"{SMALLEST:g} ≤ {name} ≤ {LARGEST:g} (> 0 and finite in float32)",
-                    error=ValueError)
+                    error=RuleError)
             object.__setattr__(self, name, value)
         trainable = self.trainable_neurons
         if trainable is True:
@@ -259,17 +259,17 @@ class Layer:
         require("dt" not in kwargs, "soma_kwargs['dt']", kwargs.get("dt"),
                 "not set per layer: every soma of a network steps at the network's dt "
                 "(SpikingNetwork(dt=...), 1 ms by default, where a lone soma's default is "
-                "0.1 ms)", error=ValueError)
+                "0.1 ms)", error=RuleError)
         if isinstance(kwargs.get("config"), Mapping):
             kwargs["config"] = cls.config_class.from_dict(kwargs["config"])
         for name in ("surrogate", "exp_gradient"):
             require(name not in kwargs or getattr(self, name) is None, f"soma_kwargs[{name!r}]",
                     kwargs.get(name), f"not given while the layer's {name} is set (give it as "
-                    f"the layer's or network's {name}=..., or set that to None)", error=ValueError)
+                    f"the layer's or network's {name}=..., or set that to None)", error=RuleError)
         object.__setattr__(self, "surrogate", _as_surrogate(self.surrogate))
         require(self.exp_gradient is None or self.exp_gradient in numerics.EXP_GRADIENTS,
                 "exp_gradient", self.exp_gradient, f"None or one of {numerics.EXP_GRADIENTS}",
-                error=ValueError)
+                error=RuleError)
         object.__setattr__(self, "units", int(self.units))
         object.__setattr__(self, "soma", cls.__name__)
         object.__setattr__(self, "trainable_neurons", tuple(trainable))
@@ -338,7 +338,7 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         require(isinstance(self.remat, (bool, int, np.integer)) and (
             isinstance(self.remat, bool) or self.remat >= 1), "remat", self.remat,
-            "False, True or a positive int", error=ValueError)
+            "False, True or a positive int", error=RuleError)
         backends.check_backend(self.backend)
         if self.soma_kwargs is None:
             object.__setattr__(self, "soma_kwargs", {})
@@ -356,24 +356,24 @@ class NetworkConfig:
                 isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1)
                 for h in entries), "hidden", self.hidden,
                 "a positive int or a non-empty sequence of positive ints and Layers",
-                error=ValueError)
+                error=RuleError)
             object.__setattr__(self, "hidden", tuple(
                 h if isinstance(h, Layer) else int(h) for h in entries))
         require(self.output in ("leaky", "soma"), "output", self.output, "'leaky' or 'soma'",
-                error=ValueError)
+                error=RuleError)
         require(self.readout in READOUTS, "readout", self.readout, f"one of {sorted(READOUTS)}",
-                error=ValueError)
+                error=RuleError)
         require(READOUTS[self.readout][1] != "spikes" or self.output == "soma", "readout",
-                self.readout, "spike counts and times need output = 'soma'", error=ValueError)
+                self.readout, "spike counts and times need output = 'soma'", error=RuleError)
         require(np.isfinite(self.readout_tau) and self.readout_tau > 0, "readout_tau",
-                self.readout_tau, "> 0 and finite", error=ValueError)
+                self.readout_tau, "> 0 and finite", error=RuleError)
         window = self.readout_window
         if window is not None:
             window = tuple(window)
             require(len(window) == 2 and all(
                 w is None or isinstance(w, (int, np.integer)) and not isinstance(w, bool)
                 for w in window), "readout_window", self.readout_window,
-                "None or (start, stop): steps as in a slice, ints or None", error=ValueError)
+                "None or (start, stop): steps as in a slice, ints or None", error=RuleError)
             object.__setattr__(self, "readout_window", window)
         template = Layer(1, self.soma, self.recurrent, self.synapse_tau, self.trainable_neurons,
                          self.input_gain, self.soma_kwargs, self.surrogate,
@@ -481,12 +481,12 @@ def _network_config(config: "NetworkConfig | None", arguments: Mapping[str, Any]
     if config is None:
         return NetworkConfig(**arguments)
     require(isinstance(config, NetworkConfig), "config", config, "a NetworkConfig",
-            error=TypeError)
+            error=RuleTypeError)
     defaults = _constructor_defaults()
     given = sorted(k for k, v in arguments.items()
                    if v is not defaults[k] and not _same(v, defaults[k]))
     require(not given, "arguments besides config", given, "none: they are fields of the "
-            "config, and dataclasses.replace(config, ...) changes them", error=ValueError)
+            "config, and dataclasses.replace(config, ...) changes them", error=RuleError)
     return config
 
 
@@ -708,10 +708,9 @@ class SpikingNetwork(nnx.Module):
                 "count from the end when negative)", error=RuleError)
         # Resolved once, here: the loop below runs the name it is given.
         backend = backends.resolve_backend(self.config.backend if backend is None else backend)
-        if inputs.ndim < 3 and backend == "fused":
-            raise FusedBackendError(
-                f"inputs of shape {inputs.shape} violate the rule: the fused backend "
-                f"partitions a batch, (T, B, F); add a batch axis or use backend = 'scan'")
+        require_shape(inputs.ndim >= 3 or backend != "fused", "inputs", inputs.shape,
+                      "the fused backend partitions a batch, (T, B, F); add a batch axis or use "
+                      "backend = 'scan'", error=FusedBackendError, plural=True)
         self.reset(inputs.shape[1:-1])
         spikes, potential, out_spikes = drive(
             self, self.layers[0].input(inputs), SpikingNetwork.step_projected,

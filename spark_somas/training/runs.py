@@ -29,7 +29,7 @@ from spark_somas.dynamics import numerics
 from spark_somas.models import registry
 from spark_somas.models import surrogates as surrogates_lib
 from spark_somas.models.configs import require
-from spark_somas.errors import SparkSomasError
+from spark_somas.errors import RuleError, SparkSomasError, violation
 from spark_somas.data.datasets import TASKS, Dataset
 from spark_somas.training.encoders import Encoder
 from spark_somas.data.events import EVENT_DATASETS
@@ -95,7 +95,7 @@ def _check_field(field: dataclasses.Field, hint: Any, value: Any) -> None:
     a checkpoint."""
     kinds = (hint, *typing.get_args(hint))
     if value is None:
-        require(type(None) in kinds, field.name, value, "not None", error=ValueError)
+        require(type(None) in kinds, field.name, value, "not None", error=RuleError)
         return
     choices = field.metadata["choices"]
     choices = choices() if callable(choices) else choices
@@ -118,7 +118,7 @@ def _check_field(field: dataclasses.Field, hint: Any, value: Any) -> None:
         ok, rule = value > 0, rule + " > 0"
     if ok and choices is not None:
         ok, rule = value in choices, f"one of {sorted(choices)}"
-    require(ok, field.name, value, rule, error=ValueError)
+    require(ok, field.name, value, rule, error=RuleError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,25 +174,25 @@ class RunConfig:
             _check_field(field, hints[field.name], getattr(self, field.name))
         for name in ("seed", "data_seed"):
             value = getattr(self, name)
-            require(0 <= value < 2**32, name, value, "an int in 0 … 2^32 − 1", error=ValueError)
-        require(self.task in TASKS, "task", self.task, f"one of {sorted(TASKS)}", error=ValueError)
+            require(0 <= value < 2**32, name, value, "an int in 0 … 2^32 − 1", error=RuleError)
+        require(self.task in TASKS, "task", self.task, f"one of {sorted(TASKS)}", error=RuleError)
         registry.soma_class(self.soma)
         if self.task in FILE_TASKS:
             files = [f for k, f in EVENT_DATASETS[self.task].items() if k != "classes" and f]
             require(self.data_dir is not None, "data_dir", self.data_dir,
                     f"the directory holding {', '.join(files[:-1])} and {files[-1]} for task "
-                    f"{self.task!r}", error=ValueError)
+                    f"{self.task!r}", error=RuleError)
         object.__setattr__(self, "data_option", tuple(tuple(kv) for kv in self.data_option))
         object.__setattr__(self, "soma_option", tuple(tuple(kv) for kv in self.soma_option))
         fields = {f.name for f in registry.soma_class(self.soma).config_class.quantity_fields()}
         for key, _ in self.soma_option:
             require(key in fields, "soma_option", key, f"a numeric field of the {self.soma} "
-                    f"config, one of {sorted(fields)}", error=ValueError)
+                    f"config, one of {sorted(fields)}", error=RuleError)
         if self.surrogate is not None:
             surrogates_lib.from_spec(self.surrogate)  # a bad spec is named here, before any work
         require(self.exp_gradient is None or self.exp_gradient in numerics.EXP_GRADIENTS,
                 "exp_gradient", self.exp_gradient, f"one of {numerics.EXP_GRADIENTS}",
-                error=ValueError)
+                error=RuleError)
 
     @property
     def recipe(self) -> Recipe:
@@ -286,11 +286,11 @@ class RunConfig:
         ``exp_gradient``: an older run trained with the soma config's own, None). Unknown keys (a run saved by a
         newer version) and values that break a field's rule raise
         ``ValueError`` naming them."""
-        require(isinstance(d, Mapping), "run", d, "a dict of RunConfig fields", error=ValueError)
+        require(isinstance(d, Mapping), "run", d, "a dict of RunConfig fields", error=RuleError)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         require(not unknown, "run", unknown, f"only RunConfig fields, {sorted(names)} "
-                "(the run was saved by another version?)", error=ValueError)
+                "(the run was saved by another version?)", error=RuleError)
         return cls(**{"surrogate": None, "exp_gradient": None, **d})
 
 
@@ -349,11 +349,11 @@ def saved_run(directory: str, name: str = "checkpoint_dir") -> SavedRun:
     if (meta["model"].get("type") != "SpikingNetwork" or not isinstance(extra, dict)
             or not isinstance(extra.get("run"), dict)
             or not isinstance(extra.get("history"), dict)):
-        raise RunError(
-            f"{name} {directory} violates the rule: a directory written by 'spark-somas train "
+        raise RunError(violation(
+            f"{name} {directory}", f"a directory written by 'spark-somas train "
             f"--checkpoint-dir' (its step {meta['step']} holds a "
             f"{meta['model'].get('type') or meta['model'].get('class')} without the training "
-            "settings and history)")
+            "settings and history)"))
     return SavedRun(extra["run"], extra["history"], meta["step"])
 
 
@@ -387,10 +387,10 @@ def _new_checkpoint_dir(directory: str, names: Mapping[str, str]) -> None:
     with Checkpointer(directory, read_only=True) as ckpt:
         steps = ckpt.all_steps()
     if steps:
-        raise RunError(
-            f"{names['checkpoint_dir']} {directory} violates the rule: a new or empty directory "
+        raise RunError(violation(
+            f"{names['checkpoint_dir']} {directory}", f"a new or empty directory "
             f"(it holds the checkpoints of epochs {steps}); continue that run with "
-            f"{names['resume']} {shlex.quote(directory)}, or choose another directory")
+            f"{names['resume']} {shlex.quote(directory)}, or choose another directory"))
 
 
 def _check_places(run: RunConfig, out_dir: str, checkpoint_dir: str | None, resume: bool,
@@ -448,11 +448,11 @@ def _load_data(run: RunConfig, download: bool, progress: bool,
     except (TypeError, ValueError) as err:  # an unknown data_option key or a bad value
         if not run.data_option:
             raise RunError(f"{run.task} data: {err}") from None
-        raise RunError(f"{names['data_option']} violates the rule: a keyword of the {run.task} "
-                       f"loader with a valid value ({err})") from None
+        raise RunError(violation(names["data_option"], f"a keyword of the {run.task} loader "
+                                 f"with a valid value ({err})")) from None
     if data.encoding == "spikes" and run.encoder not in (None, "spikes"):
-        raise RunError(f"{names['encoder']} {run.encoder} violates the rule: {run.task} is "
-                       "spike data")
+        raise RunError(violation(f"{names['encoder']} {run.encoder}",
+                                 f"{run.task} is spike data"))
     return data
 
 
