@@ -53,6 +53,7 @@ BUILTINS = {
     "ChecksumError": (OSError,),
     "NonFiniteLossError": (FloatingPointError,),
     "NonFiniteGradientError": (FloatingPointError,),
+    "NonFiniteStateError": (FloatingPointError,),
     "UnknownModelError": (ValueError,),
 }
 
@@ -72,6 +73,7 @@ PARENTS = {
     "CheckpointNotWritableError": "CheckpointError",
     "ChecksumError": "DownloadError",
     "NonFiniteGradientError": "NonFiniteLossError",
+    "NonFiniteStateError": "NonFiniteLossError",
 }
 
 HELPERS = {"require", "require_shape", "rule_message", "violation"}
