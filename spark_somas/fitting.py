@@ -63,6 +63,7 @@ import dataclasses
 import functools
 import math
 import time
+import types
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -74,14 +75,16 @@ from flax import nnx
 from spark_somas.models import configs
 from spark_somas.models.configs import require
 from spark_somas.simulation.driver import simulate
-from spark_somas.models.somas import Soma, SomaConstant, SomaState
+from spark_somas.dynamics import integrators
+from spark_somas.models.somas import (AdaptiveExponentialSoma, Soma, SomaConstant, SomaState,
+                                      input_scale, mean_parameters)
 
 __all__ = [
     "Recording",
     "Loss",
     "Stage",
     "recipe",
-    "SPIKE_TRIGGERED",
+    "spike_triggered",
     "fit_soma",
     "FitResult",
     "coincidence_factor",
@@ -91,10 +94,40 @@ __all__ = [
 
 Array = jax.Array
 
-SPIKE_TRIGGERED = ("adaptation_delta", "potential_reset", "threshold", "cooldown",
-                   "threshold_delta", "threshold_tau")
-"""Fields that act only when the cell spikes: a recording below threshold
-says nothing about them, so :func:`recipe` fits them in its second stage."""
+def spike_triggered(soma: Soma) -> tuple[str, ...]:
+    """The fields of ``soma`` that act only when it spikes, in config order.
+
+    A recording below threshold says nothing about them, so :func:`recipe`
+    fits them in its second stage. They are read off the model's own
+    declarations, not listed: the fields that neither its
+    ``time_constants`` nor its ``drives`` — the subthreshold dynamics
+    τ_x·dx/dt = F_x — depend on. Both are differentiated (forward mode)
+    with respect to every field at four states around rest and two
+    currents; a field whose derivative is zero at all of them is
+    spike-triggered. For the four somas: V_th, V_r, b, t_ref, δθ and τ_θ;
+    for a model written outside the package, whatever its equations say.
+    """
+    require(isinstance(soma, Soma), "soma", soma, "a soma instance")
+    means = mean_parameters(soma)
+    names = [f.name for f in soma.config_class.quantity_fields()]
+    rest = {k: jnp.asarray(v, jnp.float32).reshape(-1)[0] for k, v in soma.neuron_state().items()}
+    rng = np.random.default_rng(0)
+    probes = [({k: v + float(rng.normal(0.0, 2.0)) for k, v in rest.items()}, current)
+              for current in (0.0, float(input_scale(soma))) for _ in range(2)]
+
+    def subthreshold(values: jax.Array, x: Mapping[str, jax.Array], current: float):
+        p = types.SimpleNamespace(**dict(zip(names, values)))
+        taus = type(soma).time_constants(p)
+        stage = integrators.Stage({n: soma.dt / tau for n, tau in taus.items()}, 1.0)
+        drives = type(soma).drives(p, x, jnp.float32(current), stage, soma.options)
+        return jnp.stack([*taus.values(), *drives.values()])
+
+    values = jnp.asarray([getattr(means, n) for n in names], jnp.float32)
+    reads = np.zeros(len(names), bool)
+    for x, current in probes:
+        jac = np.asarray(jax.jacfwd(subthreshold)(values, x, current))
+        reads |= np.any(jac != 0.0, axis=0)
+    return tuple(n for n, used in zip(names, reads) if not used)
 
 OPTIMIZERS = ("lbfgs", "adam")
 
@@ -327,12 +360,14 @@ class Stage:
         return tuple(int(k) for k in np.nonzero(keep)[0])
 
 
-def recipe(fields: Sequence[str], *, subthreshold_steps: int = 30, spike_steps: int = 100,
-           polish_steps: int = 20, learning_rate: float = 0.05) -> tuple[Stage, ...]:
-    """The usual staged fit (Brette & Gerstner 2005; Naud et al. 2008).
+def recipe(fields: Sequence[str], *, soma: Soma | type[Soma] = AdaptiveExponentialSoma,
+           subthreshold_steps: int = 30, spike_steps: int = 100, polish_steps: int = 20,
+           learning_rate: float = 0.05) -> tuple[Stage, ...]:
+    """The usual staged fit (Brette & Gerstner 2005; Naud et al. 2008) of
+    ``fields`` of ``soma`` (a class or an instance; default AdEx).
 
     1. The fields that shape the response below threshold (all but
-       :data:`SPIKE_TRIGGERED`), on the sweeps without spikes, by the
+       :func:`spike_triggered` ones), on the sweeps without spikes, by the
        potential MSE and L-BFGS: a smooth, well-posed problem.
     2. The spike-triggered fields (b, V_r, ...) on the sweeps with spikes,
        by Adam on the spike count and the van Rossum distance (τ = 10 ms):
@@ -344,8 +379,9 @@ def recipe(fields: Sequence[str], *, subthreshold_steps: int = 30, spike_steps: 
     A stage with no field is left out.
     """
     fields = tuple(fields)
-    sub = tuple(f for f in fields if f not in SPIKE_TRIGGERED)
-    spk = tuple(f for f in fields if f in SPIKE_TRIGGERED)
+    triggered = spike_triggered(soma(units=1) if isinstance(soma, type) else soma)
+    sub = tuple(f for f in fields if f not in triggered)
+    spk = tuple(f for f in fields if f in triggered)
     stages = []
     if sub:
         stages.append(Stage(sub, Loss(potential=1.0), "subthreshold", "lbfgs",
@@ -710,7 +746,7 @@ def fit_soma(
     bounds = dict(bounds or {})
     for name in bounds:
         require(name in fields, "bounds", name, f"a field being fitted, one of {fields}")
-    stages = recipe(fields) if stages is None else tuple(stages)
+    stages = recipe(fields, soma=soma) if stages is None else tuple(stages)
     require(len(stages) > 0, "stages", stages, "at least one stage")
     picks = []
     for k, stage in enumerate(stages):

@@ -261,3 +261,37 @@ def test_bad_input_is_refused_by_name_before_any_work(case, message):
     with pytest.raises(ConfigError) as info:
         case(recording)
     assert message in str(info.value), str(info.value)
+
+
+# What each soma's documented equations read only at a spike: the threshold
+# and the reset (V_th, V_r), the refractory period, the jump b of w, and the
+# adaptive threshold's jump and decay (θ is event-only, advanced in the reset).
+ONLY_AT_A_SPIKE = {
+    "expif": {"threshold", "potential_reset"},
+    "refractory": {"threshold", "potential_reset", "cooldown"},
+    "adex": {"threshold", "potential_reset", "adaptation_delta"},
+    "simplified": {"threshold", "potential_reset", "cooldown", "threshold_delta",
+                   "threshold_tau"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONLY_AT_A_SPIKE))
+def test_spike_triggered_fields_are_read_off_the_equations(name):
+    assert set(fitting.spike_triggered(ss.SOMAS[name](units=1))) == ONLY_AT_A_SPIKE[name]
+
+
+def test_a_model_of_ones_own_gets_its_spike_triggered_fields_derived():
+    """A variant of AdEx whose drive also reads V_th (a soft pull towards
+    it): V_th moves to the subthreshold stage, b stays in the spiking one;
+    no list in the package is edited."""
+    class SoftAdEx(ss.AdaptiveExponentialSoma):
+        @staticmethod
+        def drives(p, x, current, stage, options):
+            out = ss.AdaptiveExponentialSoma.drives(p, x, current, stage, options)
+            return {**out, "potential": out["potential"] - 1e-3 * (x["potential"] - p.threshold)}
+
+    triggered = fitting.spike_triggered(SoftAdEx(units=1))
+    assert set(triggered) == {"potential_reset", "adaptation_delta"}
+    stages = fitting.recipe(["threshold", "adaptation_delta", "potential_tau"], soma=SoftAdEx)
+    assert stages[0].fields == ("threshold", "potential_tau")
+    assert stages[1].fields == ("adaptation_delta",)
