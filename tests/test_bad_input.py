@@ -518,7 +518,7 @@ def _window_net(window, readout):
                              rngs=nnx.Rngs(0))
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=12, deadline=None, derandomize=True)
 @given(steps=st.integers(1, 12), start=st.none() | st.integers(-15, 15),
        stop=st.none() | st.integers(-15, 15), readout=st.sampled_from(sorted(tr.READOUTS)))
 def test_a_readout_window_must_keep_a_step_of_the_run(steps, start, stop, readout):

@@ -213,7 +213,7 @@ def networks(draw) -> tuple[dict, bool | int, int | None, tuple[int, int]]:
             (draw(st.integers(1, 20)), batch))
 
 
-@settings(derandomize=True, deadline=None, database=None, max_examples=8,
+@settings(derandomize=True, deadline=None, database=None, max_examples=4,
           suppress_health_check=list(HealthCheck))
 @given(networks())
 def test_any_network_fused_equals_scan(case):

@@ -203,6 +203,6 @@ def test_fit_refuses_a_poisson_encoder_at_another_dt(net_dt, encoder_dt):
         loop.fit(net, loop.make_optimizer(net), data, epochs=1, progress=False,
                  encoder=Encoder("poisson", 10, dt=encoder_dt, rate_hz=100.0))
     chex.assert_trees_all_equal(jax.tree.map(np.asarray, nnx.state(net)), before)
-    # The same dt trains.
-    loop.fit(net, loop.make_optimizer(net), data, epochs=1, progress=False, batch_size=20,
-             encoder=Encoder("poisson", 10, dt=net_dt, rate_hz=100.0))
+    if net_dt == 1.0:  # the same dt trains (once: each run compiles an epoch)
+        loop.fit(net, loop.make_optimizer(net), data, epochs=1, progress=False, batch_size=20,
+                 encoder=Encoder("poisson", 10, dt=net_dt, rate_hz=100.0))
