@@ -1,12 +1,22 @@
-"""Shared test setup: JAX on the CPU unless the caller chose a platform.
+"""Shared test setup: JAX on the CPU unless the caller chose a platform, and
+a persistent compilation cache.
 
 The suite's time budget and its float32 expectations are CPU ones; set
 JAX_PLATFORMS yourself to run it elsewhere.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Compiled programs are shared through JAX's persistent cache between the two
+# test workers and the command-line and checkpoint subprocesses the tests
+# start, which compile many of the same small programs; most of the suite's
+# time is compilation.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"spark-somas-tests-jax-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
