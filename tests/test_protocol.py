@@ -27,10 +27,9 @@ from spark_somas import configs, integrators, registry
 from spark_somas.somas import Soma, StateVariable
 from test_docs import code_blocks
 from test_numerics import assert_finite
-from test_properties import SETTINGS, currents
+from test_properties import SETTINGS, UNITS, currents
 
 PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "own-soma.md"
-UNITS = 3
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DTS = (0.01, 1.0)
 
