@@ -9,6 +9,7 @@ renders with MathJax, served from the build itself (no CDN needed).
 """
 
 import importlib
+import pkgutil
 import inspect
 import os
 import pathlib
@@ -101,8 +102,8 @@ def _reexported_exceptions() -> list[str]:
     is :mod:`spark_somas.errors`'s): its page on the re-exporting module is
     kept out of the index, so that a bare ``ConfigError`` has one target."""
     names = set()
-    for module_name in spark_somas.SUBMODULES:
-        module = importlib.import_module(f"spark_somas.{module_name}")
+    for info in pkgutil.walk_packages(spark_somas.__path__, "spark_somas."):
+        module = importlib.import_module(info.name)
         for name in getattr(module, "__all__", ()):
             obj = getattr(module, name, None)
             if (isinstance(obj, type) and issubclass(obj, BaseException)

@@ -36,8 +36,7 @@ from spark_somas.simulation import layout
 from spark_somas.simulation.backends import FusedBackendError, resolve_backend
 from spark_somas.models.somas import OUTPUT_FIELDS, Soma, SomaOutput, SomaState
 
-__all__ = ["drive", "simulate", "recordable", "recorded_fields", "output", "RECORDABLE",
-           "FusedBackendError"]
+__all__ = ["drive", "simulate", "recordable", "recorded_fields", "output", "RECORDABLE"]
 
 M = TypeVar("M", bound=nnx.Module)
 
