@@ -429,15 +429,20 @@ def test_a_save_that_fails_on_the_file_system_ends_train_with_its_one_line(tmp_p
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # The size limit holds for every file the process writes: no compilation cache.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, "-m", "spark_somas.cli", "train", "--limit", "48", "--batch-size", "24",
          "--hidden", "256", "--steps", "5", "--epochs", "2", "--no-progress",
          "--checkpoint-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")],
         env=env, preexec_fn=full_disk, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("spark-somas train: error: ")]
+    # TensorStore's threads may print "Event loop is closed" tracebacks into
+    # the same stderr, even in the middle of our line (a known limit): find
+    # the line's text wherever it starts.
+    errors = proc.stderr.split("spark-somas train: error: ")[1:]
     assert len(errors) == 1 and "failed on the file system and was not committed" in errors[0]
-    assert "File too large" in errors[0]
+    assert "File too large" in errors[0].splitlines()[0]
     assert "ValueError" not in proc.stderr  # not TensorStore's raw error
     assert "final test accuracy" not in proc.stdout

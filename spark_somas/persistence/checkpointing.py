@@ -58,6 +58,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import json
+import logging
 import math
 import os
 import tempfile
@@ -131,6 +132,31 @@ class UnrecordedMethodWarning(UserWarning):
 class CheckpointNotWritableError(CheckpointError, PermissionError):
     """The directory cannot be created or written by this process, or a
     save to it failed on the file system."""
+
+
+class _FailedSaveReports(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" reports of the
+    background write tasks of a save into ``directory``: that failure has
+    been raised by name already (one line), and these copies of it come from
+    Orbax's threads, where nothing can catch them."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = directory
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Task exception was never retrieved")
+                    and self.directory in message)
+
+
+def _quiet_reports_of(directory: str) -> None:
+    """Once per directory, the :class:`_FailedSaveReports` filter on asyncio's logger."""
+    directory = os.path.abspath(directory)
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _FailedSaveReports) and f.directory == directory
+               for f in logger.filters):
+        logger.addFilter(_FailedSaveReports(directory))
 
 
 def _build_model(model_meta: Mapping[str, Any], check: Callable[[nnx.Module], None]) -> nnx.Module:
@@ -472,6 +498,9 @@ class Checkpointer:
         read_only: bool = False,
     ):
         self.directory = check_directory(directory)
+        # A failed background write is raised by the next wait()/close(), by
+        # name; asyncio's own copies of it, from Orbax's threads, are dropped.
+        _quiet_reports_of(str(self.directory))
         require(max_to_keep is None or isinstance(max_to_keep, int) and max_to_keep >= 1,
                 "max_to_keep", max_to_keep, "None or an int >= 1", error=RuleError)
         require(best_mode in ("min", "max"), "best_mode", best_mode, "'min' or 'max'",
