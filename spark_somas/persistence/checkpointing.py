@@ -61,6 +61,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import warnings
 from typing import Any, Callable, Mapping, Sequence
@@ -657,9 +658,14 @@ class Checkpointer:
         """A failed write, whatever the layer that reports it (an OSError, or
         TensorStore's ``ValueError: RESOURCE_EXHAUSTED …`` for a full disk),
         in one line: its step is not committed; earlier steps are intact."""
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        # the file system's own words close TensorStore's message: keep them
+        text = str(err)
+        reason = text.splitlines()[0] if text else type(err).__name__
         reason = reason if len(reason) <= 300 else reason[:100] + " … " + reason[-197:]
+        # TensorStore puts the file system's errno somewhere in a long message
+        # (sometimes before a JSON spec): name it in words, whatever was cut.
+        code = re.search(r"os_error_code='?(\d+)", text)
+        if code and os.strerror(int(code.group(1))) not in reason:
+            reason += f"; {os.strerror(int(code.group(1)))}"
         return CheckpointNotWritableError(
             f"a save to {self.directory} failed on the file system and was not committed; "
             f"earlier steps are intact ({reason})")
