@@ -34,3 +34,12 @@ def registry_as_found():
     registry._TYPES.update(types)
     registry.SOMAS.clear()
     registry.SOMAS.update(somas)
+
+
+@pytest.fixture
+def full_disk_env():
+    """The environment for a subprocess run under a file-size limit: CPU, and
+    no compilation cache, since the limit holds for every file it writes."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["JAX_PLATFORMS"] = "cpu"
+    return env

@@ -425,10 +425,8 @@ except ck.CheckpointNotWritableError as err:
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_a_write_that_fails_on_the_file_system_is_not_writable_and_keeps_earlier_steps(
-        tmp_path, mode):
-    # The size limit holds for every file the process writes: no compilation cache.
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env["JAX_PLATFORMS"] = "cpu"
+        tmp_path, mode, full_disk_env):
+    env = full_disk_env
     proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path), mode], env=env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr

@@ -421,7 +421,7 @@ def test_resuming_a_run_of_release_0_1_0_warns_in_one_line(tmp_path, capsys):
     assert checkpointing.describe(run)[-1].step == 3
 
 
-def test_a_save_that_fails_on_the_file_system_ends_train_with_its_one_line(tmp_path):
+def test_a_save_that_fails_on_the_file_system_ends_train_with_its_one_line(tmp_path, full_disk_env):
     import resource
     import signal
 
@@ -429,9 +429,7 @@ def test_a_save_that_fails_on_the_file_system_ends_train_with_its_one_line(tmp_p
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
 
-    # The size limit holds for every file the process writes: no compilation cache.
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = full_disk_env
     proc = subprocess.run(
         [sys.executable, "-m", "spark_somas.cli", "train", "--limit", "48", "--batch-size", "24",
          "--hidden", "256", "--steps", "5", "--epochs", "2", "--no-progress",
