@@ -538,3 +538,22 @@ def test_hand_damaged_metadata_is_named_by_every_reader(tmp_path, capsys, damage
     assert cli.main(["checkpoints", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and re.search(message, err), err
+
+
+@pytest.mark.parametrize("kind", ["Task", "Future", "_GatheringFuture"])
+def test_asyncio_copies_of_a_failed_write_into_the_directory_are_dropped(tmp_path, caplog, kind):
+    import logging
+
+    ck.Checkpointer(tmp_path / "run")
+    here = str(tmp_path / "run" / "1.orbax-checkpoint-tmp" / "state")
+    elsewhere = str(tmp_path / "other" / "state")
+    log = logging.getLogger("asyncio")
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        log.error("%s exception was never retrieved\nfuture: <%s exception=ValueError('"
+                  "Error writing %s')>", kind, kind, here)
+        log.error("%s exception was never retrieved\nfuture: <%s exception=ValueError('"
+                  "Error writing %s')>", kind, kind, elsewhere)
+        log.error("Unclosed client session in %s", here)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert elsewhere in messages[0] and messages[1].startswith("Unclosed client session")

@@ -136,10 +136,11 @@ class CheckpointNotWritableError(CheckpointError, PermissionError):
 
 
 class _FailedSaveReports(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" reports of the
-    background write tasks of a save into ``directory``: that failure has
-    been raised by name already (one line), and these copies of it come from
-    Orbax's threads, where nothing can catch them."""
+    """Drops asyncio's "<Task|Future|_GatheringFuture> exception was never
+    retrieved" reports of the background writes of a save into
+    ``directory``: that failure has been raised by name already (one line),
+    and these copies of it come from Orbax's threads, where nothing can
+    catch them."""
 
     def __init__(self, directory: str) -> None:
         super().__init__()
@@ -147,7 +148,8 @@ class _FailedSaveReports(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Task exception was never retrieved")
+        first_line = message.partition("\n")[0]
+        return not (first_line.endswith(" exception was never retrieved")
                     and self.directory in message)
 
 
