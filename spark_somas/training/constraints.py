@@ -78,6 +78,7 @@ from spark_somas.models.somas import Soma, iter_somas, path_name
 __all__ = [
     "neuron_constraints",
     "skip_non_finite",
+    "freeze",
     "NeuronOptimizer",
     "FIXED_FIELDS",
     "fixed_neuron_fields",
@@ -263,6 +264,21 @@ def skip_non_finite(inner: optax.GradientTransformation) -> optax.GradientTransf
             total_notfinite=state.total_notfinite + bad, inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def freeze(model: nnx.Module, frozen: nnx.filterlib.Filter) -> optax.GradientTransformation:
+    """Zero updates for the parameters of ``model`` that match the NNX
+    filter ``frozen``: u_i ← 0 where the mask is set, else u_i unchanged
+    (``optax.masked(optax.set_to_zero(), mask)``, the mask computed once
+    from ``model``'s ``nnx.Param`` state). Chained first, the frozen
+    parameters' gradients count in no later step (a clip's global norm);
+    chained after the update rule, no term of it (a weight decay) moves them.
+    Freezing the hidden layers of a recurrent network and training only its
+    readout is the liquid-state machine of Maass, Natschläger & Markram
+    (2002), Neural Comput. 14:2531."""
+    match = nnx.filterlib.to_predicate(frozen)
+    mask = nnx.map_state(lambda path, value: match(path, value), nnx.state(model, nnx.Param))
+    return optax.masked(optax.set_to_zero(), mask)
 
 
 class NeuronOptimizer(nnx.Optimizer):

@@ -25,7 +25,8 @@ from spark_somas.simulation import sharding
 from spark_somas.training.callbacks import (Callback, Checkpoint, EarlyStopping, FitState, Logger,
                                    ProgressBar, default_callbacks, resolve_callbacks)
 from spark_somas.models.configs import require
-from spark_somas.training.constraints import NeuronOptimizer, neuron_constraints, skip_non_finite
+from spark_somas.training.constraints import (NeuronOptimizer, freeze, neuron_constraints,
+                                              skip_non_finite)
 from spark_somas.data.datasets import DataError, Dataset
 from spark_somas.training.encoders import Encoder
 from spark_somas.errors import RuleError, SparkSomasError, violation
@@ -67,7 +68,8 @@ Array = jax.Array
 def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
                    tx: optax.GradientTransformation | None = None, *,
                    total_steps: int | None = None,
-                   clip_norm: float | None = 1.0) -> nnx.Optimizer:
+                   clip_norm: float | None = 1.0,
+                   frozen: nnx.filterlib.Filter | None = None) -> nnx.Optimizer:
     """An ``nnx.Optimizer`` of ``model``'s parameters that never writes a
     non-finite value and keeps the trained neuron parameters legal:
 
@@ -88,6 +90,10 @@ def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
       parameters are projected into their rules after every update, against
       the somas' fixed fields as they are at that update (the
       :class:`~spark_somas.training.constraints.NeuronOptimizer` passes them).
+    * ``frozen``: an NNX filter of parameters that never move (e.g.
+      :data:`~spark_somas.training.network.HIDDEN`: only the readout learns);
+      :func:`~spark_somas.training.constraints.freeze` before the clip and
+      after ``tx``. None (the default) leaves the chain as above.
     """
     if clip_norm is not None:
         require(isinstance(clip_norm, (int, float)) and np.isfinite(clip_norm) and clip_norm > 0,
@@ -98,6 +104,8 @@ def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
         tx = optax.adam(schedule)
     if clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+    if frozen is not None:
+        tx = optax.chain(freeze(model, frozen), tx, freeze(model, frozen))
     tx = skip_non_finite(tx)
     return NeuronOptimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=nnx.Param)
 

@@ -70,6 +70,7 @@ __all__ = [
     "TRAINING_SURROGATE",
     "TRAINING_EXP_GRADIENT",
     "NEURON_PARAMS",
+    "HIDDEN",
     "trainable_neuron_params",
     "rheobase_current",
     "Layer",
@@ -93,6 +94,10 @@ Array = jax.Array
 TRAINING_SURROGATE = surrogates_lib.Triangle(width=1.0, damping=0.3, relative=True)
 #: The backward pass of the exponential a network's somas train with by default.
 TRAINING_EXP_GRADIENT = "bounded"
+#: The NNX filter of a network's hidden layers (weights, and neuron
+#: parameters when trained), not its readout: ``make_optimizer(net,
+#: frozen=HIDDEN)`` trains the readout alone.
+HIDDEN = nnx.PathContains("layers")
 #: What an older release's network dict, which has no such keys, meant: the
 #: soma config's own surrogate and exponential gradient.
 _LEGACY_GRADIENTS = {"surrogate": None, "exp_gradient": None}

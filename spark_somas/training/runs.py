@@ -33,7 +33,8 @@ from spark_somas.errors import RuleError, SparkSomasError, violation
 from spark_somas.data.datasets import TASKS, Dataset
 from spark_somas.training.encoders import Encoder
 from spark_somas.data.events import EVENT_DATASETS
-from spark_somas.training.network import TRAINING_EXP_GRADIENT, TRAINING_SURROGATE, NetworkConfig
+from spark_somas.training.network import (HIDDEN, TRAINING_EXP_GRADIENT, TRAINING_SURROGATE,
+                                          NetworkConfig)
 from spark_somas.data.tasks import EvidenceAccumulation
 
 __all__ = ["Recipe", "RECIPES", "FILE_TASKS", "RunConfig", "Built", "train", "TrainResult",
@@ -65,6 +66,9 @@ RECIPES: dict[str, Recipe] = {
     "ssc": Recipe("spikes", 100, 3.0, 5.0),
     "cues": Recipe("spikes", None, 3.0, 5.0),
 }
+
+#: What ``RunConfig.frozen`` may name: the NNX filter of the parameters that do not learn.
+FROZEN = {"none": None, "hidden": HIDDEN}
 
 #: Tasks read from files in ``RunConfig.data_dir``.
 FILE_TASKS = ("shd", "ssc")
@@ -148,6 +152,12 @@ class RunConfig:
     encoder: str | None = option(None, "input code for digits (default: the recipe's)",
                                  choices=("current", "poisson", "latency"))
     recurrent: bool = option(False, "recurrent hidden layer")
+    input_gain: float | None = option(
+        None, "input weights' scale, in units of the somas' rheobase current (default: the "
+        "task's recipe)", positive=True)
+    frozen: str = option("none", "parameters that stay as drawn: none, or hidden (every hidden "
+                         "layer; only the readout learns, a liquid-state machine)",
+                         choices=tuple(FROZEN))
     trainable_neurons: bool = option(
         False, "train per-neuron tau_m, threshold (and a, b, tau_w / theta tau, delta), "
         "projected into their config rules after each step")
@@ -232,7 +242,7 @@ class RunConfig:
         return NetworkConfig(data.n_features, self.hidden if self.depth == 1
                              else (self.hidden,) * self.depth, data.n_classes, soma=self.soma,
                              recurrent=self.recurrent, trainable_neurons=self.trainable_neurons,
-                             input_gain=self.recipe.input_gain,
+                             input_gain=self.input_gain or self.recipe.input_gain,
                              synapse_tau=self.recipe.synapse_tau, readout_window=window,
                              remat=self.remat or False, backend=self.backend,
                              soma_kwargs=dict(self.soma_option),
@@ -243,7 +253,8 @@ class RunConfig:
     def build(self, data: Dataset | None = None) -> Built:
         """The run's data (loaded by its task's loader unless given), encoder,
         network (seeded by ``seed``) and optimizer (:func:`~spark_somas.training.loop.make_optimizer`,
-        cosine decay over the run's updates): what ``spark-somas train`` trains."""
+        cosine decay over the run's updates; ``frozen`` parameters left out): what
+        ``spark-somas train`` trains."""
         from flax import nnx
 
         from spark_somas.data import datasets
@@ -255,7 +266,8 @@ class RunConfig:
         model = SpikingNetwork.from_config(self.network(data), nnx.Rngs(self.seed))
         batch = min(self.batch_size, len(data.x_train))
         optimizer = make_optimizer(model, self.lr,
-                                   total_steps=self.epochs * (len(data.x_train) // batch))
+                                   total_steps=self.epochs * (len(data.x_train) // batch),
+                                   frozen=FROZEN[self.frozen])
         return Built(data, self.make_encoder(data), model, optimizer)
 
     def command(self) -> str:
