@@ -51,9 +51,12 @@ def run_config(soma: str, delay_ms: float, seed: int, args: argparse.Namespace) 
     timing = (("delay_ms", delay_ms), ("cue_ms", args.cue_ms), ("gap_ms", args.cue_ms / 2),
               ("n_samples", args.samples))
     slow = ((SLOW[soma], args.adaptation_tau),) if soma in SLOW else ()
+    if soma == "simplified" and args.threshold_delta is not None:
+        slow += (("threshold_delta", args.threshold_delta),)
     return RunConfig(soma=soma, task="cues", epochs=args.epochs, batch_size=args.batch_size,
                      lr=args.lr, hidden=args.hidden, recurrent=True, seed=seed,
-                     data_option=timing, soma_option=slow)
+                     data_option=timing, soma_option=slow, input_gain=args.input_gain,
+                     frozen=args.frozen)
 
 
 def train_one(run: RunConfig) -> dict:
@@ -106,6 +109,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--cue-ms", type=float, default=50.0)
     parser.add_argument("--adaptation-tau", type=float, default=1000.0)
+    parser.add_argument("--threshold-delta", type=float, default=None,
+                        help="Δθ of the simplified soma, mV (default: its config's)")
+    parser.add_argument("--input-gain", type=float, default=None)
+    parser.add_argument("--frozen", default="none", choices=("none", "hidden"))
     parser.add_argument("--out", default=str(_common.HERE / "adaptation_cpu.json"))
     args = parser.parse_args()
     settings = {k: v for k, v in vars(args).items() if k not in ("somas", "delays", "seeds", "out")}

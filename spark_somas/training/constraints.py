@@ -78,7 +78,6 @@ from spark_somas.models.somas import Soma, iter_somas, path_name
 __all__ = [
     "neuron_constraints",
     "skip_non_finite",
-    "freeze",
     "NeuronOptimizer",
     "FIXED_FIELDS",
     "fixed_neuron_fields",
@@ -194,8 +193,10 @@ def neuron_constraints(model: nnx.Module) -> optax.GradientTransformationExtraAr
     """An Optax transformation keeping ``model``'s trained soma fields legal.
 
     Chain it last, after the optimizer proper. ``params`` (which
-    ``nnx.Optimizer`` passes) must be ``model``'s ``nnx.Param`` state; leaves
-    that are not trained soma fields pass through untouched. Where the somas
+    ``nnx.Optimizer`` passes) must be ``model``'s ``nnx.Param`` state, or the
+    part of it an optimizer's ``wrt`` filter selects; leaves that are not
+    trained soma fields pass through untouched, and trained soma fields
+    outside that part are not the optimizer's to keep. Where the somas
     sit, their config classes, dt and trained fields are read once, here;
     their fixed fields at every update: from the extra argument
     :data:`FIXED_FIELDS` (``update(updates, state, params,
@@ -227,7 +228,10 @@ def neuron_constraints(model: nnx.Module) -> optax.GradientTransformationExtraAr
             if where not in fixed:
                 raise RuleError(f"neuron_constraints: {FIXED_FIELDS} has no soma {where!r} "
                                  f"(it has {sorted(fixed)}); pass fixed_neuron_fields(model)")
-            slots = {n: index[path_name(plan.path + (n,))] for n in plan.trainable}
+            slots = {n: index[path_name(plan.path + (n,))] for n in plan.trainable
+                     if path_name(plan.path + (n,)) in index}
+            if not slots:  # frozen: outside the optimizer's wrt
+                continue
             old = {n: flat_params[i] for n, i in slots.items()}
             new = {n: (old[n] + flat_updates[i]).astype(old[n].dtype) for n, i in slots.items()}
             for n, u in plan.project(new, fixed[where], old, base=old).items():
@@ -264,21 +268,6 @@ def skip_non_finite(inner: optax.GradientTransformation) -> optax.GradientTransf
             total_notfinite=state.total_notfinite + bad, inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
-
-
-def freeze(model: nnx.Module, frozen: nnx.filterlib.Filter) -> optax.GradientTransformation:
-    """Zero updates for the parameters of ``model`` that match the NNX
-    filter ``frozen``: u_i ← 0 where the mask is set, else u_i unchanged
-    (``optax.masked(optax.set_to_zero(), mask)``, the mask computed once
-    from ``model``'s ``nnx.Param`` state). Chained first, the frozen
-    parameters' gradients count in no later step (a clip's global norm);
-    chained after the update rule, no term of it (a weight decay) moves them.
-    Freezing the hidden layers of a recurrent network and training only its
-    readout is the liquid-state machine of Maass, Natschläger & Markram
-    (2002), Neural Comput. 14:2531."""
-    match = nnx.filterlib.to_predicate(frozen)
-    mask = nnx.map_state(lambda path, value: match(path, value), nnx.state(model, nnx.Param))
-    return optax.masked(optax.set_to_zero(), mask)
 
 
 class NeuronOptimizer(nnx.Optimizer):

@@ -25,8 +25,7 @@ from spark_somas.simulation import sharding
 from spark_somas.training.callbacks import (Callback, Checkpoint, EarlyStopping, FitState, Logger,
                                    ProgressBar, default_callbacks, resolve_callbacks)
 from spark_somas.models.configs import require
-from spark_somas.training.constraints import (NeuronOptimizer, freeze, neuron_constraints,
-                                              skip_non_finite)
+from spark_somas.training.constraints import NeuronOptimizer, neuron_constraints, skip_non_finite
 from spark_somas.data.datasets import DataError, Dataset
 from spark_somas.training.encoders import Encoder
 from spark_somas.errors import RuleError, SparkSomasError, violation
@@ -91,9 +90,13 @@ def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
       the somas' fixed fields as they are at that update (the
       :class:`~spark_somas.training.constraints.NeuronOptimizer` passes them).
     * ``frozen``: an NNX filter of parameters that never move (e.g.
-      :data:`~spark_somas.training.network.HIDDEN`: only the readout learns);
-      :func:`~spark_somas.training.constraints.freeze` before the clip and
-      after ``tx``. None (the default) leaves the chain as above.
+      :data:`~spark_somas.training.network.HIDDEN`: only the readout learns,
+      the liquid-state machine of Maass, Natschläger & Markram 2002, Neural
+      Comput. 14:2531). They are left out of the optimizer (its ``wrt`` is
+      ``All(Param, Not(frozen))``): no gradient is computed for them, so the
+      train step's backward pass stops where they begin, their gradients
+      count in no clip norm, and no term of ``tx`` (a weight decay) moves
+      them. None (the default): every ``nnx.Param``.
     """
     if clip_norm is not None:
         require(isinstance(clip_norm, (int, float)) and np.isfinite(clip_norm) and clip_norm > 0,
@@ -104,10 +107,9 @@ def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
         tx = optax.adam(schedule)
     if clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
-    if frozen is not None:
-        tx = optax.chain(freeze(model, frozen), tx, freeze(model, frozen))
     tx = skip_non_finite(tx)
-    return NeuronOptimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=nnx.Param)
+    wrt = nnx.Param if frozen is None else nnx.All(nnx.Param, nnx.Not(frozen))
+    return NeuronOptimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=wrt)
 
 
 def gradient_norms(grads: Any) -> dict[str, Array]:
@@ -170,7 +172,8 @@ def _train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, label
         out = model(inputs)  # from rest: the batch's one reset
         return objective(model, out, labels), out
 
-    (loss, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    wrt = nnx.DiffState(0, optimizer.wrt)  # what the optimizer moves, nothing frozen
+    (loss, out), grads = nnx.value_and_grad(loss_fn, argnums=wrt, has_aux=True)(model)
     health = _state_health(model)  # the state the batch ended in
     optimizer.update(model, grads)
     nnx.update(model, running)  # the state as the batch found it: fixed shapes between batches
