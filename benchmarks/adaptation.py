@@ -21,8 +21,10 @@ Task: 7 cues of ``--cue-ms`` ms with gaps of half that, 40 Hz cue
 populations of 10 neurons, 10 Hz background, 150 ms recall; the same seeded
 trials at every delay, ``--samples`` in all, 20 % held out.
 
-Rows already in ``--out`` (same settings) are kept, so seeds can be added
-run by run::
+Writes ``--out`` (JSON: settings, machine, every run's history) and the
+table of final test accuracies beside it (the same name, ``.md``). Rows
+already in ``--out`` (same settings) are kept, so seeds can be added run by
+run::
 
     python benchmarks/adaptation.py [--delays 0 250 500 1000 2000] [--seeds 0 1 2]
 """
@@ -139,7 +141,10 @@ def main() -> None:
                 table = curve_table(rows, args.somas, args.delays)
                 _common.write_json(args.out, {"machine": info, "settings": settings,
                                               "table": table, "rows": rows})
-    print(_common.table(table, list(table[0])))
+    text = _common.table(curve_table(rows, args.somas, args.delays), ["soma"] + [
+        f"{d:g} ms" for d in args.delays])
+    Path(args.out).with_suffix(".md").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
