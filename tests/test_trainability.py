@@ -218,3 +218,28 @@ def test_fit_records_gradient_norms_per_module_and_make_optimizer_guards_a_users
     optimizer.update(net, grads)
     after = jax.tree.map(np.asarray, nnx.state(net, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, after, before)  # skipped, not written
+
+
+def test_adaptation_holds_the_cue_task_across_a_delay_where_expif_does_not():
+    """Readout alone trained (hidden layers frozen as drawn), 40 → 64
+    recurrent somas → 2, input gain 12, delay 500 ms (1150 steps), 320
+    training trials: the simplified adaptive soma (τ_θ = 2 s, Δθ = 5 mV) answers at
+    least 62 % of 128 held-out trials and beats ExpIF, which has no slow
+    state, by at least 10 points (measured at the benchmark's scale: 77 %
+    against 55 %)."""
+    accuracy = {}
+    for soma, options in (("simplified", (("threshold_tau", 2000.0), ("threshold_delta", 5.0))),
+                          ("expif", ())):
+        run = tr.RunConfig(task="cues", soma=soma, recurrent=True, hidden=64, lr=1e-2,
+                           epochs=12, batch_size=32, input_gain=12.0, frozen="hidden",
+                           soma_option=options,
+                           data_option=(("delay_ms", 500.0), ("cue_ms", 50.0), ("gap_ms", 25.0),
+                                        ("n_samples", 640)))
+        built = run.build()
+        data = built.data.limit(320)
+        history = tr.fit(built.model, built.optimizer, data, encoder=built.encoder,
+                         epochs=run.epochs, batch_size=run.batch_size, seed=run.seed,
+                         progress=False)
+        accuracy[soma] = history["test_accuracy"][-1]
+    assert accuracy["simplified"] >= 0.62 and accuracy["simplified"] >= accuracy["expif"] + 0.10, \
+        accuracy
