@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 from spark_somas import training as tr  # noqa: E402
-from spark_somas.runs import RunConfig  # noqa: E402
+from spark_somas.runs import FROZEN, RunConfig  # noqa: E402
 
 SOMAS = ("adex", "simplified", "expif", "refractory")
 SLOW = {"adex": "adaptation_tau", "simplified": "threshold_tau"}
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--threshold-delta", type=float, default=None,
                         help="Δθ of the simplified soma, mV (default: its config's)")
     parser.add_argument("--input-gain", type=float, default=None)
-    parser.add_argument("--frozen", default="none", choices=("none", "hidden"))
+    parser.add_argument("--frozen", default="none", choices=tuple(FROZEN))
     parser.add_argument("--out", default=str(_common.HERE / "adaptation_cpu.json"))
     args = parser.parse_args()
     settings = {k: v for k, v in vars(args).items() if k not in ("somas", "delays", "seeds", "out")}

@@ -426,8 +426,7 @@ except ck.CheckpointNotWritableError as err:
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_a_write_that_fails_on_the_file_system_is_not_writable_and_keeps_earlier_steps(
         tmp_path, mode, full_disk_env):
-    env = full_disk_env
-    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path), mode], env=env,
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path), mode], env=full_disk_env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("refused: a save to ") and "not committed" in proc.stdout

@@ -429,12 +429,11 @@ def test_a_save_that_fails_on_the_file_system_ends_train_with_its_one_line(tmp_p
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
 
-    env = full_disk_env
     proc = subprocess.run(
         [sys.executable, "-m", "spark_somas.cli", "train", "--limit", "48", "--batch-size", "24",
          "--hidden", "256", "--steps", "5", "--epochs", "2", "--no-progress",
          "--checkpoint-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")],
-        env=env, preexec_fn=full_disk, capture_output=True, text=True, timeout=300)
+        env=full_disk_env, preexec_fn=full_disk, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     # TensorStore's threads may print "Event loop is closed" tracebacks into
     # the same stderr, even in the middle of our line (a known limit): find

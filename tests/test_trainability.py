@@ -232,12 +232,11 @@ def test_adaptation_holds_the_cue_task_across_a_delay_where_expif_does_not():
                           ("expif", ())):
         run = tr.RunConfig(task="cues", soma=soma, recurrent=True, hidden=64, lr=1e-2,
                            epochs=12, batch_size=32, input_gain=12.0, frozen="hidden",
-                           soma_option=options,
+                           soma_option=options, limit=320,
                            data_option=(("delay_ms", 500.0), ("cue_ms", 50.0), ("gap_ms", 25.0),
                                         ("n_samples", 640)))
         built = run.build()
-        data = built.data.limit(320)
-        history = tr.fit(built.model, built.optimizer, data, encoder=built.encoder,
+        history = tr.fit(built.model, built.optimizer, built.data, encoder=built.encoder,
                          epochs=run.epochs, batch_size=run.batch_size, seed=run.seed,
                          progress=False)
         accuracy[soma] = history["test_accuracy"][-1]

@@ -137,29 +137,26 @@ class CheckpointNotWritableError(CheckpointError, PermissionError):
 
 class _FailedSaveReports(logging.Filter):
     """Drops asyncio's "<Task|Future|_GatheringFuture> exception was never
-    retrieved" reports of the background writes of a save into
-    ``directory``: that failure has been raised by name already (one line),
-    and these copies of it come from Orbax's threads, where nothing can
-    catch them."""
+    retrieved" reports of the background writes of a save into one of
+    ``directories``: that failure has been raised by name already (one
+    line), and these copies of it come from Orbax's threads, where nothing
+    can catch them."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.directory = directory
+        # replaced, never mutated: Orbax's threads may read it while one is added
+        self.directories: frozenset[str] = frozenset()
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        first_line = message.partition("\n")[0]
-        return not (first_line.endswith(" exception was never retrieved")
-                    and self.directory in message)
+        if not message.partition("\n")[0].endswith(" exception was never retrieved"):
+            return True
+        return not any(directory in message for directory in self.directories)
 
 
-def _quiet_reports_of(directory: str) -> None:
-    """Once per directory, the :class:`_FailedSaveReports` filter on asyncio's logger."""
-    directory = os.path.abspath(directory)
-    logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, _FailedSaveReports) and f.directory == directory
-               for f in logger.filters):
-        logger.addFilter(_FailedSaveReports(directory))
+#: The one such filter; each Checkpointer adds its directory and puts it on
+#: asyncio's logger (``addFilter`` adds a filter once).
+_FAILED_SAVE_REPORTS = _FailedSaveReports()
 
 
 def _build_model(model_meta: Mapping[str, Any], check: Callable[[nnx.Module], None]) -> nnx.Module:
@@ -503,7 +500,8 @@ class Checkpointer:
         self.directory = check_directory(directory)
         # A failed background write is raised by the next wait()/close(), by
         # name; asyncio's own copies of it, from Orbax's threads, are dropped.
-        _quiet_reports_of(str(self.directory))
+        _FAILED_SAVE_REPORTS.directories |= {os.path.abspath(self.directory)}
+        logging.getLogger("asyncio").addFilter(_FAILED_SAVE_REPORTS)
         require(max_to_keep is None or isinstance(max_to_keep, int) and max_to_keep >= 1,
                 "max_to_keep", max_to_keep, "None or an int >= 1", error=RuleError)
         require(best_mode in ("min", "max"), "best_mode", best_mode, "'min' or 'max'",

@@ -228,8 +228,8 @@ def neuron_constraints(model: nnx.Module) -> optax.GradientTransformationExtraAr
             if where not in fixed:
                 raise RuleError(f"neuron_constraints: {FIXED_FIELDS} has no soma {where!r} "
                                  f"(it has {sorted(fixed)}); pass fixed_neuron_fields(model)")
-            slots = {n: index[path_name(plan.path + (n,))] for n in plan.trainable
-                     if path_name(plan.path + (n,)) in index}
+            slots = {n: index[key] for n in plan.trainable
+                     if (key := path_name(plan.path + (n,))) in index}
             if not slots:  # frozen: outside the optimizer's wrt
                 continue
             old = {n: flat_params[i] for n, i in slots.items()}
