@@ -77,13 +77,14 @@ from spark_somas.models.configs import require
 from spark_somas.simulation.driver import simulate
 from spark_somas.dynamics import integrators
 from spark_somas.models.somas import (AdaptiveExponentialSoma, Soma, SomaConstant, SomaState,
-                                      input_scale, mean_parameters)
+                                      input_scale, mean_parameters, step)
 
 __all__ = [
     "Recording",
     "Loss",
     "Stage",
     "recipe",
+    "forced_recipe",
     "spike_triggered",
     "fit_soma",
     "FitResult",
@@ -264,6 +265,7 @@ class Loss:
     count: float = 0.0
     van_rossum: float = 0.0
     van_rossum_tau: float = 10.0
+    ceiling: float = math.inf
 
     def __post_init__(self) -> None:
         for name in ("potential", "count", "van_rossum"):
@@ -274,6 +276,8 @@ class Loss:
                 "at least one weight > 0")
         require(isinstance(self.van_rossum_tau, (int, float)) and self.van_rossum_tau > 0,
                 "Loss.van_rossum_tau", self.van_rossum_tau, "a time constant in ms, > 0")
+        require(isinstance(self.ceiling, (int, float)) and not math.isnan(self.ceiling),
+                "Loss.ceiling", self.ceiling, "a potential in mV (inf: no ceiling)")
 
     @property
     def uses_spikes(self) -> bool:
@@ -286,6 +290,8 @@ class Loss:
         total = jnp.zeros((), potential.dtype)
         if self.potential:
             m = data["recorded"]
+            if self.ceiling < math.inf:
+                m = m * (data["potential"] <= self.ceiling) * (potential <= self.ceiling)
             err = jnp.where(m > 0, potential - data["potential"], 0.0)
             total += self.potential * jnp.sum(err**2) / jnp.maximum(jnp.sum(m), 1.0)
         diff = spikes * data["valid"] - data["spikes"]
@@ -320,6 +326,11 @@ class Stage:
       steps: iterations (L-BFGS) or updates (Adam).
       learning_rate: Adam's step in the unconstrained coordinates u
         (≈ relative change per step for fields on a log scale).
+      spikes: what resets the model: ``"model"`` (its own threshold, as in
+        a free run) or ``"recorded"`` (the recording's spike times: teacher
+        forcing, V held at most at the threshold in between). Forced, the
+        potential is a smooth function of every field between the cell's
+        spikes, whatever the model's own spikes would have been.
     """
 
     fields: tuple[str, ...]
@@ -328,6 +339,7 @@ class Stage:
     optimizer: str = "lbfgs"
     steps: int = 30
     learning_rate: float = 0.02
+    spikes: str = "model"
 
     def __post_init__(self) -> None:
         fields = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
@@ -340,6 +352,8 @@ class Stage:
         require(isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0
                 and math.isfinite(self.learning_rate), "Stage.learning_rate",
                 self.learning_rate, "finite, > 0")
+        require(self.spikes in ("model", "recorded"), "Stage.spikes", self.spikes,
+                "'model' (its own threshold) or 'recorded' (the recording's spike times)")
         if isinstance(self.sweeps, str):
             require(self.sweeps in ("all", "subthreshold", "spiking"), "Stage.sweeps",
                     self.sweeps, "'all', 'subthreshold', 'spiking' or sweep indices")
@@ -391,6 +405,22 @@ def recipe(fields: Sequence[str], *, soma: Soma | type[Soma] = AdaptiveExponenti
                             "adam", spike_steps, learning_rate))
         stages.append(Stage(spk, Loss(potential=1.0), "spiking", "lbfgs", polish_steps))
     return tuple(stages)
+
+
+def forced_recipe(fields: Sequence[str], *, steps: int = 40) -> tuple[Stage, ...]:
+    """One stage: every field of ``fields`` by L-BFGS on the potential MSE
+    of every sweep, the model reset at the recorded spike times (teacher
+    forcing, ``spikes="recorded"``).
+
+    Between two recorded spikes the forced model's potential is a smooth
+    function of every field (b and V_r included: they act at the spikes'
+    known times), so one smooth least-squares problem replaces the staged
+    search through the model's own spikes; with the parameters found, the
+    model's own spikes fall where the cell's did. A field that acts only
+    through spike detection (the cut-off ``threshold``) moves nothing in a
+    forced run: fit it with a free-running stage (:func:`recipe`).
+    """
+    return (Stage(tuple(fields), Loss(potential=1.0), "all", "lbfgs", steps, spikes="recorded"),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,22 +533,36 @@ def _template(soma: Soma,
 
 
 def _run(graph: Any, x: Mapping[str, Array], fixed: tuple[Mapping[str, Array], nnx.State],
-         currents: Array) -> tuple[Array, Array]:
+         currents: Array, forced: Array | None = None) -> tuple[Array, Array]:
     """One neuron with fields ``x`` (scalars), the other fields and the
     state template ``fixed``, over currents (T, S): its potential and
-    spikes, (T, S)."""
+    spikes, (T, S); with ``forced`` (T, S), the spikes imposed instead of
+    detected (:func:`~spark_somas.models.somas.step`)."""
     values, state = fixed
     params = nnx.State({k: nnx.Param(jnp.reshape(v, (1,))) for k, v in x.items()})
     consts = nnx.State({k: SomaConstant(v) for k, v in values.items()})
     soma = nnx.merge(graph, params, consts, state, copy=True)
     soma.reset()
-    rec = simulate(soma, currents[..., None])
-    return rec.potential[..., 0], rec.spikes[..., 0]
+    if forced is None:
+        rec = simulate(soma, currents[..., None])
+        return rec.potential[..., 0], rec.spikes[..., 0]
+    soma.broadcast_state(currents.shape[1:] + (1,))
+    model, p, options = type(soma), soma.parameters(), soma.options
+
+    def one(state, inputs):
+        current, imposed = inputs
+        new, spikes = step(model, p, state, current, options, forced=imposed)
+        return new, (new[model.membrane], spikes)
+
+    _, (potential, spikes) = jax.lax.scan(one, soma.neuron_state(),
+                                          (currents[..., None], forced[..., None]))
+    return potential[..., 0], spikes[..., 0]
 
 
-def _lane_loss(u_fit, u_rest, graph, boxes, fixed, data, loss, dt):
+def _lane_loss(u_fit, u_rest, graph, boxes, fixed, data, loss, dt, forced):
     x = {n: boxes[n].to_x(u) for n, u in {**u_rest, **u_fit}.items()}
-    potential, spikes = _run(graph, x, fixed, data["currents"])
+    potential, spikes = _run(graph, x, fixed, data["currents"],
+                             data["spikes"] if forced else None)
     return loss(potential, spikes, data, dt)
 
 
@@ -540,7 +584,8 @@ def _fit_stage(u_fit, u_rest, fixed, data, *, graph, stage, boxes, dt):
 
     def one(u_fit, u_rest):
         value_fn = functools.partial(_lane_loss, u_rest=u_rest, graph=graph, boxes=boxes,
-                                     fixed=fixed, data=data, loss=stage.loss, dt=dt)
+                                     fixed=fixed, data=data, loss=stage.loss, dt=dt,
+                                     forced=stage.spikes == "recorded")
         grad_fn = (optax.value_and_grad_from_state(value_fn) if stage.optimizer == "lbfgs"
                    else lambda u, state: jax.value_and_grad(value_fn)(u))
 
@@ -566,7 +611,7 @@ def _fit_stage(u_fit, u_rest, fixed, data, *, graph, stage, boxes, dt):
 def _losses(u, fixed, data, *, graph, loss, boxes, dt):
     """The loss of every start (vmapped over u's leading axis)."""
     boxes = dict(boxes)
-    return jax.vmap(lambda u: _lane_loss(u, {}, graph, boxes, fixed, data, loss, dt))(u)
+    return jax.vmap(lambda u: _lane_loss(u, {}, graph, boxes, fixed, data, loss, dt, False))(u)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -700,7 +745,9 @@ def fit_soma(
       bounds: field -> (low, high) in the field's unit; by default the
         interval the config rules allow (see the module docstring). Bounds
         beyond the rules are refused.
-      stages: the recipe; default :func:`recipe` (``fields``).
+      stages: the recipe; default :func:`forced_recipe` (``fields``) when
+        the recording has both the potential and the spike times, else
+        :func:`recipe` (``fields``).
       starts: K, the number of starting points (the first is ``soma``'s
         values, the others drawn in the boxes: uniformly in u where both
         bounds are finite, else at ×e^{±0.5} / ±0.5 scale around it), or
@@ -746,7 +793,10 @@ def fit_soma(
     bounds = dict(bounds or {})
     for name in bounds:
         require(name in fields, "bounds", name, f"a field being fitted, one of {fields}")
-    stages = recipe(fields, soma=soma) if stages is None else tuple(stages)
+    if stages is None:
+        forced = recording.potential is not None and recording.spike_times is not None
+        stages = forced_recipe(fields) if forced else recipe(fields, soma=soma)
+    stages = tuple(stages)
     require(len(stages) > 0, "stages", stages, "at least one stage")
     picks = []
     for k, stage in enumerate(stages):
@@ -760,6 +810,9 @@ def fit_soma(
             require(0 <= j < recording.n_sweeps, f"stages[{k}].sweeps", j,
                     f"0 ≤ index < {recording.n_sweeps}")
         _check_targets(stage.loss, recording.select(pick), f"stages[{k}]")
+        if stage.spikes == "recorded":
+            require(recording.spike_times is not None, f"stages[{k}].spikes", stage.spikes,
+                    "known spike times in the recording, to reset the model at them")
         picks.append(pick)
     held_out = recording if held_out is None else held_out
     require(isinstance(held_out, Recording) and held_out.dt == recording.dt, "held_out",

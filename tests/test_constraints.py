@@ -242,11 +242,13 @@ def test_training_steps_of_a_network_project_against_an_edited_fixed_field(epoch
 def test_training_keeps_half_precision_somas_where_their_constructor_accepts_them(
         cls, dtype, field, push):
     model = cls(units=3, dtype=dtype, trainable=(field,))
-    opt = tr.make_optimizer(model, tx=optax.sgd(1.0))
+    # No gradient clipping: the step itself must reach the dtype's bound.
+    opt = tr.make_optimizer(model, tx=optax.sgd(1.0), clip_norm=None)
     grads = jax.tree.map(lambda p: jnp.full_like(p, -push), nnx.state(model, nnx.Param))
     opt.update(model, grads)
     value = np.asarray(getattr(model, field)[...], np.float64)
-    assert np.all(np.abs(value) < abs(push) / 10)  # it moved, to its dtype bound
+    assert np.all(np.abs(value) < abs(push) / 10)  # held at its dtype bound,
+    assert np.all(np.abs(value) > 1e3)  # having moved far towards it
     model.check_parameters(model.parameters())  # what the constructor checks
     cls(units=3, dtype=dtype, **{field: value})  # and builds
 

@@ -194,6 +194,7 @@ def step(
     state: Mapping[str, Array],
     current: Array,
     options: StepOptions,
+    forced: Array | None = None,
 ) -> tuple[dict[str, Array], Array]:
     """One step of ``model``'s equations; a pure function.
 
@@ -202,6 +203,12 @@ def step(
     ``*_residual`` of a compensated half-precision state. Integrate, detect,
     gate refractoriness, reset, store. Returns the new state (same keys and
     dtypes) and the spikes (0/1 in the state dtype).
+
+    ``forced`` (0/1, broadcastable to the state) imposes the spikes instead
+    of detecting them (teacher forcing, as when fitting a cell's recorded
+    spike times): the reset follows ``forced`` and V is held at most at the
+    threshold, so that a model lagging behind the cell cannot run away
+    before the cell's spike resets it.
     """
     membrane = model.membrane
     dtype = state[membrane].dtype
@@ -222,9 +229,13 @@ def step(
     x_new = {**x, **integrators.advance(
         options.method, lambda y, stage: model.drives(p, y, current, stage, options),
         taus, x, options.dt)}
-    scale = model.cell_scale(p) if options.surrogate.relative else None
-    s = surrogates_lib.spike(x_new[membrane] - model.spike_threshold(p, x), options.surrogate,
-                             scale)
+    threshold = model.spike_threshold(p, x)
+    if forced is None:
+        scale = model.cell_scale(p) if options.surrogate.relative else None
+        s = surrogates_lib.spike(x_new[membrane] - threshold, options.surrogate, scale)
+    else:
+        s = jnp.broadcast_to(jnp.asarray(forced, wide), x_new[membrane].shape)
+        x_new[membrane] = jnp.minimum(x_new[membrane], threshold)
     if model.refractory:
         refractory = state["refractory"] > 0
         x_new[membrane] = jnp.where(refractory, x[membrane], x_new[membrane])
