@@ -10,8 +10,11 @@ For each of the eight firing patterns of Naud et al. (2008) (spark_somas.presets
   BRIAN2_PATTERNS; Gaussian noise of 0.5 mV on the potential.
 * the fit: a, b, τ_w, τ_m and V_r from a deliberately poor start (a and b
   halved, b + 20 pA, τ_w × 0.6, τ_m × 1.5, V_r − 5 mV) inside fixed bounds,
-  by :func:`spark_somas.fitting.fit_soma` with the default recipe and K
-  starts in one program; the best start by its held-out losses (fit_soma's default selection).
+  by :func:`spark_somas.fitting.fit_soma` with its default recipe for a
+  recording with spike times (:func:`~spark_somas.fitting.forced_recipe`:
+  the model reset at the recorded spikes, one L-BFGS stage on the
+  potential) and K starts in one program; the best start by its held-out
+  loss (fit_soma's default selection).
 * the baseline: Nevergrad's differential evolution ("DE", as
   brian2modelfitting uses it) on the same bounds, the same training loss
   (the sum of the recipe's losses: potential MSE + spike count + van Rossum)

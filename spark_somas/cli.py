@@ -56,7 +56,7 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-from spark_somas.errors import SparkSomasError, violation
+from spark_somas.errors import OutOfMemoryError, SparkSomasError, violation
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "CommandError"]
 
@@ -504,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = warn
             return args.func(args)
     except (CommandError, RunError, CheckpointError, ConfigError, DataError,
-            NonFiniteLossError) as err:
+            NonFiniteLossError, OutOfMemoryError) as err:
         print(f"spark-somas {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -9,7 +9,8 @@ keeps working: a value breaking a rule is a ``ValueError``
 (:class:`RuleError`, :class:`ConfigError`, ``DataError``,
 ``CheckpointError``, …), a value of the wrong type a ``TypeError``
 (:class:`RuleTypeError`), a name that is not there a ``KeyError``
-(:class:`RuleKeyError`), a missing dataset a ``FileNotFoundError``, a failed
+(:class:`RuleKeyError`), a model larger than the device's memory a
+``MemoryError`` (:class:`OutOfMemoryError`), a missing dataset a ``FileNotFoundError``, a failed
 download an ``OSError``, a diverging loss a ``FloatingPointError``.
 
 A refusal names the field, the value and the rule, in one sentence written
@@ -28,7 +29,8 @@ import it.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 __all__ = [
     "SparkSomasError",
@@ -36,6 +38,8 @@ __all__ = [
     "ConfigError",
     "RuleTypeError",
     "RuleKeyError",
+    "OutOfMemoryError",
+    "allocating",
     "violation",
     "rule_message",
     "require",
@@ -72,6 +76,26 @@ class RuleKeyError(SparkSomasError, KeyError):
     """A name is looked up that is not there (an output that was not
     recorded); a ``KeyError``, as before, so ``except KeyError`` keeps
     catching it. The message names the field, the value and the rule."""
+
+
+class OutOfMemoryError(SparkSomasError, MemoryError):
+    """A model is larger than the device could allocate; the message names
+    what was being built and about how many bytes it needs."""
+
+
+@contextlib.contextmanager
+def allocating(what: str, nbytes: float) -> Iterator[None]:
+    """Turns a failed allocation inside the block — Python's ``MemoryError``
+    or XLA's ``RESOURCE_EXHAUSTED`` — into :class:`OutOfMemoryError`
+    ``"<what> needs about <nbytes> bytes, more than the device could
+    allocate"``, instead of an allocator's message about some array."""
+    try:
+        yield
+    except Exception as err:
+        if not isinstance(err, MemoryError) and "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        raise OutOfMemoryError(f"{what} needs about {nbytes:.3g} bytes, more than the device "
+                               f"could allocate") from None
 
 
 def violation(subject: str, rule: str, *, plural: bool = False) -> str:

@@ -10,7 +10,9 @@ the same, by gradient descent through :func:`~spark_somas.simulate`
 **The losses** (:class:`Loss`, a weighted sum; T: samples, S: sweeps):
 
 * potential: L_V = Σ m_ts (V_ts − V*_ts)² / Σ m_ts, in mV², m = 1 where
-  the potential was recorded (not NaN);
+  the potential was recorded (not NaN) and not within ``upswing`` ms
+  before a recorded spike (a spike's onset, where an escape a step early or
+  late costs tens of mV: left out of a forced fit, see below);
 * spike count: L_n = (1/S) Σ_s (n_s − n*_s)², in spikes²;
 * van Rossum (2001) distance: each train is filtered by e^{−t/τ}, and
   L_R = (1/S) Σ_s (1/τ) ∫ (f_s(t) − f*_s(t))² dt, dimensionless (a lone
@@ -40,11 +42,24 @@ and x is clipped to the box (the strict rules, V_r < V_th, by the next
 representable value), u to where the map is finite; a non-finite step keeps
 the previous u. No learning rate can leave the box.
 
+**Teacher forcing.** A stage with ``spikes="recorded"`` resets the model at
+the recording's spike times instead of its own (V ← V_r, w ← w + b at each
+recorded spike; V held at most at the cut-off in between), so that between
+two spikes of the cell the model's potential is a smooth function of every
+field, the spike-triggered ones included: the potential's error is then
+one least-squares problem, as in the fits of integrate-and-fire models to
+recordings with known spike times (Jolivet et al. 2006; Mensi et al. 2012;
+Pozzorini et al. 2015), with no spike of the model's own to move through a
+surrogate.
+
 **Stages, many starts.** A fit is a sequence of :class:`Stage`\\ s — which
 fields, which sweeps, which loss, L-BFGS (``optax.lbfgs``, for smooth
-problems: the potential below threshold) or Adam (for losses on spikes) —
-data, not code; :func:`recipe` gives the usual two: the subthreshold
-response first, then the spike-triggered fields. ``starts=K`` runs K
+problems: the potential below threshold, or forced) or Adam (for losses on
+the model's own spikes) — data, not code. :func:`forced_recipe` (the
+default when the recording has both potential and spike times) is one
+forced L-BFGS stage on every field; :func:`recipe` gives the staged fit
+through the model's own spikes: the subthreshold response first, then the
+spike-triggered fields. ``starts=K`` runs K
 starting points as K neurons (``jax.vmap`` of one neuron's fit, so each
 start follows exactly the steps it would alone) in one compiled program,
 and keeps the start whose loss on held-out sweeps is least.
@@ -257,7 +272,8 @@ class Recording:
 
 @dataclasses.dataclass(frozen=True)
 class Loss:
-    """A weighted sum of the potential MSE (mV²), the spike-count error
+    """A weighted sum of the potential MSE (mV²; over the recorded samples
+    but those within ``upswing`` ms before a recorded spike), the spike-count error
     (spikes²) and the van Rossum distance (dimensionless) with kernel time
     constant ``van_rossum_tau`` (ms); see the module docstring."""
 
@@ -265,7 +281,7 @@ class Loss:
     count: float = 0.0
     van_rossum: float = 0.0
     van_rossum_tau: float = 10.0
-    ceiling: float = math.inf
+    upswing: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("potential", "count", "van_rossum"):
@@ -276,8 +292,8 @@ class Loss:
                 "at least one weight > 0")
         require(isinstance(self.van_rossum_tau, (int, float)) and self.van_rossum_tau > 0,
                 "Loss.van_rossum_tau", self.van_rossum_tau, "a time constant in ms, > 0")
-        require(isinstance(self.ceiling, (int, float)) and not math.isnan(self.ceiling),
-                "Loss.ceiling", self.ceiling, "a potential in mV (inf: no ceiling)")
+        require(isinstance(self.upswing, (int, float)) and 0 <= self.upswing < math.inf,
+                "Loss.upswing", self.upswing, "a duration in ms, finite and ≥ 0")
 
     @property
     def uses_spikes(self) -> bool:
@@ -290,8 +306,8 @@ class Loss:
         total = jnp.zeros((), potential.dtype)
         if self.potential:
             m = data["recorded"]
-            if self.ceiling < math.inf:
-                m = m * (data["potential"] <= self.ceiling) * (potential <= self.ceiling)
+            if self.upswing:
+                m = m * (_spikes_within(data["spikes"], round(self.upswing / dt)) == 0)
             err = jnp.where(m > 0, potential - data["potential"], 0.0)
             total += self.potential * jnp.sum(err**2) / jnp.maximum(jnp.sum(m), 1.0)
         diff = spikes * data["valid"] - data["spikes"]
@@ -307,6 +323,13 @@ class Loss:
             _, f = jax.lax.scan(filt, jnp.zeros_like(diff[0]), diff)
             total += self.van_rossum * dt / self.van_rossum_tau * jnp.mean(jnp.sum(f**2, axis=0))
         return total
+
+
+def _spikes_within(spikes: Array, steps: int) -> Array:
+    """Per sample, the recorded spikes in it and the next ``steps`` samples."""
+    total = jnp.cumsum(spikes[::-1], axis=0)[::-1]
+    later = jnp.concatenate([total[steps + 1:], jnp.zeros_like(total[: steps + 1])])
+    return total - later
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,10 +430,12 @@ def recipe(fields: Sequence[str], *, soma: Soma | type[Soma] = AdaptiveExponenti
     return tuple(stages)
 
 
-def forced_recipe(fields: Sequence[str], *, steps: int = 40) -> tuple[Stage, ...]:
+def forced_recipe(fields: Sequence[str], *, steps: int = 40,
+                  upswing: float = 2.0) -> tuple[Stage, ...]:
     """One stage: every field of ``fields`` by L-BFGS on the potential MSE
     of every sweep, the model reset at the recorded spike times (teacher
-    forcing, ``spikes="recorded"``).
+    forcing, ``spikes="recorded"``), leaving out the ``upswing`` ms before
+    each spike.
 
     Between two recorded spikes the forced model's potential is a smooth
     function of every field (b and V_r included: they act at the spikes'
@@ -419,8 +444,17 @@ def forced_recipe(fields: Sequence[str], *, steps: int = 40) -> tuple[Stage, ...
     model's own spikes fall where the cell's did. A field that acts only
     through spike detection (the cut-off ``threshold``) moves nothing in a
     forced run: fit it with a free-running stage (:func:`recipe`).
+
+    The last ms before a spike are left out because there the escape is
+    steep: a model whose V leaves V_T a step before or after the cell's
+    costs tens of mV per sample, whatever its other fields. Where a cell
+    lingers near V_T for long before it escapes (a < 0: Naud et al.'s
+    delayed regular bursting and irregular spiking), that sensitivity
+    reaches further back than any fixed window and the forced fit is
+    ill-conditioned (see the fitting guide's recovery table).
     """
-    return (Stage(tuple(fields), Loss(potential=1.0), "all", "lbfgs", steps, spikes="recorded"),)
+    return (Stage(tuple(fields), Loss(potential=1.0, upswing=upswing), "all", "lbfgs", steps,
+                  spikes="recorded"),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -754,9 +788,11 @@ def fit_soma(
         field -> K initial values.
       held_out: sweeps on which to choose the best start; default the
         training sweeps.
-      selection: the loss that chooses; default every stage's loss on the
-        held-out sweeps of its kind (subthreshold, spiking), each relative
-        to the best start's, summed: a start must do well on all of them.
+      selection: the loss that chooses, the model running free; default
+        every stage's loss on the held-out sweeps of its kind
+        (subthreshold, spiking; a forced stage's plus the spike count and
+        the van Rossum distance), each relative to the best start's,
+        summed: a start must do well on all of them.
       seed: seed of the drawn starts.
 
     Returns:
@@ -823,8 +859,9 @@ def fit_soma(
             pick = (tuple(range(held_out.n_sweeps)) if not isinstance(stage.sweeps, str)
                     else stage.pick(held_out))
             if pick:
-                _check_targets(stage.loss, held_out.select(pick), f"held_out (stages[{k}])")
-                judges.append((stage.loss, held_out.select(pick)))
+                judge = _judge(stage)
+                _check_targets(judge, held_out.select(pick), f"held_out (stages[{k}])")
+                judges.append((judge, held_out.select(pick)))
     else:
         _check_targets(selection, held_out, "selection")
         judges = [(selection, held_out)]
@@ -863,6 +900,16 @@ def fit_soma(
                  for n, v in u0.items()},
         best=best, held_out_loss=losses, history=tuple(history), evaluations=evaluations,
         stages=stages, wall_s=time.perf_counter() - t0, soma=soma)
+
+
+def _judge(stage: Stage) -> Loss:
+    """The loss that judges a start by ``stage`` on held-out sweeps, where
+    the model runs free: the stage's own, and for a forced stage its loss
+    plus the spike count and the van Rossum distance, since a free run's
+    potential alone rewards a model whose spikes are missing."""
+    if stage.spikes == "model":
+        return stage.loss
+    return dataclasses.replace(stage.loss, count=1.0, van_rossum=1.0)
 
 
 def _check_targets(loss: Loss, recording: Recording, where: str) -> None:

@@ -450,9 +450,18 @@ def test_a_soma_built_inside_jit_checks_its_values(kwargs, message):
 
 @pytest.mark.parametrize("units", [10**12, (10**6, 10**6)])
 def test_too_many_neurons_for_memory_is_a_memory_error_not_a_shape_error(units):
-    with pytest.raises(MemoryError, match=r"units = \(.*\) needs about 1.2e\+13 bytes for its "
-                                          "state and trained fields"):
+    with pytest.raises(ss.errors.OutOfMemoryError,
+                       match=r"units = \(.*\) \(its state and trained fields\) needs about "
+                             r"1.2e\+13 bytes, more than the device could allocate"):
         ss.AdaptiveExponentialSoma(units=units, trainable=("threshold",))
+
+
+def test_a_network_too_large_for_memory_is_a_memory_error_naming_its_weights():
+    """A hidden layer of 10^12 somas: its weights are 3·10^14
+    bytes, refused by name (a MemoryError), not by the allocator's message."""
+    with pytest.raises(MemoryError, match=r"SpikingNetwork\(64, \[1000000000000\], 10\) needs "
+                                          r"about 3e\+14 bytes"):
+        ss.training.SpikingNetwork(64, 10**12, 10, rngs=nnx.Rngs(0))
 
 
 def test_currents_of_the_wrong_rank_are_named_whole():

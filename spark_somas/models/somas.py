@@ -43,6 +43,7 @@ network, checkpoints and shards like the four somas here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
@@ -58,7 +59,7 @@ from spark_somas.dynamics import integrators
 from spark_somas.dynamics import numerics
 from spark_somas.models import surrogates as surrogates_lib
 from spark_somas.errors import (
-    RuleError, RuleKeyError, RuleTypeError, require, require_shape, rule_message,
+    RuleError, RuleKeyError, RuleTypeError, allocating, require, require_shape, rule_message,
 )
 
 __all__ = [
@@ -510,12 +511,18 @@ class Soma(nnx.Module):
         self.param_dtype = jnp.dtype(param_dtype)
         self.config = config
 
-        values = {n: self._materialize(n, getattr(config, n), rngs) for n in fields}
+        stored = self.state_names + residual_names(self.state_variables, self.dtype)
+        per_neuron = (len(trainable) * self.param_dtype.itemsize
+                      + len(stored) * self.dtype.itemsize)
+        memory = functools.partial(allocating, f"{name}: units = {self.units} (its state and "
+                                   "trained fields)", per_neuron * math.prod(self.units))
+        with memory():  # an initializer draws per neuron
+            values = {n: self._materialize(n, getattr(config, n), rngs) for n in fields}
         # Every value held as numbers is checked, inside jax.jit too: only
         # what an initializer draws under a trace (its key traced) has none.
         self.check_parameters({n: v for n, v in values.items()
                                if not isinstance(v, jax.core.Tracer)})
-        try:  # what is allocated per neuron: the trained fields and the state
+        with memory():  # what is allocated per neuron: the trained fields and the state
             for n, v in values.items():
                 meta = {"units": config.field_info(n)["units"]}
                 if n in trainable:  # a Param per neuron; a fixed field keeps its own shape
@@ -526,16 +533,6 @@ class Soma(nnx.Module):
             for n in self.stored_names:
                 units = self.state_variables[n.removesuffix(RESIDUAL)].units
                 setattr(self, n, SomaState(self._rest_value(n, ()), units=units))
-        except Exception as err:
-            if "RESOURCE_EXHAUSTED" not in str(err):
-                raise
-            stored = self.state_names + residual_names(self.state_variables, self.dtype)
-            per_neuron = (len(trainable) * self.param_dtype.itemsize
-                          + len(stored) * self.dtype.itemsize)
-            raise MemoryError(
-                f"{name}: units = {self.units} needs about {per_neuron * math.prod(self.units):.3g} "
-                f"bytes for its state and trained fields, more than the device could "
-                f"allocate") from None
 
     def dtype_bounds(self) -> dict[str, tuple[float, float]]:
         """The interval [low, high] each field must lie in for this soma's

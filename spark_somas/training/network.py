@@ -61,7 +61,7 @@ from spark_somas.dynamics import numerics
 from spark_somas.models import registry
 from spark_somas.models import surrogates as surrogates_lib
 from spark_somas.models.configs import LARGEST, SMALLEST, as_number, require
-from spark_somas.errors import RuleError, RuleTypeError, require_shape
+from spark_somas.errors import RuleError, RuleTypeError, allocating, require_shape
 from spark_somas.simulation.driver import FusedBackendError, drive
 from spark_somas.models.somas import (AdaptiveExponentialSoma, SimplifiedAdaptiveExponentialSoma, Soma,
                                SomaOutput, SomaState, input_scale)
@@ -479,6 +479,15 @@ class HiddenLayer(nnx.Module):
         return out
 
 
+def _weight_bytes(config: "NetworkConfig") -> int:
+    """The float32 weights and biases of ``config``'s Linear layers, in bytes."""
+    total, width = 0, config.in_features
+    for layer in config.layers:
+        total += (width + 1 + (layer.units if layer.recurrent else 0)) * layer.units
+        width = layer.units
+    return 4 * (total + (width + 1) * config.n_classes)
+
+
 def _network_config(config: "NetworkConfig | None", arguments: Mapping[str, Any]) -> "NetworkConfig":
     """``config``, or the :class:`NetworkConfig` of the constructor's
     ``arguments`` (its fields by name) when there is none; with a config, an
@@ -607,9 +616,12 @@ class SpikingNetwork(nnx.Module):
         self.dt = float(config.dt)
         self.readout_decay = float(np.exp(-config.dt / config.readout_tau))
         layers, width = [], config.in_features
-        for layer in config.layers:
-            layers.append(HiddenLayer(width, layer, dt=config.dt, rngs=rngs))
-            width = layer.units
+        with allocating(f"SpikingNetwork({config.in_features}, "
+                        f"{[layer.units for layer in config.layers]}, {config.n_classes})",
+                        _weight_bytes(config)):
+            for layer in config.layers:
+                layers.append(HiddenLayer(width, layer, dt=config.dt, rngs=rngs))
+                width = layer.units
         self.layers = nnx.List(layers)
         soma_out, n_classes = config.output == "soma", config.n_classes
         readout = dataclasses.replace(config.layers[-1], units=n_classes, recurrent=False)
