@@ -215,6 +215,7 @@ _OPTION_NAMES = {"out_dir": "--out", "checkpoint_dir": "--checkpoint-dir",
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Parses the options into a run and calls :func:`spark_somas.training.runs.train`."""
+    from spark_somas.persistence.checkpointing import CheckpointNotWritableError
     from spark_somas.training import runs
 
     run = _train_run(args)
@@ -229,6 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 echo=lambda line: print(f"spark-somas train: {line}", flush=True))
     except Stopped as stop:
         stopped = stop
+    except CheckpointNotWritableError as err:  # a full disk: what is kept, and how to go on
+        raise CommandError(f"{err}; {_saved(args.checkpoint_dir)}") from None
     if stopped is not None:
         print(f"spark-somas train: stopped by {stopped.name}; {_saved(args.checkpoint_dir)}",
               file=sys.stderr)
@@ -272,15 +275,17 @@ def _saved(checkpoint_dir: str | None) -> str:
     """Which epochs a stopped run left in ``checkpoint_dir``, and how to continue."""
     from spark_somas.persistence.checkpointing import CheckpointError, Checkpointer
 
-    last = None
+    steps: list[int] = []
     if checkpoint_dir and os.path.isdir(checkpoint_dir):
         try:
             with Checkpointer(checkpoint_dir, read_only=True) as ckpt:
-                last = ckpt.latest_step()
+                steps = sorted(ckpt.all_steps())
         except CheckpointError:
             pass
-    if last:
-        return (f"epochs 1 … {last} are saved in {checkpoint_dir}; continue with: "
+    if steps:
+        kept = (f"epoch {steps[0]} is" if len(steps) == 1 else
+                f"epochs {', '.join(map(str, steps[:-1]))} and {steps[-1]} are")
+        return (f"{kept} saved in {checkpoint_dir}; continue with: "
                 f"spark-somas train --resume {shlex.quote(checkpoint_dir)}")
     return "no epoch was saved" + ("" if checkpoint_dir else " (no --checkpoint-dir)")
 

@@ -398,14 +398,23 @@ def test_a_signal_stops_training_in_one_line_that_says_how_to_resume(tmp_path, s
     assert proc.returncode == status, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     name = signal.Signals(signum).name
-    match = re.fullmatch(rf"spark-somas train: stopped by {name}; epochs 1 … (\d+) are saved in "
-                         rf"{re.escape(str(ckpt))}; continue with: spark-somas train --resume "
-                         rf"{re.escape(str(ckpt))}\n", err)
+    match = re.fullmatch(rf"spark-somas train: stopped by {name}; epochs ([\d, ]+) and (\d+) are "
+                         rf"saved in {re.escape(str(ckpt))}; continue with: spark-somas train "
+                         rf"--resume {re.escape(str(ckpt))}\n", err)
     assert match, err
-    last = int(match.group(1))
-    assert last >= 2 and checkpointing.describe(ckpt)[-1].step == last  # complete and listed
+    named = [int(k) for k in match.group(1).split(", ")] + [int(match.group(2))]
+    # exactly the epochs retention kept, the newest complete and listed
+    assert named[-1] >= 2 and [c.step for c in checkpointing.describe(ckpt)] == named
     net = checkpointing.load(ckpt)
     assert isinstance(net, training.SpikingNetwork)
+
+
+def test_a_network_too_large_for_memory_is_one_line(tmp_path, capsys):
+    assert cli.main(["train", "--limit", "48", "--batch-size", "24", "--hidden", str(10**12),
+                     "--epochs", "1", "--no-progress", "--out", str(tmp_path / "out")]) == 1
+    _, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("spark-somas train: error: SpikingNetwork(") and "needs about" in err
 
 
 def test_resuming_a_run_of_release_0_1_0_warns_in_one_line(tmp_path, capsys):
