@@ -444,11 +444,10 @@ def test_a_save_that_fails_on_the_file_system_ends_train_with_its_one_line(tmp_p
          "--checkpoint-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")],
         env=full_disk_env, preexec_fn=full_disk, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
-    # TensorStore's threads may print "Event loop is closed" tracebacks into
-    # the same stderr, even in the middle of our line (a known limit): find
-    # the line's text wherever it starts.
-    errors = proc.stderr.split("spark-somas train: error: ")[1:]
-    assert len(errors) == 1 and "failed on the file system and was not committed" in errors[0]
-    assert "File too large" in errors[0].splitlines()[0]
-    assert "ValueError" not in proc.stderr  # not TensorStore's raw error
+    # One line: TensorStore's "Event loop is closed" reports of the failed
+    # write, unraisable on its threads, are dropped.
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("spark-somas train: error: a save to ")
+    assert "failed on the file system and was not committed" in line and "File too large" in line
+    assert line.endswith("no epoch was saved")  # what is kept, and how to go on
     assert "final test accuracy" not in proc.stdout

@@ -62,6 +62,7 @@ import logging
 import math
 import os
 import re
+import sys
 import tempfile
 import warnings
 from typing import Any, Callable, Mapping, Sequence
@@ -157,6 +158,28 @@ class _FailedSaveReports(logging.Filter):
 #: The one such filter; each Checkpointer adds its directory and puts it on
 #: asyncio's logger (``addFilter`` adds a filter once).
 _FAILED_SAVE_REPORTS = _FailedSaveReports()
+
+
+class _ClosedLoopReports:
+    """A ``sys.unraisablehook`` that drops the ``RuntimeError: Event loop is
+    closed`` which TensorStore's write callbacks meet when a failed save's
+    event loop has already been closed (asyncio's ``_check_closed`` raises
+    it inside ``call_soon_threadsafe``, on a thread with no caller, so
+    Python prints it as unraisable, dozens of tracebacks per failed save).
+    That failure is raised by name by the Checkpointer; every other
+    unraisable exception goes to the hook that was there before."""
+
+    def __init__(self, previous: Callable[[Any], None]) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        tb = unraisable.exc_traceback
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if not (unraisable.exc_type is RuntimeError and tb is not None
+                and tb.tb_frame.f_code.co_name == "_check_closed"
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            self.previous(unraisable)
 
 
 def _build_model(model_meta: Mapping[str, Any], check: Callable[[nnx.Module], None]) -> nnx.Module:
@@ -502,6 +525,8 @@ class Checkpointer:
         # name; asyncio's own copies of it, from Orbax's threads, are dropped.
         _FAILED_SAVE_REPORTS.directories |= {os.path.abspath(self.directory)}
         logging.getLogger("asyncio").addFilter(_FAILED_SAVE_REPORTS)
+        if not isinstance(sys.unraisablehook, _ClosedLoopReports):
+            sys.unraisablehook = _ClosedLoopReports(sys.unraisablehook)
         require(max_to_keep is None or isinstance(max_to_keep, int) and max_to_keep >= 1,
                 "max_to_keep", max_to_keep, "None or an int >= 1", error=RuleError)
         require(best_mode in ("min", "max"), "best_mode", best_mode, "'min' or 'max'",
