@@ -343,6 +343,13 @@ def no_simulation(monkeypatch):
     (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
                                 starts={"potential_tau": [5.0, 2e6]}),
      "violates the rule"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1),
+                                Recording(r.currents, DT, potential=r.potential),
+                                ["potential_tau"], stages=fitting.forced_recipe(["potential_tau"])),
+     "stages[0].spikes = 'recorded' violates the rule: known spike times in the recording"),
+    (lambda r: Stage(("potential_tau",), spikes="cell"),
+     "Stage.spikes = 'cell' violates the rule: 'model' (its own threshold) or 'recorded'"),
+    (lambda r: Loss(upswing=-1.0), "Loss.upswing = -1.0 violates the rule: a duration in ms"),
 ])
 def test_bad_input_is_refused_by_name_before_any_work(case, message):
     recording = record(ss.AdaptiveExponentialSomaConfig(), [-100.0, 900.0], length=50.0,
