@@ -88,9 +88,13 @@ def allocating(what: str, nbytes: float) -> Iterator[None]:
     """Turns a failed allocation inside the block — Python's ``MemoryError``
     or XLA's ``RESOURCE_EXHAUSTED`` — into :class:`OutOfMemoryError`
     ``"<what> needs about <nbytes> bytes, more than the device could
-    allocate"``, instead of an allocator's message about some array."""
+    allocate"``, instead of an allocator's message about some array. An
+    :class:`OutOfMemoryError` from an inner block (a soma inside a network)
+    passes unchanged: it names the part that did not fit."""
     try:
         yield
+    except OutOfMemoryError:
+        raise
     except Exception as err:
         if not isinstance(err, MemoryError) and "RESOURCE_EXHAUSTED" not in str(err):
             raise

@@ -616,18 +616,18 @@ class SpikingNetwork(nnx.Module):
         self.dt = float(config.dt)
         self.readout_decay = float(np.exp(-config.dt / config.readout_tau))
         layers, width = [], config.in_features
+        soma_out, n_classes = config.output == "soma", config.n_classes
         with allocating(f"SpikingNetwork({config.in_features}, "
-                        f"{[layer.units for layer in config.layers]}, {config.n_classes})",
-                        _weight_bytes(config)):
+                        f"{[layer.units for layer in config.layers]}, {n_classes})",
+                        _weight_bytes(config)):  # the readout's weights included
             for layer in config.layers:
                 layers.append(HiddenLayer(width, layer, dt=config.dt, rngs=rngs))
                 width = layer.units
+            readout = dataclasses.replace(config.layers[-1], units=n_classes, recurrent=False)
+            self.readout_layer = nnx.data(HiddenLayer(width, readout, dt=config.dt, rngs=rngs)
+                                          if soma_out else None)
+            self.output = nnx.data(None if soma_out else nnx.Linear(width, n_classes, rngs=rngs))
         self.layers = nnx.List(layers)
-        soma_out, n_classes = config.output == "soma", config.n_classes
-        readout = dataclasses.replace(config.layers[-1], units=n_classes, recurrent=False)
-        self.readout_layer = nnx.data(HiddenLayer(width, readout, dt=config.dt, rngs=rngs)
-                                      if soma_out else None)
-        self.output = nnx.data(None if soma_out else nnx.Linear(width, n_classes, rngs=rngs))
         self.readout_potential = nnx.data(
             None if soma_out else SomaState(jnp.zeros((n_classes,), self.output.param_dtype)))
 
