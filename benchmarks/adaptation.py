@@ -46,19 +46,18 @@ from spark_somas import training as tr  # noqa: E402
 from spark_somas.runs import FROZEN, RunConfig  # noqa: E402
 
 SOMAS = ("adex", "simplified", "expif", "refractory")
-SLOW = {"adex": "adaptation_tau", "simplified": "threshold_tau"}
+#: RunConfig fields this script's options may set; the others keep the recipe's.
+RUN_FIELDS = ("epochs", "hidden", "batch_size", "lr", "input_gain", "rate_strength", "rate_hz",
+              "adaptive_fraction", "detach_reset", "detach_adaptation", "fresh_data", "frozen")
 
 
 def run_config(soma: str, delay_ms: float, seed: int, args: argparse.Namespace) -> RunConfig:
-    timing = (("delay_ms", delay_ms), ("cue_ms", args.cue_ms), ("gap_ms", args.cue_ms / 2),
-              ("n_samples", args.samples))
-    slow = ((SLOW[soma], args.adaptation_tau),) if soma in SLOW else ()
-    if soma == "simplified" and args.threshold_delta is not None:
-        slow += (("threshold_delta", args.threshold_delta),)
-    return RunConfig(soma=soma, task="cues", epochs=args.epochs, batch_size=args.batch_size,
-                     lr=args.lr, hidden=args.hidden, recurrent=True, seed=seed,
-                     data_option=timing, soma_option=slow, input_gain=args.input_gain,
-                     frozen=args.frozen)
+    """The cue task's ``spark-somas train`` run: the recipe's defaults, the
+    delay and seed, and only the options given on this script's command line."""
+    given = {k: v for k, v in vars(args).items() if k in RUN_FIELDS and v is not None}
+    return RunConfig(soma=soma, task="cues", seed=seed, **given,
+                     data_option=(("delay_ms", delay_ms),) + tuple(args.data_option),
+                     soma_option=tuple(args.soma_option))
 
 
 def train_one(run: RunConfig) -> dict:
@@ -69,7 +68,8 @@ def train_one(run: RunConfig) -> dict:
     try:
         history = tr.fit(built.model, built.optimizer, built.data, encoder=built.encoder,
                          epochs=run.epochs, batch_size=run.batch_size, seed=run.seed,
-                         progress=False, on_epoch_end=lambda e, m, o, h: kept.update(h))
+                         progress=False, on_epoch_end=lambda e, m, o, h: kept.update(h),
+                         fresh_data=run.fresh_data, objective=run.objective())
     except tr.NonFiniteLossError:  # counted as chance: the run ends here, recorded as such
         history = kept or {"test_accuracy": [0.5], "train_accuracy": [0.5],
                            "test_rate_hz": [0.0], "skipped_batches": [0]}
@@ -102,19 +102,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--somas", nargs="+", default=list(SOMAS))
     parser.add_argument("--delays", nargs="+", type=float,
-                        default=[0.0, 250.0, 500.0, 1000.0, 2000.0])
+                        default=[0.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--hidden", type=int, default=48)
-    parser.add_argument("--samples", type=int, default=640)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--cue-ms", type=float, default=50.0)
-    parser.add_argument("--adaptation-tau", type=float, default=1000.0)
-    parser.add_argument("--threshold-delta", type=float, default=None,
-                        help="Δθ of the simplified soma, mV (default: its config's)")
-    parser.add_argument("--input-gain", type=float, default=None)
-    parser.add_argument("--frozen", default="none", choices=tuple(FROZEN))
+    for name, kind in (("epochs", int), ("hidden", int), ("batch_size", int), ("lr", float),
+                       ("input_gain", float), ("rate_strength", float), ("rate_hz", float),
+                       ("adaptive_fraction", float)):
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                            help="as spark-somas train's option (default: the cue recipe's)")
+    for name in ("detach_reset", "detach_adaptation", "fresh_data"):
+        parser.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction,
+                            default=None, help="as spark-somas train's option")
+    parser.add_argument("--frozen", default=None, choices=tuple(FROZEN))
+    for name in ("data_option", "soma_option"):
+        parser.add_argument("--" + name.replace("_", "-"), action="append", default=[],
+                            type=lambda t: (t.split("=")[0], float(t.split("=")[1])),
+                            metavar="KEY=VALUE", help="as spark-somas train's option")
     parser.add_argument("--out", default=str(_common.HERE / "adaptation_cpu.json"))
     args = parser.parse_args()
     settings = {k: v for k, v in vars(args).items() if k not in ("somas", "delays", "seeds", "out")}

@@ -22,10 +22,11 @@ the same, by gradient descent through :func:`~spark_somas.simulate`
 The spike count and the van Rossum distance are sums of Heaviside steps in
 the forward pass; their gradients reach the parameters through the
 surrogate derivative of each spike. The fitting soma keeps the given soma's
-surrogate and ``detach_reset`` (by default the reset is detached, so the
-potential's gradient follows w ← w + b and V ← V_r at the spikes where they
-fell; a differentiated reset multiplies it by V − V_r at the crossing,
-which past a high cut-off such as Naud et al.'s 0 mV overflows float32).
+surrogate and gradient switches (by default the reset is detached, so the
+potential's gradient follows V ← V_r at the spikes where they fell, and
+the adaptation jump w ← w + b·s is kept; a differentiated reset multiplies
+the gradient by V − V_r at the crossing, which past a high cut-off such as
+Naud et al.'s 0 mV overflows float32).
 The exponential term keeps its exact gradient.
 
 **Parameters stay inside their rules.** Each fitted field x lives in a box
@@ -557,7 +558,8 @@ def _template(soma: Soma,
     of the same class, fields, dt, method, dtype and surrogate, so that they
     share one compilation), the fixed fields' values and its state."""
     config = soma.config_class(surrogate=soma.config.surrogate,
-                               detach_reset=soma.config.detach_reset)
+                               detach_reset=soma.config.detach_reset,
+                               detach_adaptation=soma.config.detach_adaptation)
     neuron = type(soma)(config, units=1, dt=soma.dt, method=soma.method, trainable=fields,
                         dtype=soma.dtype, param_dtype=soma.param_dtype)
     graph, _, _, state = nnx.split(neuron, nnx.Param, SomaConstant, SomaState)

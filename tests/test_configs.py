@@ -73,7 +73,7 @@ def assert_names(error: pytest.ExceptionInfo, field: str, value: str) -> None:
 def test_fields_units_and_metadata_as_documented(cls):
     assert quantity_names(cls) == FIELDS_OF[cls]
     assert {f.name for f in dataclasses.fields(cls) if f.init} == set(FIELDS_OF[cls]) | {
-        "surrogate", "detach_reset", "exp_gradient"}
+        "surrogate", "detach_reset", "detach_adaptation", "exp_gradient"}
     for name in FIELDS_OF[cls]:
         info = cls.field_info(name)
         assert info["units"] == DOCUMENTED_FIELDS[name][0]

@@ -7,6 +7,7 @@ class-stratified :func:`stratified_split`.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 
@@ -27,6 +28,12 @@ class Dataset:
     ``x_*`` is ``(N, F)`` for static data (``encoding = "static"``: an
     encoder turns it into spikes or currents) or ``(N, T, F)`` time-major per
     sample for spike data (``encoding = "spikes"``, 0/1 per time step).
+
+    A generated task may also offer ``draw_train(epoch, n) -> (x, y)``: n
+    new training samples for epoch ``epoch``, shaped as ``x_train`` and
+    ``y_train``, a pure function of the task's seed and the epoch (so a
+    resumed run draws what the unbroken one would) and never a test
+    sample: ``fit(..., fresh_data=True)`` trains on those.
     """
 
     name: str
@@ -36,6 +43,7 @@ class Dataset:
     y_test: np.ndarray
     n_classes: int
     encoding: str
+    draw_train: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def n_features(self) -> int:

@@ -108,7 +108,8 @@ def load_randman(
     step for f = 1). Inputs come as ``(N, n_steps, n_units)`` 0/1 arrays.
 
     Everything — the manifolds, the points and the stratified split — is a
-    pure function of ``seed``.
+    pure function of ``seed``. ``draw_train(epoch, n)`` draws n new training
+    samples on the same manifolds, a pure function of (seed, epoch).
     """
     for name, value in (("n_classes", n_classes), ("n_units", n_units), ("n_steps", n_steps),
                         ("manifold_dim", manifold_dim), ("samples_per_class", samples_per_class)):
@@ -118,19 +119,31 @@ def load_randman(
             error=RuleError)
     check_fraction(test_fraction)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n_classes + 1)]
-    times, labels = [], []
+    manifolds, times, labels = [], [], []
     for c in range(n_classes):
-        manifold = RandomManifold(rngs[c], embedding_dim=n_units, manifold_dim=manifold_dim,
-                                  alpha=alpha)
-        points = rngs[c].uniform(size=(samples_per_class, manifold_dim))
-        times.append(manifold(points))
+        manifolds.append(RandomManifold(rngs[c], embedding_dim=n_units,
+                                        manifold_dim=manifold_dim, alpha=alpha))
+        times.append(manifolds[c](rngs[c].uniform(size=(samples_per_class, manifold_dim))))
         labels.append(np.full(samples_per_class, c, np.int32))
-    t, y = np.concatenate(times), np.concatenate(labels)
-    step = np.minimum((t * n_steps).astype(np.int64), n_steps - 1)  # (N, F)
-    x = (step[:, None, :] == np.arange(n_steps)[None, :, None]).astype(np.float32)
+
+    def spikes(t: np.ndarray) -> np.ndarray:
+        step = np.minimum((t * n_steps).astype(np.int64), n_steps - 1)  # (N, F)
+        return (step[:, None, :] == np.arange(n_steps)[None, :, None]).astype(np.float32)
+
+    def draw_train(epoch: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        # New points on the same manifolds, classes balanced, from a stream
+        # of (seed, epoch) that the manifolds and the split never use.
+        rng = np.random.default_rng([seed, epoch, 1])
+        y = rng.permutation(np.arange(n) % n_classes).astype(np.int32)
+        t = np.empty((n, n_units))
+        for c in range(n_classes):
+            t[y == c] = manifolds[c](rng.uniform(size=(int(np.sum(y == c)), manifold_dim)))
+        return spikes(t), y
+
+    x, y = spikes(np.concatenate(times)), np.concatenate(labels)
     train, test = stratified_split(y, test_fraction, rngs[n_classes])
     return Dataset("randman", x[train], y[train], x[test], y[test], n_classes=n_classes,
-                   encoding="spikes")
+                   encoding="spikes", draw_train=draw_train)
 
 
 #: Task name -> loader: the bundled digits, Randman, the SHD and SSC files

@@ -156,29 +156,38 @@ class EvidenceAccumulation:
         label = int(2 * sides.sum() > self.n_cues)
         return (draws < rate).astype(dtype), label, sides
 
-    def trials(self, n: int, *, seed: int = 0, dtype: np.dtype | type = np.float32
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Trials 0 … n − 1 of ``seed``: spikes ``(n, steps, n_inputs)``,
-        labels ``(n,)`` int32 and cue sides ``(n, n_cues)`` int8."""
+    def trials(self, n: int, *, seed: int = 0, start: int = 0,
+               dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Trials ``start`` … ``start`` + n − 1 of ``seed``: spikes
+        ``(n, steps, n_inputs)``, labels ``(n,)`` int32 and cue sides
+        ``(n, n_cues)`` int8."""
         require(isinstance(n, int) and n > 0, "n", n, "a positive int", error=RuleError)
         require(isinstance(seed, int) and seed >= 0, "seed", seed, "an int >= 0", error=RuleError)
+        require(isinstance(start, int) and start >= 0, "start", start, "an int >= 0",
+                error=RuleError)
         x = np.empty((n, self.steps, self.n_inputs), dtype)
         labels = np.empty(n, np.int32)
         sides = np.empty((n, self.n_cues), np.int8)
         for i in range(n):
-            x[i], labels[i], sides[i] = self.trial(seed, i, dtype)
+            x[i], labels[i], sides[i] = self.trial(seed, start + i, dtype)
         return x, labels, sides
 
     def dataset(self, n_samples: int = 1000, *, seed: int = 0, test_fraction: float = 0.2,
                 dtype: np.dtype | type = np.float32) -> Dataset:
         """``n_samples`` trials split into train and test, stratified by label
         and seeded: a :class:`~spark_somas.data.base.Dataset` named ``"cues"``
-        with encoding ``"spikes"`` and 2 classes."""
+        with encoding ``"spikes"`` and 2 classes. Its ``draw_train(epoch, n)``
+        gives trials n_samples + epoch·n … of the same seed: new every
+        epoch, never one of the split's."""
         check_fraction(test_fraction)
         x, y, _ = self.trials(n_samples, seed=seed, dtype=dtype)
         train, test = stratified_split(y, test_fraction, np.random.default_rng([seed, 2**32 - 1]))
+
+        def draw_train(epoch: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+            return self.trials(n, seed=seed, start=n_samples + epoch * n, dtype=dtype)[:2]
+
         return Dataset("cues", x[train], y[train], x[test], y[test], n_classes=2,
-                       encoding="spikes")
+                       encoding="spikes", draw_train=draw_train)
 
 
 def load_evidence_accumulation(

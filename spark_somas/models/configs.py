@@ -200,10 +200,27 @@ def _describe_value(value: np.ndarray, ok: np.ndarray) -> str:
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class SomaConfig:
     """What every soma's config holds, whatever its equations: the
-    surrogate of the spike's derivative, whether the reset is detached from
-    the gradient, and the backward pass of the model's guarded nonlinearity
-    (``exp_gradient``, one of :data:`spark_somas.dynamics.numerics.EXP_GRADIENTS`;
-    a model without one ignores it). A model's config subclasses it and
+    surrogate of the spike's derivative, which of the spike's consequences
+    are detached from the gradient, and the backward pass of the model's
+    guarded nonlinearity (``exp_gradient``, one of
+    :data:`spark_somas.dynamics.numerics.EXP_GRADIENTS`; a model without one
+    ignores it).
+
+    What a spike s triggers has two parts, each with its own gradient switch
+    (the forward pass is the same bit for bit under every combination):
+
+    * ``detach_reset``: the reset, V ← V·(1 − s) + V_r·s. Detached (True,
+      the default here; Zenke & Vogels 2021), ∂V_after/∂s = 0: the gradient
+      does not see that a spike lowers V.
+    * ``detach_adaptation``: the adaptation jumps, w ← w + b·s (AdEx) and
+      θ ← θ + Δθ·s (simplified AdEx). Detached, ∂w/∂s = ∂θ/∂s = 0: no
+      gradient reaches a spike through the state that outlasts it, so a
+      network cannot learn by BPTT to hold information across a delay
+      longer than τ_m. Kept (False, the default) it can. The gradient with
+      respect to b and Δθ themselves flows either way.
+
+    A model says which of its spike-triggered updates is which
+    (:attr:`~spark_somas.models.somas.StateVariable.on_spike`). A model's config subclasses it and
     declares its numeric fields with :func:`quantity` — symbol, units,
     meaning, rule — from which validation, ``to_dict``/``from_dict``, the
     trained-parameter projection and the property tests all follow.
@@ -211,6 +228,7 @@ class SomaConfig:
 
     surrogate: surrogates_lib.Surrogate = surrogates_lib.DEFAULT
     detach_reset: bool = True
+    detach_adaptation: bool = False
     exp_gradient: str = "exact"
     validated: bool = dataclasses.field(default=True, init=False, repr=False, compare=False)
     __skip_validation__: dataclasses.InitVar[bool] = False
@@ -241,8 +259,9 @@ class SomaConfig:
                 f"{type(self).__name__}.surrogate", self.surrogate,
                 "a spark_somas.models.surrogates.Surrogate, its name or its dict")
         object.__setattr__(self, "surrogate", surrogate)
-        require(isinstance(self.detach_reset, bool), f"{type(self).__name__}.detach_reset",
-                self.detach_reset, "a bool")
+        for name in ("detach_reset", "detach_adaptation"):
+            require(isinstance(getattr(self, name), bool), f"{type(self).__name__}.{name}",
+                    getattr(self, name), "a bool (True: no gradient through it)")
         require(self.exp_gradient in numerics.EXP_GRADIENTS, f"{type(self).__name__}.exp_gradient",
                 self.exp_gradient, f"one of {numerics.EXP_GRADIENTS} (the backward pass of the "
                 "exponential term)")
@@ -355,19 +374,33 @@ class SomaConfig:
             )
         out["surrogate"] = self.surrogate.to_dict()
         out["detach_reset"] = self.detach_reset
+        out["detach_adaptation"] = self.detach_adaptation
         out["exp_gradient"] = self.exp_gradient
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SomaConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`.
+
+        A dict of an earlier release keeps its meaning (:meth:`upgrade_dict`)."""
         require(isinstance(d, Mapping), f"{cls.__name__}.from_dict: d", d,
                 "a dict of config fields")
+        d = cls.upgrade_dict(d)
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(names)}")
         return cls(**d)
+
+    @staticmethod
+    def upgrade_dict(d: Mapping[str, Any]) -> dict[str, Any]:
+        """A config dict written by an earlier release, as it meant then: one
+        written before ``detach_adaptation`` existed, when ``detach_reset``
+        (True by default) cut the adaptation jumps' gradient too, gets
+        ``detach_adaptation`` = its ``detach_reset``."""
+        if "detach_adaptation" in d:
+            return dict(d)
+        return {**d, "detach_adaptation": d.get("detach_reset", True)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -401,13 +434,14 @@ class SomaConfig:
         body = ", ".join(f"{name}={value} {units}" for name, _, value, units, _ in self.rows())
         return (
             f"{type(self).__name__}({body}, surrogate={self.surrogate!r}, "
-            f"detach_reset={self.detach_reset}, exp_gradient={self.exp_gradient!r})"
+            f"detach_reset={self.detach_reset}, detach_adaptation={self.detach_adaptation}, "
+            f"exp_gradient={self.exp_gradient!r})"
         )
 
     def _repr_html_(self) -> str:
         return html_table(type(self).__name__, self.rows(), [
             ("surrogate", repr(self.surrogate)), ("detach_reset", str(self.detach_reset)),
-            ("exp_gradient", self.exp_gradient)
+            ("detach_adaptation", str(self.detach_adaptation)), ("exp_gradient", self.exp_gradient)
         ])
 
 

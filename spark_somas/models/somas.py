@@ -67,6 +67,8 @@ __all__ = [
     "SomaConstant",
     "SomaOutput",
     "StepOptions",
+    "SPIKE_PARTS",
+    "after_spike",
     "step",
     "iter_somas",
     "path_name",
@@ -112,6 +114,11 @@ class StateVariable:
       takes: config fields, beyond ``rest``, whose value it is set to
         (``("potential_reset",)``): like ``rest`` they must fit the state
         dtype.
+      on_spike: which gradient switch governs how a spike s changes it in
+        ``after_spike``: ``"reset"`` (``detach_reset``: V ← V_r) or
+        ``"adaptation"`` (``detach_adaptation``: w ← w + b·s, θ ← θ + Δθ·s,
+        state that outlasts the spike). None: ``"reset"`` for the model's
+        membrane variable, ``"adaptation"`` for every other.
     """
 
     units: str
@@ -120,6 +127,7 @@ class StateVariable:
     recordable: bool = True
     integer: bool = False
     takes: tuple[str, ...] = ()
+    on_spike: str | None = None
 
 
 @flax.struct.dataclass
@@ -152,6 +160,10 @@ class SomaOutput:
         return value
 
 
+#: What a spike does to a state variable, each part with its own gradient switch.
+SPIKE_PARTS = ("reset", "adaptation")
+
+
 #: The named fields of a :class:`SomaOutput`; ``extra`` holds any other.
 OUTPUT_FIELDS = tuple(f.name for f in dataclasses.fields(SomaOutput) if f.name != "extra")
 
@@ -177,8 +189,9 @@ def residual_names(variables: Mapping[str, StateVariable], dtype: Any) -> tuple[
 class StepOptions:
     """What is fixed about a soma's step: dt (ms), the integration method
     (one of :data:`spark_somas.dynamics.integrators.METHODS`), the surrogate of the
-    spike's derivative, whether the reset is detached from the gradient and
-    the backward pass of the model's guarded nonlinearity (one of
+    spike's derivative, whether the reset and the adaptation jumps are
+    detached from the gradient (:class:`~spark_somas.models.configs.SomaConfig`)
+    and the backward pass of the model's guarded nonlinearity (one of
     :data:`spark_somas.dynamics.numerics.EXP_GRADIENTS`; the exponential term of the
     exponential models)."""
 
@@ -186,7 +199,28 @@ class StepOptions:
     method: str = "euler"
     surrogate: surrogates_lib.Surrogate = surrogates_lib.DEFAULT
     detach_reset: bool = True
+    detach_adaptation: bool = False
     exp_gradient: str = "exact"
+
+    def spikes_for(self, part: str, s: Array) -> Array:
+        """The spike ``part`` (one of :data:`SPIKE_PARTS`) of ``after_spike``
+        sees: ``s``, or ``s`` cut from the gradient when that part is detached."""
+        detached = self.detach_reset if part == "reset" else self.detach_adaptation
+        return jax.lax.stop_gradient(s) if detached else s
+
+
+def after_spike(model: type["Soma"], p: Any, x: Mapping[str, Array], s: Array,
+                options: StepOptions) -> dict[str, Array]:
+    """``model.after_spike`` with each state variable's update seeing the
+    spike through its own gradient switch (:attr:`StateVariable.on_spike`).
+    Forward, every combination of switches gives the same values bit for
+    bit: ``stop_gradient`` is the identity there."""
+    seen = {part: options.spikes_for(part, s) for part in SPIKE_PARTS}
+    if options.detach_reset == options.detach_adaptation:
+        return model.after_spike(p, x, seen["reset"], options.dt)
+    by_part = {part: model.after_spike(p, x, spike, options.dt) for part, spike in seen.items()}
+    return {name: by_part[model.spike_parts.get(name, "adaptation")][name]
+            for name in by_part["reset"]}
 
 
 def step(
@@ -241,8 +275,7 @@ def step(
         refractory = state["refractory"] > 0
         x_new[membrane] = jnp.where(refractory, x[membrane], x_new[membrane])
         s = jnp.where(refractory, 0.0, s)
-    new = model.after_spike(p, x_new, jax.lax.stop_gradient(s) if options.detach_reset else s,
-                            options.dt)
+    new = after_spike(model, p, x_new, s, options)
     out = {}
     for name, value in new.items():
         if name + RESIDUAL in state:
@@ -392,14 +425,20 @@ class Soma(nnx.Module):
     membrane: ClassVar[str] = "potential"
     refractory: ClassVar[bool] = False
     default_trainable: ClassVar[tuple[str, ...]] = ()
+    #: Config fields that make the model adapt; all at 0 it does not (a
+    #: network's ``adaptive_fraction`` zeroes them in its plain somas).
+    adaptation_fields: ClassVar[tuple[str, ...]] = ()
     #: Derived from ``state_variables`` for each subclass.
     state_names: ClassVar[tuple[str, ...]] = ()
     integrated_names: ClassVar[tuple[str, ...]] = ()
+    spike_parts: ClassVar[Mapping[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.state_names = tuple(cls.state_variables)
         cls.integrated_names = tuple(n for n, v in cls.state_variables.items() if v.integrated)
+        cls.spike_parts = {n: v.on_spike or ("reset" if n == cls.membrane else "adaptation")
+                           for n, v in cls.state_variables.items()}
         if not cls.state_variables:
             return  # an abstract intermediate class
         fields = {f.name for f in cls.config_class.quantity_fields()}
@@ -407,6 +446,9 @@ class Soma(nnx.Module):
         if cls.membrane not in cls.state_variables:
             problems.append(f"membrane = {cls.membrane!r} is not one of its state_variables")
         for name, var in cls.state_variables.items():
+            if var.on_spike not in (None, *SPIKE_PARTS):
+                problems.append(f"state variable {name!r} has on_spike = {var.on_spike!r}, not "
+                                f"None or one of {SPIKE_PARTS}")
             for field in (var.rest,) * isinstance(var.rest, str) + var.takes:
                 if field not in fields:
                     problems.append(f"state variable {name!r} refers to {field!r}, not a "
@@ -414,9 +456,10 @@ class Soma(nnx.Module):
         if cls.refractory and ("refractory" not in cls.state_variables or "cooldown" not in fields):
             problems.append("refractory = True needs a 'refractory' state variable and a "
                             "'cooldown' config field")
-        bad = sorted(set(cls.default_trainable) - fields)
-        if bad:
-            problems.append(f"default_trainable {bad} are not numeric config fields")
+        for attribute in ("default_trainable", "adaptation_fields"):
+            bad = sorted(set(getattr(cls, attribute)) - fields)
+            if bad:
+                problems.append(f"{attribute} {bad} are not numeric config fields")
         if problems:
             raise RuleTypeError(f"{cls.__name__}: " + "; ".join(problems))
 
@@ -442,8 +485,12 @@ class Soma(nnx.Module):
     @staticmethod
     def after_spike(p: Any, x: Mapping[str, Array], spike: Array, dt: float) -> dict[str, Array]:
         """The state after the step: the reset where ``spike`` (0/1, a blend
-        so that an undetached reset carries the spike's gradient) and any
-        event-only update (every step)."""
+        so that an undetached reset carries the spike's gradient), the
+        spike-triggered jumps and any event-only update (every step). Each
+        variable's update is differentiated through the spike as its
+        :attr:`StateVariable.on_spike` part's switch says: :func:`step`
+        calls this once per part when the switches differ and keeps each
+        variable from its own part's call."""
         raise NotImplementedError("a soma model defines after_spike")
 
     @staticmethod
@@ -650,11 +697,11 @@ class Soma(nnx.Module):
 
     @property
     def options(self) -> StepOptions:
-        """The dt, method, surrogate, reset detachment and exponential's backward
-        pass that :func:`step` needs
-        beside the parameters and the state."""
+        """The dt, method, surrogate, gradient switches and exponential's
+        backward pass that :func:`step` needs beside the parameters and the state."""
         return StepOptions(dt=self.dt, method=self.method, surrogate=self.config.surrogate,
                            detach_reset=self.config.detach_reset,
+                           detach_adaptation=self.config.detach_adaptation,
                            exp_gradient=self.config.exp_gradient)
 
     def neuron_state(self) -> dict[str, Array]:
@@ -813,6 +860,7 @@ class AdaptiveExponentialSoma(ExponentialSoma):
     state_variables = {**ExponentialSoma.state_variables, "adaptation": StateVariable("pA")}
     default_trainable = ExponentialSoma.default_trainable + (
         "adaptation_tau", "adaptation_delta", "adaptation_subthreshold")
+    adaptation_fields = ("adaptation_delta", "adaptation_subthreshold")
 
     @staticmethod
     def time_constants(p: Any) -> dict[str, Array]:
@@ -849,6 +897,7 @@ class SimplifiedAdaptiveExponentialSoma(RefractoryExponentialSoma):
     state_variables = {**RefractoryExponentialSoma.state_variables,
                        "threshold_offset": StateVariable("mV", integrated=False)}
     default_trainable = ExponentialSoma.default_trainable + ("threshold_tau", "threshold_delta")
+    adaptation_fields = ("threshold_delta",)
 
     @staticmethod
     def drives(p: Any, x: Mapping[str, Array], current: Array, stage: integrators.Stage,

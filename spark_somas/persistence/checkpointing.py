@@ -293,7 +293,8 @@ def _with_defaults(config_class: type, saved: Mapping[str, Any]) -> Mapping[str,
     since it was written, at their defaults (an older release's checkpoint
     compares as the config it meant); as saved if it does not parse."""
     try:
-        return config_class(**saved, __skip_validation__=True).to_dict()
+        return config_class(**config_class.upgrade_dict(saved),
+                            __skip_validation__=True).to_dict()
     except (TypeError, ValueError):
         return saved
 

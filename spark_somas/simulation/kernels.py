@@ -15,7 +15,7 @@ users hand it the steps that the scan runs: :func:`run` the soma's
 (a whole :class:`~spark_somas.training.network.SpikingNetwork` time step: Linear →
 soma → recurrent Linear → synapse → readout). The kernel bodies call that
 step (forward) and ``jax.vjp`` of it (backward), so the models, every
-surrogate, ``detach_reset``, every integration method and the numerics
+surrogate, the gradient switches, every integration method and the numerics
 guarantees of :mod:`spark_somas.dynamics.numerics` (capped exponential, wide
 arithmetic, saturated state and cotangents) are the scan's, by construction.
 ``custom_jvp``/``custom_vjp`` calls and
@@ -616,7 +616,7 @@ def run(
       params: config fields by name, each broadcastable to the state's shape.
       state: the initial state, all of shape ``(*batch, *units)``.
       currents: ``(T, *batch, *units)`` input current (pA).
-      options: dt, method, surrogate and reset detachment, as for ``step``.
+      options: dt, method, surrogate and gradient switches, as for ``step``.
       record: outputs to return per step: "spikes" and state names.
       segment: K, steps between checkpoints for the backward pass (None: 1).
       block: neurons per program (a power of two); None picks

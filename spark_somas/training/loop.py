@@ -404,13 +404,14 @@ class _Epochs:
     order :func:`epoch_order` (seed, e), in ``steps_per_epoch`` batches of
     ``batch_size`` (the last, incomplete one dropped), batch i with encoder
     key :func:`batch_key` (seed, e, i); on the device (one program,
-    :func:`train_epoch`) or from a Python loop over :func:`train_step`."""
+    :func:`train_epoch`) or from a Python loop over :func:`train_step`. With
+    ``fresh`` the training split of epoch e is ``data.draw_train(e, n)``."""
 
     def __init__(self, model: SpikingNetwork, optimizer: nnx.Optimizer, data: Dataset, *,
                  encoder: Encoder, objective: Objective, seed: int, batch_size: int,
-                 mesh: jax.sharding.Mesh | None, on_device: bool | None):
+                 mesh: jax.sharding.Mesh | None, on_device: bool | None, fresh: bool):
         self.model, self.optimizer, self.data = model, optimizer, data
-        self.encoder, self.objective, self.seed = encoder, objective, seed
+        self.encoder, self.objective, self.seed, self.fresh = encoder, objective, seed, fresh
         self.n = len(data.x_train)
         self.batch_size = min(batch_size, self.n)
         self.steps_per_epoch = self.n // self.batch_size
@@ -422,10 +423,22 @@ class _Epochs:
             sharding.replicate(model, mesh)
             sharding.replicate(optimizer, mesh)
             self.place = lambda batch: sharding.shard_batch(batch, mesh)  # noqa: E731
-        if on_device:
-            self.x, self.y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-        else:
+        if not on_device:
             self.step = nnx.cached_partial(train_step, model, optimizer)
+        self.split: tuple[int | None, tuple[Any, Any]] | None = None  # (epoch, its split)
+
+    def training_split(self, epoch: int) -> tuple[Any, Any]:
+        """Epoch ``epoch``'s training inputs and labels: the dataset's, or
+        the samples it draws for the epoch; on the device when epochs run
+        there (copied once, or once per epoch when fresh)."""
+        key = epoch if self.fresh else None
+        if self.split is None or self.split[0] != key:
+            x, y = (self.data.draw_train(epoch, self.n) if self.fresh
+                    else (self.data.x_train, self.data.y_train))
+            if self.on_device:
+                x, y = jnp.asarray(x), jnp.asarray(y)
+            self.split = (key, (x, y))
+        return self.split[1]
 
     def order(self, epoch: int) -> np.ndarray:
         """The sample indices of the epoch's batches, (steps_per_epoch, batch_size)."""
@@ -436,14 +449,15 @@ class _Epochs:
         """Trains epoch ``epoch``; each batch's metrics, stacked (K,).
         ``on_batch(index, metrics)`` follows each batch of the Python loop."""
         order = self.order(epoch)
+        x, y = self.training_split(epoch)
         if self.on_device:
             keys = jax.vmap(lambda i: batch_key(self.seed, epoch, i))(
                 jnp.arange(self.steps_per_epoch))
-            return train_epoch(self.model, self.optimizer, self.x, self.y, jnp.asarray(order),
+            return train_epoch(self.model, self.optimizer, x, y, jnp.asarray(order),
                                keys, encoder=self.encoder, objective=self.objective)
         batches = []
         for i, idx in enumerate(order):
-            metrics = self.step(*self.place((self.data.x_train[idx], self.data.y_train[idx])),
+            metrics = self.step(*self.place((x[idx], y[idx])),
                                 batch_key(self.seed, epoch, i), encoder=self.encoder,
                                 objective=self.objective)
             batches.append(metrics)
@@ -512,6 +526,7 @@ def fit(
     stop_on_nonfinite: bool = True,
     epoch_on_device: bool | None = None,
     callbacks: Sequence[Callback] | None = None,
+    fresh_data: bool = False,
 ) -> dict[str, list]:
     """Trains for epochs ``start_epoch`` … ``epochs − 1``; returns the history.
 
@@ -523,6 +538,12 @@ def fit(
     :func:`batch_key` (seed, e, i). So a run restored after epoch e and
     continued with ``start_epoch=e + 1`` and the saved history is the run
     that never stopped.
+
+    **Fresh data.** With ``fresh_data`` every epoch trains on new samples,
+    ``data.draw_train(e, n)`` (n: the training split's size), which a
+    generated task offers (the cue task, Randman): a pure function of its
+    seed and e, so a resumed run still equals the unbroken one. The test
+    split stays the same.
 
     **Epochs on the device.** With ``epoch_on_device`` True the training
     split is copied to the device once and each epoch is one compiled
@@ -580,11 +601,14 @@ def fit(
       NonFiniteGradientError: every batch of an epoch had a non-finite gradient.
     """
     _check_fit(model, data, encoder, epochs, batch_size, start_epoch)
+    require(not fresh_data or data.draw_train is not None, "fresh_data", fresh_data,
+            f"a dataset that draws new training samples ({data.name} has no draw_train)",
+            error=RuleError)
     require(not (epoch_on_device and mesh is not None), "epoch_on_device", epoch_on_device,
             "False with a mesh (a sharded run loops over batches in Python)", error=RuleError)
     callbacks = resolve_callbacks(callbacks, progress=progress, on_epoch_end=on_epoch_end)
     run = _Epochs(model, optimizer, data, encoder=encoder, objective=objective, seed=seed,
-                  batch_size=batch_size, mesh=mesh, on_device=epoch_on_device)
+                  batch_size=batch_size, mesh=mesh, on_device=epoch_on_device, fresh=fresh_data)
     state = FitState(model, optimizer, epochs, start_epoch, run.steps_per_epoch, run.on_device,
                      _continued(history, start_epoch))
     eval_key = jax.random.fold_in(jax.random.key(seed), 2**32 - 1)  # never an epoch

@@ -69,6 +69,10 @@ from spark_somas.models.somas import (AdaptiveExponentialSoma, SimplifiedAdaptiv
 __all__ = [
     "TRAINING_SURROGATE",
     "TRAINING_EXP_GRADIENT",
+    "TRAINING_DETACH_RESET",
+    "TRAINING_DETACH_ADAPTATION",
+    "TRAINING_FIELDS",
+    "plain_neurons",
     "NEURON_PARAMS",
     "HIDDEN",
     "trainable_neuron_params",
@@ -94,13 +98,55 @@ Array = jax.Array
 TRAINING_SURROGATE = surrogates_lib.Triangle(width=1.0, damping=0.3, relative=True)
 #: The backward pass of the exponential a network's somas train with by default.
 TRAINING_EXP_GRADIENT = "bounded"
+#: Whether a network's somas train with the reset's gradient cut (V ← V_r).
+TRAINING_DETACH_RESET = False
+#: Whether a network's somas train with the adaptation jumps' gradient cut
+#: (w ← w + b·s, θ ← θ + Δθ·s): kept, so BPTT reaches a spike seconds back.
+TRAINING_DETACH_ADAPTATION = False
 #: The NNX filter of a network's hidden layers (weights, and neuron
 #: parameters when trained), not its readout: ``make_optimizer(net,
 #: frozen=HIDDEN)`` trains the readout alone.
 HIDDEN = nnx.PathContains("layers")
 #: What an older release's network dict, which has no such keys, meant: the
-#: soma config's own surrogate and exponential gradient.
-_LEGACY_GRADIENTS = {"surrogate": None, "exp_gradient": None}
+#: soma config's own surrogate, exponential gradient and reset switch.
+_LEGACY_GRADIENTS = {"surrogate": None, "exp_gradient": None, "detach_reset": None}
+#: The gradient settings a layer gives its somas over their configs' own.
+TRAINING_FIELDS = ("surrogate", "exp_gradient", "detach_reset", "detach_adaptation")
+
+
+def _legacy(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A network or layer dict with the gradient settings it meant when it
+    was written before they were recorded: the soma config's own, and, for
+    a dict without ``detach_adaptation``, the adaptation jumps detached
+    exactly when the reset was (one switch cut both then)."""
+    if "detach_adaptation" in d:
+        return {**_LEGACY_GRADIENTS, **d}
+    kwargs = d.get("soma_kwargs") or {}
+    config = kwargs.get("config")
+    config = config if isinstance(config, Mapping) else vars(config) if config is not None else {}
+    reset = kwargs.get("detach_reset", config.get("detach_reset", True))
+    return {**_LEGACY_GRADIENTS, **d, "detach_adaptation": reset}
+
+
+def plain_neurons(soma_class: type[Soma], arguments: Mapping[str, Any], units: int,
+                  fraction: float) -> dict[str, np.ndarray]:
+    """Field overrides that leave the first round(fraction · units) somas of
+    a layer adaptive and make the others plain: each of the soma class's
+    ``adaptation_fields`` (AdEx: a, b; simplified: Δθ) per neuron, its
+    configured value for the adaptive somas and 0 for the rest (an AdEx
+    with a = b = 0 is an ExpIF; a simplified soma with Δθ = 0 a refractory
+    ExpIF). ``arguments`` are what the soma's constructor would receive."""
+    config = arguments.get("config") or soma_class.config_class()
+    adaptive = np.arange(units) < round(fraction * units)
+    out = {}
+    for name in soma_class.adaptation_fields:
+        value = arguments.get(name, getattr(config, name))
+        require(not callable(value), f"{name} with adaptive_fraction", value,
+                "numbers (an initializer draws after the plain somas are chosen)",
+                error=RuleError)
+        out[name] = np.where(adaptive, np.broadcast_to(np.asarray(value, np.float64), (units,)),
+                             0.0)
+    return out
 
 def trainable_neuron_params(soma_class: type[Soma]) -> tuple[str, ...]:
     """The fields trained when ``trainable_neurons=True``: the soma class's
@@ -228,6 +274,13 @@ class Layer:
       exp_gradient: the backward pass of the exponential term, one of
         ``spark_somas.dynamics.numerics.EXP_GRADIENTS``, :data:`TRAINING_EXP_GRADIENT`
         by default; None: the soma config's own.
+      detach_reset: cut the reset's gradient (True) or keep it (False),
+        :data:`TRAINING_DETACH_RESET` by default; None: the soma config's own.
+      detach_adaptation: cut the adaptation jumps' gradient,
+        :data:`TRAINING_DETACH_ADAPTATION` by default; None: the soma config's own.
+      adaptive_fraction: the share of the layer's somas that adapt; the
+        others have their model's adaptation fields at 0 (:func:`plain_neurons`),
+        as Bellec et al.'s (2018) mix of LIF and adaptive LIF neurons.
     """
 
     units: int
@@ -239,6 +292,9 @@ class Layer:
     soma_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     surrogate: surrogates_lib.Surrogate | str | Mapping[str, Any] | None = TRAINING_SURROGATE
     exp_gradient: str | None = TRAINING_EXP_GRADIENT
+    detach_reset: bool | None = TRAINING_DETACH_RESET
+    detach_adaptation: bool | None = TRAINING_DETACH_ADAPTATION
+    adaptive_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         cls = registry.soma_class(self.soma)
@@ -267,7 +323,17 @@ class Layer:
                 "0.1 ms)", error=RuleError)
         if isinstance(kwargs.get("config"), Mapping):
             kwargs["config"] = cls.config_class.from_dict(kwargs["config"])
-        for name in ("surrogate", "exp_gradient"):
+        for name in ("detach_reset", "detach_adaptation"):
+            require(getattr(self, name) is None or isinstance(getattr(self, name), bool), name,
+                    getattr(self, name), "None or a bool (True: no gradient through it)",
+                    error=RuleError)
+        fraction = as_number(self.adaptive_fraction, "adaptive_fraction", error=RuleError)
+        require(0.0 <= fraction <= 1.0, "adaptive_fraction", fraction, "0 ≤ adaptive_fraction ≤ 1",
+                error=RuleError)
+        require(fraction == 1.0 or cls.adaptation_fields, "adaptive_fraction", fraction,
+                f"1 for {cls.__name__}, which declares no adaptation_fields", error=RuleError)
+        object.__setattr__(self, "adaptive_fraction", fraction)
+        for name in TRAINING_FIELDS:
             require(name not in kwargs or getattr(self, name) is None, f"soma_kwargs[{name!r}]",
                     kwargs.get(name), f"not given while the layer's {name} is set (give it as "
                     f"the layer's or network's {name}=..., or set that to None)", error=RuleError)
@@ -295,14 +361,19 @@ class Layer:
     def from_dict(cls, d: Mapping[str, Any]) -> "Layer":
         """Inverse of :meth:`to_dict`. A dict of an older release, without
         ``surrogate`` and ``exp_gradient``, keeps the soma config's own, as it did."""
-        return cls(**{**_LEGACY_GRADIENTS, **d,
-                      "trainable_neurons": tuple(d.get("trainable_neurons", ()))})
+        return cls(**{**_legacy(d), "trainable_neurons": tuple(d.get("trainable_neurons", ()))})
 
     def soma_arguments(self) -> dict[str, Any]:
         """What the soma's constructor receives besides units, dt and trainable:
-        ``soma_kwargs`` and the surrogate and exponential gradient when set."""
-        return {**self.soma_kwargs, **{name: getattr(self, name) for name in
-                                       ("surrogate", "exp_gradient") if getattr(self, name) is not None}}
+        ``soma_kwargs``, the gradient settings that are set
+        (:data:`TRAINING_FIELDS`) and, with ``adaptive_fraction`` < 1, the
+        per-neuron adaptation fields of :func:`plain_neurons`."""
+        out = {**self.soma_kwargs, **{name: getattr(self, name) for name in TRAINING_FIELDS
+                                      if getattr(self, name) is not None}}
+        if self.adaptive_fraction < 1.0:
+            out |= plain_neurons(registry.soma_class(self.soma), out, self.units,
+                                 self.adaptive_fraction)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,6 +410,9 @@ class NetworkConfig:
     backend: str = "auto"
     surrogate: surrogates_lib.Surrogate | str | Mapping[str, Any] | None = TRAINING_SURROGATE
     exp_gradient: str | None = TRAINING_EXP_GRADIENT
+    detach_reset: bool | None = TRAINING_DETACH_RESET
+    detach_adaptation: bool | None = TRAINING_DETACH_ADAPTATION
+    adaptive_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         require(isinstance(self.remat, (bool, int, np.integer)) and (
@@ -380,24 +454,26 @@ class NetworkConfig:
                 for w in window), "readout_window", self.readout_window,
                 "None or (start, stop): steps as in a slice, ints or None", error=RuleError)
             object.__setattr__(self, "readout_window", window)
-        template = Layer(1, self.soma, self.recurrent, self.synapse_tau, self.trainable_neurons,
-                         self.input_gain, self.soma_kwargs, self.surrogate,
-                         self.exp_gradient)  # checks the network-wide fields
+        template = self._layer(1)  # checks the network-wide fields
         object.__setattr__(self, "soma", template.soma)
         object.__setattr__(self, "surrogate", template.surrogate)
         object.__setattr__(self, "trainable_neurons", template.trainable_neurons)
         object.__setattr__(self, "soma_kwargs", template.soma_kwargs)
+        object.__setattr__(self, "adaptive_fraction", template.adaptive_fraction)
 
     __hash__ = _value_hash
+
+    def _layer(self, units: int) -> Layer:
+        """A layer of ``units`` somas with the network-wide settings."""
+        return Layer(units, self.soma, self.recurrent, self.synapse_tau, self.trainable_neurons,
+                     self.input_gain, self.soma_kwargs, self.surrogate, self.exp_gradient,
+                     self.detach_reset, self.detach_adaptation, self.adaptive_fraction)
 
     @property
     def layers(self) -> tuple[Layer, ...]:
         """The hidden layers, int entries resolved with the network-wide settings."""
         entries = (self.hidden,) if isinstance(self.hidden, int) else self.hidden
-        return tuple(h if isinstance(h, Layer) else Layer(
-            h, self.soma, self.recurrent, self.synapse_tau, self.trainable_neurons,
-            self.input_gain, self.soma_kwargs, self.surrogate, self.exp_gradient)
-            for h in entries)
+        return tuple(h if isinstance(h, Layer) else self._layer(h) for h in entries)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values: tuples as lists, Layers and soma configs as their ``to_dict()``."""
@@ -424,8 +500,7 @@ class NetworkConfig:
         """Inverse of :meth:`to_dict`. A dict without the newer keys, from an
         older checkpoint, gives their defaults, except ``surrogate`` and
         ``exp_gradient``: their absence meant the soma config's own (None)."""
-        return cls(**{**_LEGACY_GRADIENTS, **d,
-                      "trainable_neurons": tuple(d.get("trainable_neurons", ()))})
+        return cls(**{**_legacy(d), "trainable_neurons": tuple(d.get("trainable_neurons", ()))})
 
 
 class HiddenLayer(nnx.Module):
@@ -580,6 +655,14 @@ class SpikingNetwork(nnx.Module):
         default (None: the soma config's own).
       exp_gradient: every soma layer's backward pass of the exponential term,
         :data:`TRAINING_EXP_GRADIENT` by default (None: the soma config's own).
+      detach_reset: every soma layer's reset switch, :data:`TRAINING_DETACH_RESET`
+        by default (None: the soma config's own).
+      detach_adaptation: every soma layer's adaptation switch,
+        :data:`TRAINING_DETACH_ADAPTATION` by default (None: the soma config's own).
+        Cutting it leaves a network no gradient path across a delay longer
+        than τ_m (docs: "Training over long sequences").
+      adaptive_fraction: the share of each hidden layer's somas that adapt
+        (the first ones); the others are plain (:func:`plain_neurons`).
       config: a :class:`NetworkConfig` to build instead of the arguments
         above, which then keep their defaults: ``SpikingNetwork(config=cfg,
         rngs=...)``, as :meth:`from_config` and :meth:`NetworkConfig.build`;
@@ -608,6 +691,9 @@ class SpikingNetwork(nnx.Module):
         backend: str = "auto",
         surrogate: surrogates_lib.Surrogate | str | Mapping[str, Any] | None = TRAINING_SURROGATE,
         exp_gradient: str | None = TRAINING_EXP_GRADIENT,
+        detach_reset: bool | None = TRAINING_DETACH_RESET,
+        detach_adaptation: bool | None = TRAINING_DETACH_ADAPTATION,
+        adaptive_fraction: float = 1.0,
         config: NetworkConfig | None = None,
         rngs: nnx.Rngs,
     ):

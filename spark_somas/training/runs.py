@@ -32,9 +32,11 @@ from spark_somas.models.configs import require
 from spark_somas.errors import RuleError, SparkSomasError, violation
 from spark_somas.data.datasets import TASKS, Dataset
 from spark_somas.training.encoders import Encoder
+from spark_somas.training.objectives import Objective
 from spark_somas.data.events import EVENT_DATASETS
-from spark_somas.training.network import (HIDDEN, TRAINING_EXP_GRADIENT, TRAINING_SURROGATE,
-                                          NetworkConfig)
+from spark_somas.training.network import (HIDDEN, TRAINING_DETACH_ADAPTATION,
+                                          TRAINING_DETACH_RESET, TRAINING_EXP_GRADIENT,
+                                          TRAINING_SURROGATE, NetworkConfig)
 from spark_somas.data.tasks import EvidenceAccumulation
 
 __all__ = ["Recipe", "RECIPES", "FILE_TASKS", "RunConfig", "Built", "train", "TrainResult",
@@ -45,12 +47,23 @@ __all__ = ["Recipe", "RECIPES", "FILE_TASKS", "RunConfig", "Built", "train", "Tr
 class Recipe:
     """A task's settings: encoder kind, time steps T (dt = 1 ms; None: set
     by the task's data), and the network's input gain and synapse τ_s (ms,
-    None: no synapse)."""
+    None: no synapse); ``run`` the :class:`RunConfig` fields it sets where
+    the run leaves them None (the others: :data:`RUN_DEFAULTS`), and
+    ``soma_option`` / ``data_option`` the entries it adds where the run
+    does not give the same key (a soma field only for a soma that has it)."""
 
     encoder: str
     steps: int | None
     input_gain: float
     synapse_tau: float | None
+    run: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    soma_option: tuple[tuple[str, float], ...] = ()
+    data_option: tuple[tuple[str, float], ...] = ()
+
+
+#: What a run that leaves these fields None gets, unless its task's recipe says otherwise.
+RUN_DEFAULTS: Mapping[str, Any] = {"epochs": 30, "lr": 5e-3, "hidden": 256, "recurrent": False,
+                                   "fresh_data": False, "rate_strength": 0.0}
 
 
 #: Per-task recipe (the measured results are on the docs page "Training
@@ -58,13 +71,22 @@ class Recipe:
 #: currents, no synapse. Spike data (Randman, SHD/SSC bins, the cue task's
 #: Bernoulli spikes): one-step inputs, which need the charge of a 5 ms
 #: synapse and gain 3. SHD/SSC: 100 bins (14 ms for SHD, 10 ms for SSC),
-#: one network step of dt = 1 ms each. Cues: the trial's own length.
+#: one network step of dt = 1 ms each. Cues: the trial's own length; a
+#: recurrent layer of 64 somas trained end to end on new trials every epoch
+#: (12 epochs of 12 updates, Adam 10^-2), adaptation as slow as the task
+#: (τ_w = τ_θ = 2 s, Bellec et al.'s 2018 τ_a), cues of 50 ms 25 ms apart,
+#: and a rate regulariser (strength 0.5, 10 Hz) that keeps every soma kind
+#: firing: without it the plain ExpIF layer falls silent (0.3 Hz).
 RECIPES: dict[str, Recipe] = {
     "digits": Recipe("current", 25, 1.0, None),
     "randman": Recipe("spikes", 50, 3.0, 5.0),
     "shd": Recipe("spikes", 100, 3.0, 5.0),
     "ssc": Recipe("spikes", 100, 3.0, 5.0),
-    "cues": Recipe("spikes", None, 3.0, 5.0),
+    "cues": Recipe("spikes", None, 3.0, 5.0,
+                   run={"epochs": 12, "lr": 1e-2, "hidden": 64, "recurrent": True,
+                        "fresh_data": True, "rate_strength": 0.5},
+                   soma_option=(("adaptation_tau", 2000.0), ("threshold_tau", 2000.0)),
+                   data_option=(("cue_ms", 50.0), ("gap_ms", 25.0))),
 }
 
 #: What ``RunConfig.frozen`` may name: the NNX filter of the parameters that do not learn.
@@ -72,6 +94,8 @@ FROZEN = {"none": None, "hidden": HIDDEN}
 
 #: Tasks read from files in ``RunConfig.data_dir``.
 FILE_TASKS = ("shd", "ssc")
+#: Generated tasks that can draw new training samples every epoch (``fresh_data``).
+FRESH_TASKS = ("cues", "randman")
 
 
 def option(default: Any, help: str, *, positive: bool = False, choices: Any = None,
@@ -131,10 +155,13 @@ class RunConfig:
 
     soma: str = option("adex", "hidden soma model", choices=lambda: sorted(registry.SOMAS))
     task: str = option("digits", "the task", choices=lambda: sorted(TASKS))
-    epochs: int = option(30, "epochs", positive=True)
+    epochs: int | None = option(None, "epochs (default: the task's recipe, 30 for most)",
+                                positive=True)
     batch_size: int = option(64, "batch size", positive=True)
-    lr: float = option(5e-3, "peak Adam learning rate (cosine decay to 0)", positive=True)
-    hidden: int = option(256, "hidden somas per layer", positive=True)
+    lr: float | None = option(None, "peak Adam learning rate, cosine decay to 0 (default: the "
+                              "task's recipe, 5e-3 for most)", positive=True)
+    hidden: int | None = option(None, "hidden somas per layer (default: the task's recipe, 256 "
+                                "for most)", positive=True)
     depth: int = option(1, "hidden layers, each of --hidden somas", positive=True)
     steps: int | None = option(None, "time steps of dt = 1 ms (default: the task's recipe; "
                                "shd/ssc: bins; cues: set by the trial's timing)", positive=True)
@@ -151,7 +178,8 @@ class RunConfig:
         "threshold_tau=1000; see the soma configs", metavar="KEY=VALUE")
     encoder: str | None = option(None, "input code for digits (default: the recipe's)",
                                  choices=("current", "poisson", "latency"))
-    recurrent: bool = option(False, "recurrent hidden layer")
+    recurrent: bool | None = option(None, "recurrent hidden layer (default: the task's recipe; "
+                                    "cues: recurrent)")
     input_gain: float | None = option(
         None, "input weights' scale, in units of the somas' rheobase current (default: the "
         "task's recipe)", positive=True)
@@ -177,8 +205,27 @@ class RunConfig:
         TRAINING_EXP_GRADIENT, "backward pass of the exponential term: exact, bounded (its "
         "slope held at its value at V_T beyond V_T) or detached",
         choices=numerics.EXP_GRADIENTS)
+    detach_reset: bool = option(
+        TRAINING_DETACH_RESET, "cut the gradient through the reset V <- V_r at each spike")
+    detach_adaptation: bool = option(
+        TRAINING_DETACH_ADAPTATION, "cut the gradient through the adaptation jumps w <- w + b, "
+        "theta <- theta + delta at each spike (then no gradient crosses a delay of seconds)")
+    adaptive_fraction: float = option(
+        1.0, "share of each hidden layer's somas that adapt (the others have a = b = 0 or "
+        "theta delta = 0), 0 ... 1")
+    fresh_data: bool | None = option(
+        None, "draw new training trials every epoch (cues, randman), seeded by --data-seed and "
+        "the epoch, so a resumed run draws what the unbroken one would (default: the task's "
+        "recipe; cues: new trials)")
+    rate_hz: float = option(10.0, "target firing rate (Hz) of the rate regulariser",
+                            positive=True)
+    rate_strength: float | None = option(
+        None, "weight of the rate regulariser mean_n ((r_n - r*)/r*)^2 on every hidden soma, "
+        "which keeps each soma kind firing (default: the task's recipe; 0 for most)")
+    recipe_options: dataclasses.InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, recipe_options: bool) -> None:
+        self._apply_recipe(recipe_options)
         hints = typing.get_type_hints(RunConfig)
         for field in dataclasses.fields(self):
             _check_field(field, hints[field.name], getattr(self, field.name))
@@ -203,6 +250,30 @@ class RunConfig:
         require(self.exp_gradient is None or self.exp_gradient in numerics.EXP_GRADIENTS,
                 "exp_gradient", self.exp_gradient, f"one of {numerics.EXP_GRADIENTS}",
                 error=RuleError)
+        require(0.0 <= self.adaptive_fraction <= 1.0, "adaptive_fraction",
+                self.adaptive_fraction, "0 ≤ adaptive_fraction ≤ 1", error=RuleError)
+        require(not self.fresh_data or self.task in FRESH_TASKS, "fresh_data", self.fresh_data,
+                f"only for a generated task, one of {FRESH_TASKS}", error=RuleError)
+
+    def _apply_recipe(self, options: bool) -> None:
+        """Fields left None take the task's recipe's value (or
+        :data:`RUN_DEFAULTS`); with ``options``, the recipe's soma and data
+        options are added under the run's own."""
+        recipe = RECIPES.get(self.task)
+        if recipe is None:
+            return  # an unknown task: refused by name below
+        for name, value in {**RUN_DEFAULTS, **recipe.run}.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if not options:
+            return
+        cls = registry.SOMAS.get(self.soma)
+        fields = ({f.name for f in cls.config_class.quantity_fields()} if cls else set())
+        for name, pairs in (("soma_option", [kv for kv in recipe.soma_option if kv[0] in fields]),
+                            ("data_option", recipe.data_option)):
+            given = tuple(tuple(kv) for kv in getattr(self, name))
+            keys = {kv[0] for kv in given if isinstance(kv, (list, tuple)) and kv}
+            object.__setattr__(self, name, tuple(kv for kv in pairs if kv[0] not in keys) + given)
 
     @property
     def recipe(self) -> Recipe:
@@ -227,6 +298,11 @@ class RunConfig:
         names = {f.name for f in dataclasses.fields(EvidenceAccumulation)}
         return EvidenceAccumulation(**{k: v for k, v in self.data_option if k in names})
 
+    def objective(self) -> Objective:
+        """The loss: cross-entropy plus ``rate_strength`` × the rate
+        regulariser towards ``rate_hz`` on every hidden layer."""
+        return Objective(rate_target_hz=self.rate_hz, rate_strength=self.rate_strength)
+
     def make_encoder(self, data: Dataset) -> Encoder:
         """Spike data pass through (T: the data's); static data take
         ``encoder`` or the recipe's."""
@@ -248,7 +324,9 @@ class RunConfig:
                              soma_kwargs=dict(self.soma_option),
                              surrogate=(None if self.surrogate is None
                                         else surrogates_lib.from_spec(self.surrogate)),
-                             exp_gradient=self.exp_gradient)
+                             exp_gradient=self.exp_gradient, detach_reset=self.detach_reset,
+                             detach_adaptation=self.detach_adaptation,
+                             adaptive_fraction=self.adaptive_fraction)
 
     def build(self, data: Dataset | None = None) -> Built:
         """The run's data (loaded by its task's loader unless given), encoder,
@@ -272,14 +350,17 @@ class RunConfig:
 
     def command(self) -> str:
         """The ``spark-somas train`` command line of this run (options that
-        differ from their defaults)."""
+        differ from what the task's recipe gives by default)."""
         words = ["spark-somas", "train"]
+        base = RunConfig(soma=self.soma, task=self.task, data_dir=self.data_dir)
         for f in dataclasses.fields(self):
             value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
-            if value == f.default:
+            default = f.default if f.name in ("soma", "task", "data_dir") else getattr(base, f.name)
+            if value == default:
                 continue
             if f.name in ("data_option", "soma_option"):
-                words += [w for k, v in value for w in (flag, f"{k}={v:g}")]
+                words += [w for k, v in value if (k, v) not in getattr(base, f.name)
+                          for w in (flag, f"{k}={v:g}")]
             elif isinstance(value, bool):
                 words.append(flag if value else "--no-" + flag[2:])
             else:
@@ -294,8 +375,12 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
         """Inverse of :meth:`to_dict` (keys added since, missing from an older
-        run's dict, take their defaults, except ``surrogate`` and
-        ``exp_gradient``: an older run trained with the soma config's own, None). Unknown keys (a run saved by a
+        run's dict, take their defaults, except what an older run meant by
+        their absence: ``surrogate`` and ``exp_gradient`` None, the soma
+        config's own; ``detach_reset`` and ``detach_adaptation`` True, both
+        cut, as one switch did then; no fresh data). The saved soma and
+        data options are the whole of them: a recipe's are not added again.
+        Unknown keys (a run saved by a
         newer version) and values that break a field's rule raise
         ``ValueError`` naming them."""
         require(isinstance(d, Mapping), "run", d, "a dict of RunConfig fields", error=RuleError)
@@ -303,7 +388,12 @@ class RunConfig:
         unknown = sorted(set(d) - names)
         require(not unknown, "run", unknown, f"only RunConfig fields, {sorted(names)} "
                 "(the run was saved by another version?)", error=RuleError)
-        return cls(**{"surrogate": None, "exp_gradient": None, **d})
+        if "fresh_data" in d:
+            return cls(**d, recipe_options=False)
+        # Written before the recipes set options: the run as it was then.
+        return cls(**{"surrogate": None, "exp_gradient": None, "detach_reset": True,
+                      "detach_adaptation": True, "fresh_data": False, "rate_strength": 0.0,
+                      **d}, recipe_options=False)
 
 
 # --- Running one: what ``spark-somas train`` does, as a function -----------------------------
@@ -546,7 +636,8 @@ def train(run: RunConfig, out_dir: str = "out", *, checkpoint_dir: str | None = 
         history = fit(built.model, built.optimizer, data, encoder=built.encoder,
                       epochs=run.epochs, batch_size=min(run.batch_size, len(data.x_train)),
                       seed=run.seed, start_epoch=start_epoch, history=history,
-                      epoch_on_device=epoch_on_device, callbacks=[*hooks, *callbacks])
+                      epoch_on_device=epoch_on_device, callbacks=[*hooks, *callbacks],
+                      fresh_data=run.fresh_data, objective=run.objective())
     finally:
         for close in closers:  # the pending save committed: the last epoch is complete
             close()
