@@ -24,6 +24,7 @@ from spark_somas.data.tasks import EvidenceAccumulation
 from spark_somas.models import configs
 from spark_somas.models.somas import Soma, StateVariable
 from spark_somas.training import network as network_lib
+from spark_somas.training.diagnostics import input_gradient_by_step, input_weight_gradients
 from spark_somas.training.network import Layer, NetworkConfig, SpikingNetwork, plain_neurons
 from spark_somas.training.runs import RunConfig
 
@@ -158,15 +159,8 @@ def cue_channel_gradient(kind: str, delay_ms: float, reset: bool, adaptation: bo
                          detach_reset=reset, detach_adaptation=adaptation,
                          soma_kwargs={"adaptation_tau": 2000.0} if kind == "adex"
                          else {"threshold_tau": 2000.0}, rngs=nnx.Rngs(0))
-    xs = jnp.asarray(np.swapaxes(x, 0, 1))  # (T, B, F)
-
-    def loss(net):
-        logits = net(xs).logits
-        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
-
-    grads = nnx.grad(loss)(net)
-    cue = slice(0, 2 * task.population)
-    return float(jnp.linalg.norm(grads["layers"][0]["input"]["kernel"][...][cue]))
+    per_channel = input_weight_gradients(net, np.swapaxes(x, 0, 1), jnp.asarray(y))
+    return float(jnp.linalg.norm(per_channel[:2 * task.population]))
 
 
 # AdEx's subthreshold coupling a·(V − E_L) leaks some gradient into w even
@@ -246,3 +240,25 @@ def test_adaptive_fraction_is_refused_outside_its_rule():
         NetworkConfig(4, 3, 2, soma="expif", adaptive_fraction=0.5)
     with pytest.raises(ValueError, match="adaptive_fraction"):
         RunConfig(task="cues", adaptive_fraction=-0.1)
+
+
+def test_the_gradient_by_step_reaches_the_cues_only_through_the_jump():
+    """‖∂L/∂x_t‖ during the cue period, 500 ms before the recall: the
+    simplified soma's θ carries it; cut, nothing reaches that far."""
+    task = EvidenceAccumulation(delay_ms=500.0, cue_ms=50.0, gap_ms=25.0)
+    x, y, _ = task.trials(4, seed=1)
+    norms = {}
+    for adaptation in (False, True):
+        net = SpikingNetwork(task.n_inputs, 16, 2, soma="simplified", recurrent=True,
+                             synapse_tau=5.0, input_gain=3.0,
+                             readout_window=(-task.recall_steps, None),
+                             detach_adaptation=adaptation, soma_kwargs={"threshold_tau": 2000.0},
+                             rngs=nnx.Rngs(0))
+        before = jax.tree.map(np.asarray, nnx.state(net))
+        g = np.asarray(input_gradient_by_step(net, np.swapaxes(x, 0, 1), jnp.asarray(y)))
+        assert g.shape == (task.steps,) and np.isfinite(g).all()
+        jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray,
+                                                                         nnx.state(net)))
+        norms[adaptation] = g[:task.cue_period_steps].max()
+        assert g[task.recall_start:].max() > 0  # the recall itself is always reached
+    assert norms[False] > 1e-6 and norms[True] < 1e-6 * norms[False]
