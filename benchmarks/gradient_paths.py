@@ -2,7 +2,9 @@
 
 The cue task's networks (the ``spark-somas train --task cues`` recipe: 64
 recurrent somas, τ_w = τ_θ = 2 s, untrained, seed 0) run 16 test trials;
-L is the cross-entropy read over the 150 ms recall period. For each soma
+L is the cross-entropy read over the 150 ms recall period (the task loss
+alone: the recipe's rate regulariser, which reads every step, would reach
+the cues directly). For each soma
 kind and each combination of the two gradient switches (the reset's,
 ``detach_reset``; the adaptation jumps', ``detach_adaptation``) this
 measures, with :mod:`spark_somas.training.diagnostics`:
@@ -64,11 +66,11 @@ def main() -> None:
         for label, switches in SWITCHES.items():
             model, x, y, run = network_and_trials(soma, args.delay, switches, args.trials)
             task = run.cue_task()
-            g = np.asarray(input_gradient_by_step(model, x, y, objective=run.objective()))
+            g = np.asarray(input_gradient_by_step(model, x, y))
             by_step[f"{soma}: {label}"] = g.tolist()
             for delay in args.delays:
                 model, x, y, _ = network_and_trials(soma, delay, switches, args.trials)
-                per_channel = input_weight_gradients(model, x, y, objective=run.objective())
+                per_channel = input_weight_gradients(model, x, y)
                 norm = float(jnp.linalg.norm(per_channel[:2 * task.population]))
                 cue.append({"soma": soma, "switches": label, "delay_ms": delay,
                             "cue_weight_gradient": norm})
