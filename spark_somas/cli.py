@@ -30,9 +30,12 @@ history=extra["history"])`` (``runs.train(..., resume=True)``): data order and n
 (seed, epoch), so the resumed run is the run that never stopped. A run
 option given on resume must keep its saved value, except ``--epochs``, which
 extends the run (the cosine schedule is then the longer run's). SIGINT and
-SIGTERM stop training with one line naming the ``--resume`` command, exit
-status 130 and 143.
-* ``spark-somas checkpoints D`` — the steps saved in D with their metrics.
+SIGTERM stop training at its next safe point (after a batch, or after an
+epoch's save is handed to the writer), commit the save in progress, and end
+with one line naming the epochs saved and the ``--resume`` command, exit
+status 130 and 143; a second signal ends the process at once.
+* ``spark-somas checkpoints D`` — the steps saved in D with their metrics
+  (a step left incomplete is skipped, with a warning line naming it).
 
 User errors end the command with one line on stderr naming the option and
 the rule it breaks, and no traceback: exit status 2 for an option value the
@@ -53,8 +56,9 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import warnings
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from spark_somas.errors import OutOfMemoryError, SparkSomasError, violation
 
@@ -214,28 +218,29 @@ _OPTION_NAMES = {"out_dir": "--out", "checkpoint_dir": "--checkpoint-dir",
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Parses the options into a run and calls :func:`spark_somas.training.runs.train`."""
+    """Parses the options into a run and calls :func:`spark_somas.training.runs.train`;
+    SIGINT and SIGTERM stop it at a safe point (:func:`_stop_on_signals`)."""
     from spark_somas.persistence.checkpointing import CheckpointNotWritableError
     from spark_somas.training import runs
+    from spark_somas.training.callbacks import StopOnRequest
 
-    run = _train_run(args)
-    stopped = None
-    try:
-        with _stop_on_signals():
+    with _stop_on_signals() as signals:
+        try:
+            run = _train_run(args)
+            signals.check()
             result = runs.train(
                 run, args.out, checkpoint_dir=args.checkpoint_dir, resume=bool(args.resume),
                 keep_last=args.keep_last, keep_best=args.keep_best, tensorboard=args.tensorboard,
                 download=args.download, epoch_on_device=args.epoch_on_device,
                 progress=args.progress, names=_OPTION_NAMES,
+                callbacks=[StopOnRequest(signals.requested, signals.stopped)],
                 echo=lambda line: print(f"spark-somas train: {line}", flush=True))
-    except Stopped as stop:
-        stopped = stop
-    except CheckpointNotWritableError as err:  # a full disk: what is kept, and how to go on
-        raise CommandError(f"{err}; {_saved(args.checkpoint_dir)}") from None
-    if stopped is not None:
-        print(f"spark-somas train: stopped by {stopped.name}; {_saved(args.checkpoint_dir)}",
-              file=sys.stderr)
-        return 128 + stopped.signum
+        except Stopped as stop:
+            print(f"spark-somas train: stopped by {stop.name}; {_saved(args.checkpoint_dir)}",
+                  file=sys.stderr)
+            return 128 + stop.signum
+        except CheckpointNotWritableError as err:  # a full disk: what is kept, and how to go on
+            raise CommandError(f"{err}; {_saved(args.checkpoint_dir)}") from None
     _report(result, args.tensorboard)
     return 0
 
@@ -272,14 +277,17 @@ def _train_run(args: argparse.Namespace) -> "RunConfig":
 
 
 def _saved(checkpoint_dir: str | None) -> str:
-    """Which epochs a stopped run left in ``checkpoint_dir``, and how to continue."""
+    """Which epochs a stopped run left in ``checkpoint_dir`` — those whose
+    step reads back complete —, and how to continue."""
     from spark_somas.persistence.checkpointing import CheckpointError, Checkpointer
 
     steps: list[int] = []
     if checkpoint_dir and os.path.isdir(checkpoint_dir):
         try:
-            with Checkpointer(checkpoint_dir, read_only=True) as ckpt:
-                steps = sorted(ckpt.all_steps())
+            with warnings.catch_warnings():  # a step left incomplete is not named as saved
+                warnings.simplefilter("ignore")
+                with Checkpointer(checkpoint_dir, read_only=True) as ckpt:
+                    steps = [info.step for info in ckpt.list()]
         except CheckpointError:
             pass
     if steps:
@@ -350,26 +358,57 @@ def _resumed_run(args: argparse.Namespace, resumed: "SavedRun") -> "RunConfig":
 
 
 class Stopped(BaseException):
-    """SIGINT (Ctrl-C) or SIGTERM arrived while training. A BaseException,
-    as KeyboardInterrupt: no handler of ordinary errors on the way up (a
-    save's, say) may take it for one."""
+    """SIGINT (Ctrl-C) or SIGTERM arrived while training, and training
+    stopped at a safe point. A BaseException, as KeyboardInterrupt: no
+    handler of ordinary errors on the way up (a save's, say) may take it
+    for one."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.name = signum, signal.Signals(signum).name
 
 
-@contextlib.contextmanager
-def _stop_on_signals():
-    """Turns SIGINT and SIGTERM into :class:`Stopped` in the main thread
-    (the epoch under way is abandoned; saved epochs stay as they are), and
-    restores the previous handlers afterwards."""
-    def handler(signum, frame):
-        raise Stopped(signum)
+class _Signals:
+    """SIGINT and SIGTERM as a request to stop: the handler only records
+    the first signal and sets :attr:`requested`, which training reads at its
+    safe points (:class:`~spark_somas.training.callbacks.StopOnRequest`) —
+    it never raises inside whatever code runs when the signal lands (a
+    save, the deletion of an old step, a garbage-collection callback of
+    JAX, where an exception is printed and lost). A second signal ends the
+    process at once by the signal's default action, for when waiting is
+    not wanted (as ``kill -9`` would: committed epochs stay intact)."""
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.requested.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        self.requested.set()
+
+    def stopped(self) -> Stopped:
+        """The exception a safe point raises for the signal received."""
+        return Stopped(self.signum)
+
+    def check(self) -> None:
+        """Raises :class:`Stopped` at a safe point outside training, when a signal came."""
+        if self.requested.is_set():
+            raise self.stopped()
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_Signals]:
+    """Handles SIGINT and SIGTERM by :class:`_Signals` in the block (the
+    epoch under way is abandoned at its next safe point; saves in progress
+    are committed) and restores the previous handlers afterwards."""
+    signals = _Signals()
+    previous = {sig: signal.signal(sig, signals.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield signals
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

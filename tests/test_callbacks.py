@@ -10,7 +10,7 @@ from flax import nnx
 
 from spark_somas import checkpointing, training as tr
 from spark_somas.callbacks import (Callback, Checkpoint, EarlyStopping, Logger, ProgressBar,
-                                   default_callbacks, resolve_callbacks)
+                                   StopOnRequest, default_callbacks, resolve_callbacks)
 from spark_somas.datasets import Dataset
 
 FEATURES, CLASSES, N, BATCH = 6, 3, 24, 8
@@ -193,3 +193,46 @@ def test_a_diverging_loss_raises_before_the_epoch_hooks_and_the_fit_end_hook_sti
                objective=tr.Objective(), stop_on_nonfinite=True)
     kinds = [c[0] for c in recorder.calls]
     assert kinds[0] == "start" and kinds[-1] == "end" and "epoch" not in kinds
+
+
+class Asked(BaseException):
+    """What StopOnRequest raises in these tests."""
+
+
+class AskAt(Recorder):
+    """Sets ``requested`` after the given batch (or the given epoch's end), as
+    a signal handler or another thread would, and does nothing else."""
+
+    def __init__(self, requested, batch=None, epoch=None):
+        super().__init__()
+        self.requested, self.batch, self.epoch = requested, batch, epoch
+
+    def on_batch_end(self, fit, epoch, index, metrics):
+        super().on_batch_end(fit, epoch, index, metrics)
+        if (epoch, index) == self.batch:
+            self.requested.set()
+
+    def on_epoch_end(self, fit, epoch, history):
+        super().on_epoch_end(fit, epoch, history)
+        if epoch == self.epoch:
+            self.requested.set()
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_a_stop_request_ends_fit_at_the_next_safe_point_after_every_hook(on_device):
+    """A request during epoch 1 stops after its batch (Python loop) or after
+    its end, once every callback before has seen it; the fit-end hooks run;
+    one during the last epoch's end lets fit finish."""
+    import threading
+
+    requested = threading.Event()
+    asker = AskAt(requested, batch=None if on_device else (1, 0), epoch=1 if on_device else None)
+    with pytest.raises(Asked):
+        train(epochs=3, callbacks=[asker, StopOnRequest(requested, Asked)],
+              epoch_on_device=on_device)
+    kinds = [c[:2] for c in asker.calls]
+    assert kinds[-2:] == ([("epoch", 1), ("end",)] if on_device else [("batch", 1), ("end",)])
+    last = threading.Event()
+    _, history = train(epochs=2, callbacks=[AskAt(last, epoch=1), StopOnRequest(last, Asked)],
+                       epoch_on_device=True)
+    assert last.is_set() and history["epoch"] == [1, 2]

@@ -341,6 +341,132 @@ def test_max_to_keep_keeps_the_newest_and_the_best(tmp_path):
         assert ckpt.all_steps() == [6]
 
 
+def test_steps_saved_without_a_best_metric_are_kept_only_as_the_newest(tmp_path):
+    """A step saved without metrics (no best_metric then), or ranked but not
+    kept (keep_best=0), is cleaned by a later Checkpointer that keeps the best."""
+    soma = ss.ExponentialSoma(units=2)
+    with ck.Checkpointer(tmp_path / "a", async_save=False) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, soma, metrics={"loss": float(step)})
+    with ck.Checkpointer(tmp_path / "a", max_to_keep=1, best_metric="loss") as ckpt:
+        ckpt.save(4, soma, metrics={"loss": 9.0})
+    assert ck.Checkpointer(tmp_path / "a", read_only=True).all_steps() == [4]
+    with ck.Checkpointer(tmp_path / "b", best_metric="loss", keep_best=0) as ckpt:
+        for step, loss in ((1, 2.0), (2, 1.0), (3, 3.0)):
+            ckpt.save(step, soma, metrics={"loss": loss})
+    with ck.Checkpointer(tmp_path / "b", max_to_keep=1, best_metric="loss") as ckpt:
+        ckpt.save(4, soma, metrics={"loss": 9.0})
+    assert ck.Checkpointer(tmp_path / "b", read_only=True).all_steps() == [2, 4]  # best, newest
+
+
+def test_save_refuses_a_soma_trained_outside_its_rules_and_writes_nothing(tmp_path):
+    """A plain nnx.Optimizer moves V_th below V_T, which restore and load
+    refuse: save refuses it first, naming the field, the value, the rule and
+    the fix; the constraint projection of make_optimizer keeps it savable."""
+    import optax
+
+    from spark_somas.errors import RuleError
+    from spark_somas.training import make_optimizer
+
+    def trained(optimizer_of):
+        model = ss.AdaptiveExponentialSoma(units=2, trainable=("threshold",))
+        optimizer = optimizer_of(model)
+        grads = jax.tree.map(lambda p: jnp.full_like(p, 1.0), nnx.state(model, nnx.Param))
+        optimizer.update(model, grads)  # one Adam step of 50 mV down, below V_r
+        return model
+
+    model = trained(lambda m: nnx.Optimizer(m, optax.adam(50.0), wrt=nnx.Param))
+    with ck.Checkpointer(tmp_path / "plain") as ckpt:
+        with pytest.raises(RuleError, match=r"cannot save step 1 to .*plain: soma '.' holds "
+                           r"values that restore and load would refuse: .* violates the rule: "
+                           r".*threshold = .* mV; train with "
+                           r"spark_somas.training.make_optimizer"):
+            ckpt.save(1, model)
+        assert ckpt.all_steps() == []
+    assert os.listdir(tmp_path / "plain") == []
+    model = trained(lambda m: make_optimizer(m, 50.0))
+    with ck.Checkpointer(tmp_path / "projected") as ckpt:
+        ckpt.save(1, model)
+    chex.assert_trees_all_equal(nnx.state(ck.load(tmp_path / "projected"), nnx.Param),
+                                nnx.state(model, nnx.Param))
+
+
+def test_listing_skips_a_step_without_its_metadata_and_names_it(tmp_path, capsys):
+    """What a deletion cut short leaves (a step directory whose metadata is
+    gone) hides no other step: describe and spark-somas checkpoints skip it
+    with a warning naming it; reading it says it is incomplete."""
+    from spark_somas import cli
+
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, ss.ExponentialSoma(units=2), metrics={"loss": float(step)})
+    shutil.rmtree(tmp_path / "1" / "metadata")
+    with pytest.warns(ck.IncompleteStepWarning, match=r"step 1 .* corrupted or incomplete: "
+                                                      r"cannot read its metadata .* step 1 is "
+                                                      r"skipped"):
+        assert [info.step for info in ck.describe(tmp_path)] == [2, 3]
+    with pytest.raises(ck.CheckpointCorruptError, match="step 1 .* corrupted or incomplete"):
+        ck.load(tmp_path, 1)
+    capsys.readouterr()
+    assert cli.main(["checkpoints", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == ["step", "2", "3"]
+    (line,) = err.splitlines()
+    assert line.startswith("spark-somas checkpoints: warning: checkpoint step 1 ") and \
+        line.endswith("step 1 is skipped"), line
+
+
+RETENTION_CUT_SHORT = """
+import os, sys
+import spark_somas as ss
+from spark_somas import checkpointing as ck
+
+unlink = os.unlink
+def unlink_then_die(path, *args, **kwargs):  # killed right after a step's metadata file goes
+    unlink(path, *args, **kwargs)
+    if os.path.basename(os.fsdecode(path)) == "metadata":
+        os._exit(3)
+with ck.Checkpointer(sys.argv[1], async_save=False) as ckpt:
+    ckpt.save(1, ss.ExponentialSoma(units=2))
+os.unlink = unlink_then_die
+with ck.Checkpointer(sys.argv[1], max_to_keep=1, async_save=False) as ckpt:
+    ckpt.save(2, ss.ExponentialSoma(units=2))
+"""
+
+
+def test_a_retention_deletion_cut_short_leaves_no_listed_step_without_metadata(tmp_path):
+    """Retention moves a step away by one rename before removing its files:
+    a process killed while they are removed leaves only complete steps listed,
+    and the next writer removes the rest."""
+    import warnings
+
+    proc = subprocess.run([sys.executable, "-c", RETENTION_CUT_SHORT, str(tmp_path)],
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 3, proc.stderr  # killed inside the deletion
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [info.step for info in ck.describe(tmp_path)] == [2]
+    ck.load(tmp_path)
+    with ck.Checkpointer(tmp_path, max_to_keep=1):
+        pass
+    assert os.listdir(tmp_path) == ["2"]
+
+
+def test_a_directory_written_by_orbax_alone_is_not_a_spark_somas_checkpoint(tmp_path):
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(tmp_path) as manager:
+        manager.save(1, args=ocp.args.StandardSave({"w": np.ones(3)}))
+        manager.wait_until_finished()
+    for read in (ck.load, ck.describe):
+        with pytest.raises(ck.CheckpointError, match=r"step 1 in .* is not a spark_somas "
+                                                     r"checkpoint: it holds the items \['default'\]"
+                           ) as err:
+            read(tmp_path)
+        assert not isinstance(err.value, ck.CheckpointCorruptError)
+
+
 def _batched_network(seed: int):
     from spark_somas import training
 
@@ -451,11 +577,13 @@ def _edit_metadata(directory, step, edit):
                          "threshold > rheobase"),
 ])
 def test_stored_parameters_that_break_the_rules_are_refused_on_load_and_restore(
-        tmp_path, field, value, rule):
+        tmp_path, monkeypatch, field, value, rule):
     soma = ss.ExponentialSoma(units=3, trainable=(field,))
     getattr(soma, field)[...] = jnp.full((3,), value)  # what an untrusted file may hold
-    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
-        ckpt.save(0, soma)
+    with monkeypatch.context() as patch:  # written as by another program: save would refuse it
+        patch.setattr(ck, "_rule_problem", lambda model, state: None)
+        with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+            ckpt.save(0, soma)
     with pytest.raises(ck.CheckpointCorruptError, match="holds values that break the rules of "
                                                         f"soma '.', so nothing is restored: .*{rule}"):
         ck.load(tmp_path)

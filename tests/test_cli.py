@@ -451,3 +451,135 @@ def test_a_save_that_fails_on_the_file_system_ends_train_with_its_one_line(tmp_p
     assert "failed on the file system and was not committed" in line and "File too large" in line
     assert line.endswith("no epoch was saved")  # what is kept, and how to go on
     assert "final test accuracy" not in proc.stdout
+
+
+# -- signals at any moment: each stops at a safe point, every epoch named loads
+
+#: A short run with a Python loop over batches (so that a batch's end is a
+#: safe point too) whose every save after the first deletes a step.
+STRESS_RUN = ["train", "--task", "digits", "--epochs", "4", "--limit", "128", "--hidden", "16",
+              "--no-progress", "--no-epoch-on-device", "--keep-last", "1", "--keep-best", "0"]
+
+
+def signal_once(signum):
+    """A function that sends ``signum`` to this process on its first call
+    (from any thread; the handler runs in the main thread), then nothing."""
+    sent = []
+
+    def send():
+        if not sent:
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
+    return send
+
+
+def before_calling(monkeypatch, owner, name, send, pause=0.0):
+    """``owner.name`` patched to call ``send()`` and wait ``pause`` seconds
+    (the main thread meanwhile handles the signal) before doing its work."""
+    import time
+
+    original = getattr(owner, name)
+
+    def patched(*args, **kwargs):
+        send()
+        time.sleep(pause)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(owner, name, patched)
+
+
+def in_a_gc_callback(monkeypatch, request, send):
+    """During the first garbage collection after train installs its handlers
+    (where JAX's own GC callback runs): an exception raised there is printed
+    as ignored and lost."""
+    import gc
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+
+    def callback(phase, info):
+        if signal.getsignal(signal.SIGINT) is not before:
+            send()
+    gc.callbacks.append(callback)
+    request.addfinalizer(lambda: gc.callbacks.remove(callback))
+
+
+def in_the_first_save(monkeypatch, request, send):
+    """Inside Orbax's save of epoch 1, in the main thread, after its
+    temporary step directory exists."""
+    import orbax.checkpoint as ocp
+
+    before_calling(monkeypatch, ocp.StandardCheckpointHandler, "async_save", send)
+
+
+def in_the_first_commit(monkeypatch, request, send):
+    """In the background thread that commits epoch 1 while epoch 2 trains."""
+    import orbax.checkpoint as ocp
+
+    before_calling(monkeypatch, ocp.CheckpointManager, "_finalize", send, pause=0.2)
+
+
+def in_the_first_deletion(monkeypatch, request, send):
+    """While retention deletes epoch 1 (after epoch 2 is committed)."""
+    from orbax.checkpoint._src.path import deleter
+
+    before_calling(monkeypatch, deleter.StandardCheckpointDeleter, "delete", send, pause=0.2)
+
+
+MOMENTS = {"gc-callback": in_a_gc_callback, "save": in_the_first_save,
+           "commit": in_the_first_commit, "retention": in_the_first_deletion}
+
+
+@pytest.mark.parametrize("signum", [2, 15], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_a_signal_at_any_moment_stops_train_with_every_epoch_it_names_loadable(
+        tmp_path, monkeypatch, request, capsys, moment, signum):
+    """The signal is sent from inside the moment itself, so the outcome
+    cannot depend on timing: the handler only sets a flag, and train stops
+    at its next safe point, the save in progress committed."""
+    import signal
+    import warnings
+
+    ckpt = tmp_path / "run"
+    MOMENTS[moment](monkeypatch, request, signal_once(signum))
+    code = cli.main([*STRESS_RUN, "--checkpoint-dir", str(ckpt), "--out", str(tmp_path / "out")])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 128 + signum, err
+    (line,) = err.splitlines()
+    name = signal.Signals(signum).name
+    match = re.fullmatch(rf"spark-somas train: stopped by {name}; (?:no epoch was saved|"
+                         rf"epochs? ([\d, ]+?)(?: and (\d+))? (?:is|are) saved in "
+                         rf"{re.escape(str(ckpt))}; continue with: spark-somas train --resume "
+                         rf"{re.escape(str(ckpt))})", line)
+    assert match, line
+    named = [int(e) for e in (match.group(1) or "").split(", ") if e] + (
+        [int(match.group(2))] if match.group(2) else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no step is left incomplete
+        listed = [info.step for info in checkpointing.describe(ckpt)] if ckpt.is_dir() else []
+    assert named == listed
+    for step in named:
+        assert isinstance(checkpointing.load(ckpt, step), training.SpikingNetwork)
+    if ckpt.is_dir():
+        assert cli.main(["checkpoints", str(ckpt)]) == 0
+        assert sorted(os.listdir(ckpt)) == [str(step) for step in named], os.listdir(ckpt)
+    if moment in ("save", "commit"):
+        assert 1 in named  # the epoch being written when the signal came was committed
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")  # no report
+
+
+def test_steps_saved_without_keep_best_are_cleaned_after_a_resume_that_keeps_the_best(
+        tmp_path, capsys):
+    common = ["--limit", "48", "--batch-size", "24", "--hidden", "12", "--steps", "10",
+              "--no-progress", "--out", str(tmp_path / "out")]
+    ckpt = tmp_path / "run"
+    assert cli.main(["train", *common, "--epochs", "3", "--keep-best", "0",
+                     "--checkpoint-dir", str(ckpt)]) == 0
+    assert [info.step for info in checkpointing.describe(ckpt)] == [1, 2, 3]
+    assert cli.main(["train", "--resume", str(ckpt), *common, "--epochs", "4",
+                     "--keep-last", "1"]) == 0
+    history = json.loads((tmp_path / "out" / "train_digits_adex.json").read_text())["history"]
+    kept = [info.step for info in checkpointing.describe(ckpt)]
+    accuracy = history["test_accuracy"]
+    assert 4 in kept and len(kept) <= 2, (kept, accuracy)
+    assert max(accuracy[step - 1] for step in kept) == max(accuracy), (kept, accuracy)

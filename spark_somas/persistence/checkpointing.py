@@ -27,7 +27,11 @@ A checkpoint is one step directory of an Orbax ``CheckpointManager`` holding
 Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it to
 ``<step>`` when complete (an atomic rename on a POSIX file system), so a
 save killed mid-write leaves the earlier steps intact and is never listed.
-One process writes a directory at a time.
+Retention deletes a step the same way round: one rename moves it into
+``.deleted-steps``, whose files are removed after, so a deletion cut short
+never leaves a listed step without its metadata; a step found so (written
+by an older release) is skipped by :meth:`Checkpointer.list` with an
+:class:`IncompleteStepWarning`. One process writes a directory at a time.
 
 Loading never imports or runs code named on disk: :func:`load` rebuilds a
 model only from a type registered in this process (:func:`register_model`;
@@ -62,6 +66,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -92,6 +97,7 @@ __all__ = [
     "CheckpointNotWritableError",
     "check_writable",
     "UnrecordedMethodWarning",
+    "IncompleteStepWarning",
     "ModelType",
     "register_model",
     "soma_spec",
@@ -104,6 +110,10 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _ITEMS = ("state", "optimizer", "metadata")
+#: Where retention moves a step it deletes (one atomic rename) before the
+#: files are removed: a deletion cut short leaves files there, never a step
+#: without its metadata among the listed ones.
+DELETED_DIR = ".deleted-steps"
 
 
 class CheckpointError(SparkSomasError, ValueError):
@@ -129,6 +139,13 @@ class CheckpointExistsError(CheckpointError, FileExistsError):
 class UnrecordedMethodWarning(UserWarning):
     """A checkpoint of release 0.1.0 records no integration method: the
     somas take the one named in the warning, unchecked."""
+
+
+class IncompleteStepWarning(UserWarning):
+    """:meth:`Checkpointer.list` (``describe``, ``spark-somas checkpoints``)
+    skipped a step whose metadata file is missing — a deletion or a write
+    cut short (``kill -9``, a power cut), or files removed by hand —; the
+    warning names it. Reading that step raises :class:`CheckpointCorruptError`."""
 
 
 class CheckpointNotWritableError(CheckpointError, PermissionError):
@@ -341,6 +358,36 @@ def _metadata_problem(meta: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _step_items(path: str) -> set[str]:
+    """The items a step directory's writer recorded in its
+    ``_CHECKPOINT_METADATA``, else the item directories it holds (none when
+    it is gone)."""
+    try:
+        with open(os.path.join(path, "_CHECKPOINT_METADATA")) as f:
+            return set(json.load(f)["item_handlers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return {entry.name for entry in os.scandir(path) if entry.is_dir()}
+    except OSError:
+        return set()
+
+
+def _rule_problem(model: nnx.Module, state: Mapping[str, Any]) -> tuple[str, ValueError] | None:
+    """The first soma of ``model`` (its path) whose fields in ``state``, a
+    pure dict of ``model``'s state, break the soma's rules, with the
+    refusal; None when every soma's values are legal."""
+    leaves = somas.named_leaves(state)
+    for path, soma in _soma_paths(model).items():
+        prefix = "" if path == "." else path + "/"
+        try:
+            soma.check_parameters({f.name: leaves[prefix + f.name]
+                                   for f in soma.config.quantity_fields()})
+        except ValueError as err:
+            return path, err
+    return None
+
+
 def _unrecorded_methods(saved: Mapping[str, Any]) -> list[str]:
     """Paths of the saved somas whose metadata records no integration method
     (written by release 0.1.0)."""
@@ -505,9 +552,17 @@ class Checkpointer:
         the steps; with it every save must pass that metric.
       best_mode: ``"min"`` (lower is better, e.g. a loss) or ``"max"``.
       keep_best: how many of the best steps to keep besides the newest
-        ``max_to_keep`` (both sets survive clean-up).
+        ``max_to_keep`` (both sets survive clean-up); 0: none, the steps are
+        still ranked by ``best_metric``. A step saved without one (by a
+        Checkpointer without ``best_metric``) is never among the best: only
+        ``max_to_keep`` keeps it.
       async_save: write in the background (True) or before returning.
       read_only: only restore and list; nothing in ``directory`` changes.
+
+    Retention moves a step it deletes into ``DIR/.deleted-steps`` by one
+    rename, and a writing Checkpointer removes those files once the save is
+    committed (and when it opens): a deletion cut short never leaves a
+    listed step without its files.
     """
 
     def __init__(
@@ -532,8 +587,8 @@ class Checkpointer:
                 "max_to_keep", max_to_keep, "None or an int >= 1", error=RuleError)
         require(best_mode in ("min", "max"), "best_mode", best_mode, "'min' or 'max'",
                 error=RuleError)
-        require(isinstance(keep_best, int) and keep_best >= 1, "keep_best", keep_best,
-                "an int >= 1", error=RuleError)
+        require(isinstance(keep_best, int) and not isinstance(keep_best, bool) and keep_best >= 0,
+                "keep_best", keep_best, "an int >= 0", error=RuleError)
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist")
         if not read_only:
@@ -546,7 +601,10 @@ class Checkpointer:
         policies = [checkpoint_managers.LatestN(n=max_to_keep)]
         if best_fn is not None:
             policies.append(checkpoint_managers.BestN(
-                get_metric_fn=best_fn, reverse=best_mode == "min", n=keep_best))
+                get_metric_fn=best_fn, reverse=best_mode == "min", n=keep_best,
+                # a step saved without metrics (no best_metric then) is never
+                # among the best: only max_to_keep keeps it
+                keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             best_fn=best_fn,
             best_mode=best_mode,
@@ -556,17 +614,28 @@ class Checkpointer:
             # A writer removes what a killed save left behind. (Orbax's own
             # read_only mode logs a warning per option; this class guards saves.)
             cleanup_tmp_directories=not read_only,
+            todelete_subdir=None if read_only else DELETED_DIR,
         )
         handlers = {"state": ocp.StandardCheckpointHandler(),
                     "optimizer": ocp.StandardCheckpointHandler(),
                     "metadata": ocp.JsonCheckpointHandler()}
         self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS,
                                               item_handlers=handlers, options=options)
+        self._remove_deleted()
+
+    def _remove_deleted(self) -> None:
+        """Removes the files of the steps retention deleted (each moved to
+        :data:`DELETED_DIR` whole, by one rename), when this Checkpointer
+        writes and no save is pending: a removal cut short here leaves
+        nothing that is listed as a step."""
+        if not self.read_only:
+            shutil.rmtree(os.path.join(self.directory, DELETED_DIR), ignore_errors=True)
 
     # -- lifecycle
 
     def wait(self) -> None:
-        """Blocks until every pending save is committed.
+        """Blocks until every pending save is committed (and the files of
+        the steps its retention deleted are removed).
 
         Raises:
           CheckpointNotWritableError: a pending save failed on the file system
@@ -576,6 +645,7 @@ class Checkpointer:
             self._manager.wait_until_finished()
         except Exception as err:  # the writer raises OSError, or TensorStore's ValueError
             raise self._not_written(err) from err
+        self._remove_deleted()
 
     def close(self) -> None:
         """Waits for pending saves, then releases the manager (also when a
@@ -665,11 +735,14 @@ class Checkpointer:
         except (TypeError, ValueError) as err:
             raise RuleError(violation(f"extra = {_show(str(extra))} (or the model spec)",
                                       f"JSON-serialisable ({err})")) from None
+        state = _pure(model)
+        self._check_rules(step, model, state)
         check_writable(self.directory)
-        items = {"state": ocp.args.StandardSave(jax.tree.map(_stored, _pure(model))),
+        items = {"state": ocp.args.StandardSave(jax.tree.map(_stored, state)),
                  "metadata": ocp.args.JsonSave(meta)}
         if optimizer is not None:
             items["optimizer"] = ocp.args.StandardSave(jax.tree.map(_stored, _pure(optimizer)))
+        self.wait()  # the previous save committed, and what its retention deleted removed
         try:
             self._manager.save(step, args=ocp.args.Composite(**items),
                                metrics=metrics if self.best_metric is not None else None, force=True)
@@ -679,6 +752,21 @@ class Checkpointer:
                 f"overwritten (steps: {self.all_steps()})") from None
         except Exception as err:  # a synchronous write failed (or an earlier async one)
             raise self._not_written(err) from err
+
+    def _check_rules(self, step: int, model: nnx.Module, state: Mapping[str, Any]) -> None:
+        """Refuses, before anything is written, a model whose somas hold
+        values their rules refuse (trained outside the constraint
+        projection, V_th moved below V_T): :meth:`restore` and :func:`load`
+        check the same rules and would refuse the step."""
+        problem = _rule_problem(model, state)
+        if problem:
+            path, err = problem
+            raise RuleError(
+                f"cannot save step {step} to {self.directory}: soma {path!r} holds values that "
+                f"restore and load would refuse: {err}; train with "
+                "spark_somas.training.make_optimizer, or chain "
+                "spark_somas.training.constraints.neuron_constraints(model) last in your Optax "
+                "transformation, to keep trained neuron parameters inside their rules")
 
     def _not_written(self, err: Exception) -> CheckpointNotWritableError:
         """A failed write, whatever the layer that reports it (an OSError, or
@@ -719,7 +807,7 @@ class Checkpointer:
             meta = self._manager.restore(
                 step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
         except Exception as err:  # orbax raises many kinds on unreadable files
-            raise self._corrupt(step, "metadata", err) from err
+            raise self._unreadable_metadata(step, err) from err
         if (not isinstance(meta, dict) or not {"format_version", "somas", "model"} <= set(meta)
                 or not isinstance(meta["somas"], dict) or not isinstance(meta["model"], dict)
                 or not isinstance(meta["format_version"], int)):
@@ -736,14 +824,42 @@ class Checkpointer:
     def _corrupt(self, step: int, item: str, err: Any) -> CheckpointCorruptError:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         reason = reason if len(reason) <= 300 else reason[:297] + "..."
-        return CheckpointCorruptError(f"checkpoint step {step} in {self.directory} is corrupted or "
-                                      f"incomplete: cannot read its {item} ({reason})")
+        return CheckpointCorruptError(f"checkpoint step {step} in {self.directory} is corrupted "
+                                      f"or incomplete: cannot read its {item} ({reason})")
+
+    def _incomplete(self, step: int) -> bool:
+        """Whether ``step``'s metadata file is missing (its directory may be
+        gone too): what a deletion or a write cut short leaves."""
+        return not os.path.isfile(os.path.join(self.directory, str(step), "metadata", "metadata"))
+
+    def _unreadable_metadata(self, step: int, err: Exception) -> CheckpointError:
+        """Why the metadata of ``step`` cannot be read: the step was written
+        by another program (Orbax used directly: none of the items
+        :meth:`save` writes), or it is incomplete or damaged
+        (:class:`CheckpointCorruptError`)."""
+        items = _step_items(os.path.join(self.directory, str(step)))
+        if items and not items & set(_ITEMS):
+            return CheckpointError(
+                f"step {step} in {self.directory} is not a spark_somas checkpoint: it holds the "
+                f"items {sorted(items)}, not the {list(_ITEMS)} that Checkpointer.save writes "
+                "(it was written by Orbax directly or another program; read it with Orbax)")
+        return self._corrupt(step, "metadata", err)
 
     def list(self) -> list[CheckpointInfo]:
-        """Every step with its time, metrics, model and ``extra``."""
+        """Every step with its time, metrics, model and ``extra``. A step
+        whose metadata file is missing (a deletion or write cut short) is
+        skipped with an :class:`IncompleteStepWarning` naming it, so that one
+        such step does not hide the others; any other damage raises."""
         out = []
         for step in self.all_steps():
-            meta = self.metadata(step)
+            try:
+                meta = self.metadata(step)
+            except CheckpointCorruptError as err:
+                if not self._incomplete(step):
+                    raise
+                warnings.warn(IncompleteStepWarning(f"{err}; step {step} is skipped"),
+                              stacklevel=2)
+                continue
             model = meta["model"]
             out.append(CheckpointInfo(step, meta["time"], meta.get("metrics") or {},
                                       model.get("type") or model["class"], meta.get("extra")))
@@ -812,16 +928,11 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as err:
             raise self._corrupt(step, "arrays", err) from err
-        stored = somas.named_leaves(restored["state"])
-        for path, soma in _soma_paths(model).items():
-            prefix = "" if path == "." else path + "/"
-            try:  # an untrusted checkpoint may hold any numbers: the soma's rules decide
-                soma.check_parameters({f.name: stored[prefix + f.name]
-                                       for f in soma.config.quantity_fields()})
-            except ValueError as err:
-                raise CheckpointCorruptError(
-                    f"checkpoint step {step} in {self.directory} holds values that break the "
-                    f"rules of soma {path!r}, so nothing is restored: {err}") from None
+        problem = _rule_problem(model, restored["state"])
+        if problem:  # an untrusted checkpoint may hold any numbers: the soma's rules decide
+            raise CheckpointCorruptError(
+                f"checkpoint step {step} in {self.directory} holds values that break the "
+                f"rules of soma {problem[0]!r}, so nothing is restored: {problem[1]}")
         for name, module in modules.items():
             values = jax.tree.map(
                 lambda like, arr: jax.random.wrap_key_data(arr, impl=jax.random.key_impl(like))

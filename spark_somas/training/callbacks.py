@@ -26,18 +26,24 @@ cope with an ``on_fit_start`` that never ran.
 ``on_epoch_end`` when given. A list replaces the defaults (``on_epoch_end``,
 when given, still runs last, as a :class:`Logger`); to add to them, pass
 ``[*default_callbacks(), MyCallback()]``.
+
+To stop ``fit`` from outside — a signal handler, another thread — set the
+``threading.Event`` of a :class:`StopOnRequest` (last in the list): ``fit``
+ends at its next safe point, with every hook's work of the epochs before
+whole, instead of an exception raised wherever the request arrives.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from typing import Any, Callable, Mapping, Sequence
 
 from spark_somas.errors import RuleError, RuleTypeError, require
 
 __all__ = ["FitState", "Callback", "ProgressBar", "Logger", "Checkpoint", "EarlyStopping",
-           "default_callbacks", "resolve_callbacks"]
+           "StopOnRequest", "default_callbacks", "resolve_callbacks"]
 
 
 @dataclasses.dataclass
@@ -169,9 +175,10 @@ class Checkpoint(Callback):
         require("history" not in (extra or {}), "extra", extra, "no 'history' key (the "
                 "callback saves the run's history under it)", error=RuleError)
         self.target, self.metrics, self.extra = target, tuple(metrics), dict(extra or {})
+        # best_metric ranks every step, with keep_best 0 too: a later run of the
+        # same directory that keeps the best can rank the steps saved here
         self.options = {"max_to_keep": keep_last or None, "best_mode": best_mode,
-                        "best_metric": best_metric if keep_best else None,
-                        "keep_best": keep_best or 1}
+                        "best_metric": best_metric, "keep_best": keep_best or 0}
         self.checkpointer, self._owned = None, False
 
     def open(self) -> Any:
@@ -244,6 +251,46 @@ class EarlyStopping(Callback):
         if self.epochs_without_improvement(history[self.monitor]) >= self.patience:
             self.stopped_epoch = epoch
             return True
+        return None
+
+
+class StopOnRequest(Callback):
+    """Ends ``fit`` at the first safe point after ``requested`` is set,
+    by raising ``stop()`` (a ``BaseException`` such as ``KeyboardInterrupt``,
+    so that no handler of ordinary errors takes it for one).
+
+    The safe points are where nothing is half done: before the first
+    step, after a training batch (the Python loop), and after an epoch once
+    every callback before this one has seen it — a :class:`Checkpoint`'s
+    save of it handed to the writer, which ``on_fit_end`` then commits. The
+    last epoch is not stopped after: nothing is left to skip. Whoever sets
+    ``requested`` (a signal handler, another thread) only sets it; nothing
+    is raised inside the code that happened to run at that moment (a save,
+    the deletion of an old step, a garbage-collection callback of JAX).
+    Put it last in the list, so that every other callback sees each epoch.
+    """
+
+    def __init__(self, requested: threading.Event, stop: Callable[[], BaseException]):
+        require(isinstance(requested, threading.Event), "requested", requested,
+                "a threading.Event", error=RuleTypeError)
+        require(callable(stop), "stop", stop, "a callable returning the exception to raise",
+                error=RuleTypeError)
+        self.requested, self.stop = requested, stop
+
+    def _check(self) -> None:
+        if self.requested.is_set():
+            raise self.stop()
+
+    def on_fit_start(self, fit: FitState) -> None:
+        self._check()
+
+    def on_batch_end(self, fit: FitState, epoch: int, index: int,
+                     metrics: Mapping[str, Any]) -> None:
+        self._check()
+
+    def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
+        if epoch < fit.epochs - 1:
+            self._check()
         return None
 
 
