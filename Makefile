@@ -2,7 +2,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test docs lab install install-test install-docs install-notebook clean
+.PHONY: demo test test-floor docs lab install install-test install-docs install-notebook clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,26 @@ demo: install
 
 test: install-test
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The lowest versions pyproject.toml allows, in their own venv (.venv-floor):
+# constraints-lowest.txt pins each direct dependency at its lower bound, and a
+# fast subset runs there (soma steps, simulate, networks, training and
+# evaluation with a padded batch, checkpoints, the floors themselves).
+FLOOR_VENV := .venv-floor
+FLOOR_BIN := $(FLOOR_VENV)/bin
+FLOOR_TESTS := tests/test_floor.py tests/test_somas.py tests/test_simulate.py \
+	tests/test_training.py tests/test_checkpointing.py
+
+$(FLOOR_BIN)/python:
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_BIN)/python -m pip install --upgrade pip
+
+$(FLOOR_VENV)/.installed: $(FLOOR_BIN)/python pyproject.toml constraints-lowest.txt
+	$(FLOOR_BIN)/pip install -c constraints-lowest.txt -e ".[test]"
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.installed
+	$(FLOOR_BIN)/python -m pytest -n 2 --dist loadfile $(FLOOR_TESTS)
 
 # The site, into docs/_build/html. Notebooks and executable pages run once and are
 # cached in docs/_build/.jupyter_cache, so a rebuild re-executes only what changed;
