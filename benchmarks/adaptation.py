@@ -1,32 +1,28 @@
 """The memory curve: the four somas on the evidence-accumulation cue task.
 
 A recurrent network of each soma kind is trained with the same budget and
-seeds on the cue task of Bellec et al. (2018, 2020) (:mod:`spark_somas.tasks`)
+seeds on the cue task of Bellec et al. (2018, 2020) (:mod:`spark_somas.data.tasks`)
 at several delays between the last cue and the recall signal; the
-final-epoch test accuracy at each delay is the soma's memory curve. A run
-whose loss turns non-finite (``fit`` stops) is recorded as chance, marked
-"diverged".
+final-epoch test accuracy at each delay is the soma's memory curve, with
+the mean hidden rate beside it (a control that does not fire proves
+nothing). A run whose loss turns non-finite (``fit`` stops) is recorded as
+chance, marked "diverged".
 
-Every run is the ``spark-somas train`` run printed beside it (the same
-:class:`~spark_somas.runs.RunConfig`, built by ``RunConfig.build``): 40
-inputs → ``--hidden`` recurrent somas (input gain 3 × the rheobase current,
-5 ms synapses, dt = 1 ms, the training defaults: triangle surrogate as wide
-as V_th − E_L damped to 0.3, bounded exponential gradient) → 2 outputs,
-leaky readout averaged over the 150 ms recall period, cross-entropy; Adam
-with cosine decay, clipping at 1. The adaptive somas get a slow adaptation,
-τ_w = τ_θ = ``--adaptation-tau`` ms (Bellec et al.'s adaptive neurons
-adapt over seconds); the others their default configs.
-
-Task: 7 cues of ``--cue-ms`` ms with gaps of half that, 40 Hz cue
-populations of 10 neurons, 10 Hz background, 150 ms recall; the same seeded
-trials at every delay, ``--samples`` in all, 20 % held out.
+Every run is ``spark-somas train --task cues --soma S --data-option
+delay_ms=D --seed K``: the command line's recipe for the task
+(``training.RECIPES["cues"]``: 40 inputs → 64 recurrent somas → 2, read over
+the 150 ms recall; cues of 50 ms 25 ms apart; new trials every epoch;
+τ_w = τ_θ = 2 s; a 10 Hz rate regulariser; Adam 10⁻², 12 epochs of 12
+updates; the whole network trained end to end, both gradient switches
+kept). This script's options replace the recipe's where given (the
+command stored with each row says which).
 
 Writes ``--out`` (JSON: settings, machine, every run's history) and the
-table of final test accuracies beside it (the same name, ``.md``). Rows
-already in ``--out`` (same settings) are kept, so seeds can be added run by
-run::
+table beside it (the same name, ``.md``). Rows already in ``--out`` (same
+settings) are kept, so seeds can be added run by run, and ``--merge``
+gathers the rows of runs made in parallel into one table::
 
-    python benchmarks/adaptation.py [--delays 0 250 500 1000 2000] [--seeds 0 1 2]
+    python benchmarks/adaptation.py [--somas adex expif] [--delays 0 1000] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -85,15 +81,18 @@ def train_one(run: RunConfig) -> dict:
 
 
 def curve_table(rows: list[dict], somas, delays) -> list[dict]:
-    """Mean ± spread (min–max) of the final test accuracy per soma and delay."""
+    """Mean and spread (min–max) of the final test accuracy per soma and
+    delay, with the mean hidden rate on the test trials."""
     table = []
     for soma in somas:
         entry = {"soma": soma}
         for d in delays:
-            acc = [r["test_accuracy"] for r in rows if r["soma"] == soma and r["delay_ms"] == d]
-            if acc:
+            mine = [r for r in rows if r["soma"] == soma and r["delay_ms"] == d]
+            if mine:
+                acc = [r["test_accuracy"] for r in mine]
+                rate = np.mean([r["rate_hz"] for r in mine])
                 entry[f"{d:g} ms"] = (f"{100 * np.mean(acc):.1f} % ({100 * min(acc):.0f}–"
-                                      f"{100 * max(acc):.0f}, n={len(acc)})")
+                                      f"{100 * max(acc):.0f}, n={len(acc)}; {rate:.0f} Hz)")
         table.append(entry)
     return table
 
@@ -118,6 +117,9 @@ def main() -> None:
                             type=lambda t: (t.split("=")[0], float(t.split("=")[1])),
                             metavar="KEY=VALUE", help="as spark-somas train's option")
     parser.add_argument("--out", default=str(_common.HERE / "adaptation_cpu.json"))
+    parser.add_argument("--merge", nargs="+", default=[], metavar="FILE",
+                        help="add the rows of these result files (same settings) to --out and "
+                        "write its table; trains nothing")
     args = parser.parse_args()
     settings = {k: v for k, v in vars(args).items() if k not in ("somas", "delays", "seeds", "out")}
     info = _common.machine()
@@ -127,7 +129,14 @@ def main() -> None:
         old = json.loads(Path(args.out).read_text())
         if old.get("settings") == settings:
             rows = old["rows"]
-    for seed in args.seeds:
+    for path in args.merge:
+        other = json.loads(Path(path).read_text())
+        if other["settings"] != settings:
+            raise SystemExit(f"{path} was run with other settings: {other['settings']}")
+        known = {r["command"] for r in rows}
+        rows += [r for r in other["rows"] if r["command"] not in known]
+        info.setdefault("merged", []).append({"file": path, "machine": other["machine"]})
+    for seed in args.seeds if not args.merge else ():
         for soma in args.somas:
             for delay in args.delays:
                 run = run_config(soma, delay, seed, args)
@@ -143,6 +152,8 @@ def main() -> None:
                 table = curve_table(rows, args.somas, args.delays)
                 _common.write_json(args.out, {"machine": info, "settings": settings,
                                               "table": table, "rows": rows})
+    _common.write_json(args.out, {"machine": info, "settings": settings,
+                                  "table": curve_table(rows, args.somas, args.delays), "rows": rows})
     text = _common.table(curve_table(rows, args.somas, args.delays), ["soma"] + [
         f"{d:g} ms" for d in args.delays])
     Path(args.out).with_suffix(".md").write_text(text + "\n")

@@ -340,8 +340,9 @@ def _resumed_run(args: argparse.Namespace, resumed: "SavedRun") -> "RunConfig":
         if field.name == "epochs" or field.name not in args.given:
             continue
         mine = getattr(args, field.name)
-        if field.name == "data_option":
-            mine = tuple(tuple(kv) for kv in mine)
+        if field.name in ("data_option", "soma_option"):  # with the recipe's, as a new run has
+            mine = getattr(RunConfig(task=saved.task, soma=saved.soma, data_dir=saved.data_dir,
+                                     **{field.name: tuple(tuple(kv) for kv in mine)}), field.name)
         if mine != getattr(saved, field.name):
             flag = "--" + field.name.replace("_", "-")
             raise CommandError(violation(
@@ -354,7 +355,7 @@ def _resumed_run(args: argparse.Namespace, resumed: "SavedRun") -> "RunConfig":
                 f"the run in {args.resume} has done all its {done} epochs: pass --epochs N "
                 f"with N > {done} to extend it")
         raise CommandError(violation(f"--epochs {epochs}", rule))
-    return dataclasses.replace(saved, epochs=epochs)
+    return dataclasses.replace(saved, epochs=epochs, recipe_options=False)
 
 
 class Stopped(BaseException):

@@ -295,7 +295,8 @@ def test_train_cues_reads_the_recall_window_only(tmp_path, capsys):
                      "--out", str(tmp_path), "--no-progress"]) == 0
     record = json.loads((tmp_path / "train_cues_adex.json").read_text())
     assert record["settings"]["readout_window"] == [-30, None]
-    assert record["settings"]["steps"] == 7 * 150 - 50 + 40 + 30
+    # The recipe's cues: 7 of 50 ms, 25 ms apart, then the delay and the recall.
+    assert record["settings"]["steps"] == 7 * 75 - 25 + 40 + 30
 
 
 def test_train_with_remat_and_the_fused_backend_matches_the_scan(tmp_path, capsys):
@@ -583,3 +584,18 @@ def test_steps_saved_without_keep_best_are_cleaned_after_a_resume_that_keeps_the
     accuracy = history["test_accuracy"]
     assert 4 in kept and len(kept) <= 2, (kept, accuracy)
     assert max(accuracy[step - 1] for step in kept) == max(accuracy), (kept, accuracy)
+
+
+def test_a_cue_run_resumes_with_its_own_options_repeated(tmp_path, capsys):
+    """The recipe adds its own data and soma options under the user's; the
+    same command repeated with --resume is the same run, not a change."""
+    options = ["--task", "cues", "--hidden", "8", "--data-option", "delay_ms=40",
+               "--data-option", "n_samples=32", "--soma-option", "adaptation_tau=500",
+               "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "out")]
+    ckpt = str(tmp_path / "ckpt")
+    assert cli.main(["train", *options, "--epochs", "1", "--checkpoint-dir", ckpt]) == 0
+    assert cli.main(["train", *options, "--epochs", "2", "--resume", ckpt]) == 0
+    assert "resumed" in capsys.readouterr().out.lower()
+    assert cli.main(["train", "--task", "cues", "--data-option", "delay_ms=41", "--epochs", "3",
+                     "--resume", ckpt, "--no-progress"]) != 0
+    assert "('delay_ms', 41)" in capsys.readouterr().err
