@@ -162,6 +162,7 @@ def test_restoring_state_of_other_units_is_refused(tmp_path):
     ({"surrogate": ss.surrogates.ArcTan()}, "config.surrogate"),
     ({"surrogate": ss.surrogates.FastSigmoid(slope=2.0)}, "config.surrogate"),
     ({"detach_reset": False}, "config.detach_reset"),
+    ({"detach_adaptation": True}, "config.detach_adaptation"),
 ])
 def test_restoring_into_a_soma_with_other_gradients_is_a_named_mismatch(tmp_path, change, field):
     saved_soma(tmp_path, ss.ExponentialSoma(units=2))

@@ -296,7 +296,7 @@ def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
         theirs = {**theirs, "config": _with_defaults(type(live), theirs["config"])}
         for name in mine["config"]:
             # A field the model draws from an initializer takes the saved values;
-            # every other entry (the surrogate and detach_reset included) must agree.
+            # every other entry (the surrogate and the gradient switches included) must agree.
             if name in drawn:
                 continue
             if theirs["config"].get(name) != mine["config"][name]:
