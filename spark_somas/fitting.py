@@ -80,7 +80,7 @@ import functools
 import math
 import time
 import types
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +89,7 @@ import optax
 from flax import nnx
 
 from spark_somas.models import configs
+from spark_somas.errors import require_shape
 from spark_somas.models.configs import require
 from spark_somas.simulation.driver import simulate
 from spark_somas.dynamics import integrators
@@ -149,12 +150,51 @@ def spike_triggered(soma: Soma) -> tuple[str, ...]:
 OPTIMIZERS = ("lbfgs", "adam")
 
 
+def _number(value: Any, name: str, ok: Callable[[Any], bool], rule: str, *,
+            integer: bool = False) -> float | int:
+    """``value`` as a Python float (an int with ``integer``) for which
+    ``ok(x)`` holds: any real scalar (a NumPy or JAX number, a 0-d array, a
+    ``Fraction``) is one. Anything else raises ConfigError naming ``name``,
+    the value and ``rule``."""
+    try:
+        x = configs.as_number(value, name, integer=integer)
+    except configs.ConfigError:
+        x = None
+    require(x is not None and ok(x), name, value, rule)
+    return x
+
+
+def _real(value: Any, name: str) -> np.ndarray:
+    """``value`` as a float64 array; ConfigError naming ``name`` unless it
+    holds real numbers only (a complex one would lose its imaginary part)."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):  # a ragged list
+        arr = np.asarray(None)
+    rule = "real numbers (a complex one would lose its imaginary part)"
+    require(arr.dtype.kind in "biuf" or arr.dtype == jnp.bfloat16, name,
+            f"an array of {arr.dtype}" if arr.dtype != object else value, rule)
+    return arr.astype(np.float64)
+
+
+def _same_dt(a: float, b: float) -> bool:
+    """Whether two sampling intervals (ms) are one: equal to a part in 10⁹,
+    so that 0.1 and 0.1 computed as 0.3 − 0.2 agree."""
+    return abs(a - b) <= 1e-9 * b
+
+
+def _spike_steps(times: np.ndarray, dt: float, length: int) -> np.ndarray:
+    """The step of each spike time (a spike in step k is reported at k·dt)
+    in a sweep of ``length`` steps."""
+    return np.minimum(np.round(times / dt).astype(int), length - 1)
+
+
 def _as_sweeps(value: Any, name: str, time_major: bool) -> list[np.ndarray]:
     """A list of 1-D float arrays from a list of arrays or one 2-D array."""
     if isinstance(value, (list, tuple)):
-        sweeps = [np.asarray(v, np.float64) for v in value]
+        sweeps = [_real(v, f"{name}[{k}]") for k, v in enumerate(value)]
     else:
-        arr = np.asarray(value, np.float64)
+        arr = _real(value, name)
         require(arr.ndim in (1, 2), name, f"an array of shape {arr.shape}",
                 "one sweep (T,), sweeps (T, S) when time_major else (S, T), or a list of (T_s,)")
         arr = arr[:, None] if arr.ndim == 1 else arr
@@ -182,8 +222,9 @@ class Recording:
       time_major: layout of 2-D ``currents`` / ``potential``.
 
     Raises ConfigError naming the sweep, the value and the rule for
-    mismatched lengths, non-finite currents, spike times outside a sweep,
-    and a target with nothing recorded (all NaN, no spikes).
+    mismatched lengths, non-finite currents, complex values, spike times
+    outside a sweep or two in one step of ``dt``, and a target with nothing
+    recorded (all NaN, no spikes).
     """
 
     currents: Any
@@ -193,9 +234,10 @@ class Recording:
     time_major: bool = True
 
     def __post_init__(self) -> None:
-        require(isinstance(self.dt, (int, float)) and not isinstance(self.dt, bool)
-                and configs.SMALLEST <= self.dt <= configs.LARGEST, "dt", self.dt,
-                f"a time step in ms, {configs.SMALLEST:g} ≤ dt ≤ {configs.LARGEST:g}")
+        object.__setattr__(self, "dt", _number(
+            self.dt, "dt", lambda dt: configs.SMALLEST <= dt <= configs.LARGEST,
+            f"a time step in ms, a real number {configs.SMALLEST:g} ≤ dt "
+            f"≤ {configs.LARGEST:g}"))
         currents = _as_sweeps(self.currents, "currents", self.time_major)
         require(len(currents) > 0, "currents", "no sweeps", "at least one sweep")
         for k, c in enumerate(currents):
@@ -212,15 +254,12 @@ class Recording:
                         f"as many samples as currents[{k}] ({len(c)}), one per step of dt")
         spikes = None
         if self.spike_times is not None:
-            spikes = [np.sort(np.atleast_1d(np.asarray(t, np.float64)))
-                      for t in self.spike_times]
+            spikes = [np.sort(np.atleast_1d(_real(t, f"spike_times[{k}]")))
+                      for k, t in enumerate(self.spike_times)]
             require(len(spikes) == len(currents), "spike_times", f"{len(spikes)} sweeps",
                     f"one array of times per sweep of currents ({len(currents)})")
             for k, (t, c) in enumerate(zip(spikes, currents)):
-                duration = len(c) * self.dt
-                require(t.ndim == 1 and np.all((t >= 0) & (t < duration)), f"spike_times[{k}]",
-                        t.tolist() if t.size < 8 else f"{t.size} times from {t.min()} to {t.max()}",
-                        f"times in ms within the sweep, 0 ≤ t < {duration:g}")
+                _check_spike_times(t, len(c), self.dt, f"spike_times[{k}]")
         recorded = (potential is not None and any(np.isfinite(v).any() for v in potential))
         require(recorded or spikes is not None, "potential",
                 "all NaN" if potential is not None else None,
@@ -266,9 +305,24 @@ class Recording:
                 out["recorded"][: len(v), k] = np.isfinite(v)
                 out["potential"][: len(v), k] = np.where(np.isfinite(v), v, 0.0)
             if self.spike_times is not None:
-                idx = np.minimum(np.round(self.spike_times[k] / self.dt).astype(int), len(c) - 1)
-                np.add.at(out["spikes"][:, k], idx, 1.0)
+                out["spikes"][_spike_steps(self.spike_times[k], self.dt, len(c)), k] = 1.0
         return out
+
+
+def _check_spike_times(times: np.ndarray, length: int, dt: float, name: str) -> None:
+    """Refuses sorted spike ``times`` (ms) of a sweep of ``length`` steps
+    unless each lies within the sweep and no two fall in one step: a step
+    holds one spike (two would reset the model twice at once)."""
+    duration = length * dt
+    shown = times.tolist() if times.size < 8 else (
+        f"{times.size} times from {times.min()} to {times.max()}")
+    require(times.ndim == 1 and np.all((times >= 0) & (times < duration)), name, shown,
+            f"times in ms within the sweep, 0 ≤ t < {duration:g}")
+    steps = _spike_steps(times, dt, length)
+    twice = np.isin(steps, steps[1:][np.diff(steps) == 0])
+    require(not twice.any(), name, times[twice].tolist()[:8],
+            f"at most one spike per step of dt = {dt:g} ms (these fall in step(s) "
+            f"{sorted(set(steps[twice].tolist()))[:4]})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,16 +339,16 @@ class Loss:
     upswing: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("potential", "count", "van_rossum"):
-            w = getattr(self, name)
-            require(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0,
-                    f"Loss.{name}", w, "a finite weight ≥ 0")
+        weight = (lambda w: math.isfinite(w) and w >= 0, "a finite weight ≥ 0")
+        rules = {**dict.fromkeys(("potential", "count", "van_rossum"), weight),
+                 "van_rossum_tau": (lambda t: math.isfinite(t) and t > 0,
+                                    "a time constant in ms, finite and > 0"),
+                 "upswing": (lambda t: math.isfinite(t) and t >= 0,
+                             "a duration in ms, finite and ≥ 0")}
+        for name, (ok, rule) in rules.items():
+            object.__setattr__(self, name, _number(getattr(self, name), f"Loss.{name}", ok, rule))
         require(self.potential + self.count + self.van_rossum > 0, "Loss", self,
                 "at least one weight > 0")
-        require(isinstance(self.van_rossum_tau, (int, float)) and self.van_rossum_tau > 0,
-                "Loss.van_rossum_tau", self.van_rossum_tau, "a time constant in ms, > 0")
-        require(isinstance(self.upswing, (int, float)) and 0 <= self.upswing < math.inf,
-                "Loss.upswing", self.upswing, "a duration in ms, finite and ≥ 0")
 
     @property
     def uses_spikes(self) -> bool:
@@ -366,23 +420,29 @@ class Stage:
     spikes: str = "model"
 
     def __post_init__(self) -> None:
-        fields = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
-        require(len(fields) > 0, "Stage.fields", fields, "at least one field")
+        fields = _sequence(self.fields, "Stage.fields", "a field name or a sequence of them")
+        require(len(fields) > 0 and all(isinstance(f, str) for f in fields), "Stage.fields",
+                self.fields, "a field name or a non-empty sequence of them")
         object.__setattr__(self, "fields", fields)
+        require(isinstance(self.loss, Loss), "Stage.loss", self.loss, "a spark_somas.fitting.Loss")
         require(self.optimizer in OPTIMIZERS, "Stage.optimizer", self.optimizer,
                 f"one of {OPTIMIZERS}")
-        require(isinstance(self.steps, int) and self.steps >= 1, "Stage.steps", self.steps,
-                "an int ≥ 1")
-        require(isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0
-                and math.isfinite(self.learning_rate), "Stage.learning_rate",
-                self.learning_rate, "finite, > 0")
+        object.__setattr__(self, "steps", _number(self.steps, "Stage.steps", lambda n: n >= 1,
+                                                  "an int ≥ 1", integer=True))
+        object.__setattr__(self, "learning_rate", _number(
+            self.learning_rate, "Stage.learning_rate", lambda r: math.isfinite(r) and r > 0,
+            "finite, > 0"))
         require(self.spikes in ("model", "recorded"), "Stage.spikes", self.spikes,
                 "'model' (its own threshold) or 'recorded' (the recording's spike times)")
+        rule = "'all', 'subthreshold', 'spiking' or sweep indices (ints)"
         if isinstance(self.sweeps, str):
             require(self.sweeps in ("all", "subthreshold", "spiking"), "Stage.sweeps",
-                    self.sweeps, "'all', 'subthreshold', 'spiking' or sweep indices")
+                    self.sweeps, rule)
         else:
-            object.__setattr__(self, "sweeps", tuple(int(k) for k in self.sweeps))
+            sweeps = _sequence(self.sweeps, "Stage.sweeps", rule)
+            object.__setattr__(self, "sweeps", tuple(
+                _number(k, f"Stage.sweeps[{i}]", lambda _: True, "a sweep index, an int",
+                        integer=True) for i, k in enumerate(sweeps)))
             require(len(self.sweeps) > 0, "Stage.sweeps", self.sweeps, "at least one sweep")
 
     def pick(self, recording: Recording) -> tuple[int, ...]:
@@ -396,6 +456,17 @@ class Stage:
                 f"known spike times, to choose the {self.sweeps!r} sweeps of a stage")
         keep = (counts == 0) if self.sweeps == "subthreshold" else (counts > 0)
         return tuple(int(k) for k in np.nonzero(keep)[0])
+
+
+def _sequence(value: Any, name: str, rule: str) -> tuple:
+    """``value`` as a tuple (a string as one item); ConfigError naming
+    ``name`` and ``rule`` when it is no sequence."""
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        require(False, name, value, rule)
 
 
 def recipe(fields: Sequence[str], *, soma: Soma | type[Soma] = AdaptiveExponentialSoma,
@@ -460,19 +531,21 @@ def forced_recipe(fields: Sequence[str], *, steps: int = 40,
 
 @dataclasses.dataclass(frozen=True)
 class _Box:
-    """A fitted field's box [lo, hi], its map u -> x and u's own range."""
+    """A fitted field's box [lo, hi], its map u -> x and u's own range; x
+    is in ``dtype``, the soma's parameter dtype (u is at least float32)."""
 
     kind: str  # "sigmoid", "log_sigmoid", "above", "below", "linear"
     lo: float
     hi: float
     scale: float
+    dtype: str
 
     @classmethod
-    def of(cls, lo: float, hi: float, start: float) -> "_Box":
+    def of(cls, lo: float, hi: float, start: float, dtype: Any) -> "_Box":
         lo_finite, hi_finite = lo > -configs.LARGEST, hi < configs.LARGEST
         kind = ("log_sigmoid" if lo > 0 else "sigmoid") if lo_finite and hi_finite else (
             "above" if lo_finite else "below" if hi_finite else "linear")
-        return cls(kind, lo, hi, max(abs(start), 1.0))
+        return cls(kind, lo, hi, max(abs(start), 1.0), jnp.dtype(dtype).name)
 
     def to_x(self, u: Array) -> Array:
         if self.kind == "sigmoid":
@@ -485,7 +558,7 @@ class _Box:
             x = self.hi - jnp.exp(u)
         else:
             x = self.scale * u
-        return jnp.clip(x, self.lo, self.hi)
+        return jnp.clip(x, self.lo, self.hi).astype(self.dtype)
 
     def to_u(self, x: np.ndarray) -> np.ndarray:
         x = np.clip(np.asarray(x, np.float64), self.lo, self.hi)
@@ -516,6 +589,9 @@ def _boxes(soma: Soma, fields: tuple[str, ...],
     """Each fitted field's box: its bounds, checked against what the config
     rules allow over the other fields' boxes, or that interval itself."""
     values = {n: float(np.asarray(v).ravel()[0]) for n, v in soma.parameters().items()}
+    # Box ends representable in the parameters' dtype, which half precision
+    # rounds coarser than float32 (a strict rule's next value included).
+    box_dtype = soma.param_dtype if soma.param_dtype.itemsize < 4 else jnp.dtype(jnp.float32)
     given = {n: (float(lo), float(hi)) for n, (lo, hi) in bounds.items()}
     box = dict(given)
 
@@ -525,9 +601,11 @@ def _boxes(soma: Soma, fields: tuple[str, ...],
         # at each box's two ends.
         ends = [{**values, **{n: box.get(n, (values[n],) * 2)[i] for n in fields if n != name}}
                 for i in (0, 1)]
-        lo, hi = -math.inf, math.inf
+        largest = float(jnp.finfo(box_dtype).max)  # float16 holds no 1e6
+        lo, hi = -largest, largest
         for v in ends:
-            a, b = configs.feasible_interval(soma.config_class, name, v, jnp.float32)
+            with np.errstate(over="ignore"):  # ±1e6 rounds to ±inf in float16: clipped here
+                a, b = configs.feasible_interval(soma.config_class, name, v, box_dtype)
             lo, hi = max(lo, float(a)), min(hi, float(b))
         if name in soma.config_class.time_constant_fields():  # the Euler leak 1 − dt/τ ≥ 0
             lo = max(lo, soma.dt)
@@ -548,7 +626,7 @@ def _boxes(soma: Soma, fields: tuple[str, ...],
                 f"({rule[name].text(name)}; time constants ≥ dt)")
         require(lo <= start[name] <= hi, f"start {name}", start[name],
                 f"inside bounds[{name!r}] = ({lo:g}, {hi:g})")
-        out[name] = _Box.of(lo, hi, start[name])
+        out[name] = _Box.of(lo, hi, start[name], soma.param_dtype)
     return out
 
 
@@ -599,7 +677,8 @@ def _lane_loss(u_fit, u_rest, graph, boxes, fixed, data, loss, dt, forced):
     x = {n: boxes[n].to_x(u) for n, u in {**u_rest, **u_fit}.items()}
     potential, spikes = _run(graph, x, fixed, data["currents"],
                              data["spikes"] if forced else None)
-    return loss(potential, spikes, data, dt)
+    # In the optimizer's dtype (u's, at least float32), whatever the soma's.
+    return loss(potential, spikes, data, dt).astype(jax.tree.leaves(u_fit)[0].dtype)
 
 
 def _optimizer(stage: Stage) -> optax.GradientTransformation:
@@ -729,16 +808,17 @@ class FitResult:
 
     def report(self, truth: Mapping[str, float] | None = None) -> str:
         """A plain-text table: per field the best start's initial and fitted
-        values (and, with ``truth``, the true value and relative error),
-        then the losses and the cost."""
+        values (and, with ``truth``, the true value and the error: relative,
+        or where the true value is 0 absolute, in the field's unit), then
+        the losses and the cost."""
         errors = relative_errors(self.params, truth) if truth is not None else {}
         head = f"{'field':26s}{'start':>12s}{'fitted':>12s}"
-        head += f"{'true':>12s}{'error':>9s}" if truth is not None else ""
+        head += f"{'true':>12s}{'error':>12s}" if truth is not None else ""
         lines = [head]
         for n, v in self.params.items():
             line = f"{n:26s}{float(self.initial[n][self.best]):12.5g}{v:12.5g}"
             if truth is not None:
-                line += f"{truth[n]:12.5g}{errors[n]:+9.2%}"
+                line += f"{float(truth[n]):12.5g}{self._error_text(n, truth[n], errors[n]):>12s}"
             lines.append(line)
         for k, (stage, h) in enumerate(zip(self.stages, self.history)):
             lines.append(f"stage {k + 1} ({stage.optimizer}, {', '.join(stage.fields)}): loss "
@@ -747,6 +827,13 @@ class FitResult:
                      f"{self.held_out_loss[self.best]:.4g}; {self.evaluations} evaluations per "
                      f"start, {self.wall_s:.1f} s")
         return "\n".join(lines)
+
+    def _error_text(self, name: str, true: float, error: float) -> str:
+        """An entry of :func:`relative_errors` as text: a percentage, or
+        where the true value is 0 the absolute error with its unit."""
+        if float(true) != 0:
+            return f"{error:+.2%}"
+        return f"{error:+.3g} {self.soma.config_class.field_info(name)['units']}"
 
     def __str__(self) -> str:
         return self.report()
@@ -814,7 +901,7 @@ def fit_soma(
     require(isinstance(soma, Soma), "soma", soma, "a soma class or instance")
     require(isinstance(recording, Recording), "recording", type(recording).__name__,
             "a spark_somas.fitting.Recording")
-    require(abs(soma.dt - recording.dt) <= 1e-9 * recording.dt, "dt", soma.dt,
+    require(_same_dt(soma.dt, recording.dt), "dt", soma.dt,
             f"the soma's step equals the recording's sampling interval ({recording.dt} ms)")
     fields = (fields,) if isinstance(fields, str) else tuple(fields)
     known = [f.name for f in soma.config_class.quantity_fields()]
@@ -828,9 +915,7 @@ def fit_soma(
         require(np.size(value) == 1 or np.ptp(np.asarray(value)) == 0, name,
                 f"an array of shape {np.shape(value)}",
                 "one value (a fit is of one cell; use starts for several starting points)")
-    bounds = dict(bounds or {})
-    for name in bounds:
-        require(name in fields, "bounds", name, f"a field being fitted, one of {fields}")
+    bounds = _bounds(bounds, fields)
     if stages is None:
         forced = recording.potential is not None and recording.spike_times is not None
         stages = forced_recipe(fields) if forced else recipe(fields, soma=soma)
@@ -853,17 +938,12 @@ def fit_soma(
                     "known spike times in the recording, to reset the model at them")
         picks.append(pick)
     held_out = recording if held_out is None else held_out
-    require(isinstance(held_out, Recording) and held_out.dt == recording.dt, "held_out",
-            held_out, f"a Recording sampled every {recording.dt} ms")
+    require(isinstance(held_out, Recording), "held_out", type(held_out).__name__,
+            "a spark_somas.fitting.Recording")
+    require(_same_dt(held_out.dt, recording.dt), "held_out.dt", held_out.dt,
+            f"the recording's sampling interval, {recording.dt:g} ms")
     if selection is None:
-        judges = []
-        for k, stage in enumerate(stages):
-            pick = (tuple(range(held_out.n_sweeps)) if not isinstance(stage.sweeps, str)
-                    else stage.pick(held_out))
-            if pick:
-                judge = _judge(stage)
-                _check_targets(judge, held_out.select(pick), f"held_out (stages[{k}])")
-                judges.append((judge, held_out.select(pick)))
+        judges = _judges(stages, held_out)
     else:
         _check_targets(selection, held_out, "selection")
         judges = [(selection, held_out)]
@@ -873,7 +953,9 @@ def fit_soma(
     u0 = _initial(boxes, fields, guess, starts, seed)
     graph, fixed = _template(soma, fields)
     boxes_key = tuple(sorted(boxes.items()))
-    dtype = soma.param_dtype
+    # The optimizer works in at least float32 (optax's line search keeps
+    # its state in float32); the soma runs in its own dtypes.
+    dtype = jnp.promote_types(soma.param_dtype, jnp.float32)
     u = {n: jnp.asarray(v, dtype) for n, v in u0.items()}
     history, evaluations = [], 0
     for stage, pick in zip(stages, picks):
@@ -902,6 +984,46 @@ def fit_soma(
                  for n, v in u0.items()},
         best=best, held_out_loss=losses, history=tuple(history), evaluations=evaluations,
         stages=stages, wall_s=time.perf_counter() - t0, soma=soma)
+
+
+def _bounds(bounds: Any, fields: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """``bounds`` checked: a mapping of fitted fields to pairs of real numbers."""
+    require(bounds is None or isinstance(bounds, Mapping), "bounds", bounds,
+            "None or a dict field -> (low, high)")
+    rule = "a pair (low, high) of real numbers in the field's unit"
+    out = {}
+    for name, pair in (bounds or {}).items():
+        require(name in fields, "bounds", name, f"a field being fitted, one of {fields}")
+        where = f"bounds[{name!r}]"
+        try:
+            out[name] = tuple(configs.as_number(x, where) for x in _sequence(pair, where, rule))
+        except ValueError:  # no sequence, or no number in it
+            out[name] = ()
+        require(len(out[name]) == 2, where, pair, rule)
+    return out
+
+
+def _judges(stages: Sequence[Stage], held_out: Recording) -> list[tuple[Loss, Recording]]:
+    """What chooses among the starts by default: each stage's :func:`_judge`
+    on the held-out sweeps of its kind (all of them for a stage given sweep
+    indices, which index the training recording). A stage with no sweep of
+    its kind there is not judged; a held-out recording on which no stage can
+    be judged is refused, since it could not tell the starts apart."""
+    judges = []
+    for k, stage in enumerate(stages):
+        pick = (tuple(range(held_out.n_sweeps)) if not isinstance(stage.sweeps, str)
+                else stage.pick(held_out))
+        if pick:
+            judge = _judge(stage)
+            _check_targets(judge, held_out.select(pick), f"held_out (stages[{k}])")
+            judges.append((judge, held_out.select(pick)))
+    counts = held_out.spike_counts()
+    kinds = sorted({s.sweeps for s in stages if isinstance(s.sweeps, str)})
+    require(judges, "held_out", f"{held_out.n_sweeps} sweep(s), "
+            f"{0 if counts is None else int(np.sum(counts > 0))} with spikes",
+            f"at least one sweep of a kind the stages fit ({', '.join(kinds)}), to judge "
+            "the starts on")
+    return judges
 
 
 def _judge(stage: Stage) -> Loss:
@@ -940,8 +1062,8 @@ def _initial(boxes: Mapping[str, _Box], fields: tuple[str, ...], guess: Mapping[
             require(np.all((v >= b.lo) & (v <= b.hi)), f"starts[{n!r}]", v.tolist(),
                     f"inside the bounds ({b.lo:g}, {b.hi:g})")
         return {n: boxes[n].to_u(values[n]) for n in fields}
-    require(isinstance(starts, int) and not isinstance(starts, bool) and starts >= 1,
-            "starts", starts, "an int ≥ 1 or field -> initial values")
+    starts = _number(starts, "starts", lambda k: k >= 1, "an int ≥ 1 or field -> initial values",
+                     integer=True)
     rng = np.random.default_rng(seed)
     out = {}
     for n in fields:
@@ -970,15 +1092,23 @@ def coincidence_factor(model: np.ndarray, data: np.ndarray, duration: float, *,
     spike matched at most once (in time order, which pairs as many as any
     matching can); ν = N_model/``duration`` is the model's rate (1/ms).
     Γ = 1 for identical trains and about 0 (to first order in νΔ) for a
-    Poisson train independent of the data. NaN when neither train has a spike.
-    Times in ms.
+    Poisson train independent of the data. Times in ms, each train a 1-D
+    array of finite times.
+
+    NaN where Γ is undefined: when neither train has a spike, and when the
+    normalisation N = 1 − 2νΔ is ≤ 0 (the model fires at ν ≥ 1/(2Δ), so
+    often that chance alone would match every data spike) unless the trains
+    are identical, which score 1.
     """
-    model = np.sort(np.asarray(model, np.float64))
-    data = np.sort(np.asarray(data, np.float64))
-    require(duration > 0, "duration", duration, "the recording's length in ms, > 0")
-    require(delta > 0, "delta", delta, "a precision in ms, > 0")
+    model, data = _train(model, "model"), _train(data, "data")
+    duration = _number(duration, "duration", lambda d: math.isfinite(d) and d > 0,
+                       "the recording's length in ms, finite and > 0")
+    delta = _number(delta, "delta", lambda d: math.isfinite(d) and d > 0,
+                    "a precision in ms, finite and > 0")
     if len(model) + len(data) == 0:
         return float("nan")
+    if np.array_equal(model, data):
+        return 1.0
     coinc, j = 0, 0
     for t in data:
         while j < len(model) and model[j] < t - delta:
@@ -987,8 +1117,23 @@ def coincidence_factor(model: np.ndarray, data: np.ndarray, duration: float, *,
             coinc += 1
             j += 1
     rate = len(model) / duration
+    norm = 1 - 2 * rate * delta
+    if norm <= 0:
+        return float("nan")
     expected = 2 * rate * delta * len(data)
-    return float((coinc - expected) / (0.5 * (len(data) + len(model))) / (1 - 2 * rate * delta))
+    return float((coinc - expected) / (0.5 * (len(data) + len(model))) / norm)
+
+
+def _train(times: Any, name: str) -> np.ndarray:
+    """A spike train, sorted: a 1-D array of finite real times (ms)."""
+    arr = _real(times, name)
+    require_shape(arr.ndim == 1, name, arr.shape, "one train: a 1-D array of spike times (ms)",
+                  error=configs.ConfigError)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        require(False, f"{name}[{i}]", float(arr[i]), "a finite spike time (ms)")
+    return np.sort(arr)
 
 
 def explained_variance(model: np.ndarray, data: np.ndarray, *,

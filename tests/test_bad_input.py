@@ -3,6 +3,8 @@ option, value, rule), before any work or data is lost, and nothing hangs."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import re
 import os
@@ -431,6 +433,48 @@ def test_values_no_config_can_hold_are_refused_by_name(kwargs, message):
 def test_from_dict_of_no_dict_is_a_config_error():
     with pytest.raises(ss.ConfigError, match="from_dict: d = None violates the rule: a dict"):
         ss.ExponentialSomaConfig.from_dict(None)
+
+
+CONFIGS = [ss.ExponentialSomaConfig, ss.RefractoryExponentialSomaConfig,
+           ss.AdaptiveExponentialSomaConfig, ss.SimplifiedAdaptiveExponentialSomaConfig]
+
+
+@pytest.mark.parametrize("config_class", CONFIGS)
+@pytest.mark.parametrize("value", [False, True, None])
+@pytest.mark.parametrize("build", [lambda c, v: c(validated=v),
+                                   lambda c, v: c(potential_tau=5.0, validated=v),
+                                   lambda c, v: c.from_dict({"validated": v}),
+                                   lambda c, v: c.from_dict({**c().to_dict(), "validated": v})])
+def test_validated_is_no_argument_and_the_refusal_names_the_way_to_skip_validation(
+        config_class, value, build):
+    with pytest.raises(ss.ConfigError) as info:
+        build(config_class, value)
+    message = str(info.value)
+    assert message.startswith(f"{config_class.__name__} has no field(s) ['validated']; known: ")
+    assert message.endswith("pass __skip_validation__=True"), message
+    assert "'validated'," not in message and "'validated']" not in message.split("known: ")[1]
+
+
+@pytest.mark.parametrize("soma", [ss.ExponentialSoma, ss.AdaptiveExponentialSoma,
+                                  ss.SimplifiedAdaptiveExponentialSoma])
+@pytest.mark.parametrize("unknown", ["validated", "foo"])
+def test_the_known_fields_listed_in_an_unknown_field_refusal_are_the_config_fields(soma, unknown):
+    expected = str(sorted(f.name for f in dataclasses.fields(soma.config_class)))
+    for build in (lambda: soma(units=1, **{unknown: 1}),
+                  lambda: soma.config_class.from_dict({unknown: 1})):
+        with pytest.raises(ss.ConfigError) as info:
+            build()
+        assert f"known: {expected}" in str(info.value) and "validated'," not in expected
+        assert "'validated']" not in expected
+
+
+def test_validated_reports_how_the_config_was_built():
+    checked = ss.AdaptiveExponentialSomaConfig()
+    unchecked = ss.AdaptiveExponentialSomaConfig(potential_tau=-1.0, __skip_validation__=True)
+    assert checked.validated and not unchecked.validated
+    assert checked != ss.AdaptiveExponentialSomaConfig(__skip_validation__=True)
+    assert checked.replace(potential_tau=5.0).validated
+    assert not copy.deepcopy(unchecked).validated and copy.deepcopy(unchecked) == unchecked
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -12,6 +12,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import spark_somas as ss
 from spark_somas import fitting, presets
@@ -391,3 +393,259 @@ def test_a_model_of_ones_own_gets_its_spike_triggered_fields_derived():
     stages = fitting.recipe(["threshold", "adaptation_delta", "potential_tau"], soma=SoftAdEx)
     assert stages[0].fields == ("threshold", "potential_tau")
     assert stages[1].fields == ("adaptation_delta",)
+
+
+# -- input at the edges: each refused by name before any work, or accepted as
+# any real scalar; the quality measures where their definition ends
+
+
+def small_recording(**changes):
+    """One subthreshold and one spiking 100 ms sweep of the default AdEx."""
+    return record(ss.AdaptiveExponentialSomaConfig(), [-100.0, 900.0], length=50.0, sweep=100.0,
+                  **changes)
+
+
+@pytest.mark.usefixtures("no_simulation")
+@pytest.mark.parametrize("kinds, amplitudes", [
+    (("spiking",), [-100.0, -200.0]), (("subthreshold",), [900.0]),
+    (("spiking", "spiking"), [-50.0])])
+def test_a_held_out_recording_with_no_sweep_of_any_stages_kind_is_refused(kinds, amplitudes):
+    """Nothing could judge the starts there: refused, not a held-out loss of zeros."""
+    train = small_recording()
+    held_out = record(ss.AdaptiveExponentialSomaConfig(), amplitudes, length=50.0, sweep=100.0)
+    stages = [Stage(("potential_tau",), Loss(), kind) for kind in kinds]
+    with pytest.raises(ConfigError, match=r"held_out = '\d sweep\(s\), \d with spikes' violates "
+                                          r"the rule: at least one sweep of a kind the stages fit "
+                                          rf"\({kinds[0]}\)"):
+        fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), train, ["potential_tau"],
+                         stages=stages, held_out=held_out, starts=2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.integers(0, 999), min_size=1, max_size=6),
+       offsets=st.lists(st.floats(-0.049, 0.049), min_size=2, max_size=2),
+       which=st.integers(0, 5), sweep=st.integers(0, 1))
+def test_two_spike_times_in_one_step_are_refused_naming_the_sweep_and_times(steps, offsets,
+                                                                          which, sweep):
+    """Times that round to one step of dt (a duplicate, or two within
+    ±dt/2) would reset the forced model twice at once; distinct steps are
+    one spike each."""
+    currents = [np.zeros(1000), np.zeros(1000)]
+    distinct = sorted(set(steps))
+    times = [k * DT for k in distinct]
+    fine = Recording(currents, DT, spike_times=[times, []][::1 - 2 * sweep])
+    assert fine.arrays()["spikes"].max() == 1.0
+    assert fine.arrays()["spikes"].sum() == len(distinct)
+    k = distinct[which % len(distinct)]
+    pair = [max(k * DT + o, 0.0) for o in offsets]
+    bad = [times + pair, []][::1 - 2 * sweep]
+    with pytest.raises(ConfigError) as info:
+        Recording(currents, DT, spike_times=bad)
+    message = str(info.value)
+    assert message.startswith(f"spike_times[{sweep}] = ["), message
+    assert "violates the rule: at most one spike per step of dt = 0.1 ms" in message
+    assert f"step(s) [{k}]" in message, message
+
+
+@pytest.mark.parametrize("where", ["currents", "potential", "spike_times"])
+@pytest.mark.parametrize("make", [
+    lambda x: [np.asarray(x, np.complex128)],
+    lambda x: np.asarray(x, np.complex64)[:, None],
+    lambda x: [list(np.asarray(x) + 0j)],
+    lambda x: [jnp.asarray(x, jnp.complex64)]])
+def test_complex_sweeps_are_refused_never_cast(where, make):
+    values = {"currents": np.zeros(100), "potential": np.full(100, -70.0),
+              "spike_times": np.array([1.0, 5.0])}
+    kwargs = {n: [v] for n, v in values.items()}
+    kwargs[where] = make(values[where])
+    if where == "spike_times" and not isinstance(kwargs[where], list):
+        kwargs[where] = list(kwargs[where].T)
+    with pytest.raises(ConfigError, match=rf"{where}(\[0\])? = .*complex.* violates the rule: "
+                                          "real numbers"):
+        Recording(kwargs.pop("currents"), DT, **kwargs)
+
+
+@pytest.mark.parametrize("field", ["van_rossum_tau", "upswing", "potential", "count",
+                                   "van_rossum"])
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, np.float32(np.inf), "1",
+                                   1 + 0j, True, None])
+def test_loss_settings_must_be_finite_real_numbers(field, value):
+    with pytest.raises(ConfigError, match=rf"Loss.{field} = .* violates the rule: .*finite"):
+        Loss(**{field: value})
+
+
+@pytest.mark.parametrize("value", [np.int64(3), np.float32(5.0), jnp.float32(2.5),
+                                   np.array(4.0), __import__("fractions").Fraction(3, 2)])
+def test_any_real_scalar_is_a_loss_setting(value):
+    loss = Loss(potential=value, count=value, van_rossum_tau=value, upswing=value)
+    assert loss.van_rossum_tau == float(value) and type(loss.van_rossum_tau) is float
+    assert hash(loss) == hash(Loss(potential=float(value), count=float(value),
+                                   van_rossum_tau=float(value), upswing=float(value)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_precision_soma_is_fitted_by_the_default_recipe(dtype):
+    """The optimizer works in float32 and the soma in its own dtype: the
+    default (forced L-BFGS) fit of τ_m runs and recovers it to the dtype's
+    resolution; the fitted soma keeps the dtype."""
+    data = record(ss.AdaptiveExponentialSomaConfig(potential_tau=12.0), [-200.0, 700.0],
+                  length=50.0, sweep=100.0)
+    soma = ss.AdaptiveExponentialSoma(units=1, dtype=dtype, param_dtype=dtype)
+    result = fitting.fit_soma(soma, data, ["potential_tau"])
+    assert result.params["potential_tau"] == pytest.approx(12.0, rel=0.03)
+    assert result.history[0][-1, 0] < 0.1 * result.history[0][0, 0]
+    assert result.fitted_soma().param_dtype == jnp.dtype(dtype)
+
+
+def test_coincidence_factor_of_identical_trains_is_one_even_at_two_nu_delta_one():
+    """2νΔ = 1: one spike in 8 ms at Δ = 4 ms, two in 16 ms, …; identical
+    trains score 1 wherever N = 1 − 2νΔ is; a different train there is NaN."""
+    for n in (1, 2, 5):
+        t = np.arange(n) * 8.0 + 1.0
+        assert fitting.coincidence_factor(t, t, 8.0 * n) == 1.0
+        assert math.isnan(fitting.coincidence_factor(t, t + 0.5, 8.0 * n))
+        assert math.isnan(fitting.coincidence_factor(t, t[:-1], 4.0 * n))  # 2νΔ = 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(times=st.lists(st.floats(0.0, 100.0), min_size=1, max_size=40),
+       duration=st.floats(1.0, 200.0), delta=st.floats(0.1, 20.0))
+def test_coincidence_factor_of_a_train_with_itself_is_one(times, duration, delta):
+    t = np.array(times)
+    assert fitting.coincidence_factor(t, t[::-1], duration, delta=delta) == 1.0
+    other = fitting.coincidence_factor(t, t + delta * 3, duration, delta=delta)
+    norm = 1 - 2 * len(t) / duration * delta
+    assert math.isnan(other) if norm <= 0 else math.isfinite(other)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(model=[1.0, np.nan], data=[1.0]), r"model\[1\] = nan violates the rule: a finite"),
+    (dict(model=[1.0], data=[np.inf]), r"data\[0\] = inf violates the rule: a finite"),
+    (dict(model=np.ones((2, 3)), data=[1.0]), r"model of shape \(2, 3\) violates the rule: one "
+                                              "train: a 1-D array"),
+    (dict(model=[1.0], data=np.ones((3, 1))), r"data of shape \(3, 1\) violates"),
+    (dict(model=2.0, data=[1.0]), r"model of shape \(\) violates"),
+    (dict(model=[1.0], data=[1.0 + 1j]), "data = 'an array of complex128' violates the rule: real"),
+    (dict(model=[1.0], data=[1.0], duration=np.inf), "duration = inf violates the rule"),
+    (dict(model=[1.0], data=[1.0], delta=np.nan), "delta = nan violates the rule"),
+])
+def test_coincidence_factor_refuses_trains_that_are_not_one_finite_train(kwargs, message):
+    args = {"duration": 100.0, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        fitting.coincidence_factor(args.pop("model"), args.pop("data"), **args)
+
+
+@pytest.mark.parametrize("dt", [np.float32(0.1), jnp.float32(0.1), np.array(0.1), np.float64(0.1),
+                                __import__("fractions").Fraction(1, 10), np.int64(1),
+                                jnp.array(0.25)])
+def test_any_real_scalar_is_a_recordings_dt(dt):
+    data = Recording([np.zeros(100)], dt, potential=[np.full(100, -70.0)])
+    assert data.dt == float(dt) and type(data.dt) is float
+    soma = ss.ExponentialSoma(units=1, dt=dt)
+    assert fitting._same_dt(soma.dt, data.dt)
+
+
+@pytest.mark.parametrize("dt", [True, "0.1", np.array([0.1]), 0j, 0.0, math.nan, 1e7, None])
+def test_a_recording_dt_that_is_no_number_or_out_of_range_is_refused(dt):
+    with pytest.raises(ConfigError, match=f"dt = .* violates the rule: a time step in ms, a real "
+                                          f"number 1e-06 ≤ dt ≤ 1e\\+06"):
+        Recording([np.zeros(100)], dt, potential=[np.full(100, -70.0)])
+
+
+@pytest.mark.usefixtures("no_simulation")
+@pytest.mark.parametrize("held_dt, refused", [(0.30000000000000004 - 0.2, False),
+                                              (0.1 * (1 + 1e-10), False), (0.1 * (1 + 1e-6), True),
+                                              (0.1001, True)])
+def test_a_held_out_dt_is_the_recordings_to_the_somas_tolerance(held_dt, refused):
+    train = small_recording()
+    held = Recording(train.currents, held_dt, potential=train.potential,
+                     spike_times=train.spike_times)
+    run = lambda: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), train,  # noqa: E731
+                                   ["potential_tau"], held_out=held)
+    if not refused:
+        with pytest.raises(AssertionError, match="simulated before refusing"):
+            run()
+        return
+    with pytest.raises(ConfigError) as info:
+        run()
+    message = str(info.value)
+    assert message == (f"held_out.dt = {held.dt!r} violates the rule: the recording's sampling "
+                       "interval, 0.1 ms"), message
+
+
+def fake_result(params, initial):
+    """A FitResult of one start, without a fit."""
+    return fitting.FitResult(
+        params=params, starts={n: np.array([v]) for n, v in params.items()},
+        initial={n: np.array([v]) for n, v in initial.items()}, best=0,
+        held_out_loss=np.zeros(1), history=(np.zeros((2, 1)),), evaluations=2,
+        stages=(Stage(tuple(params)),), wall_s=0.0, soma=ss.AdaptiveExponentialSoma(units=1))
+
+
+@pytest.mark.parametrize("field, units", [("adaptation_subthreshold", "nS"),
+                                          ("adaptation_delta", "pA"), ("potential_rest", "mV")])
+@pytest.mark.parametrize("fitted", [0.5, -2.0, 0.0])
+def test_the_report_gives_an_absolute_error_with_units_where_the_truth_is_zero(field, units,
+                                                                                fitted):
+    result = fake_result({field: fitted, "potential_tau": 10.0},
+                         {field: 1.0, "potential_tau": 12.0})
+    lines = result.report(truth={field: 0.0, "potential_tau": 8.0}).splitlines()
+    row = next(line for line in lines if line.startswith(field))
+    assert row.endswith(f"{fitted:+.3g} {units}") and "%" not in row, row
+    tau = next(line for line in lines if line.startswith("potential_tau"))
+    assert tau.endswith("+25.00%"), tau
+
+
+@pytest.mark.usefixtures("no_simulation")
+@pytest.mark.parametrize("case, message", [
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
+                                bounds={"potential_tau": 20.0}),
+     "bounds['potential_tau'] = 20.0 violates the rule: a pair (low, high) of real numbers"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
+                                bounds={"potential_tau": (1.0, 2.0, 3.0)}),
+     "bounds['potential_tau'] = (1.0, 2.0, 3.0) violates the rule: a pair"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
+                                bounds={"potential_tau": "ab"}),
+     "bounds['potential_tau'] = 'ab' violates the rule: a pair"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
+                                bounds={"potential_tau": (1.0, None)}),
+     "bounds['potential_tau'] = (1.0, None) violates the rule: a pair"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
+                                bounds=[("potential_tau", (1.0, 2.0))]),
+     "bounds = [('potential_tau', (1.0, 2.0))] violates the rule: None or a dict"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
+                                starts=2.0), "starts = 2.0 violates the rule: an int ≥ 1"),
+    (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), r, ["potential_tau"],
+                                starts=np.int64(0)), "starts = np.int64(0) violates the rule"),
+    (lambda r: Stage(5), "Stage.fields = 5 violates the rule: a field name or a sequence"),
+    (lambda r: Stage(None), "Stage.fields = None violates the rule: a field name"),
+    (lambda r: Stage(("potential_tau", 3)), "Stage.fields = ('potential_tau', 3) violates"),
+    (lambda r: Stage(()), "Stage.fields = () violates the rule: a field name or a non-empty"),
+    (lambda r: Stage("potential_tau", loss=1.0), "Stage.loss = 1.0 violates the rule: a "),
+    (lambda r: Stage("potential_tau", sweeps=(0.7,)),
+     "Stage.sweeps[0] = 0.7 violates the rule: a sweep index, an int"),
+    (lambda r: Stage("potential_tau", sweeps=(0, np.float64(1.0))),
+     "Stage.sweeps[1] = np.float64(1.0) violates the rule: a sweep index"),
+    (lambda r: Stage("potential_tau", sweeps=3),
+     "Stage.sweeps = 3 violates the rule: 'all', 'subthreshold', 'spiking' or sweep indices"),
+    (lambda r: Stage("potential_tau", steps=2.5), "Stage.steps = 2.5 violates the rule: an int"),
+    (lambda r: Stage("potential_tau", steps=np.int32(0)), "Stage.steps = np.int32(0) violates"),
+    (lambda r: Stage("potential_tau", learning_rate=np.inf),
+     "Stage.learning_rate = inf violates the rule: finite, > 0"),
+])
+def test_malformed_bounds_stages_and_starts_are_refused_by_name(case, message):
+    with pytest.raises(ConfigError) as info:
+        case(small_recording())
+    assert message in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("integer", [np.int64, np.int32, np.uint8, jnp.int32])
+def test_numpy_and_jax_integers_are_steps_sweeps_and_starts(integer):
+    stage = Stage(("potential_tau",), Loss(potential=integer(1)), (integer(0), integer(1)),
+                  "lbfgs", integer(2))
+    assert stage.sweeps == (0, 1) and stage.steps == 2 and type(stage.steps) is int
+    result = fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), small_recording(),
+                              ["potential_tau"], stages=[stage], starts=integer(2),
+                              bounds={"potential_tau": (np.float32(1.0), integer(50))})
+    assert result.starts["potential_tau"].shape == (2,)
+    assert np.all((result.starts["potential_tau"] >= 1.0) & (result.starts["potential_tau"] <= 50))

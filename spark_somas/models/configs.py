@@ -230,8 +230,21 @@ class SomaConfig:
     detach_reset: bool = True
     detach_adaptation: bool = False
     exp_gradient: str = "exact"
-    validated: bool = dataclasses.field(default=True, init=False, repr=False, compare=False)
     __skip_validation__: dataclasses.InitVar[bool] = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "SomaConfig":
+        # Before the dataclass's __init__, whose refusal of an unknown
+        # keyword would not say how to skip validation.
+        if "validated" in kwargs:
+            _refuse_unknown(cls, ["validated"])
+        return super().__new__(cls)
+
+    @property
+    def validated(self) -> bool:
+        """Whether the rules were checked at construction: False only for a
+        config built with ``__skip_validation__=True``. Not a field: it
+        describes how the config was made, not the neuron."""
+        return self._validated
 
     def __post_init__(self, skip_validation: bool) -> None:
         for f in self.quantity_fields():
@@ -265,7 +278,7 @@ class SomaConfig:
         require(self.exp_gradient in numerics.EXP_GRADIENTS, f"{type(self).__name__}.exp_gradient",
                 self.exp_gradient, f"one of {numerics.EXP_GRADIENTS} (the backward pass of the "
                 "exponential term)")
-        object.__setattr__(self, "validated", not skip_validation)
+        object.__setattr__(self, "_validated", not skip_validation)
         if not skip_validation:
             self.validate({f.name: getattr(self, f.name) for f in self.quantity_fields()})
 
@@ -386,10 +399,9 @@ class SomaConfig:
         require(isinstance(d, Mapping), f"{cls.__name__}.from_dict: d", d,
                 "a dict of config fields")
         d = cls.upgrade_dict(d)
-        names = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(names)}")
+            _refuse_unknown(cls, unknown)
         return cls(**d)
 
     @staticmethod
@@ -412,15 +424,15 @@ class SomaConfig:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return all(
+        return self.validated == other.validated and all(
             _same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)
         )
 
     def __hash__(self) -> int:
         # Consistent with __eq__: a soma keeps its config as static graph
         # data, so equal configs must hash alike for jit caches to hit.
-        return hash((type(self),) + tuple(_hashable(getattr(self, f.name))
-                                          for f in dataclasses.fields(self)))
+        return hash((type(self), self.validated) + tuple(_hashable(getattr(self, f.name))
+                                                         for f in dataclasses.fields(self)))
 
     def rows(self) -> list[tuple[str, str, str, str, str]]:
         """(field, symbol, value, units, meaning) for each numeric field."""
@@ -535,6 +547,16 @@ class SimplifiedAdaptiveExponentialSomaConfig(RefractoryExponentialSomaConfig):
         2.0, symbol="Δθ", units="mV", doc="jump of the threshold offset at each spike",
         rule=NON_NEGATIVE,
     )
+
+
+def _refuse_unknown(cls: type, unknown: list[str]) -> None:
+    """Raises ConfigError: ``cls`` has no field(s) ``unknown``, listing the
+    fields it has; for ``validated``, says how to skip validation."""
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    hint = ("; 'validated' only reports whether the rules were checked: to build a config "
+            "without checking them, pass __skip_validation__=True"
+            if "validated" in unknown else "")
+    raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; known: {known}{hint}")
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -78,23 +78,32 @@ def register_model(name: str, cls: type, *, spec: Callable[[Any], dict],
                    short: str | None = None) -> None:
     """Registers ``cls`` under ``name`` (and ``short``, for a soma class).
 
-    Registering the same name again for the same class replaces the entry
-    (module reloads); a name taken by another class raises ``RuleError`` (a
-    ``ValueError``). A
-    soma subclass registers with ``spec=soma_spec, build=soma_from_spec``.
+    Registering the same name again for the same class — the same module
+    and qualified name, as a module reload makes anew — replaces the entry;
+    a name taken by another class, even one that shares its class name (a
+    class of one's own called ``AdaptiveExponentialSoma``), raises
+    ``RuleError`` (a ``ValueError``): checkpoints of the class registered
+    first would otherwise be rebuilt as the other. A soma subclass registers
+    with ``spec=soma_spec, build=soma_from_spec``.
     """
     for key in (name, short):
         old = _TYPES.get(key) if key else None
-        if old is not None and old.cls.__qualname__ != cls.__qualname__:
+        if old is not None and _path(old.cls) != _path(cls):
             raise RuleError(rule_message("register_model: name", key,
-                                         f"not taken by another class ({old.cls.__qualname__} "
-                                         "has it)"))
+                                         f"not taken by another class ({_path(old.cls)} has "
+                                         f"it; {_path(cls)} is another: give it a class name "
+                                         "of its own)"))
     entry = ModelType(name, cls, spec, build, short)
     _TYPES[name] = entry
     if short:
         _TYPES[short] = entry
         if issubclass(cls, somas.Soma):
             SOMAS[short] = cls
+
+
+def _path(cls: type) -> str:
+    """Where ``cls`` is defined: ``module.qualname``, the same after a reload."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def register_soma(cls: type[somas.Soma], short: str | None = None) -> type[somas.Soma]:
