@@ -64,8 +64,10 @@ docs: install-docs
 # JupyterLab on the notebooks (installs the notebook extra first). It prints the
 # address to open; LAB_ARGS passes options, e.g. make lab LAB_ARGS="--no-browser --port 8890".
 LAB_ARGS ?=
+# As root (containers, many cloud notebooks) Jupyter refuses to start without --allow-root.
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: install-notebook
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_ARGS) $(LAB_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -121,7 +121,8 @@ def main() -> None:
                         help="add the rows of these result files (same settings) to --out and "
                         "write its table; trains nothing")
     args = parser.parse_args()
-    settings = {k: v for k, v in vars(args).items() if k not in ("somas", "delays", "seeds", "out")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("somas", "delays", "seeds", "out", "merge")}
     info = _common.machine()
     print(info, flush=True)
     rows = []

@@ -276,7 +276,8 @@ def test_train_shd_from_a_data_dir_with_two_recurrent_layers_and_tensorboard(shd
                                       "download shd_train.h5.gz from"),
     ("ssc", ["--data-dir", "EMPTY"], "--data-dir EMPTY: ssc_train.h5 is missing in EMPTY"),
     ("shd", [], "data_dir = None violates the rule: the directory holding shd_train.h5 and "
-                "shd_test.h5 for task 'shd' (--data-dir)"),
+                "shd_test.h5 for task 'shd', or download them once: --download on the command "
+                "line, spark_somas.data.fetch.fetch('shd') in Python (--data-dir)"),
 ])
 def test_event_tasks_without_their_files_fail_in_one_line(tmp_path, capsys, task, argv, message):
     empty = tmp_path / "empty"

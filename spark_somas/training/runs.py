@@ -238,7 +238,8 @@ class RunConfig:
             files = [f for k, f in EVENT_DATASETS[self.task].items() if k != "classes" and f]
             require(self.data_dir is not None, "data_dir", self.data_dir,
                     f"the directory holding {', '.join(files[:-1])} and {files[-1]} for task "
-                    f"{self.task!r}", error=RuleError)
+                    f"{self.task!r}, or download them once: --download on the command line, "
+                    f"spark_somas.data.fetch.fetch({self.task!r}) in Python", error=RuleError)
         object.__setattr__(self, "data_option", tuple(tuple(kv) for kv in self.data_option))
         object.__setattr__(self, "soma_option", tuple(tuple(kv) for kv in self.soma_option))
         fields = {f.name for f in registry.soma_class(self.soma).config_class.quantity_fields()}
