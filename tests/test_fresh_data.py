@@ -111,7 +111,7 @@ def test_the_command_line_spells_the_switches_and_the_mix_as_options():
 
 def test_the_cue_recipe_is_the_default_of_the_cue_task():
     run = tr.RunConfig(task="cues", soma="simplified")
-    assert (run.hidden, run.recurrent, run.fresh_data, run.rate_strength) == (64, True, True, 0.5)
+    assert (run.hidden, run.recurrent, run.fresh_data, run.rate_strength) == (64, True, True, 0.1)
     assert run.soma_option == (("threshold_tau", 2000.0),)  # a field the soma has
     assert dict(run.data_option)["cue_ms"] == 50.0
     mine = tr.RunConfig(task="cues", soma="simplified", hidden=8,
