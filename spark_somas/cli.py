@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib.metadata
 import math
 import os
@@ -73,7 +74,23 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line: the option and the rule."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._suggestion(message)} "
+                     f"(see {self.prog} --help)\n")
+
+    def _parsers(self) -> list[argparse.ArgumentParser]:
+        """This parser and its subcommands' parsers, whose options a typo may mean."""
+        subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        return [self, *(p for a in subs for p in a.choices.values())]
+
+    def _suggestion(self, message: str) -> str:
+        """"; did you mean --epochs?" for a mistyped option, else ""."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [o for parser in self._parsers() for action in parser._actions
+                 for o in action.option_strings]
+        words = [w.split("=")[0] for w in message.split(":", 1)[1].split() if w.startswith("--")]
+        close = [difflib.get_close_matches(w, known, n=1) for w in words]
+        return "".join(f"; did you mean {c[0]}?" for c in close if c)
 
 
 def _finite(text: str) -> float:
@@ -350,11 +367,12 @@ def _resumed_run(args: argparse.Namespace, resumed: "SavedRun") -> "RunConfig":
                 f"a resumed run keeps the settings saved in {args.resume} ({field.name} = "
                 f"{getattr(saved, field.name)!r}); only --epochs may change, to extend it"))
     epochs = args.epochs if "epochs" in args.given else saved.epochs
-    if epochs < done or "epochs" not in args.given and done >= epochs:
-        rule = (f"at least the {done} epochs the run has done" if epochs < done else
-                f"the run in {args.resume} has done all its {done} epochs: pass --epochs N "
-                f"with N > {done} to extend it")
-        raise CommandError(violation(f"--epochs {epochs}", rule))
+    if "epochs" not in args.given and done >= epochs:
+        raise CommandError(f"--resume {args.resume}: the run there has done all its {done} "
+                           f"epochs; pass --epochs N with N > {done} to extend it")
+    if epochs < done:
+        raise CommandError(violation(f"--epochs {epochs}",
+                                     f"at least the {done} epochs the run has done"))
     return dataclasses.replace(saved, epochs=epochs, recipe_options=False)
 
 

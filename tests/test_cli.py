@@ -329,7 +329,9 @@ def test_resume_with_more_epochs_extends_a_finished_run_on_the_longer_cosine(tmp
     capsys.readouterr()
     # the finished run: nothing to do without a longer --epochs
     assert cli.main(["train", "--resume", str(ckpt), "--out", str(tmp_path / "b")]) == 1
-    assert "has done all its 2 epochs: pass --epochs N with N > 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has done all its 2 epochs; pass --epochs N with N > 2" in err
+    assert "--epochs 30" not in err and "violates" not in err  # no option the user did not give
     assert cli.main(["train", "--resume", str(ckpt), "--epochs", "1", "--out",
                      str(tmp_path / "b")]) == 1
     assert "--epochs 1 violates the rule: at least the 2 epochs" in capsys.readouterr().err
@@ -600,3 +602,14 @@ def test_a_cue_run_resumes_with_its_own_options_repeated(tmp_path, capsys):
     assert cli.main(["train", "--task", "cues", "--data-option", "delay_ms=41", "--epochs", "3",
                      "--resume", ckpt, "--no-progress"]) != 0
     assert "('delay_ms', 41)" in capsys.readouterr().err
+
+
+def test_a_mistyped_option_gets_the_nearest_name(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--epocs", "3"])
+    assert "did you mean --epochs?" in capsys.readouterr().err
+
+
+def test_a_soma_named_in_other_case_is_pointed_at_its_name():
+    with pytest.raises(ValueError, match="did you mean 'adex'"):
+        ss.runs.RunConfig(soma="AdEx")

@@ -167,8 +167,11 @@ def soma_class(soma: str | type) -> type[somas.Soma]:
         return soma
     entry = _TYPES.get(soma) if isinstance(soma, str) else None
     if entry is None or not issubclass(entry.cls, somas.Soma):
-        raise UnknownModelError(f"soma class {soma!r} is not registered (known: {soma_names()}); "
-                                "register it with register_model")
+        known = soma_names()
+        same = [n for n in known if isinstance(soma, str) and n.lower() == soma.lower()]
+        hint = (f"did you mean {same[0]!r}? Names are case-sensitive" if same
+                else "a model of your own is registered with register_soma")
+        raise UnknownModelError(f"soma class {soma!r} is not registered (known: {known}); {hint}")
     return entry.cls
 
 

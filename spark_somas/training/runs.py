@@ -147,6 +147,8 @@ def _check_field(field: dataclasses.Field, hint: Any, value: Any) -> None:
         ok, rule = value > 0, rule + " > 0"
     if ok and choices is not None:
         ok, rule = value in choices, f"one of {sorted(choices)}"
+        same = [c for c in choices if isinstance(value, str) and str(c).lower() == value.lower()]
+        rule += f" (did you mean {same[0]!r}?)" if same and not ok else ""
     require(ok, field.name, value, rule, error=RuleError)
 
 
