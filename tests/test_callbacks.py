@@ -236,3 +236,13 @@ def test_a_stop_request_ends_fit_at_the_next_safe_point_after_every_hook(on_devi
     _, history = train(epochs=2, callbacks=[AskAt(last, epoch=1), StopOnRequest(last, Asked)],
                        epoch_on_device=True)
     assert last.is_set() and history["epoch"] == [1, 2]
+
+
+@pytest.mark.parametrize("on_device, per_epoch", [(True, 1), (False, 4)])
+def test_a_resumed_runs_progress_bar_counts_the_whole_run(on_device, per_epoch):
+    from spark_somas.callbacks import FitState
+
+    bar = ProgressBar()
+    bar.on_fit_start(FitState(None, None, 30, 26, per_epoch, on_device, {}))
+    assert (bar.bar.n, bar.bar.total) == (26 * per_epoch, 30 * per_epoch)
+    bar.on_fit_end(None)

@@ -105,7 +105,8 @@ class ProgressBar(Callback):
         from tqdm.auto import tqdm
 
         per_epoch = 1 if fit.epoch_on_device else fit.steps_per_epoch
-        self.bar = tqdm(total=(fit.epochs - fit.start_epoch) * per_epoch,
+        # A resumed run's bar counts the whole run, the epochs done before included.
+        self.bar = tqdm(total=fit.epochs * per_epoch, initial=fit.start_epoch * per_epoch,
                         unit="epoch" if fit.epoch_on_device else "step", dynamic_ncols=True)
 
     def on_batch_end(self, fit: FitState, epoch: int, index: int,
