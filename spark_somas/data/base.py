@@ -26,8 +26,10 @@ class Dataset:
     """A train/test split.
 
     ``x_*`` is ``(N, F)`` for static data (``encoding = "static"``: an
-    encoder turns it into spikes or currents) or ``(N, T, F)`` time-major per
-    sample for spike data (``encoding = "spikes"``, 0/1 per time step).
+    encoder turns it into spikes or currents) or ``(N, T, F)`` for spike
+    data (``encoding = "spikes"``, 0/1 per time step): samples first, as
+    NumPy data usually come; the encoder hands the network each batch
+    time-major, ``(T, B, F)``.
 
     A generated task may also offer ``draw_train(epoch, n) -> (x, y)``: n
     new training samples for epoch ``epoch``, shaped as ``x_train`` and

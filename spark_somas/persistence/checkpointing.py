@@ -801,7 +801,20 @@ class Checkpointer:
     # -- read
 
     def metadata(self, step: int | None = None) -> dict[str, Any]:
-        """The JSON metadata of ``step`` (default: the newest)."""
+        """The JSON metadata of ``step`` (default: the newest), a dict:
+
+        * ``format_version`` (int), ``step`` (int), ``time`` (ISO 8601) and
+          ``versions`` (the package and its dependencies that wrote it);
+        * ``model``: ``class``, ``type`` and ``spec``, what rebuilds the model
+          (a soma's config, units, dt, method, dtypes; a network's config);
+        * ``somas``: per soma path, the same spec of each soma;
+        * ``optimizer``: whether optimizer state was saved;
+        * ``metrics``: the numbers given to :meth:`save` (``test_accuracy``…);
+        * ``extra``: what :meth:`save` was given as ``extra`` — for a run of
+          :func:`~spark_somas.training.runs.train`, ``{"history": …, "run": …}``:
+          the history to pass back to ``fit(history=...)`` and the
+          :class:`~spark_somas.training.runs.RunConfig` as a dict.
+        """
         step = self._resolve(step)
         try:
             meta = self._manager.restore(
