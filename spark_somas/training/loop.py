@@ -591,6 +591,26 @@ def fit(
     input silences a soma for the rest of the run with a finite loss);
     ``stop_on_nonfinite=False`` trains on regardless.
 
+    Args:
+      model: the :class:`~spark_somas.training.network.SpikingNetwork` to train (in place).
+      optimizer: its ``nnx.Optimizer``, from :func:`make_optimizer` (updated in place).
+      data: a :class:`~spark_somas.data.base.Dataset`, training and test split.
+      encoder: turns a batch of samples into the network's time-major input.
+      epochs: train up to this epoch count (epochs ``start_epoch`` … ``epochs − 1``).
+      batch_size: samples per update; the last incomplete batch is dropped.
+      seed: the batch order and the encoder's noise (see above).
+      objective: the loss, :class:`~spark_somas.training.objectives.Objective`.
+      start_epoch: the first epoch to train (a resumed run: the epochs done).
+      history: a resumed run's history, appended to.
+      on_epoch_end: ``f(epoch, model, optimizer, history)`` after each epoch.
+      progress: draw a progress bar (when ``callbacks`` is None).
+      mesh: train data parallel over this device mesh.
+      stop_on_nonfinite: raise on a non-finite loss or state (see below).
+      epoch_on_device: each epoch one compiled program (True), a Python loop
+        of steps (False), or chosen by size (None).
+      callbacks: :mod:`~spark_somas.training.callbacks` to run, replacing the default bar.
+      fresh_data: train each epoch on ``data.draw_train(epoch, n)``.
+
     Raises:
       ValueError: bad ``epochs``, ``batch_size`` or ``start_epoch``, or
         ``epoch_on_device=True`` with a ``mesh``.
