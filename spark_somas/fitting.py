@@ -89,7 +89,7 @@ import optax
 from flax import nnx
 
 from spark_somas.models import configs
-from spark_somas.errors import require_shape
+from spark_somas.errors import allocating, require_shape
 from spark_somas.models.configs import require
 from spark_somas.simulation.driver import simulate
 from spark_somas.dynamics import integrators
@@ -893,6 +893,9 @@ def fit_soma(
         in ``fields``, a stage with no sweeps, a potential loss on sweeps
         without any recorded potential, a spike loss without spike times,
         or a dt that differs from the recording's.
+      OutOfMemoryError: when the starts, or the run of all of them at once,
+        need more memory than the device could allocate; it names the
+        starts, the sweeps and about how many bytes.
     """
     t0 = time.perf_counter()
     if isinstance(soma, type):
@@ -950,32 +953,20 @@ def fit_soma(
 
     guess = {n: float(f"{float(np.asarray(params[n]).ravel()[0]):.7g}") for n in fields}
     boxes = _boxes(soma, fields, bounds, guess)
-    u0 = _initial(boxes, fields, guess, starts, seed)
+    count = _start_count(starts)
     graph, fixed = _template(soma, fields)
     boxes_key = tuple(sorted(boxes.items()))
     # The optimizer works in at least float32 (optax's line search keeps
     # its state in float32); the soma runs in its own dtypes.
     dtype = jnp.promote_types(soma.param_dtype, jnp.float32)
-    u = {n: jnp.asarray(v, dtype) for n, v in u0.items()}
-    history, evaluations = [], 0
-    for stage, pick in zip(stages, picks):
-        data = {k: jnp.asarray(v) for k, v in recording.select(pick).arrays().items()}
-        u_fit = {n: u[n] for n in stage.fields}
-        u_rest = {n: v for n, v in u.items() if n not in stage.fields}
-        u_fit, h, evals = _fit_stage(u_fit, u_rest, fixed, data, graph=graph, stage=stage,
-                                     boxes=boxes_key, dt=recording.dt)
-        u = {**u, **u_fit}
-        history.append(np.asarray(h).T)
-        evaluations += int(np.max(evals))
-    losses = np.zeros(len(next(iter(u.values()))))
-    for loss, sweeps in judges:
-        data = {k: jnp.asarray(v) for k, v in sweeps.arrays().items()}
-        value = np.asarray(_losses(u, fixed, data, graph=graph, loss=loss, boxes=boxes_key,
-                                   dt=recording.dt), np.float64)
-        value = np.where(np.isfinite(value), value, np.inf)
-        # Each stage's loss relative to the best start's, so that every stage
-        # counts alike whatever its units and scale.
-        losses += value / max(np.min(value), 1e-12) if len(judges) > 1 else value
+    with allocating(*_footprint(soma, recording, count, dtype)):
+        u0 = _initial(boxes, fields, guess, starts if isinstance(starts, Mapping) else count,
+                      seed)
+        u = {n: jnp.asarray(v, dtype) for n, v in u0.items()}
+        u, history, evaluations = _run_stages(u, fixed, recording, stages, picks, graph=graph,
+                                              boxes=boxes_key)
+        losses = _selection_losses(u, fixed, judges, graph=graph, boxes=boxes_key,
+                                   dt=recording.dt)
     best = int(np.argmin(losses))
     x = {n: np.asarray(boxes[n].to_x(v), np.float64) for n, v in u.items()}
     return FitResult(
@@ -984,6 +975,62 @@ def fit_soma(
                  for n, v in u0.items()},
         best=best, held_out_loss=losses, history=tuple(history), evaluations=evaluations,
         stages=stages, wall_s=time.perf_counter() - t0, soma=soma)
+
+
+def _start_count(starts: int | Mapping[str, Any]) -> int:
+    """K, the number of starts: ``starts`` itself, checked, when it is one;
+    the length of the longest of its arrays when it maps fields to initial
+    values (which :func:`_initial` checks)."""
+    if isinstance(starts, Mapping):
+        return max((int(np.size(v)) for v in starts.values()), default=0)
+    return _number(starts, "starts", lambda k: k >= 1, "an int ≥ 1 or field -> initial values",
+                   integer=True)
+
+
+def _footprint(soma: Soma, recording: Recording, count: int, dtype: Any) -> tuple[str, float]:
+    """What a fit of ``count`` starts allocates and about how many bytes, for
+    :func:`~spark_somas.errors.allocating`: every start runs every sweep at
+    once, and its gradient keeps each step's state (the stored variables and
+    the input, forward and backward) in ``dtype``."""
+    steps = max(recording.lengths)
+    per_sample = 2 * (len(soma.stored_names) + 1) * jnp.dtype(dtype).itemsize
+    return (f"fit_soma: starts = {count} ({recording.n_sweeps} sweeps of up to {steps} steps "
+            f"each)", float(count) * recording.n_sweeps * steps * per_sample)
+
+
+def _run_stages(u: dict[str, Array], fixed: Any, recording: Recording, stages: Sequence[Stage],
+                picks: Sequence[Sequence[int]], *, graph: Any,
+                boxes: tuple) -> tuple[dict[str, Array], list[np.ndarray], int]:
+    """Every stage in turn on its sweeps, for every start at once; returns
+    the final u, each stage's loss history (K, steps) and the most loss
+    evaluations any start made."""
+    history, evaluations = [], 0
+    for stage, pick in zip(stages, picks):
+        data = {k: jnp.asarray(v) for k, v in recording.select(pick).arrays().items()}
+        u_fit = {n: u[n] for n in stage.fields}
+        u_rest = {n: v for n, v in u.items() if n not in stage.fields}
+        u_fit, h, evals = _fit_stage(u_fit, u_rest, fixed, data, graph=graph, stage=stage,
+                                     boxes=boxes, dt=recording.dt)
+        u = {**u, **u_fit}
+        history.append(np.asarray(h).T)
+        evaluations += int(np.max(evals))
+    return u, history, evaluations
+
+
+def _selection_losses(u: dict[str, Array], fixed: Any, judges: Sequence[tuple[Loss, Recording]],
+                      *, graph: Any, boxes: tuple, dt: float) -> np.ndarray:
+    """Each start's selection loss (K,): the judges' losses, each relative to
+    the best start's when there are several, summed; inf where not finite."""
+    losses = np.zeros(len(next(iter(u.values()))))
+    for loss, sweeps in judges:
+        data = {k: jnp.asarray(v) for k, v in sweeps.arrays().items()}
+        value = np.asarray(_losses(u, fixed, data, graph=graph, loss=loss, boxes=boxes, dt=dt),
+                           np.float64)
+        value = np.where(np.isfinite(value), value, np.inf)
+        # Each stage's loss relative to the best start's, so that every stage
+        # counts alike whatever its units and scale.
+        losses += value / max(np.min(value), 1e-12) if len(judges) > 1 else value
+    return losses
 
 
 def _bounds(bounds: Any, fields: tuple[str, ...]) -> dict[str, tuple[float, float]]:
@@ -1049,7 +1096,8 @@ def _check_targets(loss: Loss, recording: Recording, where: str) -> None:
 
 def _initial(boxes: Mapping[str, _Box], fields: tuple[str, ...], guess: Mapping[str, float],
              starts: int | Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
-    """Every start's u, (K,) per field."""
+    """Every start's u, (K,) per field: K = ``starts`` (checked by
+    :func:`_start_count`), or the initial values it maps fields to."""
     if isinstance(starts, Mapping):
         values = {n: np.atleast_1d(np.asarray(v, np.float64)) for n, v in starts.items()}
         require(set(values) == set(fields), "starts", sorted(values),
@@ -1062,8 +1110,6 @@ def _initial(boxes: Mapping[str, _Box], fields: tuple[str, ...], guess: Mapping[
             require(np.all((v >= b.lo) & (v <= b.hi)), f"starts[{n!r}]", v.tolist(),
                     f"inside the bounds ({b.lo:g}, {b.hi:g})")
         return {n: boxes[n].to_u(values[n]) for n in fields}
-    starts = _number(starts, "starts", lambda k: k >= 1, "an int ≥ 1 or field -> initial values",
-                     integer=True)
     rng = np.random.default_rng(seed)
     out = {}
     for n in fields:

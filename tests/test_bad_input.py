@@ -455,6 +455,36 @@ def test_validated_is_no_argument_and_the_refusal_names_the_way_to_skip_validati
     assert "'validated'," not in message and "'validated']" not in message.split("known: ")[1]
 
 
+SOMAS = [ss.ExponentialSoma, ss.RefractoryExponentialSoma, ss.AdaptiveExponentialSoma,
+         ss.SimplifiedAdaptiveExponentialSoma]
+
+
+@pytest.mark.parametrize("soma", SOMAS)
+@pytest.mark.parametrize("value", [False, True, None])
+@pytest.mark.parametrize("others", [{}, {"potential_tau": 5.0}])
+def test_a_soma_given_validated_names_the_way_to_skip_validation(soma, value, others):
+    with pytest.raises(ss.ConfigError) as info:
+        soma(units=1, validated=value, **others)
+    message = str(info.value)
+    assert message.startswith(f"{soma.__name__} has no config field(s) ['validated']; known: ")
+    assert message.endswith("to build a soma without checking them, pass "
+                            "__skip_validation__=True"), message
+
+
+@pytest.mark.parametrize("soma", SOMAS)
+@pytest.mark.parametrize("config", [False, True])
+def test_a_soma_given_skip_validation_is_built_unchecked(soma, config):
+    """The keyword the refusal names works on the soma as on its config:
+    V_th below V_T is then built, not refused."""
+    broken = {"threshold": -60.0}
+    with pytest.raises(ss.ConfigError, match="threshold > rheobase_threshold"):
+        soma(units=1, **broken)
+    built = (soma(soma.config_class(**broken, __skip_validation__=True), units=1) if config
+             else soma(units=1, **broken, __skip_validation__=True))
+    assert not built.config.validated and float(built.threshold[...]) == -60.0
+    assert soma(units=1, __skip_validation__=False).config.validated
+
+
 @pytest.mark.parametrize("soma", [ss.ExponentialSoma, ss.AdaptiveExponentialSoma,
                                   ss.SimplifiedAdaptiveExponentialSoma])
 @pytest.mark.parametrize("unknown", ["validated", "foo"])

@@ -8,6 +8,12 @@ the parameters recovers those of an independent simulator.
 """
 
 import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
 
 import jax.numpy as jnp
 import numpy as np
@@ -649,3 +655,41 @@ def test_numpy_and_jax_integers_are_steps_sweeps_and_starts(integer):
                               bounds={"potential_tau": (np.float32(1.0), integer(50))})
     assert result.starts["potential_tau"].shape == (2,)
     assert np.all((result.starts["potential_tau"] >= 1.0) & (result.starts["potential_tau"] <= 50))
+
+
+def test_more_starts_than_memory_holds_is_a_named_memory_error():
+    """Starts whose very initial values exceed any machine: refused by the
+    package's OutOfMemoryError naming the starts, the sweeps and the bytes."""
+    with pytest.raises(ss.errors.OutOfMemoryError, match=re.escape(
+            "fit_soma: starts = 1000000000000 (2 sweeps of up to 1000 steps each) needs about "
+            "4.8e+16 bytes, more than the device could allocate")):
+        fitting.fit_soma(ss.AdaptiveExponentialSoma, small_recording(), ("potential_tau",),
+                         starts=10**12)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
+@pytest.mark.parametrize("fields", [("potential_tau",), ("potential_tau", "adaptation_delta")])
+def test_a_fit_whose_run_exceeds_the_memory_limit_is_a_named_memory_error(fields):
+    """Starts that fit in memory but whose run of all at once does not: XLA's
+    RESOURCE_EXHAUSTED becomes the named error (a process under a 6 GiB
+    address-space limit)."""
+    code = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+        import sys
+        sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
+        import spark_somas as ss
+        from spark_somas import fitting
+        from test_fitting import small_recording
+        try:
+            fitting.fit_soma(ss.AdaptiveExponentialSoma, small_recording(), {fields!r},
+                             starts=2 * 10**7)
+        except ss.errors.OutOfMemoryError as err:
+            print(err)
+    """)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert re.fullmatch(r"fit_soma: starts = 20000000 \(2 sweeps of up to 1000 steps each\) "
+                        r"needs about \S+ bytes, more than the device could allocate\n",
+                        done.stdout), done.stdout + done.stderr[-2000:]

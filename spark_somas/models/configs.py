@@ -24,6 +24,7 @@ import json
 import numbers
 from typing import Any, Callable, Mapping, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -190,6 +191,39 @@ def is_initializer(value: Any) -> bool:
     return callable(value) and not hasattr(value, "shape")
 
 
+#: Why a traced field value is refused unless validation is skipped.
+TRACED_RULE = ("a value the rules can check: a traced value cannot be checked against the rules "
+               "at construction; build the soma outside the transformation (jax.jit, jax.vmap, "
+               "nnx.jit, nnx.vmap, ...), or pass __skip_validation__=True to take responsibility "
+               "for it")
+
+
+def is_traced(value: Any) -> bool:
+    """Whether ``value`` (an array, a number or a list of them) holds a value
+    traced by a JAX transformation: it has no number the rules could check."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
+
+
+def has_number(value: Any) -> bool:
+    """Whether ``value`` holds numbers: neither traced nor a
+    ``jax.ShapeDtypeStruct`` (what an abstract build, ``nnx.eval_shape``, holds)."""
+    return not (is_traced(value) or isinstance(value, jax.ShapeDtypeStruct))
+
+
+def abstract_text(value: Any) -> str:
+    """A value with no number yet (traced, or a ``jax.ShapeDtypeStruct`` of
+    an abstract build) as its dtype and shape: ``"float32[3]"``."""
+    return f"{jnp.dtype(value.dtype).name}{list(value.shape)}"
+
+
+def _traced_field(where: str, value: Any, skip_validation: bool) -> Any:
+    """A traced field value as a JAX array, accepted unchecked only when the
+    config skips validation; refused by name otherwise (:data:`TRACED_RULE`)."""
+    value = jnp.asarray(value)
+    require(skip_validation, where, f"a traced {abstract_text(value)}", TRACED_RULE)
+    return value
+
+
 def _describe_value(value: np.ndarray, ok: np.ndarray) -> str:
     if value.ndim == 0:
         return repr(float(value))
@@ -236,7 +270,7 @@ class SomaConfig:
         # Before the dataclass's __init__, whose refusal of an unknown
         # keyword would not say how to skip validation.
         if "validated" in kwargs:
-            _refuse_unknown(cls, ["validated"])
+            refuse_unknown(cls, ["validated"])
         return super().__new__(cls)
 
     @property
@@ -254,7 +288,10 @@ class SomaConfig:
                 or isinstance(value, (list, tuple)) or is_initializer(value)
             ), f"{type(self).__name__}.{f.name}", value,
                 "a float, an array or an initializer (key, shape, dtype) -> array")
-            if not is_initializer(value):
+            if is_traced(value):
+                object.__setattr__(self, f.name, _traced_field(
+                    f"{type(self).__name__}.{f.name}", value, skip_validation))
+            elif not is_initializer(value):
                 object.__setattr__(self, f.name, self._number_field(f.name, value))
         surrogate = self.surrogate
         try:
@@ -401,7 +438,7 @@ class SomaConfig:
         d = cls.upgrade_dict(d)
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            _refuse_unknown(cls, unknown)
+            refuse_unknown(cls, unknown)
         return cls(**d)
 
     @staticmethod
@@ -549,23 +586,30 @@ class SimplifiedAdaptiveExponentialSomaConfig(RefractoryExponentialSomaConfig):
     )
 
 
-def _refuse_unknown(cls: type, unknown: list[str]) -> None:
-    """Raises ConfigError: ``cls`` has no field(s) ``unknown``, listing the
-    fields it has; for ``validated``, says how to skip validation."""
+def refuse_unknown(cls: type, unknown: list[str], soma: str | None = None) -> None:
+    """Raises ConfigError: config class ``cls`` (or the soma named ``soma``,
+    which takes its fields) has no field(s) ``unknown``, listing the fields
+    it has; for ``validated``, says how to skip validation."""
     known = sorted(f.name for f in dataclasses.fields(cls))
-    hint = ("; 'validated' only reports whether the rules were checked: to build a config "
+    built = "a config" if soma is None else "a soma"
+    hint = (f"; 'validated' only reports whether the rules were checked: to build {built} "
             "without checking them, pass __skip_validation__=True"
             if "validated" in unknown else "")
-    raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; known: {known}{hint}")
+    owner = f"{cls.__name__} has no" if soma is None else f"{soma} has no config"
+    raise ConfigError(f"{owner} field(s) {unknown}; known: {known}{hint}")
 
 
 def _same(a: Any, b: Any) -> bool:
+    if is_traced(a) or is_traced(b):
+        return a is b
     if is_initializer(a) or is_initializer(b) or isinstance(a, (bool, str, surrogates_lib.Surrogate)):
         return a == b
     return bool(np.array_equal(np.asarray(a), np.asarray(b)))
 
 
 def _hashable(value: Any) -> Any:
+    if is_traced(value):
+        return id(value)
     if is_initializer(value) or isinstance(value, (bool, str, float, surrogates_lib.Surrogate)):
         return value
     arr = np.asarray(value, dtype=np.float64)
@@ -573,8 +617,13 @@ def _hashable(value: Any) -> Any:
 
 
 def format_value(value: Any) -> str:
+    """A field's value for a repr: a number, ``array(shape)[min … max]``, an
+    initializer's name, or a value with no number yet (traced, or abstract
+    under ``nnx.eval_shape``) as its shape and dtype."""
     if isinstance(value, float):
         return f"{value:.6g}"
+    if not has_number(value):
+        return f"<{abstract_text(value)}>"
     if is_initializer(value):
         return f"<initializer {getattr(value, '__name__', type(value).__name__)}>"
     arr = np.asarray(value)

@@ -60,6 +60,7 @@ from spark_somas.dynamics import numerics
 from spark_somas.models import surrogates as surrogates_lib
 from spark_somas.errors import (
     RuleError, RuleKeyError, RuleTypeError, allocating, require, require_shape, rule_message,
+    violation,
 )
 
 __all__ = [
@@ -148,6 +149,15 @@ class SomaOutput:
     threshold_offset: Array | None = None
     refractory: Array | None = None
     extra: Mapping[str, Array] | None = None
+
+    def __iter__(self) -> Iterator[Array]:
+        """Refused: a step's output is read by name, not unpacked by position
+        (``spk, mem = soma(x)``, snnTorch's habit), so that recording another
+        state variable never shifts what a position means."""
+        raise RuleTypeError(violation(
+            "unpacking a SomaOutput by position, as in spk, mem = soma(x),",
+            "a SomaOutput is read by name: out.spikes and out.potential (out[name] for a "
+            "recorded state variable)"))
 
     def __getitem__(self, name: str) -> Array:
         if name in OUTPUT_FIELDS:
@@ -385,6 +395,26 @@ def _constant(value: Any) -> Array:
         return jnp.asarray(value)
 
 
+#: The transformations whose body must return its carry in the shape it got.
+FIXED_SHAPE_BODIES = ("scan", "fori_loop", "while_body", "while_cond", "cond", "switch")
+
+
+def _fixed_shape_body() -> str | None:
+    """The kind of loop or branch body (one of :data:`FIXED_SHAPE_BODIES`)
+    JAX is tracing now, None outside one. JAX exposes no public way to ask;
+    where its internals differ this says None, and JAX's own error stands."""
+    try:
+        from jax._src import core as jax_core
+        traced_for = jax_core.trace_ctx.trace.frame.debug_info.traced_for
+    except (ImportError, AttributeError):
+        return None
+    return traced_for if traced_for in FIXED_SHAPE_BODIES else None
+
+
+#: The keyword that builds a soma or a config without checking its rules.
+SKIP_VALIDATION = "__skip_validation__"
+
+
 def _batch_of(shape: tuple[int, ...], units: tuple[int, ...]) -> tuple[int, ...]:
     return shape[: len(shape) - len(units)]
 
@@ -417,7 +447,10 @@ class Soma(nnx.Module):
       dtype: dtype of the state and the outputs.
       param_dtype: dtype of the config fields.
       rngs: needed when a field is an initializer (draws ``rngs.params()``).
-      **field_overrides: config fields to replace, e.g. ``potential_tau=20.0``.
+      **field_overrides: config fields to replace, e.g. ``potential_tau=20.0``;
+        ``__skip_validation__=True`` builds the config without checking its
+        rules (as the config's own keyword does), the one way to give a
+        field a value traced by ``jax.jit``/``nnx.vmap``/…
     """
 
     config_class: ClassVar[type[configs.SomaConfig]] = configs.SomaConfig
@@ -520,22 +553,8 @@ class Soma(nnx.Module):
         name = type(self).__name__
         require(method in integrators.METHODS, f"{name}: method", method,
                 f"one of {integrators.METHODS}", error=RuleError)
-        config = self.config_class() if config is None else config
-        ignored = sorted({f.name for f in dataclasses.fields(config)}
-                         - {f.name for f in dataclasses.fields(self.config_class)})
-        if not isinstance(config, self.config_class) or ignored:
-            raise configs.ConfigError(
-                f"{name}(config=...) got a {type(config).__name__}; it takes its own config "
-                f"class, {self.config_class.__name__}"
-                + (f" ({name} has no use for {ignored})" if ignored else "")
-            )
+        config = self._configured(config, field_overrides)
         fields = [f.name for f in config.quantity_fields()]
-        known = {f.name for f in dataclasses.fields(config)}
-        unknown = sorted(set(field_overrides) - known)
-        if unknown:
-            raise configs.ConfigError(f"{name} has no config field(s) {unknown}; known: {sorted(known)}")
-        if field_overrides:
-            config = config.replace(**field_overrides)
         trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
         bad = sorted(set(trainable) - set(fields))
         require(not bad, f"{name}: trainable", bad,
@@ -580,6 +599,27 @@ class Soma(nnx.Module):
             for n in self.stored_names:
                 units = self.state_variables[n.removesuffix(RESIDUAL)].units
                 setattr(self, n, SomaState(self._rest_value(n, ()), units=units))
+
+    def _configured(self, config: configs.SomaConfig | None,
+                    field_overrides: Mapping[str, Any]) -> configs.SomaConfig:
+        """``config`` (None: the defaults) with ``field_overrides`` applied;
+        ``__skip_validation__=True`` among them builds it unchecked. Refuses
+        a config of another class and a field the config class lacks."""
+        name = type(self).__name__
+        config = self.config_class() if config is None else config
+        ignored = sorted({f.name for f in dataclasses.fields(config)}
+                         - {f.name for f in dataclasses.fields(self.config_class)})
+        if not isinstance(config, self.config_class) or ignored:
+            raise configs.ConfigError(
+                f"{name}(config=...) got a {type(config).__name__}; it takes its own config "
+                f"class, {self.config_class.__name__}"
+                + (f" ({name} has no use for {ignored})" if ignored else "")
+            )
+        known = {f.name for f in dataclasses.fields(config)} | {SKIP_VALIDATION}
+        unknown = sorted(set(field_overrides) - known)
+        if unknown:
+            configs.refuse_unknown(self.config_class, unknown, soma=name)
+        return config.replace(**field_overrides) if field_overrides else config
 
     def dtype_bounds(self) -> dict[str, tuple[float, float]]:
         """The interval [low, high] each field must lie in for this soma's
@@ -631,7 +671,8 @@ class Soma(nnx.Module):
     def _materialize(self, name: str, value: Any, rngs: nnx.Rngs | None) -> Any:
         """A field's value in ``param_dtype``, its shape broadcastable to the
         units: a NumPy array when the config holds numbers (so that it can be
-        checked under a trace too), what the initializer drew otherwise."""
+        checked under a trace too), what the initializer drew otherwise; a
+        value traced in the config (built unchecked) stays traced."""
         where = f"{type(self).__name__}: {name}"
         if configs.is_initializer(value):
             if rngs is None:
@@ -645,8 +686,7 @@ class Soma(nnx.Module):
             value = drawn if isinstance(drawn, jax.core.Tracer) else np.asarray(drawn)
         elif not isinstance(value, jax.core.Tracer):
             value = np.asarray(value)
-        if not isinstance(value, jax.core.Tracer):
-            value = value.astype(self.param_dtype)
+        value = value.astype(self.param_dtype)
         try:
             np.broadcast_shapes(np.shape(value), self.units)
         except ValueError:
@@ -693,7 +733,7 @@ class Soma(nnx.Module):
     @property
     def state_shape(self) -> tuple[int, ...]:
         """``(*batch, *units)`` of the running state."""
-        return tuple(getattr(self, self.membrane)[...].shape)
+        return tuple(getattr(self, self.membrane).get_value().shape)
 
     @property
     def options(self) -> StepOptions:
@@ -726,19 +766,36 @@ class Soma(nnx.Module):
                 f"(*units) or (*batch, *units) with units = {self.units}"
             )
         state_shape = self.state_shape
-        try:
-            batch = tuple(np.broadcast_shapes(_batch_of(state_shape, self.units),
-                                              _batch_of(current_shape, self.units)))
+        try:  # jnp's, not NumPy's: a batch dimension may be symbolic (jax.export)
+            batch = tuple(jnp.broadcast_shapes(_batch_of(state_shape, self.units),
+                                               _batch_of(current_shape, self.units)))
         except ValueError:
             raise RuleError(
                 f"{type(self).__name__}: current of shape {current_shape} cannot broadcast "
                 f"with the neuron state of shape {state_shape}"
             ) from None
         if batch + self.units != state_shape:
+            self._require_reshapable(state_shape, current_shape, batch)
             for name in self.stored_names:
                 var = getattr(self, name)
                 var.set_value(jnp.broadcast_to(var[...], batch + self.units))
         return batch
+
+    def _require_reshapable(self, state_shape: tuple[int, ...], current_shape: tuple[int, ...],
+                            batch: tuple[int, ...]) -> None:
+        """Refuses to give a traced state a new shape inside a loop or branch
+        body (``nnx.scan``, ``jax.lax.scan``, ``fori_loop``, ``while_loop``,
+        ``cond``, ``switch``), whose carry must keep its shape: JAX would
+        refuse it later, naming neither the soma nor the remedy."""
+        body = _fixed_shape_body()
+        if body is None or not isinstance(getattr(self, self.membrane)[...], jax.core.Tracer):
+            return
+        raise RuleError(violation(
+            f"{type(self).__name__}: the neuron state of shape {state_shape}, broadcast to a "
+            f"current of shape {current_shape} inside a {body} body, which",
+            f"a state carried through a loop or a branch keeps its shape; call "
+            f"soma.reset(batch_shape) before nnx.scan / jax.lax.scan (here "
+            f"soma.reset({batch}))"))
 
     def __call__(self, current: Array) -> SomaOutput:
         """One step with input ``current`` (pA), shape ``(*units)`` or ``(*batch, *units)``."""
@@ -758,13 +815,15 @@ class Soma(nnx.Module):
 
     def rows(self) -> list[tuple[str, ...]]:
         """(field, symbol, value, units, meaning), with current values and
-        trained fields marked."""
+        trained fields marked; a value with no number yet (an abstract soma
+        of ``nnx.eval_shape``, a traced one) as its dtype and shape."""
         out = []
         for (name, symbol, _, units, doc) in self.config.rows():
-            value = getattr(self, name)[...]
+            value = getattr(self, name).get_value()
+            if configs.has_number(value):
+                value = np.asarray(value, np.float64)
             tag = " (trained)" if name in self.trainable else ""
-            out.append((name, symbol, configs.format_value(np.asarray(value, np.float64)) + tag,
-                        units, doc))
+            out.append((name, symbol, configs.format_value(value) + tag, units, doc))
         return out
 
     def __repr__(self) -> str:
