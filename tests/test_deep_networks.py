@@ -109,14 +109,16 @@ def test_config_round_trips_and_old_single_layer_dicts_still_build():
            "soma_kwargs": {}}
     built = tr.network_from_spec(old)
     (layer,) = built.config.layers
-    # An older release's dict: no surrogate or exp_gradient key meant the soma's own.
+    # An older release's dict: no surrogate, exp_gradient or switch keys meant the soma's
+    # own, and its one reset switch (detached by default) cut the adaptation jumps too.
     assert layer == tr.Layer(8, "expif", True, 5.0, ("threshold",), 2.0, surrogate=None,
-                             exp_gradient=None)
+                             exp_gradient=None, detach_reset=None, detach_adaptation=True)
     assert built.hidden.config.surrogate == ss.surrogates.DEFAULT
     assert built.hidden.config.exp_gradient == "exact"
     assert built.hidden.trainable == ("threshold",) and built.spec == old | {
         "readout_window": None, "remat": False, "backend": "auto", "surrogate": None,
-        "exp_gradient": None}
+        "exp_gradient": None, "detach_reset": None, "detach_adaptation": True,
+        "adaptive_fraction": 1.0}
     fresh = tr.SpikingNetwork(F, 8, C, rngs=nnx.Rngs(0)).hidden.config
     assert fresh.surrogate == tr.TRAINING_SURROGATE and fresh.exp_gradient == "bounded"
     with pytest.raises(ValueError, match="hidden"):
