@@ -294,3 +294,11 @@ def test_a_run_config_freezes_by_name_and_refuses_other_names():
     assert "--frozen hidden" in run.command() and "--input-gain 12.0" in run.command()
     with pytest.raises(ss.errors.RuleError, match="frozen = 'readout' violates the rule: one of"):
         ss.runs.RunConfig(frozen="readout")
+
+
+@pytest.mark.parametrize("frozen", ["hiden", 3, 2.5, nnx.PathContains("nothing_here")])
+def test_a_frozen_filter_that_selects_no_parameter_is_refused_by_name(frozen):
+    net = ss.training.SpikingNetwork(4, 3, 2, rngs=nnx.Rngs(0))
+    with pytest.raises(ss.errors.RuleError, match="frozen = .* violates the rule: an NNX filter"):
+        ss.training.make_optimizer(net, frozen=frozen)
+    assert ss.training.make_optimizer(net, frozen=ss.training.HIDDEN) is not None

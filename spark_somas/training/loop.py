@@ -108,8 +108,23 @@ def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
     if clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
     tx = skip_non_finite(tx)
-    wrt = nnx.Param if frozen is None else nnx.All(nnx.Param, nnx.Not(frozen))
+    wrt = nnx.Param if frozen is None else nnx.All(nnx.Param, nnx.Not(_frozen_filter(model,
+                                                                                   frozen)))
     return NeuronOptimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=wrt)
+
+
+def _frozen_filter(model: nnx.Module, frozen: Any) -> nnx.filterlib.Filter:
+    """``frozen`` checked: an NNX filter that selects at least one parameter
+    of ``model`` (a typo such as ``"hiden"`` would freeze nothing, silently)."""
+    rule = ("an NNX filter of parameters to freeze that selects at least one (a path filter "
+            "such as training.HIDDEN or nnx.PathContains('output'), a Variable type)")
+    try:
+        chosen = nnx.state(model, nnx.All(nnx.Param, frozen))
+    except (TypeError, ValueError):
+        chosen = None
+    require(chosen is not None and len(jax.tree.leaves(chosen)) > 0, "frozen", frozen, rule,
+            error=RuleError)
+    return frozen
 
 
 def gradient_norms(grads: Any) -> dict[str, Array]:
