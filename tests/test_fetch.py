@@ -3,15 +3,25 @@ shut down by the fixture or after 120 s at the latest): generated SHD/SSC
 files in the official layout, gzipped, with their md5sums.txt. Downloads
 resume with Range requests, a corrupt file is refused by name and deleted,
 cached files are not fetched again, and the CLI's ``train --download``
-trains on what it fetched. Nothing here reaches the network."""
+trains on what it fetched. Whatever goes wrong — a body cut short, a
+malformed URL, an archive damaged though its checksum matches, a full disk,
+a checksum list that cannot be read — is one named error, and the next call
+works once the cause is gone; concurrent calls into one cache each end with
+the complete files. Nothing here reaches the network."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import http.server
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,11 +35,15 @@ class Server:
 
     ``drop_after[name] = k``: the next response for ``name`` sends k bytes of
     its body and closes the connection (an interrupted download).
+    ``raw[name] = b"..."``: the next response for ``name`` is these bytes,
+    status line and headers included, then the connection closes.
     ``ignore_range``: answer every request with the whole file (200).
+    ``pause``: seconds to wait halfway through each body (a slow server).
     """
 
     def __init__(self, files: dict[str, bytes]):
         self.files, self.drop_after, self.ignore_range, self.requests = dict(files), {}, False, []
+        self.raw, self.pause = {}, 0.0
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -39,6 +53,10 @@ class Server:
             def do_GET(self):
                 name = self.path.removeprefix("/datasets/")
                 owner.requests.append((name, self.headers.get("Range")))
+                if name in owner.raw:
+                    self.wfile.write(owner.raw.pop(name))
+                    self.close_connection = True
+                    return
                 if name not in owner.files:
                     self.send_error(404)
                     return
@@ -56,13 +74,17 @@ class Server:
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 cut = owner.drop_after.pop(name, None)
-                self.wfile.write(body[start:] if cut is None else body[start:start + cut])
+                body = body[start:] if cut is None else body[start:start + cut]
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                time.sleep(owner.pause)
+                self.wfile.write(body[len(body) // 2:])
                 if cut is not None:
                     self.close_connection = True
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/datasets"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.deadline = threading.Timer(120.0, self.httpd.shutdown)  # stops by itself
         self.thread.start()
         self.deadline.start()
@@ -91,11 +113,15 @@ def archives(tmp_path_factory):
     return out, d
 
 
+def md5sums(files: dict[str, bytes], marker: str = " ", newline: str = "\n") -> str:
+    """The checksum list of ``files``: ``<md5> <marker><name>`` lines (``"*"``: md5sum -b)."""
+    return "".join(f"{hashlib.md5(b).hexdigest()} {marker}{n}{newline}" for n, b in files.items())
+
+
 @pytest.fixture
 def server(archives):
     files, _ = archives
-    sums = "".join(f"{hashlib.md5(b).hexdigest()}  {n}\n" for n, b in files.items())
-    srv = Server({**files, fetch.CHECKSUMS: sums.encode()})
+    srv = Server({**files, fetch.CHECKSUMS: md5sums(files).encode()})
     yield srv
     srv.close()
 
@@ -104,7 +130,8 @@ def test_fetch_downloads_checks_and_unpacks(server, archives, tmp_path):
     _, raw = archives
     directory = fetch.fetch("shd", tmp_path / "cache", base_url=server.url, progress=False)
     assert directory == tmp_path / "cache"
-    assert sorted(p.name for p in directory.iterdir()) == ["shd_test.h5", "shd_train.h5"]
+    assert sorted(p.name for p in directory.iterdir()) == [".fetch.lock", "shd_test.h5",
+                                                           "shd_train.h5"]
     for name in ("shd_train.h5", "shd_test.h5"):
         assert (directory / name).read_bytes() == (raw / name).read_bytes()
     data = events.load_shd(directory, steps=10)
@@ -118,7 +145,7 @@ def test_fetch_downloads_checks_and_unpacks(server, archives, tmp_path):
 def test_fetch_ssc_gets_its_three_files(server, tmp_path):
     directory = fetch.fetch("ssc", tmp_path, base_url=server.url, progress=False)
     assert sorted(p.name for p in directory.iterdir()) == [
-        "ssc_test.h5", "ssc_train.h5", "ssc_valid.h5"]
+        ".fetch.lock", "ssc_test.h5", "ssc_train.h5", "ssc_valid.h5"]
     assert events.load_ssc(directory, steps=5, holdout="validation").x_test.shape[0] == 6
 
 
@@ -216,6 +243,12 @@ def test_cli_download_errors_are_one_line(server, tmp_path, monkeypatch, capsys)
                      "--out", str(tmp_path / "out"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "--download: shd_train.h5.gz: MD5" in err, err
+    monkeypatch.setenv("SPARK_SOMAS_DATA_URL", "zenkelab.org/datasets")
+    assert cli.main(["train", "--task", "shd", "--download", "--data-dir", str(tmp_path / "d"),
+                     "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and ("--download: $SPARK_SOMAS_DATA_URL = "
+                                           "'zenkelab.org/datasets' violates the rule") in err, err
     assert cli.main(["train", "--task", "digits", "--download", "--out",
                      str(tmp_path / "out")]) == 1
     assert "--download violates the rule: only for --task shd or ssc" in capsys.readouterr().err
@@ -232,3 +265,219 @@ def test_nothing_downloads_by_default(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--task", "shd", "--data-dir", str(tmp_path),
                      "--out", str(tmp_path / "out")]) == 1
     assert "shd_train.h5 is missing" in capsys.readouterr().err
+
+
+def assert_fetches_whole(url, raw, directory):
+    """A call fetches SHD from ``url`` into ``directory`` whole, leaving no temporary file."""
+    assert fetch.fetch("shd", directory, base_url=url, progress=False) == directory
+    for name in ("shd_train.h5", "shd_test.h5"):
+        assert (directory / name).read_bytes() == (raw / name).read_bytes()
+    assert not list(directory.glob("*.part"))
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunked(body: bytes, size: int = 1000) -> bytes:
+    """``body`` in HTTP's chunked transfer coding, ``size`` bytes a chunk."""
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+CUTS = {  # a response gone wrong, from the chunked coding of the body it should have sent,
+    # and how many bytes of that body it leaves to resume from
+    "inside the first size line": (lambda wire: CHUNKED + wire[:2], 0),
+    "after the first size line": (lambda wire: CHUNKED + wire[:5], 0),
+    "inside a chunk": (lambda wire: CHUNKED + wire[:500], 495),
+    "at a chunk boundary": (lambda wire: CHUNKED + wire[:1007], 1000),
+    "after the data, before its last CRLF": (lambda wire: CHUNKED + wire[:-7], "all"),
+    "a size line that is no number": (lambda wire: CHUNKED + b"zz\r\n" + wire[5:], 0),
+    "a status line that is no HTTP": (lambda wire: b"garbage\r\n", 0),
+    "no answer at all": (lambda wire: b"", 0),
+    "a length that is no number": (  # read to the end; its checksum is wrong: deleted
+        lambda wire: b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n" + wire[5:500], 0),
+}
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_response_cut_short_is_a_download_error_and_the_next_call_resumes(
+        server, archives, tmp_path, cut):
+    files, raw = archives
+    body = files["shd_train.h5.gz"]
+    assert len(body) > 3000  # several chunks
+    response, kept = CUTS[cut]
+    server.raw["shd_train.h5.gz"] = response(chunked(body))
+    with pytest.raises(fetch.DownloadError, match=r"shd_train\.h5\.gz: ") as caught:
+        fetch.fetch("shd", tmp_path, base_url=server.url, progress=False)
+    assert "\n" not in str(caught.value)  # one line
+    assert_fetches_whole(server.url, raw, tmp_path)
+    kept = len(body) if kept == "all" else kept
+    assert ("shd_train.h5.gz", f"bytes={kept}-" if kept else None) == server.requests[-2]
+
+
+@pytest.mark.parametrize("cut", ["after the first size line", "a status line that is no HTTP"])
+def test_a_checksum_list_cut_short_is_a_download_error(server, archives, tmp_path, cut):
+    _, raw = archives
+    server.raw[fetch.CHECKSUMS] = CUTS[cut][0](chunked(server.files[fetch.CHECKSUMS], size=100))
+    with pytest.raises(fetch.DownloadError, match=r"/md5sums\.txt: "):
+        fetch.fetch("shd", tmp_path, base_url=server.url, progress=False)
+    assert_fetches_whole(server.url, raw, tmp_path)
+
+
+MALFORMED_URLS = ["zenkelab.org/datasets", "htps://zenkelab.org/datasets",
+                  "ftp://zenkelab.org/datasets", "http:///datasets", "http://[::1/datasets",
+                  "http://zenkelab.org:port/datasets", "http://zenkelab.org:99999/datasets",
+                  "http://zenkelab .org/datasets", "https://zenkelab.org/data\nsets",
+                  " https://zenkelab.org/datasets", "file:datasets", "file://host/datasets"]
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_a_malformed_data_url_is_refused_by_name(monkeypatch, tmp_path, url):
+    rule = "violates the rule: an http(s) URL with a host name or a file URL with an absolute"
+    monkeypatch.setenv("SPARK_SOMAS_DATA_URL", url)
+    with pytest.raises(fetch.DataURLError,
+                       match=re.escape(f"$SPARK_SOMAS_DATA_URL = {url!r} {rule}")):
+        fetch.fetch("shd", tmp_path / "cache", progress=False)
+    with pytest.raises(ValueError, match=re.escape(f"base_url = {url!r} {rule}")):
+        fetch.fetch("shd", tmp_path / "cache", base_url=url, progress=False)
+    assert not (tmp_path / "cache").exists()  # refused before anything is written
+
+
+def test_a_file_url_and_an_upper_case_scheme_are_data_urls(server, archives, tmp_path):
+    _, raw = archives
+    served = tmp_path / "served"
+    served.mkdir()
+    for name, body in server.files.items():
+        (served / name).write_bytes(body)
+    assert_fetches_whole(served.as_uri() + "/", raw, tmp_path / "from_file")
+    assert_fetches_whole(server.url.replace("http", "HTTP"), raw, tmp_path / "from_http")
+
+
+DAMAGES = {  # an archive damaged after its checksum was taken
+    "cut inside its header": lambda gz: gz[:5],
+    "cut after its header": lambda gz: gz[:10],
+    "cut halfway": lambda gz: gz[:len(gz) // 2],
+    "without its trailer": lambda gz: gz[:-8],
+    "without its size": lambda gz: gz[:-4],
+    "with a wrong CRC": lambda gz: gz[:-8] + bytes(4) + gz[-4:],
+    "with zeroed data": lambda gz: gz[:len(gz) // 2] + bytes(64) + gz[len(gz) // 2 + 64:],
+    "with bytes after it": lambda gz: gz + b"not gzip",
+    "not gzip at all": lambda gz: b"<html>Service unavailable</html>",
+    "empty": lambda gz: b"",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_an_archive_damaged_though_its_checksum_matches_is_deleted_and_fetched_again(
+        server, archives, tmp_path, damage):
+    files, raw = archives
+    bad = DAMAGES[damage](files["shd_train.h5.gz"])
+    server.files["shd_train.h5.gz"] = bad
+    server.files[fetch.CHECKSUMS] = md5sums({**files, "shd_train.h5.gz": bad}).encode()
+    for _ in range(2):  # each call downloads it again: no damaged copy is kept
+        asked = len(server.requests)
+        with pytest.raises(fetch.DamagedArchiveError,
+                           match=r"shd_train\.h5\.gz: the archive is damaged \(.*\) though it "
+                                 r"matches the published MD5; it was deleted"):
+            fetch.fetch("shd", tmp_path, base_url=server.url, progress=False)
+        assert ("shd_train.h5.gz", None) in server.requests[asked:]
+        assert not list(tmp_path.glob("shd_train*"))
+    server.files["shd_train.h5.gz"] = files["shd_train.h5.gz"]
+    server.files[fetch.CHECKSUMS] = md5sums(files).encode()
+    assert_fetches_whole(server.url, raw, tmp_path)
+
+
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"),
+                                    reason="needs /dev/full, a device whose writes fail: full")
+
+
+@needs_dev_full
+@pytest.mark.parametrize("file", ["shd_train.h5", "shd_test.h5"])
+def test_a_full_disk_while_unpacking_names_the_file_and_the_space_it_needs(
+        server, archives, tmp_path, file):
+    _, raw = archives
+    partial = tmp_path / (file + ".part")
+    partial.symlink_to("/dev/full")  # every write to it fails with ENOSPC
+    size = (raw / file).stat().st_size
+    with pytest.raises(fetch.DiskFullError, match=rf"{file}: the disk holding {tmp_path} is full "
+                                                  rf"\(No space left on device\): unpacking it "
+                                                  rf"needs {size:,} bytes free there, [\d,]+ are"):
+        fetch.fetch("shd", tmp_path, base_url=server.url, progress=False)
+    assert not partial.is_symlink() and not (tmp_path / file).exists()
+    assert (tmp_path / (file + ".gz.part")).exists()  # the checked archive is kept
+    asked = len(server.requests)
+    assert_fetches_whole(server.url, raw, tmp_path)
+    assert all(r for n, r in server.requests[asked:] if n == file + ".gz")  # not fetched again
+
+
+@needs_dev_full
+def test_a_full_disk_while_downloading_names_the_file_and_the_space_it_needs(
+        server, archives, tmp_path):
+    files, raw = archives
+    part = tmp_path / "shd_test.h5.gz.part"
+    part.symlink_to("/dev/full")
+    size = len(files["shd_test.h5.gz"])
+    with pytest.raises(fetch.DiskFullError, match=rf"shd_test\.h5\.gz: the disk holding "
+                                                  rf"{tmp_path} is full \(No space left on "
+                                                  rf"device\): the download needs {size:,} "):
+        fetch.fetch("shd", tmp_path, base_url=server.url, progress=False)
+    part.unlink()  # space is freed
+    assert_fetches_whole(server.url, raw, tmp_path)
+
+
+@pytest.mark.parametrize("how", ["threads", "processes"])
+def test_concurrent_fetches_into_one_cache_each_end_with_the_complete_files(
+        server, archives, tmp_path, how):
+    _, raw = archives
+    server.pause = 0.3  # every body takes a while: the three calls overlap
+    if how == "threads":
+        results = []
+        calls = [threading.Thread(target=lambda: results.append(fetch.fetch(
+            "shd", tmp_path, base_url=server.url, progress=False))) for _ in range(3)]
+        for call in calls:
+            call.start()
+        for call in calls:
+            call.join(60)
+        assert results == [tmp_path] * 3
+    else:
+        code = (f"from spark_somas.data import fetch; "
+                f"fetch.fetch('shd', {str(tmp_path)!r}, base_url={server.url!r}, progress=False)")
+        calls = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+        assert [(call.wait(60), call.stderr.read()) for call in calls] == [(0, "")] * 3
+    assert_fetches_whole(server.url, raw, tmp_path)
+    archives_asked = [n for n, _ in server.requests if n.endswith(".gz")]
+    assert sorted(archives_asked) == ["shd_test.h5.gz", "shd_train.h5.gz"]  # each once
+
+
+def test_a_file_system_without_locks_still_fetches(server, archives, tmp_path, monkeypatch):
+    _, raw = archives
+
+    def no_locks(*args):
+        raise OSError(errno.ENOSYS, "Function not implemented")  # Lustre without -o flock
+
+    monkeypatch.setattr(fetch.fcntl, "flock", no_locks)
+    assert_fetches_whole(server.url, raw, tmp_path)
+
+
+@pytest.mark.parametrize("marker, newline, encoding", [
+    ("*", "\n", "utf-8"), (" ", "\r\n", "utf-8"), (" ", "\n", "utf-8-sig"),
+    ("*", "\r\n", "utf-8-sig")])
+def test_checksum_lists_in_binary_style_with_a_bom_or_crlf_are_read(
+        server, archives, tmp_path, marker, newline, encoding):
+    files, raw = archives
+    server.files[fetch.CHECKSUMS] = md5sums(files, marker, newline).encode(encoding)
+    assert_fetches_whole(server.url, raw, tmp_path)
+
+
+@pytest.mark.parametrize("encoding, byte, offset", [("utf-16", "0xff", 0), ("latin-1", "0xe9", -1)])
+def test_a_checksum_list_that_is_not_utf8_is_refused_by_name(
+        server, archives, tmp_path, encoding, byte, offset):
+    files, _ = archives
+    text = md5sums({**files, "donnée.h5.gz": b""})
+    server.files[fetch.CHECKSUMS] = text.encode(encoding)
+    at = offset if offset >= 0 else text.index("é")
+    with pytest.raises(fetch.DownloadError, match=rf"/md5sums\.txt: byte {byte} at offset {at} "
+                                                  r"violates the rule: a checksum list is UTF-8"):
+        fetch.fetch("shd", tmp_path, base_url=server.url, progress=False)
+    assert not list(tmp_path.iterdir())
