@@ -34,6 +34,7 @@ SIGTERM stop training at its next safe point (after a batch, or after an
 epoch's save is handed to the writer), commit the save in progress, and end
 with one line naming the epochs saved and the ``--resume`` command, exit
 status 130 and 143; a second signal ends the process at once.
+
 * ``spark-somas checkpoints D`` — the steps saved in D with their metrics
   (a step left incomplete is skipped, with a warning line naming it).
 
