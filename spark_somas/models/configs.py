@@ -31,7 +31,7 @@ import numpy as np
 from spark_somas.dynamics import numerics
 from spark_somas.models import surrogates as surrogates_lib
 from spark_somas.errors import ConfigError, require  # re-exported: configs.ConfigError, configs.require
-from spark_somas.errors import rule_message, violation
+from spark_somas.errors import RuleTypeError, rule_message, violation
 
 __all__ = [
     "ConfigError",
@@ -41,6 +41,8 @@ __all__ = [
     "as_number",
     "FLOAT_DTYPES",
     "feasible_interval",
+    "declared_rules",
+    "rule_order",
     "SomaConfig",
     "quantity",
     "ExponentialSomaConfig",
@@ -174,6 +176,75 @@ def feasible_interval(config_class: type, name: str, values: Mapping[str, Any],
     return lo, hi
 
 
+def declared_rules(config_class: type) -> dict[str, Rule]:
+    """The rule of every numeric field of ``config_class``, by name, in
+    declaration order: read from the declarations themselves, so that it
+    also answers for a class whose body the dataclass decorator has not yet
+    processed (while :class:`SomaConfig` checks it)."""
+    rules: dict[str, Rule] = {}
+    for klass in reversed(config_class.__mro__):
+        own = vars(klass)
+        fields = own.get("__dataclass_fields__")
+        if fields is None:  # a body not yet made a dataclass: its fields are still Field objects
+            fields = {n: v for n, v in own.items() if isinstance(v, dataclasses.Field)}
+            for name in own.get("__annotations__", {}):
+                if name not in fields:  # redeclared with a plain default: no longer a quantity
+                    rules.pop(name, None)
+        for name, f in fields.items():
+            if "units" in f.metadata:
+                rules[name] = f.metadata["rule"]
+            else:
+                rules.pop(name, None)
+    return rules
+
+
+def check_rules(owner: str, rules: Mapping[str, Rule]) -> None:
+    """Refuses rules (field name -> rule) that no value can be checked or
+    drawn against: a rule naming a field that is not numeric, or rules that
+    refer to each other in a cycle (``a < b`` with ``b > a``, or longer).
+    Raises :class:`~spark_somas.errors.RuleTypeError` naming ``owner``, the
+    fields and the rules."""
+    for name, rule in rules.items():
+        if isinstance(rule.bound, str) and rule.bound not in rules:
+            raise RuleTypeError(violation(
+                f"{owner}: the rule {name} {rule.op} {rule.bound} names {rule.bound!r}, which",
+                f"a rule's bound is a number or a numeric field of the same config, one of "
+                f"{sorted(rules)}"))
+    for start in rules:
+        path = [start]
+        while isinstance(rules[path[-1]].bound, str):
+            path.append(rules[path[-1]].bound)
+            if path[-1] in path[:-1]:
+                cycle = path[path.index(path[-1]):]
+                stated = ", ".join(f"{n} {rules[n].op} {rules[n].bound}" for n in cycle[:-1])
+                raise RuleTypeError(violation(
+                    f"{owner}: the rules {stated} refer to each other in a cycle "
+                    f"({' → '.join(cycle)}), which",
+                    "a field whose rule names another is checked and drawn after that one, so "
+                    "rules may not lead back to their own field; state each relation once, on "
+                    "one of its fields", plural=True))
+
+
+def rule_order(config_class: type) -> tuple[str, ...]:
+    """The numeric fields of ``config_class`` in dependency order: each
+    after the field its rule names (``potential_reset < threshold``:
+    ``threshold`` first), otherwise in declaration order. The order a
+    drawer of legal values fills them in."""
+    rules = declared_rules(config_class)
+    order: dict[str, None] = {}
+
+    def place(name: str) -> None:
+        if name not in order:
+            bound = rules[name].bound
+            if isinstance(bound, str):
+                place(bound)
+            order[name] = None
+
+    for name in rules:
+        place(name)
+    return tuple(order)
+
+
 def quantity(default: float, *, symbol: str, units: str, doc: str, rule: Rule = FINITE,
              time_constant: bool = False) -> Any:
     """A numeric config field with its symbol, units, meaning and rule.
@@ -265,6 +336,12 @@ class SomaConfig:
     detach_adaptation: bool = False
     exp_gradient: str = "exact"
     __skip_validation__: dataclasses.InitVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # When the class is defined, before any value is checked or drawn
+        # against its rules: a cycle there would never settle.
+        super().__init_subclass__(**kwargs)
+        check_rules(cls.__name__, declared_rules(cls))
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "SomaConfig":
         # Before the dataclass's __init__, whose refusal of an unknown

@@ -46,7 +46,7 @@ import dataclasses
 import functools
 import math
 import types
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import flax.struct
 import jax
@@ -105,8 +105,11 @@ class StateVariable:
 
     Attributes:
       units: its unit, e.g. ``"mV"``.
-      rest: its value at rest: a number, or the name of the config field
-        that holds it (``"potential_rest"``).
+      rest: its value at rest: a number, the name of the config field
+        that holds it (``"potential_rest"``), or a function of the
+        parameters ``p`` (every field by attribute, per neuron, as
+        ``time_constants`` gets them) for a rest that depends on several
+        fields (Izhikevich's u₀ = b·v₀: ``lambda p: p.b * p.v_rest``).
       integrated: advanced by the integrator (then ``time_constants`` and
         ``drives`` give its τ and F), or event-only (changed by
         ``after_spike`` alone, held over the integration).
@@ -123,7 +126,7 @@ class StateVariable:
     """
 
     units: str
-    rest: str | float = 0.0
+    rest: str | float | Callable[[Any], Any] = 0.0
     integrated: bool = True
     recordable: bool = True
     integer: bool = False
@@ -701,7 +704,10 @@ class Soma(nnx.Module):
         var = self.state_variables[base]
         if var.integer:
             return jnp.full(shape, int(var.rest), jnp.int32)
-        rest = getattr(self, var.rest)[...] if isinstance(var.rest, str) else var.rest
+        if callable(var.rest):
+            rest = var.rest(types.SimpleNamespace(**self.parameters()))
+        else:
+            rest = getattr(self, var.rest)[...] if isinstance(var.rest, str) else var.rest
         rest = jnp.broadcast_to(jnp.asarray(rest), shape).astype(numerics.compute_dtype(self.dtype))
         return numerics.split(rest, self.dtype)[name != base]
 
