@@ -54,6 +54,9 @@ html_title = f"spark_somas {release}"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
 html_theme_options = {"navigation_with_keys": True}
+# Curly quotes and ellipses, but no dashes: "--data-dir" in an option's help
+# (the generated command-line reference) must stay copyable, not "–data-dir".
+smartquotes_action = "qe"
 pygments_style = "friendly"
 pygments_dark_style = "monokai"
 
