@@ -224,7 +224,7 @@ class NetworkOutput:
 
     @property
     def hidden_spikes(self) -> Array:
-        """Every hidden layer's spikes side by side: (T, B, Σ N_l)."""
+        """Every hidden layer's spikes side by side, of shape (T, B, Σ N_l)."""
         if len(self.layer_spikes) == 1:
             return self.layer_spikes[0]
         return jnp.concatenate(self.layer_spikes, axis=-1)
