@@ -62,25 +62,14 @@ def adjoint(soma: str, exp_gradient: str, surrogate, steps: int = 2000, seed: in
 
 
 def run_adjoint(args) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import plots
 
     curves = {}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained", sharey=True)
-    for ax, soma in zip(axes, ("adex", "expif")):
+    for soma in ("adex", "expif"):
         for label, (mode, surrogate) in VARIANTS.items():
             a = adjoint(soma, mode, surrogate)
             curves[f"{soma}: {label}"] = [float(v) if np.isfinite(v) else "inf" for v in a]
-            shown = np.where(np.isfinite(a), a, np.nan)
-            ax.semilogy(np.arange(len(a)), shown, label=label, lw=1.2)
-        ax.set_title(f"{soma}: ‖∂L/∂x_t‖, loss on the last step")
-        ax.set_xlabel("steps back from the end (dt = 1 ms)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("adjoint norm (a gap: inf or NaN)")
-    axes[1].legend(fontsize=7, loc="lower left")
-    fig.savefig(args.figure, dpi=110)
+    plots.adjoint_figure(curves, args.figure)
     _common.write_json(args.out, {"machine": _common.machine(), "curves": curves})
     for name, a in curves.items():
         picks = {k: a[k] for k in (10, 150, 600, 1999)}

@@ -1,6 +1,6 @@
 """The benchmark pages' figures, drawn from the recorded JSON (runs nothing).
 
-    python benchmarks/plots.py            # writes docs/benchmarks-*.png
+    python benchmarks/plots.py            # writes docs/benchmarks-*.png, docs/training-adjoint.png
 
 Each figure reads only the JSON files named in its title, so it shows what
 the tables of benchmarks/README.md and benchmarks/TRAINING.md show.
@@ -114,13 +114,42 @@ def epochs(out: pathlib.Path) -> dict[str, list[float]]:
     return {"samples_per_s": values}
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
+def adjoint_figure(curves: dict[str, list], path: pathlib.Path | str) -> None:
+    """‖∂L/∂x_t‖ against steps back, one panel per soma (the key's part
+    before ": "), one curve per variant; "inf" entries leave a gap. The
+    legend sits under the panels, clear of the curves."""
+    somas = list(dict.fromkeys(name.split(": ", 1)[0] for name in curves))
+    fig, axes = plt.subplots(1, len(somas), figsize=(10, 4.6), layout="constrained",
+                             sharey=True, squeeze=False)
+    for ax, soma in zip(axes[0], somas):
+        for name, values in curves.items():
+            if name.split(": ", 1)[0] == soma:
+                shown = [float("nan") if v == "inf" else v for v in values]
+                ax.semilogy(range(len(shown)), shown, label=name.split(": ", 1)[1], lw=1.2)
+        ax.set_title(f"{soma}: ‖∂L/∂x_t‖, loss on the last step")
+        ax.set_xlabel("steps back from the end (dt = 1 ms)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("adjoint norm (a gap: inf or NaN)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7, frameon=False)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def adjoint(out: pathlib.Path) -> dict[str, list[float | str]]:
+    """The adjoint against steps back of benchmarks/gradients.py (gradients_adjoint.json)."""
+    curves = load("gradients_adjoint.json")["curves"]
+    adjoint_figure(curves, out / "training-adjoint.png")
+    return curves
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, list]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(DOCS), help="directory for the PNG files")
     out = pathlib.Path(parser.parse_args(argv).out)
     out.mkdir(parents=True, exist_ok=True)
     return {"throughput": throughput(out), "bptt_memory": bptt_memory(out),
-            "epochs": epochs(out)}
+            "epochs": epochs(out), "adjoint": adjoint(out)}
 
 
 if __name__ == "__main__":

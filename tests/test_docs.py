@@ -126,7 +126,7 @@ def test_benchmark_figures_show_the_recorded_numbers(tmp_path):
     series = plots.main(["--out", str(tmp_path)])
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["benchmarks-bptt-memory.png", "benchmarks-epochs.png",
-                     "benchmarks-throughput.png"]
+                     "benchmarks-throughput.png", "training-adjoint.png"]
     assert all((DOCS / n).is_file() for n in names)
     peers = json.loads((ROOT / "benchmarks" / "peers.json").read_text())["rows"]
     assert series["throughput"]["N"] == [r["N"] for r in peers]
@@ -134,4 +134,6 @@ def test_benchmark_figures_show_the_recorded_numbers(tmp_path):
         r["spark_somas_neuron_steps_per_s"] for r in peers]
     epochs = json.loads((ROOT / "benchmarks" / "epochs_cpu.json").read_text())["rows"]
     assert series["epochs"]["samples_per_s"] == [r["samples_per_s"] for r in epochs]
+    adjoint = json.loads((ROOT / "benchmarks" / "gradients_adjoint.json").read_text())
+    assert series["adjoint"] == adjoint["curves"]
     plt.close("all")
