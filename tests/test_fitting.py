@@ -7,6 +7,7 @@ not by the package, with 0.5 mV of Gaussian noise, so a fit that recovers
 the parameters recovers those of an independent simulator.
 """
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -25,6 +26,7 @@ import spark_somas as ss
 from spark_somas import fitting, presets
 from spark_somas.configs import ConfigError
 from spark_somas.fitting import Loss, Recording, Stage
+from spark_somas.fitting.recording import same_dt
 
 import reference
 
@@ -401,6 +403,55 @@ def test_a_model_of_ones_own_gets_its_spike_triggered_fields_derived():
     assert stages[1].fields == ("adaptation_delta",)
 
 
+def test_a_field_that_only_sets_a_state_at_rest_is_not_spike_triggered():
+    """An Izhikevich-like model whose recovery u starts at a field u₀ that
+    no equation reads again: below threshold and at a spike alike, u₀ acts
+    on nothing, so no stage fits it as spike-triggered; the cut-off V_th
+    and the jump d of u, read only at a spike, are."""
+    from spark_somas.models.configs import SomaConfig, quantity
+    from spark_somas.models.somas import Soma, StateVariable
+
+    @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+    class RecoveryConfig(SomaConfig):
+        potential_rest: float = quantity(-65.0, symbol="E_L", units="mV", doc="rest")
+        threshold: float = quantity(-50.0, symbol="V_th", units="mV", doc="cut-off")
+        jump: float = quantity(5.0, symbol="d", units="pA", doc="jump of u")
+        recovery_rest: float = quantity(2.0, symbol="u_0", units="pA", doc="u at rest")
+
+    class Recovery(Soma):
+        config_class = RecoveryConfig
+        state_variables = {"potential": StateVariable("mV", rest="potential_rest"),
+                           "recovery": StateVariable("pA", rest="recovery_rest")}
+
+        @staticmethod
+        def time_constants(p):
+            return {"potential": 10.0 + 0 * p.threshold, "recovery": 100.0 + 0 * p.jump}
+
+        @staticmethod
+        def drives(p, x, current, stage, options):
+            return {"potential": -(x["potential"] - p.potential_rest) + current - x["recovery"],
+                    "recovery": -x["recovery"]}
+
+        @staticmethod
+        def spike_threshold(p, x):
+            return p.threshold
+
+        @staticmethod
+        def after_spike(p, x, spike, dt):
+            return {"potential": x["potential"] * (1 - spike) + p.potential_rest * spike,
+                    "recovery": x["recovery"] + p.jump * spike}
+
+        @staticmethod
+        def cell_scale(p):
+            return p.threshold - p.potential_rest
+
+        @staticmethod
+        def input_scale(p):
+            return p.threshold - p.potential_rest
+
+    assert set(fitting.spike_triggered(Recovery(units=1))) == {"threshold", "jump"}
+
+
 # -- input at the edges: each refused by name before any work, or accepted as
 # any real scalar; the quality measures where their definition ends
 
@@ -548,7 +599,7 @@ def test_any_real_scalar_is_a_recordings_dt(dt):
     data = Recording([np.zeros(100)], dt, potential=[np.full(100, -70.0)])
     assert data.dt == float(dt) and type(data.dt) is float
     soma = ss.ExponentialSoma(units=1, dt=dt)
-    assert fitting._same_dt(soma.dt, data.dt)
+    assert same_dt(soma.dt, data.dt)
 
 
 @pytest.mark.parametrize("dt", [True, "0.1", np.array([0.1]), 0j, 0.0, math.nan, 1e7, None])
