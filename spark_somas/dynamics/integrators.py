@@ -8,8 +8,9 @@ integrated state variable x (V, w):
 with its time constant τ_x and its drive F_x (see ``drives`` and
 ``time_constants`` on each soma class). The input current I is held constant
 over the step [t, t + dt) for every stage. An integrator advances all of
-them by one step dt (ms); threshold, reset and refractoriness are applied
-afterwards by :func:`spark_somas.models.somas.step`, the same for every method.
+them by one step dt (ms); the threshold, the model's gating and the reset
+are applied afterwards by :func:`spark_somas.models.protocol.step`, the same
+for every method.
 
 ``"euler"`` (the default and the reference; Brian2's ``method='euler'``)
     x ← x + (dt/τ_x)·F_x(state)
@@ -24,11 +25,15 @@ afterwards by :func:`spark_somas.models.somas.step`, the same for every method.
     step, every other term is frozen at its value at the start of the step.
     For ExpIF: V ← V∞ + (V − V∞)·e^(−dt/τ_m), V∞ = E_L + Δ_T·e^((V−V_T)/Δ_T) + R·I.
 
-Every method is one explicit Runge–Kutta tableau over step coefficients
-c_x (dt/τ_x, or 1 − e^(−dt/τ_x) for the exponential Euler). An integrator
-knows no variable names: it hands each evaluation of the drives a
-:class:`Stage` — the coefficients c_x by the model's own names and the
-tableau's smallest weight — from which a model bounds its own stiff terms
+Every method is a :class:`Method`: one explicit Runge–Kutta tableau and
+the rule that turns a time constant into its step coefficient c_x (dt/τ_x,
+or 1 − e^(−dt/τ_x) for the exponential Euler, whose exact linear part is
+that rule and nothing else). A method is looked up by name once
+(:func:`method`, when a soma's options are built); :func:`advance` runs the
+object it is given and never asks its name. An integrator knows no variable
+names: it hands each evaluation of the drives an :class:`Evaluation` — the
+coefficients c_x by the model's own names and the tableau's smallest
+weight — from which a model bounds its own stiff terms
 (the exponential models cap e^u there, :mod:`spark_somas.dynamics.numerics`); the
 point each later stage starts from is clipped to the state range
 (±``numerics.STATE_LIMIT``), so that a stiff step (dt ≫ τ) cannot compound
@@ -46,14 +51,16 @@ import jax
 import jax.numpy as jnp
 
 from spark_somas.dynamics import numerics
+from spark_somas.errors import RuleError, require
 
-__all__ = ["METHODS", "Tableau", "TABLEAUS", "Stage", "Drives", "advance"]
+__all__ = ["METHODS", "INTEGRATORS", "Method", "method", "Tableau", "TABLEAUS", "Evaluation",
+           "Stage", "Drives", "advance", "euler_coefficient", "exponential_coefficient"]
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage:
+class Evaluation:
     """What an integrator tells the drives about the step being taken.
 
     ``coefficients[x]`` is c_x, the factor that turns variable x's drive
@@ -66,8 +73,11 @@ class Stage:
     smallest_weight: float
 
 
-# drives(state, stage) -> {x: F_x} for every integrated variable x.
-Drives = Callable[[dict[str, Array], Stage], dict[str, Array]]
+#: The name models' ``drives`` and earlier code know :class:`Evaluation` by.
+Stage = Evaluation
+
+# drives(state, evaluation) -> {x: F_x} for every integrated variable x.
+Drives = Callable[[dict[str, Array], Evaluation], dict[str, Array]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,14 +95,58 @@ class Tableau:
         return min(w for row in self.a + (self.b,) for w in row if w)
 
 
-TABLEAUS: Mapping[str, Tableau] = {
-    "euler": Tableau(a=((),), b=(1.0,)),
-    "rk2": Tableau(a=((), (0.5,)), b=(0.0, 1.0)),
-    "rk4": Tableau(a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
-                   b=(1 / 6, 1 / 3, 1 / 3, 1 / 6)),
-    "exponential_euler": Tableau(a=((),), b=(1.0,)),
-}
-METHODS = tuple(TABLEAUS)
+def euler_coefficient(dt: float, tau: Array) -> Array:
+    """c = dt/τ: the Runge–Kutta methods' step coefficient."""
+    return dt / tau
+
+
+def exponential_coefficient(dt: float, tau: Array) -> Array:
+    """c = 1 − e^(−dt/τ): x ← x + c·F integrates the −x/τ part of
+    τ·dx/dt = F exactly over the step (``expm1``, exact for dt ≪ τ too)."""
+    return -jnp.expm1(-dt / tau)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """An integration method: its ``tableau`` and its ``coefficient`` rule
+    c_x = coefficient(dt, τ_x) (ms, ms -> 1). Frozen and hashable: a
+    soma's step options, a static argument of the compiled loops, hold it."""
+
+    name: str
+    tableau: Tableau
+    coefficient: Callable[[float, Array], Array] = euler_coefficient
+
+    def coefficients(self, time_constants: Mapping[str, Array], dt: float) -> dict[str, Array]:
+        """c_x for each variable x of ``time_constants`` (τ_x, ms) at step ``dt`` (ms)."""
+        return {x: self.coefficient(dt, tau) for x, tau in time_constants.items()}
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_EULER = Tableau(a=((),), b=(1.0,))
+
+#: Every method by name, in the order the docs list them.
+INTEGRATORS: Mapping[str, Method] = {m.name: m for m in (
+    Method("euler", _EULER),
+    Method("rk2", Tableau(a=((), (0.5,)), b=(0.0, 1.0))),
+    Method("rk4", Tableau(a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+                          b=(1 / 6, 1 / 3, 1 / 3, 1 / 6))),
+    Method("exponential_euler", _EULER, exponential_coefficient),
+)}
+METHODS = tuple(INTEGRATORS)
+TABLEAUS: Mapping[str, Tableau] = {name: m.tableau for name, m in INTEGRATORS.items()}
+
+
+def method(name: str | Method) -> Method:
+    """The :class:`Method` called ``name`` (one of :data:`METHODS`); a
+    Method is returned as it is. Raises ValueError naming the value and the
+    choices otherwise."""
+    if isinstance(name, Method):
+        return name
+    require(isinstance(name, str) and name in INTEGRATORS, "method", name,
+            f"one of {METHODS}", error=RuleError)
+    return INTEGRATORS[name]
 
 
 def _combine(weights: tuple[float, ...], stages: list[Array]) -> Array:
@@ -104,7 +158,7 @@ def _combine(weights: tuple[float, ...], stages: list[Array]) -> Array:
 
 
 def advance(
-    method: str,
+    method: Method,
     drives: Drives,
     time_constants: Mapping[str, Array],
     state: Mapping[str, Array],
@@ -112,16 +166,14 @@ def advance(
 ) -> dict[str, Array]:
     """One step of ``method`` for the variables in ``time_constants``.
 
-    ``drives(state, stage)`` returns F_x for each of them (``stage``: a
-    :class:`Stage`); the other entries of ``state`` (e.g. a threshold
-    offset) are held over the step. Returns the advanced variables.
+    ``drives(state, evaluation)`` returns F_x for each of them
+    (``evaluation``: an :class:`Evaluation`); the other entries of
+    ``state`` (e.g. a threshold offset) are held over the step. Returns the
+    advanced variables.
     """
-    tableau = TABLEAUS[method]
-    if method == "exponential_euler":
-        coeff = {x: -jnp.expm1(-dt / tau) for x, tau in time_constants.items()}
-    else:
-        coeff = {x: dt / tau for x, tau in time_constants.items()}
-    stage = Stage(coeff, tableau.smallest_weight)
+    tableau = method.tableau
+    coeff = method.coefficients(time_constants, dt)
+    evaluation = Evaluation(coeff, tableau.smallest_weight)
     stages: list[dict[str, Array]] = []
     for row in tableau.a:
         point = dict(state)
@@ -132,5 +184,5 @@ def advance(
                 # cannot compound through the next stages to inf.
                 point[x] = numerics.saturate(
                     state[x] + coeff[x] * _combine(row, [f[x] for f in stages]))
-        stages.append(drives(point, stage))
+        stages.append(drives(point, evaluation))
     return {x: state[x] + coeff[x] * _combine(tableau.b, [f[x] for f in stages]) for x in coeff}

@@ -1,7 +1,10 @@
 """The neuron models: what a soma is, its parameters and its spike.
 
-* :mod:`~spark_somas.models.somas` — the :class:`~spark_somas.models.somas.Soma`
-  protocol, the four exponential somas and the one pure :func:`~spark_somas.models.somas.step`;
+* :mod:`~spark_somas.models.protocol` — the :class:`~spark_somas.models.protocol.Soma`
+  protocol and the one pure :func:`~spark_somas.models.protocol.step`;
+* :mod:`~spark_somas.models.exponential` — the four exponential somas;
+* :mod:`~spark_somas.models.paths` — somas and leaves of a module tree by name;
+* :mod:`~spark_somas.models.somas` — all of those three re-exported in one place;
 * :mod:`~spark_somas.models.configs` — parameter configs: fields with units,
   defaults and rules (:func:`~spark_somas.models.configs.quantity`);
 * :mod:`~spark_somas.models.surrogates` — the spike function and the

@@ -305,11 +305,11 @@ def _describe_value(value: np.ndarray, ok: np.ndarray) -> str:
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class SomaConfig:
     """What every soma's config holds, whatever its equations: the
-    surrogate of the spike's derivative, which of the spike's consequences
-    are detached from the gradient, and the backward pass of the model's
-    guarded nonlinearity (``exp_gradient``, one of
-    :data:`spark_somas.dynamics.numerics.EXP_GRADIENTS`; a model without one
-    ignores it).
+    surrogate of the spike's derivative and which of the spike's
+    consequences are detached from the gradient. A model's own settings
+    (fields that are neither numbers nor these, such as the exponential
+    somas' ``exp_gradient``) are declared in its config and reach its
+    drives through :meth:`settings`.
 
     What a spike s triggers has two parts, each with its own gradient switch
     (the forward pass is the same bit for bit under every combination):
@@ -334,7 +334,6 @@ class SomaConfig:
     surrogate: surrogates_lib.Surrogate = surrogates_lib.DEFAULT
     detach_reset: bool = True
     detach_adaptation: bool = False
-    exp_gradient: str = "exact"
     __skip_validation__: dataclasses.InitVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -379,7 +378,7 @@ class SomaConfig:
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(rule_message(
                 f"{type(self).__name__}.surrogate", self.surrogate,
-                f"a surrogate name, one of {sorted(surrogates_lib.Surrogate._registry)}, or a "
+                f"a surrogate name, one of {surrogates_lib.names()}, or a "
                 f"dict of 'name' and its parameters ({type(err).__name__}: {err})"
             )) from None
         require(isinstance(surrogate, surrogates_lib.Surrogate),
@@ -389,9 +388,6 @@ class SomaConfig:
         for name in ("detach_reset", "detach_adaptation"):
             require(isinstance(getattr(self, name), bool), f"{type(self).__name__}.{name}",
                     getattr(self, name), "a bool (True: no gradient through it)")
-        require(self.exp_gradient in numerics.EXP_GRADIENTS, f"{type(self).__name__}.exp_gradient",
-                self.exp_gradient, f"one of {numerics.EXP_GRADIENTS} (the backward pass of the "
-                "exponential term)")
         object.__setattr__(self, "_validated", not skip_validation)
         if not skip_validation:
             self.validate({f.name: getattr(self, f.name) for f in self.quantity_fields()})
@@ -500,10 +496,23 @@ class SomaConfig:
                 np.asarray(value).tolist()
             )
         out["surrogate"] = self.surrogate.to_dict()
-        out["detach_reset"] = self.detach_reset
-        out["detach_adaptation"] = self.detach_adaptation
-        out["exp_gradient"] = self.exp_gradient
+        for name in self.option_names()[1:]:
+            out[name] = getattr(self, name)
         return out
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The fields that are not numbers, in declaration order: the
+        protocol's (``surrogate``, ``detach_reset``, ``detach_adaptation``),
+        then the model's own settings."""
+        return tuple(f.name for f in dataclasses.fields(cls) if "units" not in f.metadata)
+
+    def settings(self) -> tuple[tuple[str, Any], ...]:
+        """The model's own settings, (name, value) pairs of the fields that
+        are neither numbers nor :class:`SomaConfig`'s: what a soma's
+        :class:`~spark_somas.models.protocol.StepOptions` hands its drives."""
+        base = {f.name for f in dataclasses.fields(SomaConfig)}
+        return tuple((n, getattr(self, n)) for n in self.option_names() if n not in base)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SomaConfig":
@@ -518,14 +527,19 @@ class SomaConfig:
             refuse_unknown(cls, unknown)
         return cls(**d)
 
-    @staticmethod
-    def upgrade_dict(d: Mapping[str, Any]) -> dict[str, Any]:
+    @classmethod
+    def upgrade_dict(cls, d: Mapping[str, Any]) -> dict[str, Any]:
         """A config dict written by an earlier release, as it meant then: one
         written before ``detach_adaptation`` existed, when ``detach_reset``
         (True by default) cut the adaptation jumps' gradient too, gets
-        ``detach_adaptation`` = its ``detach_reset``."""
+        ``detach_adaptation`` = its ``detach_reset``; the ``exp_gradient``
+        that every config once held is dropped from the dict of a model
+        that has no exponential term (it ignored it)."""
+        d = dict(d)
+        if "exp_gradient" in d and "exp_gradient" not in {f.name for f in dataclasses.fields(cls)}:
+            del d["exp_gradient"]
         if "detach_adaptation" in d:
-            return dict(d)
+            return d
         return {**d, "detach_adaptation": d.get("detach_reset", True)}
 
     def to_json(self) -> str:
@@ -558,17 +572,13 @@ class SomaConfig:
 
     def __repr__(self) -> str:
         body = ", ".join(f"{name}={value} {units}" for name, _, value, units, _ in self.rows())
-        return (
-            f"{type(self).__name__}({body}, surrogate={self.surrogate!r}, "
-            f"detach_reset={self.detach_reset}, detach_adaptation={self.detach_adaptation}, "
-            f"exp_gradient={self.exp_gradient!r})"
-        )
+        options = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.option_names())
+        return f"{type(self).__name__}({body}, {options})"
 
     def _repr_html_(self) -> str:
         return html_table(type(self).__name__, self.rows(), [
-            ("surrogate", repr(self.surrogate)), ("detach_reset", str(self.detach_reset)),
-            ("detach_adaptation", str(self.detach_adaptation)), ("exp_gradient", self.exp_gradient)
-        ])
+            (n, repr(v) if n == "surrogate" else str(v))
+            for n, v in ((n, getattr(self, n)) for n in self.option_names())])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
@@ -583,6 +593,11 @@ class ExponentialSomaConfig(SomaConfig):
 
     With the defaults, rheobase is I_rh = (V_T - E_L - Δ_T)/R = 546 pA; a
     constant 800 pA makes the default soma fire regularly at 56 Hz (dt = 0.1 ms).
+
+    ``exp_gradient``, one of :data:`spark_somas.dynamics.numerics.EXP_GRADIENTS`,
+    is the backward pass of the exponential term (the forward pass is the
+    same under all three); the exponential drive reads it from the step's
+    settings (:func:`spark_somas.models.exponential.exponential_term`).
     """
 
     potential_rest: Value = quantity(-70.6, symbol="E_L", units="mV", doc="resting potential")
@@ -607,6 +622,13 @@ class ExponentialSomaConfig(SomaConfig):
     spike_slope: Value = quantity(
         2.0, symbol="Δ_T", units="mV", doc="sharpness of spike initiation", rule=POSITIVE
     )
+    exp_gradient: str = "exact"
+
+    def __post_init__(self, skip_validation: bool) -> None:
+        require(self.exp_gradient in numerics.EXP_GRADIENTS, f"{type(self).__name__}.exp_gradient",
+                self.exp_gradient, f"one of {numerics.EXP_GRADIENTS} (the backward pass of the "
+                "exponential term)")
+        super().__post_init__(skip_validation)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)

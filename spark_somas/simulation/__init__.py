@@ -15,7 +15,6 @@ and :mod:`spark_somas.models` only.
 """
 
 from spark_somas.simulation.driver import (
-    RECORDABLE,
     FusedBackendError,
     drive,
     output,
@@ -24,5 +23,5 @@ from spark_somas.simulation.driver import (
     simulate,
 )
 
-__all__ = ["drive", "simulate", "recordable", "recorded_fields", "output", "RECORDABLE",
+__all__ = ["drive", "simulate", "recordable", "recorded_fields", "output",
            "FusedBackendError"]

@@ -2,7 +2,7 @@
 
 ``drive(module, inputs, step)`` is T calls of ``step(module, x_t)`` fused into
 one ``jax.lax.scan`` under ``jax.jit``, for any NNX module whose running
-state lives in :class:`~spark_somas.models.somas.SomaState` Variables — a soma, or
+state lives in :class:`~spark_somas.models.protocol.SomaState` Variables — a soma, or
 a whole network step (Linear → soma → recurrent Linear → synapse → readout,
 :class:`~spark_somas.training.network.SpikingNetwork`). The SomaState Variables are
 the scan's carry; every other Variable (weights, constants) is read only. It
@@ -34,15 +34,11 @@ from flax import nnx
 from spark_somas.errors import RuleError, require_shape, rule_message
 from spark_somas.simulation import layout
 from spark_somas.simulation.backends import FusedBackendError, resolve_backend
-from spark_somas.models.somas import OUTPUT_FIELDS, Soma, SomaOutput, SomaState
+from spark_somas.models.protocol import Soma, SomaOutput, SomaState
 
-__all__ = ["drive", "simulate", "recordable", "recorded_fields", "output", "RECORDABLE"]
+__all__ = ["drive", "simulate", "recordable", "recorded_fields", "output"]
 
 M = TypeVar("M", bound=nnx.Module)
-
-#: What the four exponential somas can record; any soma records ``spikes``,
-#: its membrane variable and each state variable it declares recordable.
-RECORDABLE = OUTPUT_FIELDS
 
 
 def _call(module: nnx.Module, x: Any) -> Any:
@@ -153,8 +149,8 @@ def simulate(
         result: first (True), or just before the units axes (False, as
         ``flax.nnx.RNN(time_major=False)``); see :mod:`spark_somas.simulation.layout`.
       record: which of :func:`recordable` to return stacked over time;
-        fields not recorded are None in the result (``out[name]`` reads any
-        recorded one, a model's own variables included).
+        ``out.name`` and ``out[name]`` read a recorded one, a model's own
+        variables included (``out.name`` of one not recorded is None).
       remat: False (keep every step for the backward pass), True (segments
         of ⌈√T⌉ steps) or an int k (segments of k steps, recomputed on the
         backward pass).
@@ -200,12 +196,15 @@ def simulate(
 
 def output(soma: Soma, recorded: dict[str, jax.Array]) -> SomaOutput:
     """Recorded arrays by name as a :class:`SomaOutput`: the membrane
-    variable as ``potential``, a model's own variables in ``extra``."""
+    variable as ``potential``, every other under its own name; the model's
+    :meth:`~spark_somas.models.protocol.Soma.output_names` are what it declares."""
     recorded = dict(recorded)
     if soma.membrane in recorded:
         recorded["potential"] = recorded.pop(soma.membrane)
-    extra = {k: v for k, v in recorded.items() if k not in OUTPUT_FIELDS}
-    return SomaOutput(**{k: recorded.get(k) for k in OUTPUT_FIELDS}, extra=extra or None)
+    declared = soma.output_names()
+    order = {name: i for i, name in enumerate(declared)}
+    return SomaOutput(dict(sorted(recorded.items(), key=lambda kv: order.get(kv[0], len(order)))),
+                      declared=declared)
 
 
 def _segment_length(remat: bool | int, steps: int) -> int | None:

@@ -11,7 +11,7 @@ state) out: its cost is the traffic of those arrays, not T launches.
 **One generator, one set of equations.** One engine builds the kernels for
 any pure step ``(shared, local, state, x_t) -> (state, y_t)``, and its two
 users hand it the steps that the scan runs: :func:`run` the soma's
-:func:`spark_somas.models.somas.step`, :func:`run_module` an NNX module's step
+:func:`spark_somas.models.protocol.step`, :func:`run_module` an NNX module's step
 (a whole :class:`~spark_somas.training.network.SpikingNetwork` time step: Linear →
 soma → recurrent Linear → synapse → readout). The kernel bodies call that
 step (forward) and ``jax.vjp`` of it (backward), so the models, every
@@ -95,7 +95,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 from jax.extend import core as jex_core
 
-from spark_somas.models import somas
+from spark_somas.models import protocol
 from spark_somas.simulation.backends import BACKENDS, FUSED_BY_DEFAULT, FusedBackendError, resolve_backend
 from spark_somas.errors import RuleError, require, require_shape, violation
 
@@ -175,11 +175,11 @@ class _SomaStep:
     parameters, the current as input, the recorded fields as output."""
 
     model: type
-    options: somas.StepOptions
+    options: protocol.StepOptions
     record: tuple[str, ...]
 
     def __call__(self, shared: Any, local: dict, state: dict, current: Array):
-        new, spikes = somas.step(self.model, local, state, current, self.options)
+        new, spikes = protocol.step(self.model, local, state, current, self.options)
         values = {"spikes": spikes, **new}
         return new, {r: values[r] for r in self.record}
 
@@ -196,7 +196,7 @@ class _ModuleStep:
     def __call__(self, shared: Any, local: Any, state: Any, x: Any):
         module = nnx.merge(self.graphdef, state, shared)
         y = self.step(module, x)
-        return nnx.state(module, somas.SomaState), y
+        return nnx.state(module, protocol.SomaState), y
 
 
 @dataclasses.dataclass(frozen=True)
@@ -601,14 +601,14 @@ def run(
     params: Mapping[str, Array],
     state: Mapping[str, Array],
     currents: Array,
-    options: "somas.StepOptions",
+    options: "protocol.StepOptions",
     *,
     record: Sequence[str] = ("spikes", "potential"),
     segment: int | None = None,
     block: int | None = None,
     interpret: bool | None = None,
 ) -> tuple[dict[str, Array], dict[str, Array]]:
-    """T steps of :func:`~spark_somas.models.somas.step` in one fused kernel,
+    """T steps of :func:`~spark_somas.models.protocol.step` in one fused kernel,
     partitioned over the neurons (batch and units flattened).
 
     Args:

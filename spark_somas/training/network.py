@@ -60,11 +60,10 @@ from spark_somas.simulation import layout
 from spark_somas.dynamics import numerics
 from spark_somas.models import registry
 from spark_somas.models import surrogates as surrogates_lib
-from spark_somas.models.configs import LARGEST, SMALLEST, as_number, require
+from spark_somas.models.configs import LARGEST, SMALLEST, SomaConfig, as_number, require
 from spark_somas.errors import RuleError, RuleTypeError, allocating, require_shape
 from spark_somas.simulation.driver import FusedBackendError, drive
-from spark_somas.models.somas import (AdaptiveExponentialSoma, SimplifiedAdaptiveExponentialSoma, Soma,
-                               SomaOutput, SomaState, input_scale)
+from spark_somas.models.somas import Soma, SomaOutput, SomaState, input_scale
 
 __all__ = [
     "TRAINING_SURROGATE",
@@ -73,7 +72,6 @@ __all__ = [
     "TRAINING_DETACH_ADAPTATION",
     "TRAINING_FIELDS",
     "plain_neurons",
-    "NEURON_PARAMS",
     "HIDDEN",
     "trainable_neuron_params",
     "rheobase_current",
@@ -117,15 +115,19 @@ TRAINING_FIELDS = ("surrogate", "exp_gradient", "detach_reset", "detach_adaptati
 def _legacy(d: Mapping[str, Any]) -> dict[str, Any]:
     """A network or layer dict with the gradient settings it meant when it
     was written before they were recorded: the soma config's own, and, for
-    a dict without ``detach_adaptation``, the adaptation jumps detached
-    exactly when the reset was (one switch cut both then)."""
+    a dict without ``detach_adaptation``, the adaptation switch that
+    :meth:`~spark_somas.models.configs.SomaConfig.upgrade_dict` gives a
+    config of that time from its ``detach_reset`` (a soma argument, else the
+    config's)."""
     if "detach_adaptation" in d:
         return {**_LEGACY_GRADIENTS, **d}
     kwargs = d.get("soma_kwargs") or {}
     config = kwargs.get("config")
     config = config if isinstance(config, Mapping) else vars(config) if config is not None else {}
-    reset = kwargs.get("detach_reset", config.get("detach_reset", True))
-    return {**_LEGACY_GRADIENTS, **d, "detach_adaptation": reset}
+    given = {**config, **kwargs}
+    older = {"detach_reset": given["detach_reset"]} if "detach_reset" in given else {}
+    return {**_LEGACY_GRADIENTS, **d,
+            "detach_adaptation": SomaConfig.upgrade_dict(older)["detach_adaptation"]}
 
 
 def plain_neurons(soma_class: type[Soma], arguments: Mapping[str, Any], units: int,
@@ -152,13 +154,6 @@ def trainable_neuron_params(soma_class: type[Soma]) -> tuple[str, ...]:
     """The fields trained when ``trainable_neurons=True``: the soma class's
     own ``default_trainable``."""
     return tuple(soma_class.default_trainable)
-
-
-#: The fields ``trainable_neurons=True`` trains in any of the four somas of
-#: this package (each soma trains those its config has).
-NEURON_PARAMS = tuple(dict.fromkeys(
-    n for cls in (AdaptiveExponentialSoma, SimplifiedAdaptiveExponentialSoma)
-    for n in cls.default_trainable))
 
 
 def rheobase_current(soma: Soma) -> float:
@@ -366,10 +361,12 @@ class Layer:
     def soma_arguments(self) -> dict[str, Any]:
         """What the soma's constructor receives besides units, dt and trainable:
         ``soma_kwargs``, the gradient settings that are set
-        (:data:`TRAINING_FIELDS`) and, with ``adaptive_fraction`` < 1, the
+        (:data:`TRAINING_FIELDS`) that its config has (``exp_gradient`` only
+        where the model has an exponential term) and, with ``adaptive_fraction`` < 1, the
         per-neuron adaptation fields of :func:`plain_neurons`."""
+        own = {f.name for f in dataclasses.fields(registry.soma_class(self.soma).config_class)}
         out = {**self.soma_kwargs, **{name: getattr(self, name) for name in TRAINING_FIELDS
-                                      if getattr(self, name) is not None}}
+                                      if getattr(self, name) is not None and name in own}}
         if self.adaptive_fraction < 1.0:
             out |= plain_neurons(registry.soma_class(self.soma), out, self.units,
                                  self.adaptive_fraction)
