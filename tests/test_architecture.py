@@ -73,30 +73,58 @@ def test_imports_run_down_the_layers(path):
     assert not bad, "imports that run up or sideways:\n" + "\n".join(bad)
 
 
+def private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def foreign_private_reads(source: str) -> list[str]:
+    """Every read of another module's private name in ``source``: ``from m
+    import _x``, ``m._x``, and an attribute chain through a name imported
+    from the package (``m.Class._x``, ``Class._x``, ``m.obj.attr._x``)."""
+    tree = ast.parse(source)
+    imported: set[str] = set()  # local names bound by an import of the package
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {(a.asname or a.name).split(".")[0] for a in node.names
+                         if a.name.startswith("spark_somas")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
+                node.module.startswith("spark_somas"):
+            bad += [f"line {node.lineno}: from {node.module} import {a.name}"
+                    for a in node.names if private(a.name)]
+            imported |= {a.asname or a.name for a in node.names}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and private(node.attr)):
+            continue
+        chain, base = [node.attr], node.value
+        while isinstance(base, ast.Attribute):
+            chain.append(base.attr)
+            base = base.value
+        if isinstance(base, ast.Name) and base.id in imported:
+            bad.append(f"line {node.lineno}: {'.'.join([base.id, *reversed(chain)])}")
+    return bad
+
+
 @pytest.mark.parametrize("path", sources(), ids=lambda p: p.relative_to(PACKAGE).as_posix())
 def test_no_private_name_crosses_a_module_border(path):
-    tree = ast.parse(path.read_text())
-    modules: set[str] = set()  # local names bound to a module of the package
-    bad = []
-    for line, module, names in imports(path):
-        bad += [f"line {line}: from {module} import {n}" for n in names
-                if n.startswith("_") and not n.startswith("__")]
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("spark_somas"):
-            for a in node.names:
-                target = f"{node.module}.{a.name}"
-                try:
-                    is_module = importlib.util.find_spec(target) is not None
-                except ModuleNotFoundError:
-                    is_module = False
-                if is_module:
-                    modules.add(a.asname or a.name)
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in modules and node.attr.startswith("_")
-                and not node.attr.startswith("__")):
-            bad.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
+    bad = foreign_private_reads(path.read_text())
     assert not bad, "private names used across modules:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("source, found", [
+    ("from spark_somas.models import surrogates\nsurrogates._x", ["line 2: surrogates._x"]),
+    ("from spark_somas.models import surrogates as s\ns.Surrogate._registry",
+     ["line 2: s.Surrogate._registry"]),
+    ("from spark_somas.models.surrogates import Surrogate\nSurrogate._registry",
+     ["line 2: Surrogate._registry"]),
+    ("import spark_somas.models.surrogates\nspark_somas.models.surrogates.Surrogate._registry",
+     ["line 2: spark_somas.models.surrogates.Surrogate._registry"]),
+    ("from spark_somas.models.surrogates import _SMALLEST", [
+        "line 1: from spark_somas.models.surrogates import _SMALLEST"]),
+    ("from spark_somas.models import surrogates\nsurrogates.names()\nself._own\nsurrogates.__doc__", []),
+])
+def test_the_private_name_check_sees_each_form(source, found):
+    assert foreign_private_reads(source) == found
 
 
 def test_every_subpackage_says_what_lives_in_it():

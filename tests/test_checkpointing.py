@@ -1,4 +1,4 @@
-"""Checkpoint and resume (spark_somas.checkpointing): exact resume of
+"""Checkpoint and resume (spark_somas.persistence.checkpointing): exact resume of
 simulations and training in a new process, crash safety under kill -9, clear
 refusals, retention. The second process runs tests/_checkpoint_worker.py."""
 
@@ -24,7 +24,9 @@ from flax import nnx
 
 import _checkpoint_worker as worker
 import spark_somas as ss
-from spark_somas import checkpointing as ck
+from spark_somas.models import registry
+from spark_somas.persistence import checkpointing as ck
+from spark_somas.persistence import compatibility
 
 WORKER = pathlib.Path(__file__).with_name("_checkpoint_worker.py")
 
@@ -159,7 +161,7 @@ class Pair(nnx.Module):
         return self.b(self.w(self.a(current).spikes) * 1000.0)
 
 
-ck.register_model("test-pair", Pair, spec=lambda m: {"hidden": m.hidden_units},
+registry.register_model("test-pair", Pair, spec=lambda m: {"hidden": m.hidden_units},
                   build=lambda spec: Pair(spec["hidden"]))
 
 
@@ -419,7 +421,7 @@ def test_listing_skips_a_step_without_its_metadata_and_names_it(tmp_path, capsys
 RETENTION_CUT_SHORT = """
 import os, sys
 import spark_somas as ss
-from spark_somas import checkpointing as ck
+from spark_somas.persistence import checkpointing as ck
 
 unlink = os.unlink
 def unlink_then_die(path, *args, **kwargs):  # killed right after a step's metadata file goes
@@ -534,7 +536,7 @@ import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 import jax
 import spark_somas as ss
-from spark_somas import checkpointing as ck
+from spark_somas.persistence import checkpointing as ck
 big = ss.ExponentialSoma(units=200_000)
 big.potential[...] = jax.random.normal(jax.random.key(0), (200_000,))  # incompressible
 ckpt = ck.Checkpointer(sys.argv[1], async_save=sys.argv[2] == "async")
@@ -581,7 +583,7 @@ def test_stored_parameters_that_break_the_rules_are_refused_on_load_and_restore(
     soma = ss.ExponentialSoma(units=3, trainable=(field,))
     getattr(soma, field)[...] = jnp.full((3,), value)  # what an untrusted file may hold
     with monkeypatch.context() as patch:  # written as by another program: save would refuse it
-        patch.setattr(ck, "_rule_problem", lambda model, state: None)
+        patch.setattr(compatibility, "rule_problem", lambda model, state: None)
         with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
             ckpt.save(0, soma)
     with pytest.raises(ck.CheckpointCorruptError, match="holds values that break the rules of "
@@ -684,3 +686,34 @@ def test_asyncio_copies_of_a_failed_write_into_the_directory_are_dropped(tmp_pat
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2
     assert elsewhere in messages[0] and messages[1].startswith("Unclosed client session")
+
+
+@pytest.mark.parametrize("model", ["soma", "network"])
+def test_load_reads_each_metadata_once(tmp_path, monkeypatch, model):
+    """``load`` checks the somas' units, the abstractly built model's shapes
+    and the restore against one read of the step's array metadata, and reads
+    the step twice in all: its JSON metadata, then its arrays."""
+    import orbax.checkpoint as ocp
+
+    from spark_somas import training
+
+    saved = (ss.AdaptiveExponentialSoma(units=3) if model == "soma"
+             else training.SpikingNetwork(4, [3], 2, rngs=nnx.Rngs(0)))
+    with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(5, saved)
+    calls = {"item_metadata": [], "restore": []}
+    for name in calls:
+        original = getattr(ocp.CheckpointManager, name)
+
+        def counted(self, step, *args, _original=original, _name=name, **kwargs):
+            calls[_name].append(step)
+            return _original(self, step, *args, **kwargs)
+
+        monkeypatch.setattr(ocp.CheckpointManager, name, counted)
+    loaded = ck.load(tmp_path)
+    assert calls == {"item_metadata": [5], "restore": [5, 5]}
+    chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(loaded)),
+                                nnx.to_pure_dict(nnx.state(saved)))
+    calls["item_metadata"].clear()
+    ck.Checkpointer(tmp_path, read_only=True).restore(loaded)
+    assert calls["item_metadata"] == [5]

@@ -55,6 +55,7 @@ __all__ = [
     "spike",
     "from_dict",
     "by_name",
+    "names",
     "from_spec",
     "to_spec",
     "DEFAULT",
@@ -292,14 +293,19 @@ class StraightThrough(Surrogate):
 DEFAULT = FastSigmoid()
 
 
+def names() -> list[str]:
+    """The registered surrogate names, sorted: the ``name`` of every
+    :class:`Surrogate` subclass that declares one (a subclass of one's own
+    included), what :func:`by_name` and :func:`from_spec` accept."""
+    return sorted(Surrogate._registry)
+
+
 def by_name(name: str, **params: float) -> Surrogate:
     """The surrogate registered as ``name`` (e.g. ``"arctan"``) with ``params``."""
     try:
         cls = Surrogate._registry[name]
     except KeyError:
-        raise RuleError(
-            f"surrogate = {name!r} is not one of {sorted(Surrogate._registry)}"
-        ) from None
+        raise RuleError(f"surrogate = {name!r} is not one of {names()}") from None
     return cls(**params)
 
 

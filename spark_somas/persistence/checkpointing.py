@@ -34,9 +34,12 @@ by an older release) is skipped by :meth:`Checkpointer.list` with an
 :class:`IncompleteStepWarning`. One process writes a directory at a time.
 
 Loading never imports or runs code named on disk: :func:`load` rebuilds a
-model only from a type registered in this process (:func:`register_model`;
-see :mod:`spark_somas.models.registry`; the four somas and
-:class:`~spark_somas.training.network.SpikingNetwork` register themselves), and the metadata is plain JSON read as data.
+model only from a type registered in this process
+(:func:`~spark_somas.models.registry.register_model`; the four somas and
+:class:`~spark_somas.training.network.SpikingNetwork` register themselves),
+and the metadata is plain JSON read as data. What is read is judged by
+:mod:`spark_somas.persistence.compatibility` (metadata, mismatches, the
+upgrades of earlier releases).
 
 A :class:`Checkpointer` that may write checks up front that it can create a
 file in its directory, and again before every save, so an unwritable
@@ -53,7 +56,8 @@ array is read; a missing directory or step raises
 arrays, :class:`CheckpointCorruptError`; saving a step that exists
 :class:`CheckpointExistsError`; a directory this process cannot write
 :class:`CheckpointNotWritableError`. All subclass :class:`CheckpointError`, a
-``ValueError``.
+``ValueError``; they are defined in :mod:`spark_somas.persistence.errors` and
+importable from here.
 """
 
 from __future__ import annotations
@@ -62,29 +66,37 @@ import dataclasses
 import datetime
 import importlib.metadata
 import json
-import logging
 import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
 from spark_somas.dynamics import integrators
+from spark_somas.errors import RuleError, require, rule_message, violation
 from spark_somas.models import registry
 from spark_somas.models import somas
-from spark_somas.models.configs import is_initializer
-from spark_somas.errors import RuleError, SparkSomasError, require, rule_message, violation
-from spark_somas.models.registry import ModelType, register_model, soma_from_spec, soma_spec
+from spark_somas.persistence import compatibility
+from spark_somas.persistence.compatibility import brief, soma_paths, stored_form
+from spark_somas.persistence.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    CheckpointNotWritableError,
+    IncompleteStepWarning,
+    UnrecordedMethodWarning,
+)
+from spark_somas.persistence.orbax_logs import quiet_failed_saves
 
 __all__ = [
     "Checkpointer",
@@ -98,10 +110,6 @@ __all__ = [
     "check_writable",
     "UnrecordedMethodWarning",
     "IncompleteStepWarning",
-    "ModelType",
-    "register_model",
-    "soma_spec",
-    "soma_from_spec",
     "load",
     "describe",
     "check_directory",
@@ -116,246 +124,8 @@ _ITEMS = ("state", "optimizer", "metadata")
 DELETED_DIR = ".deleted-steps"
 
 
-class CheckpointError(SparkSomasError, ValueError):
-    """A checkpoint cannot be written or read as asked; the message says why."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """The checkpoint directory, or the requested step in it, does not exist."""
-
-
-class CheckpointCorruptError(CheckpointError):
-    """A step exists but cannot be read: missing files, garbled metadata or arrays."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The saved model and the target differ; names the field and both values."""
-
-
-class CheckpointExistsError(CheckpointError, FileExistsError):
-    """The step is already saved; a checkpoint is never overwritten."""
-
-
-class UnrecordedMethodWarning(UserWarning):
-    """A checkpoint of release 0.1.0 records no integration method: the
-    somas take the one named in the warning, unchecked."""
-
-
-class IncompleteStepWarning(UserWarning):
-    """:meth:`Checkpointer.list` (``describe``, ``spark-somas checkpoints``)
-    skipped a step whose metadata file is missing — a deletion or a write
-    cut short (``kill -9``, a power cut), or files removed by hand —; the
-    warning names it. Reading that step raises :class:`CheckpointCorruptError`."""
-
-
-class CheckpointNotWritableError(CheckpointError, PermissionError):
-    """The directory cannot be created or written by this process, or a
-    save to it failed on the file system."""
-
-
-class _FailedSaveReports(logging.Filter):
-    """Drops asyncio's "<Task|Future|_GatheringFuture> exception was never
-    retrieved" reports of the background writes of a save into one of
-    ``directories``: that failure has been raised by name already (one
-    line), and these copies of it come from Orbax's threads, where nothing
-    can catch them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        # replaced, never mutated: Orbax's threads may read it while one is added
-        self.directories: frozenset[str] = frozenset()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if not message.partition("\n")[0].endswith(" exception was never retrieved"):
-            return True
-        return not any(directory in message for directory in self.directories)
-
-
-#: The one such filter; each Checkpointer adds its directory and puts it on
-#: asyncio's logger (``addFilter`` adds a filter once).
-_FAILED_SAVE_REPORTS = _FailedSaveReports()
-
-
-class _ClosedLoopReports:
-    """A ``sys.unraisablehook`` that drops the ``RuntimeError: Event loop is
-    closed`` which TensorStore's write callbacks meet when a failed save's
-    event loop has already been closed (asyncio's ``_check_closed`` raises
-    it inside ``call_soon_threadsafe``, on a thread with no caller, so
-    Python prints it as unraisable, dozens of tracebacks per failed save).
-    That failure is raised by name by the Checkpointer; every other
-    unraisable exception goes to the hook that was there before."""
-
-    def __init__(self, previous: Callable[[Any], None]) -> None:
-        self.previous = previous
-
-    def __call__(self, unraisable: Any) -> None:
-        tb = unraisable.exc_traceback
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        if not (unraisable.exc_type is RuntimeError and tb is not None
-                and tb.tb_frame.f_code.co_name == "_check_closed"
-                and str(unraisable.exc_value) == "Event loop is closed"):
-            self.previous(unraisable)
-
-
-def _build_model(model_meta: Mapping[str, Any], check: Callable[[nnx.Module], None]) -> nnx.Module:
-    """The model the metadata describes, built once abstractly
-    (``nnx.eval_shape``: shapes and dtypes, no memory) and handed to
-    ``check``, then for real: a spec that claims more than the stored
-    arrays hold is refused before anything of its size is allocated. A
-    model whose construction reads a traced parameter as a number (none of
-    this package's) cannot be built abstractly; it is built for real and
-    compared after."""
-    name = model_meta.get("type")
-    if name is None:
-        raise CheckpointError(
-            f"the checkpoint holds a {model_meta.get('class')} that no register_model() call "
-            "describes, so it cannot be rebuilt from the directory alone; build the model "
-            "yourself and use Checkpointer.restore(model)"
-        )
-    try:
-        entry = registry.model_type(name)
-    except registry.UnknownModelError as err:
-        raise CheckpointError(
-            f"model type {err}; loading never imports a module named in a checkpoint: import "
-            "or define the model's class and call register_model for it first") from None
-    try:
-        try:
-            abstract = nnx.eval_shape(lambda: entry.build(model_meta.get("spec")))
-        except jax.errors.ConcretizationTypeError:
-            abstract = None  # its construction reads a traced value as a number
-        if abstract is not None:
-            check(abstract)
-        return entry.build(model_meta.get("spec"))
-    except CheckpointError:
-        raise
-    except registry.UnknownModelError as err:
-        raise CheckpointError(str(err)) from None
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
-        raise CheckpointCorruptError(f"the checkpoint's spec of its {name} cannot rebuild it "
-                                     f"({type(err).__name__}: {err})") from None
-
-
-def _is_key(leaf: Any) -> bool:
-    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-
-
-def _stored(leaf: Any) -> Any:
-    """What is written for a leaf: typed PRNG keys as their raw key data,
-    Python scalars as arrays."""
-    if _is_key(leaf):
-        return jax.random.key_data(leaf)
-    return leaf if hasattr(leaf, "dtype") else np.asarray(leaf)
-
-
 def _pure(module: Any) -> dict:
     return nnx.to_pure_dict(nnx.state(module))
-
-
-def _membrane_of(spec: Any) -> str:
-    """The membrane variable's name of the soma class a spec names (the
-    registry's class; ``"potential"`` when it names none)."""
-    try:
-        return registry.soma_class(spec.get("class")).membrane
-    except (registry.UnknownModelError, AttributeError):
-        return "potential"
-
-
-def _soma_paths(model: Any) -> dict[str, somas.Soma]:
-    return {somas.path_name(p) or ".": node for p, node in somas.iter_somas(model)}
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def _soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
-    """Every difference between the saved somas and ``model``'s, as text."""
-    have = _soma_paths(model)
-    problems = []
-    for path in sorted(set(saved) | set(have)):
-        if path not in have:
-            problems.append(f"soma {path!r}: checkpoint has a {saved[path]['class']}, model has none")
-            continue
-        if path not in saved:
-            problems.append(f"soma {path!r}: model has a {type(have[path]).__name__}, checkpoint has none")
-            continue
-        mine, theirs = soma_spec(have[path]), saved[path]
-        for key in ("class", "units", "dt", "method", "dtype", "param_dtype", "trainable"):
-            if key == "method" and key not in theirs:
-                continue  # release 0.1.0 did not record it: see _unrecorded_methods
-            if theirs.get(key) != mine[key]:
-                problems.append(f"soma {path!r} {key}: checkpoint {_show(theirs.get(key))}, "
-                                f"model {_show(mine[key])}")
-        if theirs.get("class") != mine["class"]:
-            continue
-        live = have[path].config
-        drawn = {f.name for f in live.quantity_fields() if is_initializer(getattr(live, f.name))}
-        theirs = {**theirs, "config": _with_defaults(type(live), theirs["config"])}
-        for name in mine["config"]:
-            # A field the model draws from an initializer takes the saved values;
-            # every other entry (the surrogate and the gradient switches included) must agree.
-            if name in drawn:
-                continue
-            if theirs["config"].get(name) != mine["config"][name]:
-                problems.append(f"soma {path!r} config.{name}: checkpoint "
-                                f"{_show(theirs['config'].get(name))}, model {_show(mine['config'][name])}")
-    return problems
-
-
-def _with_defaults(config_class: type, saved: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A saved config dict with the fields and surrogate parameters added
-    since it was written, at their defaults (an older release's checkpoint
-    compares as the config it meant); as saved if it does not parse."""
-    try:
-        return config_class(**config_class.upgrade_dict(saved),
-                            __skip_validation__=True).to_dict()
-    except (TypeError, ValueError):
-        return saved
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-_SOMA_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "class": (lambda v: isinstance(v, str), "a class name"),
-    "config": (lambda v: isinstance(v, dict), "a dict of config fields"),
-    "units": (lambda v: isinstance(v, list) and len(v) > 0 and all(
-        isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in v),
-              "a list of positive ints"),
-    "dt": (_is_number, "a number (ms)"),
-    "dtype": (lambda v: isinstance(v, str), "a dtype name"),
-    "param_dtype": (lambda v: isinstance(v, str), "a dtype name"),
-    "trainable": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
-                  "a list of field names"),
-}
-
-
-def _metadata_problem(meta: Mapping[str, Any]) -> str | None:
-    """What in a step's metadata is not as :meth:`Checkpointer.save` writes
-    it (a hand edit, another program), or None: checked before anything
-    reads it, so that damage is named instead of raising KeyError deep inside."""
-    if not isinstance(meta.get("time"), str):
-        return f"'time' = {_show(meta.get('time'))}, not an ISO 8601 string"
-    metrics = meta.get("metrics") or {}
-    if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
-        return f"'metrics' = {_show(metrics)}, not a dict of numbers"
-    model = meta["model"]
-    if not isinstance(model.get("class"), str) or not isinstance(model.get("type"), (str, type(None))):
-        return f"'model' = {_show(model)}, without a class name and a type name or null"
-    for path, spec in meta["somas"].items():
-        if not isinstance(spec, dict):
-            return f"soma {path!r} = {_show(spec)}, not a dict"
-        for key, (ok, rule) in _SOMA_KEYS.items():
-            if key not in spec or not ok(spec[key]):
-                return f"soma {path!r} {key!r} = {_show(spec.get(key))}, not {rule}"
-        if "method" in spec and spec["method"] not in integrators.METHODS:
-            return (f"soma {path!r} 'method' = {_show(spec['method'])}, not one of "
-                    f"{integrators.METHODS}")
-    return None
 
 
 def _step_items(path: str) -> set[str]:
@@ -373,93 +143,8 @@ def _step_items(path: str) -> set[str]:
         return set()
 
 
-def _rule_problem(model: nnx.Module, state: Mapping[str, Any]) -> tuple[str, ValueError] | None:
-    """The first soma of ``model`` (its path) whose fields in ``state``, a
-    pure dict of ``model``'s state, break the soma's rules, with the
-    refusal; None when every soma's values are legal."""
-    leaves = somas.named_leaves(state)
-    for path, soma in _soma_paths(model).items():
-        prefix = "" if path == "." else path + "/"
-        try:
-            soma.check_parameters({f.name: leaves[prefix + f.name]
-                                   for f in soma.config.quantity_fields()})
-        except ValueError as err:
-            return path, err
-    return None
-
-
-def _unrecorded_methods(saved: Mapping[str, Any]) -> list[str]:
-    """Paths of the saved somas whose metadata records no integration method
-    (written by release 0.1.0)."""
-    return sorted(path for path, spec in saved.items()
-                  if isinstance(spec, Mapping) and "method" not in spec)
-
-
-def _written_by(meta: Mapping[str, Any]) -> str:
-    versions = meta.get("versions")
-    version = versions.get("spark_somas") if isinstance(versions, Mapping) else None
-    return f"spark_somas {version}" if isinstance(version, str) else "an older spark_somas"
-
-
-def _state_units(model: Any) -> dict[str, tuple[int, ...]]:
-    """Path of every neuron-state leaf of ``model`` (each ``SomaState``, the
-    somas' and any other module's: a network's synaptic currents, previous
-    spikes, readout potential) -> its units, the trailing shape a batch
-    never changes: a soma's ``units``; for any other leaf, its shape less
-    the batch shape the model's somas hold now (one batch for the whole
-    model, as :meth:`Soma.broadcast_state` and every ``reset``
-    keep it)."""
-    soma_paths = _soma_paths(model)
-    out, batches = {}, set()
-    for path, soma in soma_paths.items():
-        prefix = "" if path == "." else path + "/"
-        for name, leaf in somas.named_leaves(nnx.to_pure_dict(nnx.state(soma, somas.SomaState))).items():
-            out[prefix + name] = soma.units
-            batches.add(tuple(np.shape(leaf))[: np.ndim(leaf) - len(soma.units)])
-    batch = batches.pop() if len(batches) == 1 else ()
-    for name, leaf in somas.named_leaves(nnx.to_pure_dict(nnx.state(model, somas.SomaState))).items():
-        shape = tuple(np.shape(leaf))
-        if name not in out and shape[: len(batch)] == batch:
-            out[name] = shape[len(batch):]
-    return out
-
-
-def _array_mismatches(item: str, saved: Mapping[str, Any], target: Mapping[str, Any],
-                      loose: Mapping[str, tuple[int, ...]]) -> list[str]:
-    """Differences in path, dtype and shape between saved array metadata and
-    the target's leaves; ``loose`` paths (neuron state, mapped to their
-    units) take the saved batch shape, which must be one for all of them,
-    followed by those units."""
-    problems, batches = [], {}
-    for path in sorted(set(saved) | set(target)):
-        if path not in target:
-            problems.append(f"{item} {path!r}: in the checkpoint, not in the model")
-        elif path not in saved:
-            problems.append(f"{item} {path!r}: in the model, not in the checkpoint")
-        else:
-            leaf, md = _stored(target[path]), saved[path]
-            dtype, shape = jnp.dtype(leaf.dtype), tuple(np.shape(leaf))
-            if jnp.dtype(md.dtype) != dtype:
-                problems.append(f"{item} {path!r} dtype: checkpoint {jnp.dtype(md.dtype).name}, "
-                                f"model {dtype.name}")
-            saved_shape = tuple(md.shape)
-            if path in loose:
-                units = loose[path]
-                if len(saved_shape) < len(units) or saved_shape[len(saved_shape) - len(units):] != units:
-                    problems.append(f"{item} {path!r} shape: checkpoint {saved_shape}, which does "
-                                    f"not end in the model's units {units}")
-                else:
-                    batches.setdefault(saved_shape[: len(saved_shape) - len(units)], path)
-            elif saved_shape != shape:
-                problems.append(f"{item} {path!r} shape: checkpoint {saved_shape}, model {shape}")
-    if len(batches) > 1:
-        problems.append(f"{item}: the neuron state has several batch shapes in the checkpoint ("
-                        + ", ".join(f"{b} at {p!r}" for b, p in batches.items()) + ")")
-    return problems
-
-
 def _abstract(leaf: Any, shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
-    stored = _stored(leaf)
+    stored = stored_form(leaf)
     sharding = getattr(stored, "sharding", None)
     if sharding is None or tuple(stored.shape) != shape:
         devices = getattr(stored, "devices", None)
@@ -578,11 +263,8 @@ class Checkpointer:
     ):
         self.directory = check_directory(directory)
         # A failed background write is raised by the next wait()/close(), by
-        # name; asyncio's own copies of it, from Orbax's threads, are dropped.
-        _FAILED_SAVE_REPORTS.directories |= {os.path.abspath(self.directory)}
-        logging.getLogger("asyncio").addFilter(_FAILED_SAVE_REPORTS)
-        if not isinstance(sys.unraisablehook, _ClosedLoopReports):
-            sys.unraisablehook = _ClosedLoopReports(sys.unraisablehook)
+        # name; the copies of it that Orbax's threads print are dropped.
+        quiet_failed_saves(self.directory)
         require(max_to_keep is None or isinstance(max_to_keep, int) and max_to_keep >= 1,
                 "max_to_keep", max_to_keep, "None or an int >= 1", error=RuleError)
         require(best_mode in ("min", "max"), "best_mode", best_mode, "'min' or 'max'",
@@ -725,7 +407,7 @@ class Checkpointer:
                 "type": model_type.name if model_type else None,
                 "spec": model_type.spec(model) if model_type else None,
             },
-            "somas": {path: soma_spec(s) for path, s in _soma_paths(model).items()},
+            "somas": {path: registry.soma_spec(s) for path, s in soma_paths(model).items()},
             "optimizer": optimizer is not None,
             "metrics": metrics,
             "extra": _jsonable(extra),
@@ -733,15 +415,15 @@ class Checkpointer:
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as err:
-            raise RuleError(violation(f"extra = {_show(str(extra))} (or the model spec)",
+            raise RuleError(violation(f"extra = {brief(str(extra))} (or the model spec)",
                                       f"JSON-serialisable ({err})")) from None
         state = _pure(model)
         self._check_rules(step, model, state)
         check_writable(self.directory)
-        items = {"state": ocp.args.StandardSave(jax.tree.map(_stored, state)),
+        items = {"state": ocp.args.StandardSave(jax.tree.map(stored_form, state)),
                  "metadata": ocp.args.JsonSave(meta)}
         if optimizer is not None:
-            items["optimizer"] = ocp.args.StandardSave(jax.tree.map(_stored, _pure(optimizer)))
+            items["optimizer"] = ocp.args.StandardSave(jax.tree.map(stored_form, _pure(optimizer)))
         self.wait()  # the previous save committed, and what its retention deleted removed
         try:
             self._manager.save(step, args=ocp.args.Composite(**items),
@@ -758,7 +440,7 @@ class Checkpointer:
         values their rules refuse (trained outside the constraint
         projection, V_th moved below V_T): :meth:`restore` and :func:`load`
         check the same rules and would refuse the step."""
-        problem = _rule_problem(model, state)
+        problem = compatibility.rule_problem(model, state)
         if problem:
             path, err = problem
             raise RuleError(
@@ -829,7 +511,7 @@ class Checkpointer:
             raise CheckpointError(f"step {step} in {self.directory} has format version "
                                   f"{meta['format_version']}; this spark_somas reads up to "
                                   f"{FORMAT_VERSION}")
-        problem = _metadata_problem(meta)
+        problem = compatibility.metadata_problem(meta)
         if problem:
             raise self._corrupt(step, "metadata", problem)
         return meta
@@ -898,42 +580,57 @@ class Checkpointer:
         """
         step = self._resolve(step)
         meta = self.metadata(step)
-        unrecorded = _unrecorded_methods(meta["somas"])
+        unrecorded = compatibility.unrecorded_methods(meta["somas"])
         if unrecorded:
-            have = _soma_paths(model)
+            have = soma_paths(model)
             methods = sorted({have[p].method for p in unrecorded if p in have})
             warnings.warn(UnrecordedMethodWarning(
-                f"checkpoint step {step} of {self.directory} was written by {_written_by(meta)}, "
-                f"which did not record the integration method of soma(s) {unrecorded}: it is "
-                f"restored into the model's method {', '.join(methods) or '-'} unchecked; it "
-                "should be the one the saved run used"), stacklevel=2)
-        return self._restore(model, optimizer, step, meta)
-
-    def _restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None, step: int,
-                 meta: Mapping[str, Any]) -> int:
-        problems = _soma_mismatches(meta["somas"], model)
+                f"checkpoint step {step} of {self.directory} was written by "
+                f"{compatibility.written_by(meta)}, which did not record the integration method "
+                f"of soma(s) {unrecorded}: it is restored into the model's method "
+                f"{', '.join(methods) or '-'} unchecked; it should be the one the saved run "
+                "used"), stacklevel=2)
+        problems = compatibility.soma_mismatches(meta["somas"], model)
         if optimizer is not None and not meta.get("optimizer"):
             problems.append("optimizer: the checkpoint has no optimizer state")
         if problems:
             raise CheckpointMismatchError(self._refusal(step, problems))
+        return self._restore(model, optimizer, step, self._array_metadata(step))
+
+    def _array_metadata(self, step: int) -> dict[str, dict[str, Any]]:
+        """The shape and dtype of every stored array of ``step``, by item
+        (``state``, and ``optimizer`` when saved) and path: one read of the
+        step's array metadata, which every check and the restore share."""
+        try:
+            items = self._manager.item_metadata(step)
+            return {name: somas.named_leaves(items[name].tree) for name in ("state", "optimizer")
+                    if name == "state" or items.get(name) is not None}
+        except Exception as err:  # orbax raises many kinds on unreadable files
+            raise self._corrupt(step, "array metadata", err) from err
+
+    def _restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None, step: int,
+                 stored: Mapping[str, Mapping[str, Any]]) -> int:
+        """Restores ``step`` into ``model`` (and ``optimizer``), whose somas
+        agree with the metadata, after comparing their arrays with
+        ``stored`` (:meth:`_array_metadata`) and the stored values with the
+        somas' rules; on any difference nothing is changed."""
         modules = {"state": model}
         if optimizer is not None:
             modules["optimizer"] = optimizer
-        try:
-            saved_md = self._manager.item_metadata(step)
-            saved = {name: somas.named_leaves(saved_md[name].tree) for name in modules}
-        except Exception as err:
-            raise self._corrupt(step, "array metadata", err) from err
-        loose = _state_units(model)
-        targets, args = {}, {}
+        if not set(modules) <= set(stored):
+            raise self._corrupt(step, "array metadata", "the metadata records optimizer "
+                                "state, but the step holds no optimizer arrays")
+        loose = compatibility.state_units(model)
+        targets, args, problems = {}, {}, []
         for name, module in modules.items():
             targets[name] = _pure(module)
-            problems += _array_mismatches(name, saved[name], somas.named_leaves(targets[name]),
-                                          loose if name == "state" else {})
+            problems += compatibility.array_mismatches(
+                name, stored[name], somas.named_leaves(targets[name]),
+                loose if name == "state" else {})
         if problems:
             raise CheckpointMismatchError(self._refusal(step, problems))
         for name, pure in targets.items():
-            shapes = saved[name]
+            shapes = stored[name]
             abstract = jax.tree_util.tree_map_with_path(
                 lambda p, leaf: _abstract(leaf, tuple(shapes[somas.path_name(p)].shape)), pure)
             args[name] = ocp.args.StandardRestore(abstract)
@@ -941,7 +638,7 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as err:
             raise self._corrupt(step, "arrays", err) from err
-        problem = _rule_problem(model, restored["state"])
+        problem = compatibility.rule_problem(model, restored["state"])
         if problem:  # an untrusted checkpoint may hold any numbers: the soma's rules decide
             raise CheckpointCorruptError(
                 f"checkpoint step {step} in {self.directory} holds values that break the "
@@ -949,39 +646,11 @@ class Checkpointer:
         for name, module in modules.items():
             values = jax.tree.map(
                 lambda like, arr: jax.random.wrap_key_data(arr, impl=jax.random.key_impl(like))
-                if _is_key(like) else arr, targets[name], restored[name])
+                if compatibility.is_key(like) else arr, targets[name], restored[name])
             state = nnx.state(module)
             nnx.replace_by_pure_dict(state, values)
             nnx.update(module, state)
         return step
-
-    def _check_units(self, step: int, saved_somas: Mapping[str, Any]) -> None:
-        """Refuses metadata whose somas' units disagree with the stored
-        potentials, before anything is built from it."""
-        try:
-            stored = somas.named_leaves(self._manager.item_metadata(step)["state"].tree)
-        except Exception as err:
-            raise self._corrupt(step, "array metadata", err) from err
-        for path, spec in saved_somas.items():
-            units = tuple(spec.get("units") or ()) if isinstance(spec, dict) else None
-            membrane = _membrane_of(spec)
-            md = stored.get(membrane if path == "." else f"{path}/{membrane}")
-            shape = None if md is None else tuple(md.shape)
-            if shape is None or units is None or shape[len(shape) - len(units):] != units:
-                raise self._corrupt(step, "metadata", f"soma {path!r} has units {units} in the "
-                                    f"metadata but a stored potential of shape {shape}")
-
-    def _check_shapes(self, step: int, model: nnx.Module) -> None:
-        """Refuses metadata that describes a model whose arrays are not the
-        stored ones (``model`` may be abstract, from ``nnx.eval_shape``)."""
-        try:
-            stored = somas.named_leaves(self._manager.item_metadata(step)["state"].tree)
-        except Exception as err:
-            raise self._corrupt(step, "array metadata", err) from err
-        problems = _array_mismatches("state", stored, somas.named_leaves(_pure(model)), _state_units(model))
-        if problems:
-            raise self._corrupt(step, "metadata", "its model spec disagrees with the stored "
-                                "arrays: " + "; ".join(problems[:5]))
 
     def _refusal(self, step: int, problems: list[str]) -> str:
         return (f"cannot restore step {step} of {self.directory} into this model: "
@@ -992,7 +661,13 @@ def load(directory: str | os.PathLike, step: int | None = None, *,
          method: str | None = None) -> nnx.Module:
     """The model saved in ``directory`` at ``step`` (default: the newest),
     rebuilt from the metadata alone and restored: a soma, or any model type
-    registered with :func:`register_model`.
+    registered with :func:`~spark_somas.models.registry.register_model`.
+
+    The step's metadata and its array metadata are each read once: the
+    somas' units are checked against the stored potentials, the model is
+    built abstractly and its arrays compared with the stored ones, then
+    built for real and restored (:mod:`spark_somas.persistence.compatibility`
+    judges each step).
 
     Each soma is rebuilt with the integration method its metadata records.
     Release 0.1.0 did not record it: its somas are rebuilt with ``method``
@@ -1007,10 +682,22 @@ def load(directory: str | os.PathLike, step: int | None = None, *,
     with Checkpointer(directory, read_only=True) as ckpt:
         step = ckpt._resolve(step)
         meta = ckpt.metadata(step)
-        ckpt._check_units(step, meta["somas"])
-        model = _build_model(meta["model"], lambda abstract: ckpt._check_shapes(step, abstract))
-        unrecorded = _unrecorded_methods(meta["somas"])
-        built = _soma_paths(model)
+        stored = ckpt._array_metadata(step)
+        problem = compatibility.units_problem(meta["somas"], stored["state"])
+        if problem:
+            raise ckpt._corrupt(step, "metadata", problem)
+
+        def check_shapes(abstract: nnx.Module) -> None:
+            problems = compatibility.array_mismatches(
+                "state", stored["state"], somas.named_leaves(_pure(abstract)),
+                compatibility.state_units(abstract))
+            if problems:
+                raise ckpt._corrupt(step, "metadata", "its model spec disagrees with the "
+                                    "stored arrays: " + "; ".join(problems[:5]))
+
+        model = compatibility.rebuild_model(meta["model"], check_shapes)
+        unrecorded = compatibility.unrecorded_methods(meta["somas"])
+        built = soma_paths(model)
         for path, soma in built.items():
             if path in unrecorded and method is not None:
                 soma.method = method
@@ -1020,12 +707,16 @@ def load(directory: str | os.PathLike, step: int | None = None, *,
                     f"its soma {path!r} records method {soma.method!r}")
         if unrecorded and method is None:
             warnings.warn(UnrecordedMethodWarning(
-                f"checkpoint step {step} of {ckpt.directory} was written by {_written_by(meta)}, "
-                f"which did not record the integration method of soma(s) {unrecorded}: loaded "
-                f"with method {', '.join(sorted({built[p].method for p in unrecorded if p in built}))}"
+                f"checkpoint step {step} of {ckpt.directory} was written by "
+                f"{compatibility.written_by(meta)}, which did not record the integration method "
+                f"of soma(s) {unrecorded}: loaded with method "
+                f"{', '.join(sorted({built[p].method for p in unrecorded if p in built}))}"
                 f" ({registry.LEGACY_METHOD!r} is that release's default); if the run used "
                 "another, pass it: load(directory, method='rk4')"), stacklevel=2)
-        ckpt._restore(model, None, step, meta)
+        problems = compatibility.soma_mismatches(meta["somas"], model)
+        if problems:
+            raise CheckpointMismatchError(ckpt._refusal(step, problems))
+        ckpt._restore(model, None, step, stored)
     return model
 
 
