@@ -3,6 +3,8 @@ split/merge, initializers, repr. One step at a time (``soma(current)``)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -231,3 +233,86 @@ def test_soma_with_an_initializer_builds_inside_jit():
 
     eager = ss.AdaptiveExponentialSoma(units=3, potential_tau=draw_tau, rngs=nnx.Rngs(0))
     chex.assert_trees_all_close(first_potential(jnp.full(3, 800.0)), eager(jnp.full(3, 800.0)).potential)
+
+
+# -- the protocol knows no family's names; methods are objects
+
+
+def test_the_exponential_gradient_is_the_exponential_configs_own():
+    assert "exp_gradient" not in {f.name for f in dataclasses.fields(ss.configs.SomaConfig)}
+    assert ss.ExponentialSomaConfig(exp_gradient="bounded").settings() == (
+        ("exp_gradient", "bounded"),)
+    with pytest.raises(ss.ConfigError, match="ExponentialSomaConfig.exp_gradient = 'steep'"):
+        ss.ExponentialSomaConfig(exp_gradient="steep")
+    options = ss.AdaptiveExponentialSoma(units=1, exp_gradient="detached").options
+    assert options.setting("exp_gradient", None) == "detached"
+
+
+def test_a_config_dict_of_a_model_without_an_exponential_drops_exp_gradient():
+    """Every config once held exp_gradient; a model without an exponential
+    ignored it, so its older dict loads with the same meaning."""
+    @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
+    class LeakConfig(ss.configs.SomaConfig):
+        potential_tau: float = ss.configs.quantity(10.0, symbol="τ", units="ms", doc="leak",
+                                                   rule=ss.configs.POSITIVE, time_constant=True)
+
+    old = {"potential_tau": 12.0, "surrogate": "fast_sigmoid", "detach_reset": True,
+           "detach_adaptation": False, "exp_gradient": "bounded"}
+    assert LeakConfig.from_dict(old) == LeakConfig(potential_tau=12.0)
+    assert ss.ExponentialSomaConfig.from_dict(
+        {**ss.ExponentialSomaConfig().to_dict(), "exp_gradient": "bounded"}).exp_gradient == "bounded"
+
+
+def test_a_soma_output_holds_what_the_model_declares():
+    soma = ss.AdaptiveExponentialSoma(units=N)
+    assert soma.output_names() == ("spikes", "potential", "adaptation")
+    out = ss.simulate(soma, jnp.full((5, N), 800.0), record=("spikes", "adaptation"))
+    assert out.keys() == ("spikes", "adaptation") and "potential" not in out
+    assert out.potential is None                       # declared, not recorded
+    assert set(dict(out)) == {"spikes", "adaptation"}
+    np.testing.assert_array_equal(out.adaptation, out["adaptation"])
+    with pytest.raises(AttributeError, match="threshold_offset"):
+        out.threshold_offset                           # not this model's
+    with pytest.raises(TypeError, match="read by name"):
+        list(out)
+
+
+def test_a_method_is_its_tableau_and_its_coefficient_rule():
+    """advance runs any Method it is given: Heun's method on τ·dx/dt = −x
+    against the float64 closed form of one Heun step, x·(1 − h + h²/2)."""
+    heun = ss.integrators.Method(
+        "heun", ss.integrators.Tableau(a=((), (1.0,)), b=(0.5, 0.5)))
+    tau, dt = 7.0, 0.9
+    x = jnp.asarray([1.0, -3.0], jnp.float32)
+    got = ss.integrators.advance(heun, lambda y, ev: {"x": -y["x"]}, {"x": jnp.float32(tau)},
+                                 {"x": x}, dt)
+    h = dt / tau
+    np.testing.assert_allclose(got["x"], np.asarray(x, np.float64) * (1 - h + h * h / 2),
+                               rtol=1e-6)
+    exp_euler = ss.integrators.method("exponential_euler")
+    assert exp_euler is ss.integrators.INTEGRATORS["exponential_euler"]
+    np.testing.assert_allclose(exp_euler.coefficients({"x": jnp.float32(tau)}, dt)["x"],
+                               1 - np.exp(-dt / tau), rtol=1e-6)
+    assert ss.StepOptions(dt=0.1, method="rk4").method.tableau == ss.integrators.TABLEAUS["rk4"]
+    with pytest.raises(ValueError, match="method = 'rk3'"):
+        ss.StepOptions(dt=0.1, method="rk3")
+
+
+def test_a_model_gates_its_own_update():
+    """The refractory soma's gate and counter, not the step, hold V and drop
+    the spike: a subclass whose gate withholds nothing fires again at once."""
+    class Leaky(ss.RefractoryExponentialSoma):
+        @staticmethod
+        def gate(p, counters, x, x_new, spike):
+            return x_new, spike
+
+    current = jnp.full((400, 1), 20000.0)
+    held = ss.simulate(ss.RefractoryExponentialSoma(units=1, cooldown=2.0), current)
+    free = ss.simulate(Leaky(units=1, cooldown=2.0), current)
+    assert np.diff(np.flatnonzero(np.asarray(held.spikes[:, 0]))).min() >= 20
+    assert np.diff(np.flatnonzero(np.asarray(free.spikes[:, 0]))).min() < 20
+    with pytest.raises(TypeError, match="need an update_counters"):
+        class Uncounted(ss.ExponentialSoma):
+            state_variables = {**ss.ExponentialSoma.state_variables,
+                               "timer": ss.somas.StateVariable("steps", integer=True,
+                                                               integrated=False)}

@@ -129,7 +129,7 @@ def simulate(
     soma: Soma,
     currents: jax.Array,
     *,
-    time_major: bool = True,
+    time_major: bool | None = None,
     record: Sequence[str] = ("spikes", "potential"),
     remat: bool | int = False,
     unroll: int = 1,
@@ -139,7 +139,10 @@ def simulate(
     (``time_major=True``) or ``(*batch, T, *units)`` (``time_major=False``).
 
     One step lasts the soma's ``dt`` (0.1 ms by default: see
-    :class:`~spark_somas.models.somas.ExponentialSoma`), so T steps span T·dt ms.
+    :class:`~spark_somas.models.exponential.ExponentialSoma`), so T steps span T·dt ms.
+    The run continues from the soma's running state and leaves its final
+    state there (a network call, by contrast, starts from rest): call
+    ``soma.reset()`` first for a run from rest.
 
     Args:
       soma: a soma (any registered model); its state is the initial condition and
@@ -148,6 +151,9 @@ def simulate(
       time_major: where the time axis is, in ``currents`` and in the
         result: first (True), or just before the units axes (False, as
         ``flax.nnx.RNN(time_major=False)``); see :mod:`spark_somas.simulation.layout`.
+        None (default) reads time first, with a
+        :class:`~spark_somas.simulation.layout.LayoutWarning` when T would
+        then be smaller than the batch (a batch-first array, likely).
       record: which of :func:`recordable` to return stacked over time;
         ``out.name`` and ``out[name]`` read a recorded one, a model's own
         variables included (``out.name`` of one not recorded is None).
@@ -172,6 +178,7 @@ def simulate(
     """
     record = recorded_fields(soma, record)
     currents = jnp.asarray(currents)
+    time_major = layout.resolve_time_major("currents", currents.shape, soma.units, time_major)
     axis = layout.time_axis("currents", currents.shape, soma.units, time_major)
     require_shape(not jnp.issubdtype(currents.dtype, jnp.complexfloating), "currents",
                   currents.dtype, "real values (pA)", what="dtype", plural=True)
