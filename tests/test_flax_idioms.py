@@ -295,3 +295,145 @@ def test_a_soma_output_is_still_a_pytree_read_by_name():
     np.testing.assert_array_equal(doubled.potential, 2 * out.potential)
     np.testing.assert_array_equal(out["adaptation"], out.adaptation)
     assert len(jax.tree.leaves(out)) == 3
+
+
+# -- Flax's own containers: nnx.RNN, nnx.Sequential, Orbax's template (spark_somas.models.cells)
+
+from spark_somas.models.cells import SomaCell, Spiking, abstract_state  # noqa: E402
+from spark_somas.models.somas import input_scale  # noqa: E402
+from spark_somas.simulation.layout import LayoutWarning  # noqa: E402
+
+
+def strong_currents(shape, seed=0):
+    """500 to 2500 pA: every default soma fires within the run."""
+    return jnp.asarray(np.random.default_rng(seed).uniform(500.0, 2500.0, shape), jnp.float32)
+
+
+@pytest.mark.parametrize("cls", SOMAS)
+def test_the_documented_nnx_scan_recipe_runs_as_simulate(cls):
+    """docs/flax.md: size the state by reset(batch), then nnx.scan over time."""
+    xs = strong_currents((400, 2, 3))
+    soma = cls(units=3)
+    soma.reset((2,))
+    scanned = nnx_scan(soma, xs)
+    reference = ss.simulate(cls(units=3), xs, time_major=True)
+    assert scanned.sum() > 0
+    np.testing.assert_array_equal(scanned, reference.spikes)
+    np.testing.assert_array_equal(soma.potential[...], reference.potential[-1])
+
+
+@pytest.mark.parametrize("cls", SOMAS)
+@pytest.mark.parametrize("batch", [(4,), (2, 3)])
+def test_nnx_rnn_of_a_soma_cell_gives_the_spikes_of_simulate(cls, batch):
+    x = strong_currents((*batch, 600, 5))
+    soma = cls(units=5)
+    rnn = nnx.RNN(SomaCell(soma), return_carry=True)
+    carry, spikes = rnn(x)
+    reference_soma = cls(units=5)
+    reference = ss.simulate(reference_soma, x, time_major=False)
+    assert spikes.shape == (*batch, 600, 5) and spikes.sum() > 0
+    np.testing.assert_array_equal(spikes, reference.spikes)
+    for name, value in reference_soma.neuron_state().items():
+        np.testing.assert_array_equal(carry[name], value)
+    assert soma.state_shape == (5,)  # the carry is the state: the soma's own is untouched
+    jitted = nnx.jit(lambda rnn, x: rnn(x)[1])(rnn, x)
+    np.testing.assert_array_equal(jitted, reference.spikes)
+
+
+def test_a_soma_cell_starts_at_rest_and_refuses_what_it_cannot_take():
+    soma = ss.AdaptiveExponentialSoma(units=3)
+    soma(jnp.full(3, 2000.0))  # a soma that has run: the cell's carry still starts at rest
+    carry = SomaCell(soma).initialize_carry((2, 3))
+    np.testing.assert_array_equal(carry["potential"], np.full((2, 3), -70.6, np.float32))
+    np.testing.assert_array_equal(carry["adaptation"], np.zeros((2, 3), np.float32))
+    with pytest.raises(ss.errors.RuleError, match=re.escape("input_shape = (2, 4)")):
+        SomaCell(soma).initialize_carry((2, 4))
+    with pytest.raises(ss.errors.RuleTypeError, match="soma = 'a Linear' violates the rule: a "
+                       "Soma instance"):
+        SomaCell(nnx.Linear(3, 3, rngs=nnx.Rngs(0)))
+
+
+def test_nnx_sequential_chains_a_spiking_stage():
+    linear_in, linear_out = nnx.Linear(6, 4, rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1))
+    soma = ss.ExponentialSoma(units=4, dt=1.0)
+    scale = 3.0 * input_scale(soma)
+    chain = nnx.Sequential(linear_in, Spiking(soma, scale=scale), linear_out)
+    x = jnp.asarray(np.random.default_rng(1).uniform(-3.0, 3.0, (100, 3, 6)), jnp.float32)
+    chain.layers[1].soma.reset((3,))
+    out = jnp.stack([chain(x_t) for x_t in x])
+
+    reference = ss.ExponentialSoma(units=4, dt=1.0)
+    reference.reset((3,))
+    spikes = jnp.stack([reference(scale * linear_in(x_t)).spikes for x_t in x])
+    assert spikes.sum() > 0
+    np.testing.assert_array_equal(out, jnp.stack([linear_out(s) for s in spikes]))
+
+
+def test_an_order_one_input_needs_the_input_scale_to_spike():
+    """docs/flax.md's point: currents are pA, so a Linear's order-1 output
+    leaves a soma silent unless scaled by its rheobase (input_scale)."""
+    x = jnp.full((300, 2, 4), 1.5, jnp.float32)  # 1.5 rheobases once scaled
+    silent = Spiking(ss.ExponentialSoma(units=4))
+    soma = ss.ExponentialSoma(units=4)
+    scaled = Spiking(soma, scale=input_scale(soma))
+    for stage in (silent, scaled):
+        stage.soma.reset((2,))
+    assert sum(float(silent(x_t).sum()) for x_t in x) == 0
+    assert sum(float(scaled(x_t).sum()) for x_t in x) > 0
+
+
+def test_the_orbax_template_restores_a_network_saved_mid_run(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    from spark_somas.training import SpikingNetwork
+
+    def make():
+        return SpikingNetwork(4, 10, 2, rngs=nnx.Rngs(0))
+
+    net = make()
+    net((jax.random.uniform(jax.random.key(0), (20, 3, 4)) < 0.3).astype(jnp.float32))
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "state", nnx.state(net))
+    checkpointer.wait_until_finished()
+
+    graphdef, rest_template = nnx.split(nnx.eval_shape(make))
+    with pytest.raises(ValueError, match=re.escape("(3, 10)")):  # the Flax docs' template
+        checkpointer.restore(tmp_path / "state", rest_template)
+    for template in (abstract_state(make, batch=(3,)), abstract_state(net),
+                     abstract_state(make(), batch=(3,))):
+        restored = nnx.merge(graphdef, checkpointer.restore(tmp_path / "state", template))
+        saved, back = jax.tree.leaves(nnx.state(net)), jax.tree.leaves(nnx.state(restored))
+        assert len(saved) == len(back)
+        for a, b in zip(saved, back):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+
+
+def test_abstract_state_refuses_a_bad_batch():
+    with pytest.raises(ss.errors.RuleError, match=re.escape("batch = (0,)")):
+        abstract_state(ss.ExponentialSoma(units=3), batch=(0,))
+
+
+# -- a batch-first array given without time_major
+
+def test_a_batch_first_array_without_time_major_warns_naming_time_major_false():
+    x = jnp.full((4, 500, 10), 800.0, jnp.float32)
+    with pytest.warns(LayoutWarning, match=re.escape("pass time_major=False")):
+        ss.simulate(ss.ExponentialSoma(units=10), x)
+    from spark_somas.training import SpikingNetwork
+
+    net = SpikingNetwork(10, 8, 2, rngs=nnx.Rngs(0))
+    with pytest.warns(LayoutWarning, match=re.escape("inputs of shape (4, 500, 10)")):
+        net(x)
+
+
+@pytest.mark.parametrize("shape, kwargs", [((500, 4, 10), {}), ((4, 500, 10), {"time_major": True}),
+                                           ((4, 500, 10), {"time_major": False}),
+                                           ((3, 10), {})])
+def test_no_layout_warning_where_the_layout_is_given_or_time_is_longest(shape, kwargs):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LayoutWarning)
+        out = ss.simulate(ss.ExponentialSoma(units=10), jnp.full(shape, 800.0, jnp.float32),
+                          **kwargs)
+    assert out.spikes.shape == shape

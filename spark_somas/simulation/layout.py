@@ -22,6 +22,7 @@ all code written against it so far.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -29,12 +30,39 @@ import jax.numpy as jnp
 
 from spark_somas.errors import RuleError, require_shape
 
-__all__ = ["layout_name", "time_axis", "to_time_major", "from_time_major"]
+__all__ = ["LayoutWarning", "layout_name", "resolve_time_major", "time_axis", "to_time_major",
+           "from_time_major"]
+
+
+class LayoutWarning(UserWarning):
+    """A sequence whose layout was not given looks batch-first: read time-major,
+    its T would be smaller than its batch (``(4, 500, 100)`` as T = 4 steps
+    of 500 samples, too short to spike)."""
 
 
 def layout_name(features: str, time_major: bool) -> str:
     """``"(T, *batch, <features>)"`` or ``"(*batch, T, <features>)"``."""
     return f"(T, *batch, {features})" if time_major else f"(*batch, T, {features})"
+
+
+def resolve_time_major(name: str, shape: Sequence[int], feature_shape: Sequence[int],
+                       time_major: bool | None, *, features: str = "*units") -> bool:
+    """``time_major`` as given; None (not given) reads time first, and warns
+    (:class:`LayoutWarning`, naming ``time_major=False``) when the array then
+    has fewer steps than its first batch axis: the mark of a batch-first
+    array, which would run silently as a few steps of a large batch."""
+    if time_major is not None:
+        return time_major
+    shape = tuple(shape)
+    steps, batch = (shape + (None, None))[:2]
+    if (len(shape) >= len(tuple(feature_shape)) + 2 and isinstance(steps, int)
+            and isinstance(batch, int) and steps < batch):
+        warnings.warn(LayoutWarning(
+            f"{name} of shape {shape} read time-major, {layout_name(features, True)}: T = "
+            f"{steps} steps of a batch of {batch}, fewer steps than samples; for a batch-first "
+            f"array {layout_name(features, False)} pass time_major=False (time_major=True "
+            f"keeps this reading without this warning)"), stacklevel=3)
+    return True
 
 
 def time_axis(name: str, shape: Sequence[int], feature_shape: Sequence[int], time_major: bool,

@@ -184,7 +184,7 @@ def _train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, label
     running = _running_state(model)
 
     def loss_fn(model):
-        out = model(inputs)  # from rest: the batch's one reset
+        out = model(inputs, time_major=True)  # from rest: the batch's one reset
         return objective(model, out, labels), out
 
     wrt = nnx.DiffState(0, optimizer.wrt)  # what the optimizer moves, nothing frozen
@@ -253,7 +253,7 @@ def eval_step(model: SpikingNetwork, x: Array, labels: Array, key: Array, *,
     layers' mean rate (Hz). The network runs from rest and keeps the
     running state it came in with, as :func:`train_step`."""
     running = _running_state(model)
-    out = model(encoder(x, key))
+    out = model(encoder(x, key), time_major=True)
     nnx.update(model, running)
     spikes = out.hidden_spikes
     return {
@@ -268,7 +268,7 @@ def record(model: SpikingNetwork, x: Array, key: Array, *, encoder: Encoder) -> 
     """The forward pass on a batch (logits and every trace), from rest; the
     network keeps the running state it came in with, as :func:`train_step`."""
     running = _running_state(model)
-    out = model(encoder(x, key))
+    out = model(encoder(x, key), time_major=True)
     nnx.update(model, running)
     return out
 
