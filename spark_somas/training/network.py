@@ -784,20 +784,27 @@ class SpikingNetwork(nnx.Module):
         out = self.readout_layer(spikes[-1])
         return tuple(spikes), out.potential, out.spikes
 
-    def __call__(self, inputs: Array, *, time_major: bool = True, remat: bool | int | None = None,
+    def __call__(self, inputs: Array, *, time_major: bool | None = None,
+                 remat: bool | int | None = None,
                  unroll: int = 1, backend: str | None = None) -> NetworkOutput:
         """Runs ``inputs`` from rest through :func:`~spark_somas.simulation.driver.drive`
         (``remat``, ``unroll``, ``backend`` as there; None: the config's); the
         network keeps its final state.
 
+        Every call starts from rest (``reset`` to the batch of ``inputs``),
+        unlike ``simulate(soma, ...)``, which continues a soma's state.
         ``inputs`` are ``(T, *batch, F)`` with ``time_major=True``, or
         ``(*batch, T, F)`` with ``time_major=False`` (as ``flax.nnx.RNN``;
-        see :mod:`spark_somas.simulation.layout`); the traces of the result
+        see :mod:`spark_somas.simulation.layout`); None (default) reads time
+        first and warns (``LayoutWarning``) when T would then be smaller
+        than the batch, the mark of a batch-first array; the traces of the result
         (``layer_spikes``, ``output_potential``, ``output_spikes``) have the
         same layout, the logits and counts are ``(*batch, C)``. Each step lasts
         the network's ``dt`` (1 ms by default).
         """
         inputs = jnp.asarray(inputs)
+        time_major = layout.resolve_time_major("inputs", inputs.shape, (self.config.in_features,),
+                                               time_major, features="in_features")
         axis = layout.time_axis("inputs", inputs.shape, (self.config.in_features,), time_major,
                                 features="in_features")
         inputs = layout.to_time_major(inputs, axis)
