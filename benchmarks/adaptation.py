@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 from spark_somas import training as tr  # noqa: E402
-from spark_somas.runs import FROZEN, RunConfig  # noqa: E402
+from spark_somas.training.runs import FROZEN, RunConfig  # noqa: E402
 
 SOMAS = ("adex", "simplified", "expif", "refractory")
 #: RunConfig fields this script's options may set; the others keep the recipe's.

@@ -2,10 +2,11 @@
 
 Units: potential mV, time ms, current pA, resistance GΩ, conductance nS.
 
-``import spark_somas as ss`` loads the somas, their configs and
-:func:`simulate`; the other modules (``ss.training``, ``ss.plotting``,
-``ss.checkpointing``, ``ss.datasets``, …) load on first use, so that the
-import stays light: no matplotlib, and Pallas and Triton only for a fused run.
+``import spark_somas as ss`` imports nothing but this file: the somas, their
+configs and :func:`simulate` (``ss.AdaptiveExponentialSoma``, …) and the
+modules (``ss.training``, ``ss.plotting``, ``ss.checkpointing``, …) load on
+first use (PEP 562), so that the command line's ``--version`` and ``--help``
+start without JAX, and matplotlib, Pallas and Triton load only when used.
 
 The package is layered; a module imports only from the layers before it:
 :mod:`~spark_somas.errors` → :mod:`~spark_somas.dynamics` →
@@ -13,46 +14,18 @@ The package is layered; a module imports only from the layers before it:
 :mod:`~spark_somas.data`, :mod:`~spark_somas.persistence`,
 :mod:`~spark_somas.plotting` → :mod:`~spark_somas.training` →
 :mod:`~spark_somas.fitting` → :mod:`~spark_somas.cli`. Each module is also
-reached by its short name: ``ss.checkpointing`` and ``import
-spark_somas.checkpointing`` are :mod:`spark_somas.persistence.checkpointing`
-(:data:`MODULES`).
+an attribute of the package by its short name, the name of release 0.1.0's
+flat layout (:data:`MODULES`): ``ss.network`` is
+:mod:`spark_somas.training.network`. Five of those names are also modules
+that re-export their home's public names (:data:`REEXPORTS`), so that
+``from spark_somas.checkpointing import load`` keeps working.
 """
 
 import importlib
-import importlib.abc
-import importlib.machinery
-import sys
-
-from spark_somas.models import surrogates
-from spark_somas.models.configs import (
-    AdaptiveExponentialSomaConfig,
-    ConfigError,
-    ExponentialSomaConfig,
-    RefractoryExponentialSomaConfig,
-    SimplifiedAdaptiveExponentialSomaConfig,
-)
-from spark_somas.errors import SparkSomasError
-from spark_somas.models.registry import SOMAS, register_deferred
-from spark_somas.simulation.driver import simulate
-from spark_somas.models.somas import (
-    AdaptiveExponentialSoma,
-    ExponentialSoma,
-    RefractoryExponentialSoma,
-    SimplifiedAdaptiveExponentialSoma,
-    SomaConstant,
-    SomaOutput,
-    SomaState,
-    StepOptions,
-    step,
-)
-from spark_somas.models.surrogates import spike
 
 __version__ = "0.1.0"
 
 #: Each module's short name -> where it lives (relative to this package).
-#: ``ss.<short name>`` and ``import spark_somas.<short name>`` both give that
-#: module itself, imported on first use (PEP 562 and an import finder), so the
-#: names of the flat layout of release 0.1.0 keep working.
 MODULES = {
     "backends": "simulation.backends", "callbacks": "training.callbacks",
     "checkpointing": "persistence.checkpointing", "configs": "models.configs",
@@ -69,44 +42,40 @@ MODULES = {
 }
 #: The names reached as attributes of the package (the keys of :data:`MODULES`).
 SUBMODULES = tuple(sorted(MODULES))
+#: Short names that are also modules of their own (``spark_somas/<name>.py``),
+#: re-exporting their home's public names: ``ss.<name>`` is that module.
+REEXPORTS = ("callbacks", "checkpointing", "configs", "datasets", "somas")
 
-register_deferred("SpikingNetwork", f"{__name__}.training.network")
-
-
-class _ShortNames(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """``import spark_somas.<short name>`` gives the module where it lives."""
-
-    def __init__(self) -> None:
-        self.homes: dict[str, importlib.machinery.ModuleSpec] = {}
-
-    def find_spec(self, fullname, path=None, target=None):
-        head, _, name = fullname.rpartition(".")
-        home = MODULES.get(name) if head == __name__ else None
-        if home is None or home == name:
-            return None
-        return importlib.machinery.ModuleSpec(fullname, self)
-
-    def create_module(self, spec):
-        module = importlib.import_module(f"{__name__}.{MODULES[spec.name.rpartition('.')[2]]}")
-        self.homes[spec.name] = module.__spec__
-        return module
-
-    def exec_module(self, module):
-        # The import system stamped the short name's spec on the module; it keeps its own.
-        module.__spec__ = self.homes[module.__spec__.name]
-
-
-sys.meta_path.append(_ShortNames())
+#: Each name of ``__all__`` that is not a module -> the module that defines it.
+_HOMES = {
+    **dict.fromkeys(("AdaptiveExponentialSoma", "ExponentialSoma", "RefractoryExponentialSoma",
+                     "SimplifiedAdaptiveExponentialSoma", "SomaConstant", "SomaOutput",
+                     "SomaState", "StepOptions", "step"), "models.somas"),
+    **dict.fromkeys(("AdaptiveExponentialSomaConfig", "ExponentialSomaConfig",
+                     "RefractoryExponentialSomaConfig",
+                     "SimplifiedAdaptiveExponentialSomaConfig"), "models.configs"),
+    "ConfigError": "errors",
+    "SparkSomasError": "errors",
+    "SOMAS": "models.registry",
+    "simulate": "simulation.driver",
+    "spike": "models.surrogates",
+}
 
 
 def __getattr__(name: str):
-    if name in MODULES:
-        return importlib.import_module(f"{__name__}.{MODULES[name]}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    elif name in MODULES:
+        value = importlib.import_module(
+            f"{__name__}.{name if name in REEXPORTS else MODULES[name]}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # the next access is a plain attribute
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(SUBMODULES))
+    return sorted(set(globals()) | set(__all__) | set(SUBMODULES))
 
 
 __all__ = [

@@ -64,7 +64,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from spark_somas.errors import OutOfMemoryError, SparkSomasError, violation
 
-__all__ = ["main", "build_parser", "SUBCOMMANDS", "CommandError"]
+__all__ = ["main", "build_parser", "SUBCOMMANDS", "SUMMARIES", "CommandError"]
 
 
 class CommandError(SparkSomasError):
@@ -178,7 +178,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         + (f"synapse tau {r.synapse_tau:g} ms" if r.synapse_tau else "no synapse")
         for task, r in RECIPES.items())
     p = sub.add_parser(
-        "train", help="train a spiking network on digits, Randman, the cue task, SHD or SSC",
+        "train", help=SUMMARIES["train"],
         description="Train input Linear -> soma layers -> Linear -> leaky readout with BPTT "
                     "through surrogate spikes (Adam, cosine-decayed learning rate). "
                     f"Each task's recipe: {recipes}.",
@@ -442,7 +442,7 @@ MAX_SIMULATE_STEPS = 10**6
 
 def add_simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "simulate", help="the four default somas under a step current",
+        "simulate", help=SUMMARIES["simulate"],
         description="Run each default soma (Brette & Gerstner 2005 cell) from rest under a "
                     "current step and report spike counts and firing rates.",
         formatter_class=_HelpFormatter,
@@ -498,7 +498,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def add_checkpoints_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "checkpoints", help="list the checkpoints in a directory",
+        "checkpoints", help=SUMMARIES["checkpoints"],
         description="List the steps saved in DIR with their time, model and metrics.")
     p.add_argument("directory", metavar="DIR")
     return p
@@ -511,7 +511,15 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
-#: name -> (add its parser, run it). Add a subcommand by adding an entry.
+#: name -> its line in ``spark-somas --help``, shown without building its parser.
+SUMMARIES = {
+    "train": "train a spiking network on digits, Randman, the cue task, SHD or SSC",
+    "simulate": "the four default somas under a step current",
+    "checkpoints": "list the checkpoints in a directory",
+}
+
+#: name -> (add its parser, run it). Add a subcommand by adding an entry here
+#: and in :data:`SUMMARIES`.
 SUBCOMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "train": (add_train_parser, cmd_train),
     "simulate": (add_simulate_parser, cmd_simulate),
@@ -527,14 +535,20 @@ def _version() -> str:
         return __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, options: bool = True) -> argparse.ArgumentParser:
+    """The ``spark-somas`` parser; with ``options=False`` its subcommands
+    are named without their options, which is all ``--help`` and
+    ``--version`` need, and nothing of the training code (JAX) is imported."""
     parser = _Parser(
         prog="spark-somas",
         description="Exponential integrate-and-fire somas (Flax NNX): simulate and train.")
     parser.add_argument("--version", action="version", version=f"spark-somas {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add, run in SUBCOMMANDS.values():
-        add(sub).set_defaults(func=run)
+    for name, (add, run) in SUBCOMMANDS.items():
+        if options:
+            add(sub).set_defaults(func=run)
+        else:
+            sub.add_parser(name, help=SUMMARIES[name])
     return parser
 
 
@@ -552,6 +566,9 @@ def _given(argv: Sequence[str] | None) -> set[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``spark-somas`` with ``argv`` (default: the process arguments)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not set(argv) & set(SUBCOMMANDS):  # --help, --version or a usage error: exits here
+        build_parser(options=False).parse_args(argv)
     args = build_parser().parse_args(argv)
     args.given = _given(argv)
     from spark_somas.persistence.checkpointing import CheckpointError

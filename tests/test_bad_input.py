@@ -555,7 +555,7 @@ def test_the_record_refusal_lists_each_choice_once():
 
 def test_numpy_and_jax_integers_are_step_counts_and_bin_widths():
     from spark_somas import events
-    from spark_somas.encoders import Encoder
+    from spark_somas.training.encoders import Encoder
 
     assert Encoder("current", np.int64(8)).steps == 8
     assert Encoder("current", jnp.int32(8)).steps == 8

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import spark_somas as ss
 from spark_somas import datasets, layout, loop, sharding
-from spark_somas.encoders import Encoder, encode_current, encode_latency, encode_poisson
-from spark_somas.network import Layer, SpikingNetwork
+from spark_somas.training.encoders import Encoder, encode_current, encode_latency, encode_poisson
+from spark_somas.training.network import Layer, SpikingNetwork
 
 N = 4
 

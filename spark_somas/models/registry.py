@@ -119,9 +119,10 @@ def register_soma(cls: type[somas.Soma], short: str | None = None) -> type[somas
 
 
 #: Type name -> the module that registers it, imported when the name is first
-#: looked up. Filled by code (the package root names its network), never
-#: from a checkpoint: no name read from disk is imported.
-_DEFERRED: dict[str, str] = {}
+#: looked up. Filled by code, never from a checkpoint: no name read from disk
+#: is imported. The training network is named here by its module's name, an
+#: import only when looked up, so this layer imports nothing above it.
+_DEFERRED: dict[str, str] = {"SpikingNetwork": "spark_somas.training.network"}
 
 
 def register_deferred(name: str, module: str) -> None:
