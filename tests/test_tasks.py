@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from spark_somas.datasets import Dataset
-from spark_somas.tasks import EvidenceAccumulation, load_evidence_accumulation
+from spark_somas.data.tasks import EvidenceAccumulation, load_evidence_accumulation
 
 
 def expected_trial(sides, *, n_cues, cue, gap, delay, recall, pop):
