@@ -307,7 +307,7 @@ def no_simulation(monkeypatch):
     """Fails the test if a fit starts simulating: errors come before any work."""
     def refuse(*args, **kwargs):
         raise AssertionError("simulated before refusing")
-    monkeypatch.setattr(fitting, "_fit_stage", refuse)
+    monkeypatch.setattr(fitting.engine, "_fit_stage", refuse)
 
 
 @pytest.mark.usefixtures("no_simulation")

@@ -79,8 +79,8 @@ The subpackage holds one idea per module:
 * :mod:`spark_somas.fitting.stages` — :class:`Stage`, :func:`recipe`,
   :func:`forced_recipe`, :func:`spike_triggered`;
 * :mod:`spark_somas.fitting.boxes` — the fitted fields' boxes, bounds and starts;
-* :mod:`spark_somas.fitting.engine` — :func:`fit_soma`, running the stages and
-  choosing the start;
+* :mod:`spark_somas.fitting.engine` — :func:`fit_soma` and :func:`fit_cells` (many
+  cells at once), running the stages and choosing the start;
 * :mod:`spark_somas.fitting.result` — :class:`FitResult`;
 * :mod:`spark_somas.fitting.metrics` — :func:`coincidence_factor`,
   :func:`explained_variance`, :func:`relative_errors`.
@@ -89,7 +89,7 @@ Their public names are re-exported here (``from spark_somas.fitting import
 fit_soma``).
 """
 
-from spark_somas.fitting.engine import fit_soma
+from spark_somas.fitting.engine import fit_cells, fit_soma
 from spark_somas.fitting.losses import Loss
 from spark_somas.fitting.metrics import coincidence_factor, explained_variance, relative_errors
 from spark_somas.fitting.recording import Recording
@@ -104,6 +104,7 @@ __all__ = [
     "forced_recipe",
     "spike_triggered",
     "fit_soma",
+    "fit_cells",
     "FitResult",
     "coincidence_factor",
     "explained_variance",

@@ -1,7 +1,9 @@
-"""Running a fit: :func:`fit_soma` checks its input, runs the stages for
-every start at once (one compiled program per stage: ``jax.vmap`` of one
-neuron's optimisation) and keeps the start that does best on held-out
-sweeps."""
+"""Running a fit: :func:`fit_soma` (one cell) and :func:`fit_cells` (many)
+check their input, run the stages for every cell and start at once (one
+compiled program per stage: ``jax.vmap`` of one neuron's optimisation, the
+neuron driven by :func:`~spark_somas.simulation.driver.drive`, the
+package's one time loop) and keep each cell's start that does best on its
+held-out sweeps."""
 
 from __future__ import annotations
 
@@ -16,17 +18,17 @@ import numpy as np
 import optax
 from flax import nnx
 
-from spark_somas.errors import allocating
+from spark_somas.errors import ConfigError, allocating
 from spark_somas.models.configs import require
 from spark_somas.models.somas import Soma, SomaConstant, SomaState, step
-from spark_somas.simulation.driver import simulate
+from spark_somas.simulation.driver import drive
 from spark_somas.fitting.boxes import check_bounds, field_boxes, initial_u, start_count
 from spark_somas.fitting.losses import Loss
 from spark_somas.fitting.recording import Recording, same_dt
 from spark_somas.fitting.result import FitResult
 from spark_somas.fitting.stages import Stage, forced_recipe, recipe
 
-__all__ = ["fit_soma"]
+__all__ = ["fit_soma", "fit_cells"]
 
 Array = jax.Array
 
@@ -47,30 +49,34 @@ def _template(soma: Soma,
     return graph, (fixed, state)
 
 
+def _fit_step(soma: Soma, inputs: tuple[Array, Array | None]) -> tuple[Array, Array]:
+    """One step of ``soma`` driven by the current, its spikes detected or,
+    where ``inputs`` carries them (0/1), imposed (teacher forcing,
+    :func:`~spark_somas.models.somas.step`); returns the potential (mV)
+    and the spikes. A module-level function, so that every run shares the
+    compiled loop of :func:`~spark_somas.simulation.driver.drive`."""
+    current, imposed = inputs
+    new, spikes = step(type(soma), soma.parameters(), soma.neuron_state(), current, soma.options,
+                       forced=imposed)
+    for name, value in new.items():
+        getattr(soma, name)[...] = value
+    return new[soma.membrane], spikes
+
+
 def _run(graph: Any, x: Mapping[str, Array], fixed: tuple[Mapping[str, Array], nnx.State],
          currents: Array, forced: Array | None = None) -> tuple[Array, Array]:
     """One neuron with fields ``x`` (scalars), the other fields and the
-    state template ``fixed``, over currents (T, S): its potential and
-    spikes, (T, S); with ``forced`` (T, S), the spikes imposed instead of
-    detected (:func:`~spark_somas.models.somas.step`)."""
+    state template ``fixed``, over currents (T, S) from rest, through the
+    package's time loop: its potential and spikes, (T, S); with ``forced``
+    (T, S), the spikes imposed instead of detected."""
     values, state = fixed
     params = nnx.State({k: nnx.Param(jnp.reshape(v, (1,))) for k, v in x.items()})
     consts = nnx.State({k: SomaConstant(v) for k, v in values.items()})
     soma = nnx.merge(graph, params, consts, state, copy=True)
-    soma.reset()
-    if forced is None:
-        rec = simulate(soma, currents[..., None])
-        return rec.potential[..., 0], rec.spikes[..., 0]
-    soma.broadcast_state(currents.shape[1:] + (1,))
-    model, p, options = type(soma), soma.parameters(), soma.options
-
-    def one(state, inputs):
-        current, imposed = inputs
-        new, spikes = step(model, p, state, current, options, forced=imposed)
-        return new, (new[model.membrane], spikes)
-
-    _, (potential, spikes) = jax.lax.scan(one, soma.neuron_state(),
-                                          (currents[..., None], forced[..., None]))
+    soma.reset(currents.shape[1:])
+    potential, spikes = drive(soma, (currents[..., None],
+                                     None if forced is None else forced[..., None]),
+                              _fit_step, backend="scan")
     return potential[..., 0], spikes[..., 0]
 
 
@@ -90,15 +96,16 @@ def _optimizer(stage: Stage) -> optax.GradientTransformation:
 
 @functools.partial(jax.jit, static_argnames=("graph", "stage", "boxes", "dt"))
 def _fit_stage(u_fit, u_rest, fixed, data, *, graph, stage, boxes, dt):
-    """``stage.steps`` iterations for every start at once (vmapped over the
-    leading axis of ``u_fit`` / ``u_rest``); returns the final u, the loss
-    before each iteration (steps, K) and the loss evaluations per start."""
+    """``stage.steps`` iterations for every cell and start at once (vmapped
+    over the cells, the leading axis of ``u_fit`` / ``u_rest`` and ``data``,
+    then over the starts, their second axis); returns the final u, the loss
+    before each iteration (N, K, steps) and the loss evaluations (N, K)."""
     boxes = dict(boxes)
     opt = _optimizer(stage)
     low = {n: boxes[n].u_range()[0] for n in u_fit}
     high = {n: boxes[n].u_range()[1] for n in u_fit}
 
-    def one(u_fit, u_rest):
+    def one(u_fit, u_rest, data):
         value_fn = functools.partial(_lane_loss, u_rest=u_rest, graph=graph, boxes=boxes,
                                      fixed=fixed, data=data, loss=stage.loss, dt=dt,
                                      forced=stage.spikes == "recorded")
@@ -120,14 +127,19 @@ def _fit_stage(u_fit, u_rest, fixed, data, *, graph, stage, boxes, dt):
                                                 length=stage.steps)
         return u, history, jnp.sum(evals)
 
-    return jax.vmap(one)(u_fit, u_rest)
+    return jax.vmap(jax.vmap(one, in_axes=(0, 0, None)))(u_fit, u_rest, data)
 
 
 @functools.partial(jax.jit, static_argnames=("graph", "loss", "boxes", "dt"))
 def _losses(u, fixed, data, *, graph, loss, boxes, dt):
-    """The loss of every start (vmapped over u's leading axis)."""
+    """The loss of every cell and start, (N, K): vmapped over the cells (the
+    leading axis of u and ``data``), then the starts (u's second axis)."""
     boxes = dict(boxes)
-    return jax.vmap(lambda u: _lane_loss(u, {}, graph, boxes, fixed, data, loss, dt, False))(u)
+
+    def one(u, data):
+        return _lane_loss(u, {}, graph, boxes, fixed, data, loss, dt, False)
+
+    return jax.vmap(jax.vmap(one, in_axes=(0, None)))(u, data)
 
 
 
@@ -185,14 +197,89 @@ def fit_soma(
         starts, the sweeps and about how many bytes.
     """
     t0 = time.perf_counter()
-    if isinstance(soma, type):
-        require(issubclass(soma, Soma), "soma", soma, "a soma class or instance")
-        soma = soma(units=1, dt=recording.dt)
-    require(isinstance(soma, Soma), "soma", soma, "a soma class or instance")
     require(isinstance(recording, Recording), "recording", type(recording).__name__,
             "a spark_somas.fitting.Recording")
-    require(same_dt(soma.dt, recording.dt), "dt", soma.dt,
-            f"the soma's step equals the recording's sampling interval ({recording.dt} ms)")
+    soma, fields, bounds = _check_fit(soma, recording.dt, fields, bounds)
+    stages = _default_stages(stages, soma, fields, [recording])
+    plan = _plan(soma, recording, fields, stages, held_out, selection)
+    return _fit(soma, fields, bounds, stages, [plan], starts, seed, t0)[0]
+
+
+def fit_cells(
+    soma: Soma | type[Soma],
+    recordings: Sequence[Recording],
+    fields: Sequence[str],
+    *,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    stages: Sequence[Stage] | None = None,
+    starts: int | Mapping[str, Any] = 1,
+    held_out: Sequence[Recording] | None = None,
+    selection: Loss | None = None,
+    seed: int = 0,
+) -> tuple[FitResult, ...]:
+    """Fits ``fields`` of ``soma`` to each of N cells' ``recordings`` at once.
+
+    Each cell is fitted as :func:`fit_soma` would fit it alone, from the
+    same starting points (``soma``'s values, one per field, and the same
+    drawn starts), in the same boxes and by the same stages; the N cells
+    and their K starts run as N·K neurons in one compiled program per stage
+    (``jax.vmap`` over the cells of the fit of one cell's starts), so that
+    the time per cell falls as N grows. The cells' recordings may differ
+    in their sweeps' number and lengths: each stage runs on every cell's
+    own sweeps, padded to the longest with samples that no loss counts.
+
+    Args:
+      soma, fields, bounds, starts, selection, seed: as for :func:`fit_soma`,
+        shared by the cells.
+      recordings: one :class:`Recording` per cell, all at the soma's dt.
+      stages: the recipe, shared; default :func:`forced_recipe` when every
+        recording has both the potential and the spike times, else
+        :func:`recipe`.
+      held_out: one recording per cell on which to choose its best start;
+        default each cell's training sweeps.
+
+    Returns:
+      One :class:`FitResult` per cell, in the order of ``recordings``;
+      each one's ``wall_s`` is the wall time of the whole call.
+
+    Raises:
+      ConfigError: before any simulation, as :func:`fit_soma` does, a
+        cell's refusal naming the cell (``recordings[i]``); and for no
+        recordings, or a ``held_out`` that is not one recording per cell.
+      OutOfMemoryError: when the cells and starts at once need more memory
+        than the device could allocate.
+    """
+    t0 = time.perf_counter()
+    require(isinstance(recordings, Sequence) and len(recordings) > 0, "recordings",
+            recordings if isinstance(recordings, Sequence) else type(recordings).__name__,
+            "a non-empty sequence of spark_somas.fitting.Recording, one per cell")
+    for i, recording in enumerate(recordings):
+        require(isinstance(recording, Recording), f"recordings[{i}]",
+                type(recording).__name__, "a spark_somas.fitting.Recording")
+    soma, fields, bounds = _check_fit(soma, recordings[0].dt, fields, bounds)
+    if held_out is not None:
+        require(isinstance(held_out, Sequence) and len(held_out) == len(recordings),
+                "held_out", f"{len(held_out)} recordings" if isinstance(held_out, Sequence)
+                else type(held_out).__name__, f"one recording per cell ({len(recordings)})")
+    stages = _default_stages(stages, soma, fields, recordings)
+    plans = []
+    for i, recording in enumerate(recordings):
+        try:
+            plans.append(_plan(soma, recording, fields, stages,
+                               None if held_out is None else held_out[i], selection))
+        except ConfigError as error:
+            raise ConfigError(f"recordings[{i}]: {error}") from None
+    return _fit(soma, fields, bounds, stages, plans, starts, seed, t0)
+
+
+def _check_fit(soma: Soma | type[Soma], dt: float, fields: Sequence[str],
+               bounds: Any) -> tuple[Soma, tuple[str, ...], dict[str, tuple[float, float]]]:
+    """The soma (built from a class at ``dt``, the recordings' step), the
+    fields and the bounds, checked; shared by every cell of a fit."""
+    if isinstance(soma, type):
+        require(issubclass(soma, Soma), "soma", soma, "a soma class or instance")
+        soma = soma(units=1, dt=dt)
+    require(isinstance(soma, Soma), "soma", soma, "a soma class or instance")
     fields = (fields,) if isinstance(fields, str) else tuple(fields)
     known = [f.name for f in soma.config_class.quantity_fields()]
     require(len(fields) > 0, "fields", fields, "at least one field to fit")
@@ -200,17 +287,43 @@ def fit_soma(
         require(name in known, "fields", name,
                 f"a numeric config field of {soma.config_class.__name__}: one of {known}")
     require(len(set(fields)) == len(fields), "fields", fields, "each field once")
-    params = soma.parameters()
-    for name, value in params.items():
+    for name, value in soma.parameters().items():
         require(np.size(value) == 1 or np.ptp(np.asarray(value)) == 0, name,
                 f"an array of shape {np.shape(value)}",
-                "one value (a fit is of one cell; use starts for several starting points)")
-    bounds = check_bounds(bounds, fields)
+                "one value (the starting point of every cell; use starts for several "
+                "starting points, fit_cells for several cells)")
+    return soma, fields, check_bounds(bounds, fields)
+
+
+def _default_stages(stages: Sequence[Stage] | None, soma: Soma, fields: tuple[str, ...],
+                    recordings: Sequence[Recording]) -> tuple[Stage, ...]:
+    """``stages``, or the default recipe: forced where every recording has
+    both the potential and the spike times, else staged through the model's
+    own spikes."""
     if stages is None:
-        forced = recording.potential is not None and recording.spike_times is not None
+        forced = all(r.potential is not None and r.spike_times is not None for r in recordings)
         stages = forced_recipe(fields) if forced else recipe(fields, soma=soma)
     stages = tuple(stages)
     require(len(stages) > 0, "stages", stages, "at least one stage")
+    return stages
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """One cell's part of a fit: its training recording, each stage's
+    sweeps of it and the losses that judge its starts, by stage index (or
+    ``"selection"``), each with its held-out sweeps."""
+
+    recording: Recording
+    picks: tuple[tuple[int, ...], ...]
+    judges: dict[Any, tuple[Loss, Recording]]
+
+
+def _plan(soma: Soma, recording: Recording, fields: tuple[str, ...], stages: tuple[Stage, ...],
+          held_out: Recording | None, selection: Loss | None) -> _Plan:
+    """One cell's recording checked against the soma and the stages."""
+    require(same_dt(soma.dt, recording.dt), "dt", soma.dt,
+            f"the soma's step equals the recording's sampling interval ({recording.dt} ms)")
     picks = []
     for k, stage in enumerate(stages):
         require(isinstance(stage, Stage), f"stages[{k}]", stage, "a Stage")
@@ -236,8 +349,15 @@ def fit_soma(
         judges = _judges(stages, held_out)
     else:
         _check_targets(selection, held_out, "selection")
-        judges = [(selection, held_out)]
+        judges = {"selection": (selection, held_out)}
+    return _Plan(recording, tuple(picks), judges)
 
+
+def _fit(soma: Soma, fields: tuple[str, ...], bounds: Mapping[str, tuple[float, float]],
+         stages: tuple[Stage, ...], plans: Sequence[_Plan], starts: int | Mapping[str, Any],
+         seed: int, t0: float) -> list[FitResult]:
+    """Every cell's fit at once, from the same starts in the same boxes."""
+    params = soma.parameters()
     guess = {n: float(f"{float(np.asarray(params[n]).ravel()[0]):.7g}") for n in fields}
     boxes = field_boxes(soma, fields, bounds, guess)
     count = start_count(starts)
@@ -246,86 +366,117 @@ def fit_soma(
     # The optimizer works in at least float32 (optax's line search keeps
     # its state in float32); the soma runs in its own dtypes.
     dtype = jnp.promote_types(soma.param_dtype, jnp.float32)
-    with allocating(*_footprint(soma, recording, count, dtype)):
+    cells = len(plans)
+    with allocating(*_footprint(soma, [p.recording for p in plans], count, dtype)):
         u0 = initial_u(boxes, fields, guess, starts if isinstance(starts, Mapping) else count,
                        seed)
-        u = {n: jnp.asarray(v, dtype) for n, v in u0.items()}
-        u, history, evaluations = _run_stages(u, fixed, recording, stages, picks, graph=graph,
-                                              boxes=boxes_key)
-        losses = _selection_losses(u, fixed, judges, graph=graph, boxes=boxes_key,
-                                   dt=recording.dt)
-    best = int(np.argmin(losses))
+        u = {n: jnp.broadcast_to(jnp.asarray(v, dtype), (cells, len(v))) for n, v in u0.items()}
+        u, history, evaluations = _run_stages(u, fixed, plans, stages, graph=graph,
+                                              boxes=boxes_key, dt=soma.dt)
+        losses = _selection_losses(u, fixed, plans, graph=graph, boxes=boxes_key, dt=soma.dt)
     x = {n: np.asarray(boxes[n].to_x(v), np.float64) for n, v in u.items()}
-    return FitResult(
-        params={n: float(v[best]) for n, v in x.items()}, starts=x,
-        initial={n: np.asarray(boxes[n].to_x(jnp.asarray(v, dtype)), np.float64)
-                 for n, v in u0.items()},
-        best=best, held_out_loss=losses, history=tuple(history), evaluations=evaluations,
-        stages=stages, wall_s=time.perf_counter() - t0, soma=soma)
+    initial = {n: np.asarray(boxes[n].to_x(jnp.asarray(v, dtype)), np.float64)
+               for n, v in u0.items()}
+    wall = time.perf_counter() - t0
+    results = []
+    for i in range(cells):
+        best = int(np.argmin(losses[i]))
+        results.append(FitResult(
+            params={n: float(v[i, best]) for n, v in x.items()},
+            starts={n: v[i] for n, v in x.items()}, initial=initial, best=best,
+            held_out_loss=losses[i], history=tuple(h[i].T for h in history),
+            evaluations=int(evaluations[i]), stages=stages, wall_s=wall, soma=soma))
+    return results
 
 
-
-def _footprint(soma: Soma, recording: Recording, count: int, dtype: Any) -> tuple[str, float]:
-    """What a fit of ``count`` starts allocates and about how many bytes, for
-    :func:`~spark_somas.errors.allocating`: every start runs every sweep at
-    once, and its gradient keeps each step's state (the stored variables and
-    the input, forward and backward) in ``dtype``."""
-    steps = max(recording.lengths)
+def _footprint(soma: Soma, recordings: Sequence[Recording], count: int,
+               dtype: Any) -> tuple[str, float]:
+    """What a fit of ``count`` starts of each cell allocates and about how
+    many bytes, for :func:`~spark_somas.errors.allocating`: every start runs
+    every sweep at once, and its gradient keeps each step's state (the
+    stored variables and the input, forward and backward) in ``dtype``."""
+    steps = max(max(r.lengths) for r in recordings)
+    sweeps = max(r.n_sweeps for r in recordings)
     per_sample = 2 * (len(soma.stored_names) + 1) * jnp.dtype(dtype).itemsize
-    return (f"fit_soma: starts = {count} ({recording.n_sweeps} sweeps of up to {steps} steps "
-            f"each)", float(count) * recording.n_sweeps * steps * per_sample)
+    cells = f"{len(recordings)} cells, " if len(recordings) > 1 else ""
+    return (f"fit_soma: starts = {count} ({cells}{sweeps} sweeps of up to {steps} steps "
+            f"each)", float(count) * len(recordings) * sweeps * steps * per_sample)
 
 
-def _run_stages(u: dict[str, Array], fixed: Any, recording: Recording, stages: Sequence[Stage],
-                picks: Sequence[Sequence[int]], *, graph: Any,
-                boxes: tuple) -> tuple[dict[str, Array], list[np.ndarray], int]:
-    """Every stage in turn on its sweeps, for every start at once; returns
-    the final u, each stage's loss history (K, steps) and the most loss
-    evaluations any start made."""
-    history, evaluations = [], 0
-    for stage, pick in zip(stages, picks):
-        data = {k: jnp.asarray(v) for k, v in recording.select(pick).arrays().items()}
+def _stacked(recordings: Sequence[Recording | None]) -> dict[str, Array]:
+    """The cells' :meth:`Recording.arrays`, padded with zeros (samples no
+    loss counts: not valid, not recorded, no spike) to the longest sweep and
+    the most sweeps, stacked: (N, T, S). None: a cell with nothing there."""
+    arrays = [None if r is None else r.arrays() for r in recordings]
+    shapes = [a["currents"].shape for a in arrays if a is not None]
+    steps, sweeps = max(t for t, _ in shapes), max(s for _, s in shapes)
+    out = {}
+    for key in ("currents", "potential", "recorded", "valid", "spikes"):
+        stack = np.zeros((len(arrays), steps, sweeps), np.float32)
+        for i, a in enumerate(arrays):
+            if a is not None:
+                t, s = a[key].shape
+                stack[i, :t, :s] = a[key]
+        out[key] = jnp.asarray(stack)
+    return out
+
+
+def _run_stages(u: dict[str, Array], fixed: Any, plans: Sequence[_Plan],
+                stages: Sequence[Stage], *, graph: Any, boxes: tuple,
+                dt: float) -> tuple[dict[str, Array], list[np.ndarray], np.ndarray]:
+    """Every stage in turn on each cell's sweeps, for every cell and start at
+    once; returns the final u (N, K), each stage's loss history (N, K,
+    steps) and per cell the most loss evaluations any start made (N,)."""
+    history, evaluations = [], np.zeros(len(plans), int)
+    for k, stage in enumerate(stages):
+        data = _stacked([p.recording.select(p.picks[k]) for p in plans])
         u_fit = {n: u[n] for n in stage.fields}
         u_rest = {n: v for n, v in u.items() if n not in stage.fields}
         u_fit, h, evals = _fit_stage(u_fit, u_rest, fixed, data, graph=graph, stage=stage,
-                                     boxes=boxes, dt=recording.dt)
+                                     boxes=boxes, dt=dt)
         u = {**u, **u_fit}
-        history.append(np.asarray(h).T)
-        evaluations += int(np.max(evals))
+        history.append(np.asarray(h))
+        evaluations += np.max(np.asarray(evals), axis=1)
     return u, history, evaluations
 
 
-def _selection_losses(u: dict[str, Array], fixed: Any, judges: Sequence[tuple[Loss, Recording]],
-                      *, graph: Any, boxes: tuple, dt: float) -> np.ndarray:
-    """Each start's selection loss (K,): the judges' losses, each relative to
-    the best start's when there are several, summed; inf where not finite."""
-    losses = np.zeros(len(next(iter(u.values()))))
-    for loss, sweeps in judges:
-        data = {k: jnp.asarray(v) for k, v in sweeps.arrays().items()}
-        value = np.asarray(_losses(u, fixed, data, graph=graph, loss=loss, boxes=boxes, dt=dt),
-                           np.float64)
-        value = np.where(np.isfinite(value), value, np.inf)
-        # Each stage's loss relative to the best start's, so that every stage
-        # counts alike whatever its units and scale.
-        losses += value / max(np.min(value), 1e-12) if len(judges) > 1 else value
+def _selection_losses(u: dict[str, Array], fixed: Any, plans: Sequence[_Plan], *, graph: Any,
+                      boxes: tuple, dt: float) -> np.ndarray:
+    """Each cell's starts' selection losses (N, K): the cell's judges'
+    losses, each relative to its best start's when it has several, summed;
+    inf where not finite."""
+    losses = np.zeros(next(iter(u.values())).shape)
+    for key in dict.fromkeys(k for p in plans for k in p.judges):
+        judged = [key in p.judges for p in plans]
+        loss = next(p.judges[key][0] for p in plans if key in p.judges)
+        data = _stacked([p.judges[key][1] if key in p.judges else None for p in plans])
+        values = np.asarray(_losses(u, fixed, data, graph=graph, loss=loss, boxes=boxes, dt=dt),
+                            np.float64)
+        for i, plan in enumerate(plans):
+            if judged[i]:
+                value = np.where(np.isfinite(values[i]), values[i], np.inf)
+                # Each stage's loss relative to the best start's, so that every
+                # stage counts alike whatever its units and scale.
+                losses[i] += (value / max(np.min(value), 1e-12) if len(plan.judges) > 1
+                              else value)
     return losses
 
 
-
-def _judges(stages: Sequence[Stage], held_out: Recording) -> list[tuple[Loss, Recording]]:
-    """What chooses among the starts by default: each stage's :func:`_judge`
+def _judges(stages: Sequence[Stage],
+            held_out: Recording) -> dict[int, tuple[Loss, Recording]]:
+    """What chooses among the starts by default, by stage index: each stage's :func:`_judge`
     on the held-out sweeps of its kind (all of them for a stage given sweep
     indices, which index the training recording). A stage with no sweep of
     its kind there is not judged; a held-out recording on which no stage can
     be judged is refused, since it could not tell the starts apart."""
-    judges = []
+    judges = {}
     for k, stage in enumerate(stages):
         pick = (tuple(range(held_out.n_sweeps)) if not isinstance(stage.sweeps, str)
                 else stage.pick(held_out))
         if pick:
             judge = _judge(stage)
             _check_targets(judge, held_out.select(pick), f"held_out (stages[{k}])")
-            judges.append((judge, held_out.select(pick)))
+            judges[k] = (judge, held_out.select(pick))
     counts = held_out.spike_counts()
     kinds = sorted({s.sweeps for s in stages if isinstance(s.sweeps, str)})
     require(judges, "held_out", f"{held_out.n_sweeps} sweep(s), "

@@ -61,8 +61,12 @@ class Loss:
             err = jnp.where(m > 0, potential - data["potential"], 0.0)
             total += self.potential * jnp.sum(err**2) / jnp.maximum(jnp.sum(m), 1.0)
         diff = spikes * data["valid"] - data["spikes"]
+        # Means over the sweeps there are and integrals over each sweep's own
+        # length: a sweep of padding (no valid sample), added to batch cells
+        # whose recordings differ in shape, changes no loss.
+        sweeps = jnp.maximum(jnp.sum(jnp.any(data["valid"] > 0, axis=0)), 1)
         if self.count:
-            total += self.count * jnp.mean(jnp.sum(diff, axis=0) ** 2)
+            total += self.count * jnp.sum(jnp.sum(diff, axis=0) ** 2) / sweeps
         if self.van_rossum:
             decay = math.exp(-dt / self.van_rossum_tau)
 
@@ -71,7 +75,8 @@ class Loss:
                 return f, f
 
             _, f = jax.lax.scan(filt, jnp.zeros_like(diff[0]), diff)
-            total += self.van_rossum * dt / self.van_rossum_tau * jnp.mean(jnp.sum(f**2, axis=0))
+            total += (self.van_rossum * dt / self.van_rossum_tau
+                      * jnp.sum(f**2 * data["valid"]) / sweeps)
         return total
 
 
