@@ -198,7 +198,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--keep-last", type=_count, default=3, metavar="N",
                    help="keep the checkpoints of the newest N epochs (0: every epoch)")
     p.add_argument("--keep-best", type=_count, default=1, metavar="N",
-                   help="also keep the N epochs of best test accuracy")
+                   help="also keep the N epochs of best accuracy on the split evaluated after "
+                        "each epoch (the validation split with --validation, else the test "
+                        "split)")
     p.add_argument("--out", default="out", help="directory for the PNG and JSON")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write TensorBoard event files (scalars per epoch, parameter "
@@ -321,14 +323,19 @@ def _report(result, tensorboard: str | None) -> None:
     parameters and the files written."""
     import numpy as np
 
-    history, raster, n_test = result.history, result.raster, len(result.data.x_test)
-    losses = np.asarray(history["train_loss"] + history["test_loss"])
-    acc = history["test_accuracy"][-1]
-    print(f"final test accuracy {_percent(acc)} ({round(acc * n_test)}/{n_test}), "
-          f"train accuracy {_percent(history['train_accuracy'][-1])}")
-    print(f"hidden firing rate: train {history['train_rate_hz'][-1]:.1f} Hz, test "
-          f"{history['test_rate_hz'][-1]:.1f} Hz; test sample shown: {int(raster.sum())} spikes "
-          f"from {int((raster.sum(0) > 0).sum())}/{raster.shape[1]} neurons")
+    from spark_somas.training.runs import describe_splits
+
+    history, raster, n_held = result.history, result.raster, len(result.data.x_test)
+    held, splits = result.run.eval_split, describe_splits(result.run)
+    losses = np.asarray(history["train_loss"] + history[f"{held}_loss"])
+    acc = history[f"{held}_accuracy"][-1]
+    if result.test is not None:
+        print(f"final test accuracy {_percent(result.test['accuracy'])} on {splits['test']}")
+    print(f"final {held} accuracy {_percent(acc)} ({round(acc * n_held)}/{n_held}, "
+          f"{splits['epochs']}), train accuracy {_percent(history['train_accuracy'][-1])}")
+    print(f"hidden firing rate: train {history['train_rate_hz'][-1]:.1f} Hz, {held} "
+          f"{history[f'{held}_rate_hz'][-1]:.1f} Hz; {held} sample shown: {int(raster.sum())} "
+          f"spikes from {int((raster.sum(0) > 0).sum())}/{raster.shape[1]} neurons")
     print(f"wall time {result.wall_seconds:.1f} s (compilation included); NaN in losses: "
           f"{bool(np.isnan(losses).any())}")
     for index, soma in enumerate(result.model.somas()):

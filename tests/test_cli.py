@@ -260,7 +260,7 @@ def test_train_shd_from_a_data_dir_with_two_recurrent_layers_and_tensorboard(shd
     assert cli.main(["train", "--task", "shd", "--data-dir", str(shd_dir), "--epochs", "2",
                      "--hidden", "6", "--depth", "2", "--recurrent", "--steps", "12",
                      "--batch-size", "20", "--out", str(out), "--tensorboard", str(board),
-                     "--no-progress"]) == 0
+                     "--no-validation", "--no-progress"]) == 0
     assert "Dataset('shd', train=(40, 12, 700), test=(20, 12, 700)" in capsys.readouterr().out
     record = json.loads((out / "train_shd_adex.json").read_text())
     assert record["history"]["epoch"] == [1, 2] and record["settings"]["depth"] == 2
@@ -269,6 +269,113 @@ def test_train_shd_from_a_data_dir_with_two_recurrent_layers_and_tensorboard(shd
     scalars = events.Scalars("test/accuracy")
     assert [e.step for e in scalars] == [1, 2]
     assert [e.value for e in scalars] == pytest.approx(record["history"]["test_accuracy"])
+
+
+@pytest.fixture(scope="module")
+def shd_four_classes(tmp_path_factory):
+    """shd_train.h5 of 60 samples (15 per class: a tenth of each class is 2)
+    and shd_test.h5 of 20, 4 classes, the labels of each file known."""
+    from test_events import make_samples, write_events_file
+
+    d = tmp_path_factory.mktemp("shd4")
+    rng = np.random.default_rng(1)
+    train, test = make_samples(rng, 60, 4), make_samples(rng, 20, 4)
+    write_events_file(d / "shd_train.h5", *train)
+    write_events_file(d / "shd_test.h5", *test)
+    return d
+
+
+def test_shd_selects_on_a_validation_split_and_reads_the_test_file_once(shd_four_classes,
+                                                                        tmp_path, capsys):
+    """By default a file task evaluates each epoch, and ranks the kept
+    checkpoints, on a class-stratified tenth of the training file; the test
+    file is evaluated once, after training, and the report names each split."""
+    from spark_somas.data.events import load_shd
+    from spark_somas.training import runs
+    from spark_somas.training.loop import evaluate
+
+    run = runs.RunConfig(task="shd", data_dir=str(shd_four_classes), epochs=2, hidden=6,
+                         steps=12, batch_size=13)
+    assert run.validation is True and "--validation" not in run.command()
+    result = runs.train(run, str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"),
+                        progress=False)
+    assert len(result.data.x_test) == 8 and len(result.data.x_train) == 52  # 2 + 13 per class
+    assert sorted(np.bincount(result.data.y_test)) == [2, 2, 2, 2]
+    assert "test_accuracy" not in result.history
+    assert len(result.history["validation_accuracy"]) == 2
+
+    # The test file, loaded on its own (another order): the final network's metrics.
+    alone = load_shd(shd_four_classes, steps=12, holdout="test")
+    expected = evaluate(result.model, alone.x_test, alone.y_test, encoder=result_encoder(result))
+    assert result.test["accuracy"] == expected["accuracy"]
+    assert result.test["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    # The validation samples are training-file samples, none of them a test sample.
+    train_file = load_shd(shd_four_classes, steps=12, holdout="test").x_train
+    for x in result.data.x_test:
+        assert any(np.array_equal(x, t) for t in train_file)
+        assert not any(np.array_equal(x, t) for t in alone.x_test if x.any())
+
+    record = json.loads((tmp_path / "out" / "train_shd_adex.json").read_text())
+    assert record["test"] == result.test
+    assert record["splits"]["validation_*"].startswith("a class-stratified 0.1 of shd_train.h5")
+    assert record["splits"]["test"].startswith("the test file shd_test.h5")
+    steps = checkpointing.describe(str(tmp_path / "ckpt"))
+    assert all(set(step.metrics) == {"validation_accuracy", "validation_loss"} for step in steps)
+
+
+def result_encoder(result):
+    return training.Encoder("spikes", int(result.data.x_train.shape[1]))
+
+
+def test_the_command_line_reports_which_split_each_number_is(shd_four_classes, tmp_path, capsys):
+    assert cli.main(["train", "--task", "shd", "--data-dir", str(shd_four_classes), "--epochs",
+                     "1", "--hidden", "6", "--steps", "12", "--batch-size", "13", "--out",
+                     str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"final test accuracy [0-9.]+% on the test file shd_test.h5 \(once, after "
+                     r"training\)", out), out
+    assert re.search(r"final validation accuracy [0-9.]+% \(\d+/8, a class-stratified 0.1 of "
+                     r"shd_train.h5 held out of training\)", out), out
+
+
+def test_without_validation_each_epoch_is_the_test_file_and_no_extra_test(shd_four_classes,
+                                                                         tmp_path):
+    from spark_somas.training import runs
+
+    run = runs.RunConfig(task="shd", data_dir=str(shd_four_classes), epochs=1, hidden=6,
+                         steps=12, batch_size=20, validation=False)
+    result = runs.train(run, str(tmp_path), progress=False)
+    assert result.test is None and len(result.data.x_test) == 20
+    assert "validation_accuracy" not in result.history
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: dict(task="digits", validation=True),
+     "validation = True violates the rule: only for a task read from files"),
+])
+def test_validation_is_refused_where_it_cannot_apply(shd_four_classes, make, message):
+    from spark_somas.training import runs
+
+    with pytest.raises(ss.errors.RuleError, match=re.escape(message)):
+        runs.RunConfig(**make(shd_four_classes))
+
+
+def test_a_validation_split_that_would_be_empty_is_one_line_before_training(shd_dir, tmp_path,
+                                                                            capsys):
+    assert run(["train", "--task", "shd", "--data-dir", str(shd_dir), "--steps", "12",
+                "--out", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1, err
+    assert "--data-option validation_fraction=0.1 violates the rule: a validation split of at " \
+           "least one sample" in err, err
+
+
+def test_a_run_saved_before_validation_existed_resumes_without_it():
+    from spark_somas.training import runs
+
+    saved = runs.RunConfig(task="shd", data_dir="/data", validation=False).to_dict()
+    del saved["validation"]
+    assert runs.RunConfig.from_dict(saved).validation is False
 
 
 @pytest.mark.parametrize("task, argv, message", [

@@ -49,6 +49,7 @@ bound it.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from typing import Sequence
@@ -68,6 +69,7 @@ __all__ = [
     "load_events",
     "load_shd",
     "load_ssc",
+    "load_test_file",
 ]
 
 N_CHANNELS = 700
@@ -364,3 +366,32 @@ def load_ssc(
     """
     return _load("ssc", data_dir, steps=steps, bin_ms=bin_ms, pool=pool, binary=binary,
                  holdout=holdout, validation_fraction=0.1, seed=seed, limit=limit, dtype=dtype)
+
+
+def load_test_file(name: str, data_dir: str | os.PathLike, **loader_kwargs) -> tuple[
+        np.ndarray, np.ndarray]:
+    """The test file of ``name`` ("shd" or "ssc") alone, binned as
+    ``load_shd`` / ``load_ssc`` with ``loader_kwargs`` bin it (their
+    defaults for what is not given; ``holdout``, ``seed`` and
+    ``validation_fraction`` do not apply): ``x`` ``(N, steps, channels)``
+    and ``y`` (N,) int32, in the file's order. What a run that selects its
+    model on a validation split evaluates once, after training, without
+    binning the training file again. A missing file raises
+    :class:`EventDatasetMissing`; labels outside the classes ``DataError``.
+    """
+    require(name in EVENT_DATASETS, "name", name, f"one of {sorted(EVENT_DATASETS)}",
+            error=RuleError)
+    loader = {"shd": load_shd, "ssc": load_ssc}[name]
+    bound = inspect.signature(loader).bind(data_dir, **loader_kwargs)
+    bound.apply_defaults()
+    kw = bound.arguments
+    path = os.path.join(os.fspath(data_dir), EVENT_DATASETS[name]["test"])
+    if not os.path.isfile(path):
+        raise EventDatasetMissing(_missing_message(path))
+    x, y = load_events(path, steps=kw["steps"], bin_ms=kw["bin_ms"], pool=kw["pool"],
+                       binary=kw["binary"], limit=kw["limit"], dtype=kw["dtype"])
+    classes = EVENT_DATASETS[name]["classes"]
+    if y.size and not (y.min() >= 0 and y.max() < classes):
+        raise DataError(f"{name.upper()} test labels span {y.min()}…{y.max()}: they must lie "
+                        f"in 0 … {classes - 1}")
+    return x, y

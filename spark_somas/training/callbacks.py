@@ -58,6 +58,8 @@ class FitState:
       epoch_on_device: whether each epoch runs as one compiled program.
       history: the dict ``fit`` returns, one entry per epoch appended
         before ``on_epoch_end`` (a resumed run's earlier epochs included).
+      eval_split: the name of the split evaluated after each epoch,
+        ``"test"`` or ``"validation"``: the history's ``<eval_split>_accuracy``.
     """
 
     model: Any
@@ -67,6 +69,7 @@ class FitState:
     steps_per_epoch: int
     epoch_on_device: bool
     history: dict[str, list]
+    eval_split: str = "test"
 
 
 class Callback:
@@ -120,9 +123,10 @@ class ProgressBar(Callback):
     def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
         if fit.epoch_on_device:
             self.bar.update(1)
+        short = {"test": "test_acc", "validation": "val_acc"}[fit.eval_split]
+        held = {short: f"{history[f'{fit.eval_split}_accuracy'][-1]:.3f}"}
         self.bar.set_postfix(epoch=epoch + 1, loss=f"{history['train_loss'][-1]:.3f}",
-                             acc=f"{history['train_accuracy'][-1]:.3f}",
-                             test_acc=f"{history['test_accuracy'][-1]:.3f}",
+                             acc=f"{history['train_accuracy'][-1]:.3f}", **held,
                              rate=f"{history['train_rate_hz'][-1]:.1f}Hz")
 
     def on_fit_end(self, fit: FitState) -> None:

@@ -44,12 +44,15 @@ __all__ = [
     "record",
     "evaluate",
     "epoch_order",
+    "evaluation_key",
     "batch_key",
     "NonFiniteLossError",
     "NonFiniteGradientError",
     "NonFiniteStateError",
     "summarize_batches",
     "HISTORY_KEYS",
+    "EVAL_SPLITS",
+    "history_keys",
     "fit",
     "Callback",
     "FitState",
@@ -309,6 +312,12 @@ def evaluate(model: SpikingNetwork, x: np.ndarray, labels: np.ndarray, *, encode
     return {k: float(v) for k, v in metrics.compute().items()}
 
 
+def evaluation_key(seed: int) -> Array:
+    """The encoder's PRNG key of every evaluation of a run seeded ``seed``
+    (after each epoch, and of the test set after ``fit``): no epoch's key."""
+    return jax.random.fold_in(jax.random.key(seed), 2**32 - 1)
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The training order of epoch ``epoch``: a permutation of range(n) that is
     a pure function of (seed, epoch), so a resumed run sees the same batches."""
@@ -391,6 +400,18 @@ HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "train_rate_hz",
                 "test_loss", "test_accuracy", "test_rate_hz", "grad_norm", "grad_norm_max",
                 "skipped_batches", "nonfinite_state_batches", "seconds")
 
+#: What ``fit``'s per-epoch evaluation of ``data.x_test`` may be called in
+#: the history: the test split, or a validation split the data hold there
+#: (``load_shd(..., holdout="validation")``) while the test set waits.
+EVAL_SPLITS = ("test", "validation")
+
+
+def history_keys(eval_split: str = "test") -> tuple[str, ...]:
+    """:data:`HISTORY_KEYS` with the evaluated split's metrics named
+    ``<eval_split>_loss``, ``<eval_split>_accuracy``, ``<eval_split>_rate_hz``."""
+    return tuple(k.replace("test_", f"{eval_split}_", 1) if k.startswith("test_") else k
+                 for k in HISTORY_KEYS)
+
 
 def fits_on_device(nbytes: int, device: jax.Device | None = None, *, fraction: float = 0.25) -> bool:
     """Whether ``nbytes`` take at most ``fraction`` of ``device``'s memory
@@ -404,12 +425,12 @@ def fits_on_device(nbytes: int, device: jax.Device | None = None, *, fraction: f
     return nbytes <= fraction * limit
 
 
-def _continued(history: Mapping[str, list] | None, start_epoch: int) -> dict[str, list]:
+def _continued(history: Mapping[str, list] | None, eval_split: str) -> dict[str, list]:
     """A copy of a saved history to append to; keys it lacks (an older run's,
     or per-module gradient norms) are filled with NaN for its epochs."""
     history = {k: list(v) for k, v in (history or {}).items()}
     done = len(history.get("epoch", []))
-    for k in HISTORY_KEYS:
+    for k in history_keys(eval_split):
         history.setdefault(k, list(range(1, done + 1)) if k == "epoch" else [math.nan] * done)
     return history
 
@@ -480,13 +501,14 @@ class _Epochs:
         return {k: np.stack([np.asarray(b[k]) for b in batches]) for k in batches[0]}
 
 
-def _epoch_row(epoch: int, train: Mapping[str, float], test: Mapping[str, float],
-               seconds: float) -> dict[str, float]:
-    """The history entry of ``epoch`` (0-based) from its training and test metrics."""
+def _epoch_row(epoch: int, train: Mapping[str, float], held: Mapping[str, float],
+               seconds: float, eval_split: str) -> dict[str, float]:
+    """The history entry of ``epoch`` (0-based) from its training metrics and
+    those of the held-out split named ``eval_split``."""
     return {"epoch": epoch + 1, "train_loss": train["loss"],
             "train_accuracy": train["accuracy"], "train_rate_hz": train["rate_hz"],
-            "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-            "test_rate_hz": test["rate_hz"], "seconds": seconds,
+            f"{eval_split}_loss": held["loss"], f"{eval_split}_accuracy": held["accuracy"],
+            f"{eval_split}_rate_hz": held["rate_hz"], "seconds": seconds,
             **{k: v for k, v in train.items() if k.startswith("grad_norm")},
             "skipped_batches": train["skipped_batches"],
             "nonfinite_state_batches": train["nonfinite_state_batches"]}
@@ -498,16 +520,18 @@ def _append(history: dict[str, list], row: Mapping[str, Any]) -> None:
         history[k].append(v)
 
 
-def _check_finite(epoch: int, row: Mapping[str, float], steps_per_epoch: int) -> None:
+def _check_finite(epoch: int, row: Mapping[str, float], steps_per_epoch: int,
+                  eval_split: str) -> None:
     """Raises when the epoch learned nothing (every update skipped) or its loss diverged."""
     require(row["skipped_batches"] != steps_per_epoch, f"epoch {epoch + 1}: skipped_batches",
             steps_per_epoch, "at least one batch with a finite gradient per epoch (every update "
             "was skipped; see 'Training over long sequences' in the docs: exp_gradient='bounded', "
             "a damped surrogate, a lower learning rate); training stopped before this epoch was "
             "saved", error=NonFiniteGradientError)
-    if not np.isfinite([row["train_loss"], row["test_loss"]]).all():
+    held = row[f"{eval_split}_loss"]
+    if not np.isfinite([row["train_loss"], held]).all():
         raise NonFiniteLossError(violation(
-            f"epoch {epoch + 1}: train loss {row['train_loss']}, test loss {row['test_loss']}",
+            f"epoch {epoch + 1}: train loss {row['train_loss']}, {eval_split} loss {held}",
             "a finite loss (lower the learning rate or check the inputs); training stopped "
             "before this epoch was saved", plural=True))
     require(row["nonfinite_state_batches"] == 0, f"epoch {epoch + 1}: nonfinite_state_batches",
@@ -542,6 +566,7 @@ def fit(
     epoch_on_device: bool | None = None,
     callbacks: Sequence[Callback] | None = None,
     fresh_data: bool = False,
+    eval_split: str = "test",
 ) -> dict[str, list]:
     """Trains for epochs ``start_epoch`` … ``epochs − 1``; returns the history.
 
@@ -581,7 +606,8 @@ def fit(
 
     History: a dict of equal-length lists, one entry per epoch —
     :data:`HISTORY_KEYS` (loss and accuracy on the training batches as
-    trained, and on the test split after the epoch; mean hidden rates in
+    trained, and on ``data``'s held-out split after the epoch, named by
+    ``eval_split``: ``test_*`` or ``validation_*``; mean hidden rates in
     Hz; the gradient's global norm averaged over the epoch's finite batches
     and its largest value, and the number of batches skipped for a
     non-finite gradient, and of batches that left a neuron's state NaN;
@@ -625,6 +651,11 @@ def fit(
         of steps (False), or chosen by size (None).
       callbacks: :mod:`~spark_somas.training.callbacks` to run, replacing the default bar.
       fresh_data: train each epoch on ``data.draw_train(epoch, n)``.
+      eval_split: what ``data.x_test`` is, and the history calls it after
+        each epoch: ``"test"`` (``test_loss``, ``test_accuracy``,
+        ``test_rate_hz``) or ``"validation"`` (``validation_loss``, …), for
+        data whose held-out split is a validation split (model selection
+        on it, the test set evaluated once after ``fit``).
 
     Raises:
       ValueError: bad ``epochs``, ``batch_size`` or ``start_epoch``, or
@@ -639,14 +670,16 @@ def fit(
     require(not fresh_data or data.draw_train is not None, "fresh_data", fresh_data,
             f"a dataset that draws new training samples ({data.name} has no draw_train)",
             error=RuleError)
+    require(eval_split in EVAL_SPLITS, "eval_split", eval_split, f"one of {EVAL_SPLITS}",
+            error=RuleError)
     require(not (epoch_on_device and mesh is not None), "epoch_on_device", epoch_on_device,
             "False with a mesh (a sharded run loops over batches in Python)", error=RuleError)
     callbacks = resolve_callbacks(callbacks, progress=progress, on_epoch_end=on_epoch_end)
     run = _Epochs(model, optimizer, data, encoder=encoder, objective=objective, seed=seed,
                   batch_size=batch_size, mesh=mesh, on_device=epoch_on_device, fresh=fresh_data)
     state = FitState(model, optimizer, epochs, start_epoch, run.steps_per_epoch, run.on_device,
-                     _continued(history, start_epoch))
-    eval_key = jax.random.fold_in(jax.random.key(seed), 2**32 - 1)  # never an epoch
+                     _continued(history, eval_split), eval_split)
+    eval_key = evaluation_key(seed)
     try:
         for callback in callbacks:
             callback.on_fit_start(state)
@@ -654,12 +687,12 @@ def fit(
             t0 = time.perf_counter()
             train = summarize_batches(run(epoch, lambda i, m: [
                 callback.on_batch_end(state, epoch, i, m) for callback in callbacks]))
-            test = evaluate(model, data.x_test, data.y_test, encoder=encoder,
+            held = evaluate(model, data.x_test, data.y_test, encoder=encoder,
                             objective=objective, key=eval_key, mesh=mesh)
-            row = _epoch_row(epoch, train, test, time.perf_counter() - t0)
+            row = _epoch_row(epoch, train, held, time.perf_counter() - t0, eval_split)
             _append(state.history, row)
             if stop_on_nonfinite:
-                _check_finite(epoch, row, run.steps_per_epoch)
+                _check_finite(epoch, row, run.steps_per_epoch, eval_split)
             if _stop_asked(callbacks, state, epoch):
                 break
     finally:
@@ -688,9 +721,10 @@ def plot_training(history: Mapping[str, Sequence[float]], raster: np.ndarray | N
         figure.set_size_inches(*size)
         figure.set_layout_engine("constrained")
     fig, axes = figure, figure.subplots(1, panels)
+    held = next((split for split in EVAL_SPLITS if f"{split}_loss" in history), "test")
     for ax, what in zip(axes, ("loss", "accuracy")):
         ax.plot(history["epoch"], history[f"train_{what}"], "o-", ms=3, label="train")
-        ax.plot(history["epoch"], history[f"test_{what}"], "s-", ms=3, label="test")
+        ax.plot(history["epoch"], history[f"{held}_{what}"], "s-", ms=3, label=held)
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)

@@ -40,7 +40,7 @@ from spark_somas.training.network import (HIDDEN, TRAINING_DETACH_ADAPTATION,
 from spark_somas.data.tasks import EvidenceAccumulation
 
 __all__ = ["Recipe", "RECIPES", "FILE_TASKS", "RunConfig", "Built", "train", "TrainResult",
-           "RunError", "SavedRun", "saved_run", "SETTING_NAMES"]
+           "RunError", "SavedRun", "saved_run", "SETTING_NAMES", "describe_splits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,8 @@ class Recipe:
 
 #: What a run that leaves these fields None gets, unless its task's recipe says otherwise.
 RUN_DEFAULTS: Mapping[str, Any] = {"epochs": 30, "lr": 5e-3, "hidden": 256, "recurrent": False,
-                                   "fresh_data": False, "rate_strength": 0.0}
+                                   "fresh_data": False, "rate_strength": 0.0,
+                                   "validation": False}
 
 
 #: Per-task recipe (the measured results are on the docs page "Training
@@ -71,7 +72,8 @@ RUN_DEFAULTS: Mapping[str, Any] = {"epochs": 30, "lr": 5e-3, "hidden": 256, "rec
 #: currents, no synapse. Spike data (Randman, SHD/SSC bins, the cue task's
 #: Bernoulli spikes): one-step inputs, which need the charge of a 5 ms
 #: synapse and gain 3. SHD/SSC: 100 bins (14 ms for SHD, 10 ms for SSC),
-#: one network step of dt = 1 ms each. Cues: the trial's own length; a
+#: one network step of dt = 1 ms each, the model selected on a validation
+#: split (the test file evaluated once, after training). Cues: the trial's own length; a
 #: recurrent layer of 64 somas trained end to end on new trials every epoch
 #: (12 epochs of 12 updates, Adam 10^-2), adaptation as slow as the task
 #: (τ_w = τ_θ = 2 s, Bellec et al.'s 2018 τ_a), cues of 50 ms 25 ms apart,
@@ -81,8 +83,8 @@ RUN_DEFAULTS: Mapping[str, Any] = {"epochs": 30, "lr": 5e-3, "hidden": 256, "rec
 RECIPES: dict[str, Recipe] = {
     "digits": Recipe("current", 25, 1.0, None),
     "randman": Recipe("spikes", 50, 3.0, 5.0),
-    "shd": Recipe("spikes", 100, 3.0, 5.0),
-    "ssc": Recipe("spikes", 100, 3.0, 5.0),
+    "shd": Recipe("spikes", 100, 3.0, 5.0, run={"validation": True}),
+    "ssc": Recipe("spikes", 100, 3.0, 5.0, run={"validation": True}),
     "cues": Recipe("spikes", None, 3.0, 5.0,
                    run={"epochs": 12, "lr": 1e-2, "hidden": 64, "recurrent": True,
                         "fresh_data": True, "rate_strength": 0.1},
@@ -172,6 +174,12 @@ class RunConfig:
     data_seed: int = option(0, "train/test split, Randman manifolds, cue trials")
     data_dir: str | None = option(None, "directory holding the SHD/SSC HDF5 files "
                                   "(shd_train.h5, shd_test.h5; ssc_*.h5)", metavar="DIR")
+    validation: bool | None = option(
+        None, "shd/ssc: evaluate each epoch, and keep the best checkpoints, on a validation "
+        "split — a class-stratified tenth of shd_train.h5 (--data-option "
+        "validation_fraction=F), ssc_valid.h5 —, and the test file once, after training; "
+        "--no-validation evaluates each epoch on the test file (default: the task's recipe; "
+        "shd/ssc: validation)")
     data_option: tuple[tuple[str, float], ...] = option(
         (), "extra keyword of the task's loader, repeatable, e.g. manifold_dim=2 (randman), "
         "bin_ms=10 or pool=2 (shd/ssc), delay_ms=500 or n_samples=400 (cues); see "
@@ -258,6 +266,9 @@ class RunConfig:
                 self.adaptive_fraction, "0 ≤ adaptive_fraction ≤ 1", error=RuleError)
         require(not self.fresh_data or self.task in FRESH_TASKS, "fresh_data", self.fresh_data,
                 f"only for a generated task, one of {FRESH_TASKS}", error=RuleError)
+        require(not self.validation or self.task in FILE_TASKS, "validation", self.validation,
+                f"only for a task read from files, one of {FILE_TASKS} (a generated task's "
+                "test split is drawn apart from its training split)", error=RuleError)
 
     def _apply_recipe(self, options: bool) -> None:
         """Fields left None take the task's recipe's value (or
@@ -294,8 +305,14 @@ class RunConfig:
         if self.task == "randman":
             extra = {"n_steps": self.time_steps}
         elif self.task in FILE_TASKS:
-            extra = {"data_dir": self.data_dir, "steps": self.time_steps, "limit": self.limit}
+            extra = {"data_dir": self.data_dir, "steps": self.time_steps, "limit": self.limit,
+                     "holdout": "validation" if self.validation else "test"}
         return {"seed": self.data_seed} | extra | dict(self.data_option)
+
+    @property
+    def eval_split(self) -> str:
+        """What each epoch is evaluated on: "validation" or "test" (``fit``'s ``eval_split``)."""
+        return "validation" if self.validation else "test"
 
     def cue_task(self) -> EvidenceAccumulation:
         """The cue task's timing (``data_option`` entries that are its fields)."""
@@ -382,7 +399,8 @@ class RunConfig:
         run's dict, take their defaults, except what an older run meant by
         their absence: ``surrogate`` and ``exp_gradient`` None, the soma
         config's own; ``detach_reset`` and ``detach_adaptation`` True, both
-        cut, as one switch did then; no fresh data). The saved soma and
+        cut, as one switch did then; no fresh data; no validation split, each
+        epoch evaluated on the test file). The saved soma and
         data options are the whole of them: a recipe's are not added again.
         Unknown keys (a run saved by a
         newer version) and values that break a field's rule raise
@@ -392,6 +410,7 @@ class RunConfig:
         unknown = sorted(set(d) - names)
         require(not unknown, "run", unknown, f"only RunConfig fields, {sorted(names)} "
                 "(the run was saved by another version?)", error=RuleError)
+        d = {"validation": False, **d}
         if "fresh_data" in d:
             return cls(**d, recipe_options=False)
         # Written before the recipes set options: the run as it was then.
@@ -425,10 +444,15 @@ class SavedRun(NamedTuple):
 
 class TrainResult(NamedTuple):
     """What :func:`train` did: the run, the settings it reported, the
-    history (a resumed run's earlier epochs included), the trained network,
-    the data, the hidden spikes of the first test sample (T, N), the first
-    epoch of this call, the wall seconds (compilation included) and the
-    files written (the PNG and the JSON)."""
+    history (a resumed run's earlier epochs included; its ``test_*`` or,
+    with ``run.validation``, ``validation_*`` keys per epoch), the trained
+    network, the data (with ``run.validation`` its held-out split is the
+    validation split), the hidden spikes of the first held-out sample (T,
+    N), the first epoch of this call, the wall seconds (compilation
+    included), the files written (the PNG and the JSON) and ``test``: with
+    ``run.validation``, the final network's loss, accuracy and rate_hz on
+    the test file, evaluated once after training (else None: the history's
+    last ``test_*`` entries are those)."""
 
     run: RunConfig
     settings: dict[str, Any]
@@ -439,6 +463,7 @@ class TrainResult(NamedTuple):
     start_epoch: int
     wall_seconds: float
     files: tuple[str, ...]
+    test: dict[str, float] | None = None
 
 
 def saved_run(directory: str, name: str = "checkpoint_dir") -> SavedRun:
@@ -559,7 +584,29 @@ def _load_data(run: RunConfig, download: bool, progress: bool,
     if data.encoding == "spikes" and run.encoder not in (None, "spikes"):
         raise RunError(violation(f"{names['encoder']} {run.encoder}",
                                  f"{run.task} is spike data"))
+    if run.validation and len(data.x_test) == 0:
+        raise RunError(violation(
+            f"{names['data_option']} validation_fraction="
+            f"{dict(run.data_option).get('validation_fraction', 0.1):g}",
+            f"a validation split of at least one sample ({len(data.x_train)} training samples "
+            f"of {data.n_classes} classes leave none; a larger fraction, or no validation)"))
     return data
+
+
+def _load_test_file(run: RunConfig, names: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """The test file of a run that selects on a validation split, binned as
+    its training file; read before training, so that a missing or damaged
+    file stops the run before any work, and evaluated once, after it."""
+    from spark_somas.data import datasets
+    from spark_somas.data.events import EventDatasetMissing, load_test_file
+
+    kwargs = {k: v for k, v in run.data_kwargs().items()
+              if k not in ("data_dir", "seed", "holdout", "validation_fraction")}
+    try:
+        x, y = load_test_file(run.task, run.data_dir, **kwargs)
+    except (EventDatasetMissing, datasets.DataError) as err:
+        raise RunError(f"{names['data_dir']} {run.data_dir}: {err}") from None
+    return x[:run.limit], y[:run.limit]
 
 
 def _settings(run: RunConfig, built: Built) -> dict[str, Any]:
@@ -576,21 +623,53 @@ def _settings(run: RunConfig, built: Built) -> dict[str, Any]:
 
 def _write_report(run: RunConfig, out_dir: str, history: Mapping[str, list],
                   raster: np.ndarray, settings: Mapping[str, Any], dt: float,
-                  wall: float) -> tuple[str, str]:
+                  wall: float, test: Mapping[str, float] | None) -> tuple[str, str]:
     """``<out_dir>/train_<task>_<soma>.png`` (curves and the raster, drawn
-    without pyplot: no display, no backend to choose) and ``.json``."""
+    without pyplot: no display, no backend to choose) and ``.json``
+    (``splits`` says what each number was measured on)."""
     from matplotlib.figure import Figure
 
     from spark_somas.training.loop import plot_training
 
     stem = os.path.join(out_dir, f"train_{run.task}_{run.soma}")
-    acc = history["test_accuracy"][-1]
-    figure = plot_training(history, raster, dt=dt, figure=Figure(),
-                           title=f"{run.soma} on {run.task}: test accuracy {100.0 * acc:.2f}%")
+    held = run.eval_split
+    title = f"{run.soma} on {run.task}: {held} accuracy {100.0 * history[f'{held}_accuracy'][-1]:.2f}%"
+    if test is not None:
+        title += f", test accuracy {100.0 * test['accuracy']:.2f}% (once, after training)"
+    figure = plot_training(history, raster, dt=dt, figure=Figure(), title=title)
     figure.savefig(stem + ".png", dpi=120)
+    splits = {"train_*": "the training batches of each epoch, as trained",
+              f"{held}_*": _held_out_name(run) + ", after each epoch"}
+    if test is not None:
+        splits["test"] = _test_name(run) + ", the final network, once after training"
     with open(stem + ".json", "w") as f:
-        json.dump({"settings": settings, "history": history, "wall_seconds": wall}, f, indent=1)
+        json.dump({"settings": settings, "splits": splits, "history": history,
+                   "test": test, "wall_seconds": wall}, f, indent=1)
     return stem + ".png", stem + ".json"
+
+
+def _test_name(run: RunConfig) -> str:
+    if run.task in FILE_TASKS:
+        return f"the test file {EVENT_DATASETS[run.task]['test']}"
+    return f"the {run.task} test split"
+
+
+def _held_out_name(run: RunConfig) -> str:
+    """What a run evaluates after each epoch, in words (the report's ``splits``)."""
+    if not run.validation:
+        return _test_name(run)
+    spec = EVENT_DATASETS[run.task]
+    if spec["validation"]:
+        return f"the validation file {spec['validation']}"
+    fraction = dict(run.data_option).get("validation_fraction", 0.1)
+    return f"a class-stratified {fraction:g} of {spec['train']} held out of training"
+
+
+def describe_splits(run: RunConfig) -> dict[str, str]:
+    """What each number of a run is measured on: ``{"epochs": ..., "test": ...}``
+    in words, as the report and the command line say it."""
+    return {"epochs": _held_out_name(run),
+            "test": _test_name(run) + (" (once, after training)" if run.validation else "")}
 
 
 def train(run: RunConfig, out_dir: str = "out", *, checkpoint_dir: str | None = None,
@@ -612,10 +691,16 @@ def train(run: RunConfig, out_dir: str = "out", *, checkpoint_dir: str | None = 
     :func:`~spark_somas.training.loop.fit`: a progress bar when ``progress``, a
     :class:`~spark_somas.training.callbacks.Checkpoint` after every epoch into
     ``checkpoint_dir`` (keeping the newest ``keep_last``, 0: all, and the
-    ``keep_best`` by test accuracy; ``extra`` holds the history and
+    ``keep_best`` by the accuracy evaluated after each epoch: on the
+    validation split with ``run.validation``, else on the test split;
+    ``extra`` holds the history and
     ``run.to_dict()``), TensorBoard scalars and histograms, then
-    ``callbacks`` of your own. Last it writes ``<out_dir>/train_<task>_<soma>.png``
-    and ``.json`` (settings, history, wall seconds).
+    ``callbacks`` of your own. With ``run.validation`` (SHD/SSC by
+    default) each epoch is evaluated on the validation split and the test
+    file, read before training, is evaluated once, after it
+    (``TrainResult.test``). Last it writes ``<out_dir>/train_<task>_<soma>.png``
+    and ``.json`` (settings, ``splits``: what each number was measured on,
+    history, the test metrics, wall seconds).
 
     ``echo`` receives a line about the data and settings before training
     and one when a run is resumed (the command line prints them). A problem
@@ -624,7 +709,7 @@ def train(run: RunConfig, out_dir: str = "out", *, checkpoint_dir: str | None = 
     default). An interrupt (KeyboardInterrupt, or the command line's
     signals) stops training with the saved epochs committed.
     """
-    from spark_somas.training.loop import fit, record
+    from spark_somas.training.loop import evaluate, evaluation_key, fit, record
 
     t0 = time.perf_counter()
     say = echo or (lambda line: None)
@@ -632,8 +717,11 @@ def train(run: RunConfig, out_dir: str = "out", *, checkpoint_dir: str | None = 
     saved = _check_places(run, out_dir, checkpoint_dir, resume, tensorboard, download, names)
     data = _load_data(run, download, progress, names)
     built = run.build(data)
+    test = _load_test_file(run, names) if run.validation else None
     settings = _settings(run, built)
-    say(f"{data!r}\n  {settings}")
+    say(f"{data!r}" + (f" (held out: the validation split; the test file, {len(test[1])} "
+                       "samples, is evaluated once after training)" if test else "")
+        + f"\n  {settings}")
     history, start_epoch, hooks, closers = _train_hooks(
         run, built, checkpoint_dir, saved, keep_last, keep_best, tensorboard, progress, say)
     try:
@@ -641,16 +729,21 @@ def train(run: RunConfig, out_dir: str = "out", *, checkpoint_dir: str | None = 
                       epochs=run.epochs, batch_size=min(run.batch_size, len(data.x_train)),
                       seed=run.seed, start_epoch=start_epoch, history=history,
                       epoch_on_device=epoch_on_device, callbacks=[*hooks, *callbacks],
-                      fresh_data=run.fresh_data, objective=run.objective())
+                      fresh_data=run.fresh_data, objective=run.objective(),
+                      eval_split=run.eval_split)
     finally:
         for close in closers:  # the pending save committed: the last epoch is complete
             close()
+    final = None
+    if test is not None:
+        final = evaluate(built.model, *test, encoder=built.encoder, objective=run.objective(),
+                         key=evaluation_key(run.seed))
     wall = time.perf_counter() - t0
     sample = record(built.model, data.x_test[:1], jax.random.key(run.seed), encoder=built.encoder)
     raster = np.asarray(sample.hidden_spikes[:, 0])
-    files = _write_report(run, out_dir, history, raster, settings, built.model.dt, wall)
+    files = _write_report(run, out_dir, history, raster, settings, built.model.dt, wall, final)
     return TrainResult(run, settings, history, built.model, data, raster, start_epoch, wall,
-                       files)
+                       files, final)
 
 
 def _train_hooks(run: RunConfig, built: Built, checkpoint_dir: str | None,
@@ -669,7 +762,10 @@ def _train_hooks(run: RunConfig, built: Built, checkpoint_dir: str | None,
         # Orbax logs a failed background write with its tracebacks; the
         # failure itself reaches the user as one CheckpointNotWritableError line.
         logging.getLogger("absl").setLevel(logging.CRITICAL)
+        held = run.eval_split
         checkpoint = Checkpoint(checkpoint_dir, keep_last=keep_last, keep_best=keep_best,
+                                best_metric=f"{held}_accuracy",
+                                metrics=(f"{held}_accuracy", f"{held}_loss"),
                                 extra={"run": run.to_dict()})
         hooks.append(checkpoint)
         closers.append(checkpoint.close)
