@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -720,3 +721,31 @@ def test_a_mistyped_option_gets_the_nearest_name(capsys):
 def test_a_soma_named_in_other_case_is_pointed_at_its_name():
     with pytest.raises(ValueError, match="did you mean 'adex'"):
         ss.runs.RunConfig(soma="AdEx")
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"task": "cues", "soma": "expif", "epochs": 3, "soma_option": (("potential_tau", 20.0),),
+     "data_option": (("delay_ms", 500.0),)},
+    {"task": "cues", "soma": "adex", "recurrent": False, "rate_strength": 0.0},
+    {"task": "digits", "hidden": 256, "lr": 0.01, "detach_reset": True},
+    {"task": "shd", "data_dir": "/d", "validation": False, "steps": 50},
+    {"task": "randman", "fresh_data": True, "data_option": (("manifold_dim", 2),)},
+])
+def test_a_runs_command_line_parses_back_into_the_same_run(fields):
+    """RunConfig fills its None fields and command() leaves out the same
+    recipe values (recipe_values, the one place): the printed command runs
+    the run it was printed for."""
+    import dataclasses
+
+    from spark_somas.training.runs import RunConfig, recipe_values
+
+    run_ = RunConfig(**fields)
+    recipe = recipe_values(run_.task, run_.soma)
+    for name, value in recipe.items():
+        if name not in ("soma_option", "data_option") and name not in fields:
+            assert getattr(run_, name) == value
+    words = shlex.split(run_.command())
+    args = cli.build_parser().parse_args(words[1:])
+    again = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
+    assert again == run_

@@ -39,7 +39,7 @@ from spark_somas.training.network import (HIDDEN, TRAINING_DETACH_ADAPTATION,
                                           TRAINING_SURROGATE, NetworkConfig)
 from spark_somas.data.tasks import EvidenceAccumulation
 
-__all__ = ["Recipe", "RECIPES", "FILE_TASKS", "RunConfig", "Built", "train", "TrainResult",
+__all__ = ["Recipe", "RECIPES", "recipe_values", "FILE_TASKS", "RunConfig", "Built", "train", "TrainResult",
            "RunError", "SavedRun", "saved_run", "SETTING_NAMES", "describe_splits"]
 
 
@@ -91,6 +91,21 @@ RECIPES: dict[str, Recipe] = {
                    soma_option=(("adaptation_tau", 2000.0), ("threshold_tau", 2000.0)),
                    data_option=(("cue_ms", 50.0), ("gap_ms", 25.0))),
 }
+
+def recipe_values(task: str, soma: str) -> dict[str, Any]:
+    """What the recipe of ``task`` gives a run of ``soma``: the value of
+    every field a run may leave None (:data:`RUN_DEFAULTS`, then the
+    recipe's ``run``), and ``soma_option`` / ``data_option``, the entries
+    the recipe adds (a soma field only for a soma whose config has it). The
+    one place a recipe is resolved: :class:`RunConfig` fills its None fields
+    from it, and :meth:`RunConfig.command` leaves out what it gives."""
+    recipe = RECIPES[task]
+    cls = registry.SOMAS.get(soma)
+    fields = {f.name for f in cls.config_class.quantity_fields()} if cls else set()
+    return {**RUN_DEFAULTS, **recipe.run,
+            "soma_option": tuple(kv for kv in recipe.soma_option if kv[0] in fields),
+            "data_option": tuple(recipe.data_option)}
+
 
 #: What ``RunConfig.frozen`` may name: the NNX filter of the parameters that do not learn.
 FROZEN = {"none": None, "hidden": HIDDEN}
@@ -271,24 +286,21 @@ class RunConfig:
                 "test split is drawn apart from its training split)", error=RuleError)
 
     def _apply_recipe(self, options: bool) -> None:
-        """Fields left None take the task's recipe's value (or
-        :data:`RUN_DEFAULTS`); with ``options``, the recipe's soma and data
-        options are added under the run's own."""
-        recipe = RECIPES.get(self.task)
-        if recipe is None:
+        """Fields left None take :func:`recipe_values`; with ``options``, the
+        recipe's soma and data options are added under the run's own."""
+        if self.task not in RECIPES:
             return  # an unknown task: refused by name below
-        for name, value in {**RUN_DEFAULTS, **recipe.run}.items():
-            if getattr(self, name) is None:
+        values = recipe_values(self.task, self.soma)
+        for name, value in values.items():
+            if name not in ("soma_option", "data_option") and getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         if not options:
             return
-        cls = registry.SOMAS.get(self.soma)
-        fields = ({f.name for f in cls.config_class.quantity_fields()} if cls else set())
-        for name, pairs in (("soma_option", [kv for kv in recipe.soma_option if kv[0] in fields]),
-                            ("data_option", recipe.data_option)):
+        for name in ("soma_option", "data_option"):
             given = tuple(tuple(kv) for kv in getattr(self, name))
             keys = {kv[0] for kv in given if isinstance(kv, (list, tuple)) and kv}
-            object.__setattr__(self, name, tuple(kv for kv in pairs if kv[0] not in keys) + given)
+            object.__setattr__(self, name, tuple(kv for kv in values[name]
+                                                 if kv[0] not in keys) + given)
 
     @property
     def recipe(self) -> Recipe:
@@ -373,14 +385,13 @@ class RunConfig:
         """The ``spark-somas train`` command line of this run (options that
         differ from what the task's recipe gives by default)."""
         words = ["spark-somas", "train"]
-        base = RunConfig(soma=self.soma, task=self.task, data_dir=self.data_dir)
+        recipe = recipe_values(self.task, self.soma)
         for f in dataclasses.fields(self):
             value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
-            default = f.default if f.name in ("soma", "task", "data_dir") else getattr(base, f.name)
-            if value == default:
+            if value == recipe.get(f.name, f.default):
                 continue
             if f.name in ("data_option", "soma_option"):
-                words += [w for k, v in value if (k, v) not in getattr(base, f.name)
+                words += [w for k, v in value if (k, v) not in recipe[f.name]
                           for w in (flag, f"{k}={v:g}")]
             elif isinstance(value, bool):
                 words.append(flag if value else "--no-" + flag[2:])
