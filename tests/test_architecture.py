@@ -21,7 +21,7 @@ PACKAGE = pathlib.Path(ss.__file__).resolve().parent
 #: Layer of each top-level module or subpackage; a module may import its own
 #: subpackage and any layer with a smaller number.
 LAYERS = {"errors": 0, "dynamics": 1, "models": 2, "simulation": 3, "data": 4, "persistence": 4,
-          "plotting": 4, "training": 5, "fitting": 6, "cli": 7}
+          "plotting": 4, "training": 5, "fitting": 6, "testing": 6, "cli": 7}
 #: The package root and ``python -m spark_somas`` are no layer's modules.
 ROOTS = {"__init__.py", "__main__.py"}
 #: A name of the root itself (``from spark_somas import __version__``) is as
