@@ -71,7 +71,8 @@ def test_recovers_all_four_adex_parameters_from_a_poor_start():
     off on a 300 ms sweep) within 5 %, where the staged recipe below needs
     10–12 %."""
     result, errors, quality = bg_fit()
-    assert result.stages == fitting.forced_recipe(tuple(BG_TRUE))
+    assert result.stages == fitting.forced_recipe(tuple(BG_TRUE),
+                                                  cutoff=fitting.cut_off(result.soma))
     assert abs(errors["potential_tau"]) < 0.02 and abs(errors["adaptation_delta"]) < 0.02, errors
     assert abs(errors["adaptation_subthreshold"]) < 0.05, errors
     assert abs(errors["adaptation_tau"]) < 0.05, errors

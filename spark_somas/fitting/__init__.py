@@ -77,7 +77,8 @@ The subpackage holds one idea per module:
 * :mod:`spark_somas.fitting.recording` — :class:`Recording` and the checks of the input;
 * :mod:`spark_somas.fitting.losses` — :class:`Loss`;
 * :mod:`spark_somas.fitting.stages` — :class:`Stage`, :func:`recipe`,
-  :func:`forced_recipe`, :func:`spike_triggered`;
+  :func:`forced_recipe`, :func:`spike_recipe`, :func:`default_recipe`,
+  :func:`cut_off`, :func:`spike_triggered`;
 * :mod:`spark_somas.fitting.boxes` — the fitted fields' boxes, bounds and starts;
 * :mod:`spark_somas.fitting.engine` — :func:`fit_soma` and :func:`fit_cells` (many
   cells at once), running the stages and choosing the start;
@@ -91,10 +92,12 @@ fit_soma``).
 
 from spark_somas.fitting.engine import fit_cells, fit_soma
 from spark_somas.fitting.losses import Loss
-from spark_somas.fitting.metrics import coincidence_factor, explained_variance, relative_errors
+from spark_somas.fitting.metrics import (coincidence_factor, explained_variance, predicted_fraction,
+                                          relative_errors)
 from spark_somas.fitting.recording import Recording
-from spark_somas.fitting.result import FitResult
-from spark_somas.fitting.stages import OPTIMIZERS, Stage, forced_recipe, recipe, spike_triggered
+from spark_somas.fitting.result import POOR_GAMMA, FitResult, PoorPredictionWarning
+from spark_somas.fitting.stages import (OPTIMIZERS, Stage, cut_off, default_recipe, forced_recipe,
+                                         recipe, spike_recipe, spike_triggered)
 
 __all__ = [
     "Recording",
@@ -102,10 +105,16 @@ __all__ = [
     "Stage",
     "recipe",
     "forced_recipe",
+    "spike_recipe",
+    "default_recipe",
+    "cut_off",
     "spike_triggered",
     "fit_soma",
     "fit_cells",
     "FitResult",
+    "PoorPredictionWarning",
+    "POOR_GAMMA",
+    "predicted_fraction",
     "coincidence_factor",
     "explained_variance",
     "relative_errors",

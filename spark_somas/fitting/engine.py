@@ -26,7 +26,7 @@ from spark_somas.fitting.boxes import check_bounds, field_boxes, initial_u, star
 from spark_somas.fitting.losses import Loss
 from spark_somas.fitting.recording import Recording, same_dt
 from spark_somas.fitting.result import FitResult
-from spark_somas.fitting.stages import Stage, forced_recipe, recipe
+from spark_somas.fitting.stages import Stage, default_recipe
 
 __all__ = ["fit_soma", "fit_cells"]
 
@@ -154,6 +154,7 @@ def fit_soma(
     held_out: Recording | None = None,
     selection: Loss | None = None,
     seed: int = 0,
+    test: Recording | None = None,
 ) -> FitResult:
     """Fits ``fields`` of ``soma`` to ``recording``.
 
@@ -167,9 +168,11 @@ def fit_soma(
       bounds: field -> (low, high) in the field's unit; by default the
         interval the config rules allow (see the module docstring). Bounds
         beyond the rules are refused.
-      stages: the recipe; default :func:`forced_recipe` (``fields``) when
-        the recording has both the potential and the spike times, else
-        :func:`recipe` (``fields``).
+      stages: the recipe; default
+        :func:`~spark_somas.fitting.stages.default_recipe`: forced with the
+        escape error when the recording has both the potential and the
+        spike times, free-running on the spikes when it has spike times
+        only.
       starts: K, the number of starting points (the first is ``soma``'s
         values, the others drawn in the boxes: uniformly in u where both
         bounds are finite, else at ×e^{±0.5} / ±0.5 scale around it), or
@@ -182,6 +185,12 @@ def fit_soma(
         the van Rossum distance), each relative to the best start's,
         summed: a start must do well on all of them.
       seed: seed of the drawn starts.
+      test: sweeps neither fitted nor used to choose the start, on which
+        the fitted model runs free to judge it (:attr:`FitResult.quality`,
+        in its report; :class:`~spark_somas.fitting.result.PoorPredictionWarning`
+        when Γ there is poor). Without them the report says the fit is
+        not judged: Γ on the ``held_out`` sweeps, which chose the start, is
+        optimistic.
 
     Returns:
       A :class:`FitResult`.
@@ -202,7 +211,16 @@ def fit_soma(
     soma, fields, bounds = _check_fit(soma, recording.dt, fields, bounds)
     stages = _default_stages(stages, soma, fields, [recording])
     plan = _plan(soma, recording, fields, stages, held_out, selection)
-    return _fit(soma, fields, bounds, stages, [plan], starts, seed, t0)[0]
+    if test is not None:
+        require(isinstance(test, Recording), "test", type(test).__name__,
+                "a spark_somas.fitting.Recording")
+        require(test is not recording and test is not held_out, "test", "the same recording",
+                "sweeps other than those fitted (recording) and those that choose the start "
+                "(held_out)")
+        require(same_dt(test.dt, recording.dt), "test.dt", test.dt,
+                f"the recording's sampling interval, {recording.dt:g} ms")
+    result = _fit(soma, fields, bounds, stages, [plan], starts, seed, t0)[0]
+    return result if test is None else result.judged(test)
 
 
 def fit_cells(
@@ -232,9 +250,8 @@ def fit_cells(
       soma, fields, bounds, starts, selection, seed: as for :func:`fit_soma`,
         shared by the cells.
       recordings: one :class:`Recording` per cell, all at the soma's dt.
-      stages: the recipe, shared; default :func:`forced_recipe` when every
-        recording has both the potential and the spike times, else
-        :func:`recipe`.
+      stages: the recipe, shared; default
+        :func:`~spark_somas.fitting.stages.default_recipe`.
       held_out: one recording per cell on which to choose its best start;
         default each cell's training sweeps.
 
@@ -297,12 +314,9 @@ def _check_fit(soma: Soma | type[Soma], dt: float, fields: Sequence[str],
 
 def _default_stages(stages: Sequence[Stage] | None, soma: Soma, fields: tuple[str, ...],
                     recordings: Sequence[Recording]) -> tuple[Stage, ...]:
-    """``stages``, or the default recipe: forced where every recording has
-    both the potential and the spike times, else staged through the model's
-    own spikes."""
+    """``stages``, or :func:`~spark_somas.fitting.stages.default_recipe`."""
     if stages is None:
-        forced = all(r.potential is not None and r.spike_times is not None for r in recordings)
-        stages = forced_recipe(fields) if forced else recipe(fields, soma=soma)
+        stages = default_recipe(fields, soma, recordings)
     stages = tuple(stages)
     require(len(stages) > 0, "stages", stages, "at least one stage")
     return stages
@@ -490,10 +504,11 @@ def _judge(stage: Stage) -> Loss:
     """The loss that judges a start by ``stage`` on held-out sweeps, where
     the model runs free: the stage's own, and for a forced stage its loss
     plus the spike count and the van Rossum distance, since a free run's
-    potential alone rewards a model whose spikes are missing."""
+    potential alone rewards a model whose spikes are missing, less the
+    escape error, which means something only where the model is forced."""
     if stage.spikes == "model":
         return stage.loss
-    return dataclasses.replace(stage.loss, count=1.0, van_rossum=1.0)
+    return dataclasses.replace(stage.loss, count=1.0, van_rossum=1.0, escape=0.0)
 
 
 def _check_targets(loss: Loss, recording: Recording, where: str) -> None:

@@ -1,6 +1,7 @@
 """How good a fit is, as the field measures it: the spike-coincidence factor
-Γ, the explained variance of the subthreshold potential, and the relative
-errors against known parameters."""
+Γ, the fraction of the recorded spikes predicted, the explained variance of
+the subthreshold potential, and the relative errors against known
+parameters."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from spark_somas.models import configs
 from spark_somas.models.configs import require
 from spark_somas.fitting.recording import checked_number, real_array
 
-__all__ = ["coincidence_factor", "explained_variance", "relative_errors"]
+__all__ = ["coincidence_factor", "predicted_fraction", "explained_variance", "relative_errors"]
 
 
 def coincidence_factor(model: np.ndarray, data: np.ndarray, duration: float, *,
@@ -46,6 +47,18 @@ def coincidence_factor(model: np.ndarray, data: np.ndarray, duration: float, *,
         return float("nan")
     if np.array_equal(model, data):
         return 1.0
+    coinc = _coincidences(model, data, delta)
+    rate = len(model) / duration
+    norm = 1 - 2 * rate * delta
+    if norm <= 0:
+        return float("nan")
+    expected = 2 * rate * delta * len(data)
+    return float((coinc - expected) / (0.5 * (len(data) + len(model))) / norm)
+
+
+def _coincidences(model: np.ndarray, data: np.ndarray, delta: float) -> int:
+    """The data spikes with a model spike within ±``delta`` ms, each model
+    spike matched at most once (sorted trains, matched in time order)."""
     coinc, j = 0, 0
     for t in data:
         while j < len(model) and model[j] < t - delta:
@@ -53,12 +66,18 @@ def coincidence_factor(model: np.ndarray, data: np.ndarray, duration: float, *,
         if j < len(model) and model[j] <= t + delta:
             coinc += 1
             j += 1
-    rate = len(model) / duration
-    norm = 1 - 2 * rate * delta
-    if norm <= 0:
-        return float("nan")
-    expected = 2 * rate * delta * len(data)
-    return float((coinc - expected) / (0.5 * (len(data) + len(model))) / norm)
+    return coinc
+
+
+def predicted_fraction(model: np.ndarray, data: np.ndarray, *, delta: float = 2.0) -> float:
+    """The fraction of the ``data`` spikes (ms) that the ``model`` train
+    predicts within ±``delta`` ms, each model spike used once (the hit rate
+    of Jolivet et al. 2008); NaN when the data have no spike. Unlike Γ it
+    does not punish extra model spikes: read it with the two rates."""
+    model, data = _train(model, "model"), _train(data, "data")
+    delta = checked_number(delta, "delta", lambda d: math.isfinite(d) and d > 0,
+                           "a precision in ms, finite and > 0")
+    return float("nan") if len(data) == 0 else _coincidences(model, data, delta) / len(data)
 
 
 def _train(times: Any, name: str) -> np.ndarray:
