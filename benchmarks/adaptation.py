@@ -64,7 +64,7 @@ def train_one(run: RunConfig) -> dict:
     try:
         history = tr.fit(built.model, built.optimizer, built.data, encoder=built.encoder,
                          epochs=run.epochs, batch_size=run.batch_size, seed=run.seed,
-                         progress=False, on_epoch_end=lambda e, m, o, h: kept.update(h),
+                         progress=False, on_epoch_end=lambda fit, e, h: kept.update(h),
                          fresh_data=run.fresh_data, objective=run.objective())
     except tr.NonFiniteLossError:  # counted as chance: the run ends here, recorded as such
         history = kept or {"test_accuracy": [0.5], "train_accuracy": [0.5],

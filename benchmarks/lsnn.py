@@ -320,7 +320,7 @@ def train_package(run: RunConfig, built: Any) -> dict:
                            epochs=run.epochs, batch_size=run.batch_size, seed=run.seed,
                            progress=False, fresh_data=run.fresh_data, objective=run.objective(),
                            epoch_on_device=False, callbacks=[clock],
-                           on_epoch_end=lambda e, m, o, h: kept.update(h))
+                           on_epoch_end=lambda fit, e, h: kept.update(h))
     except loop.NonFiniteLossError:
         history = kept
     return {"history": history, "update_s": update_times(clock.stamps),

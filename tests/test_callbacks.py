@@ -9,8 +9,9 @@ import pytest
 from flax import nnx
 
 from spark_somas import checkpointing, training as tr
-from spark_somas.callbacks import (Callback, Checkpoint, EarlyStopping, Logger, ProgressBar,
-                                   StopOnRequest, default_callbacks, resolve_callbacks)
+from spark_somas.callbacks import (Callback, Checkpoint, EarlyStopping, EpochEnd, Logger,
+                                   ProgressBar, StopOnRequest, default_callbacks,
+                                   resolve_callbacks)
 from spark_somas.datasets import Dataset
 
 FEATURES, CLASSES, N, BATCH = 6, 3, 24, 8
@@ -80,12 +81,13 @@ def test_an_epoch_on_the_device_calls_no_batch_hook_but_every_epoch_hook():
 
 def test_the_defaults_follow_the_keywords_and_a_list_replaces_them(capsys):
     assert [type(c) for c in default_callbacks()] == [ProgressBar]
-    hook = lambda *args: None  # noqa: E731
-    assert [type(c) for c in resolve_callbacks(None, progress=False, on_epoch_end=hook)] == [Logger]
+    hook = lambda fit, epoch, history: None  # noqa: E731
+    assert [type(c) for c in resolve_callbacks(None, progress=False, on_epoch_end=hook)] == [
+        EpochEnd]
     mine = Recorder()
     assert resolve_callbacks([mine], progress=True) == [mine]
     chained = resolve_callbacks([mine], progress=True, on_epoch_end=hook)
-    assert chained[0] is mine and isinstance(chained[1], Logger) and chained[1].hook is hook
+    assert chained[0] is mine and isinstance(chained[1], EpochEnd) and chained[1].hook is hook
 
     train(epochs=1, epoch_on_device=False)  # progress=True by default: a bar on stderr
     assert "step" in capsys.readouterr().err
@@ -246,3 +248,38 @@ def test_a_resumed_runs_progress_bar_counts_the_whole_run(on_device, per_epoch):
     bar.on_fit_start(FitState(None, None, 30, 26, per_epoch, on_device, {}))
     assert (bar.bar.n, bar.bar.total) == (26 * per_epoch, 30 * per_epoch)
     bar.on_fit_end(None)
+
+
+# -- one convention: every epoch hook takes (fit, epoch, history)
+
+def test_an_on_epoch_end_function_takes_what_a_callback_takes_and_may_stop_fit():
+    calls, recorder = [], Recorder()
+
+    def hook(fit, epoch, history):
+        calls.append((fit.model, fit.optimizer, epoch, list(history["epoch"])))
+        return epoch == 1  # stop after the second epoch
+
+    model, history = train(epochs=4, callbacks=[recorder], on_epoch_end=hook)
+    assert [c[2] for c in calls] == [0, 1]  # epoch: the 0-based index
+    assert [c[3][-1] for c in calls] == [1, 2]  # history["epoch"]: epochs done, epoch + 1
+    assert all(c[0] is model for c in calls)
+    assert history["epoch"] == [1, 2]
+    assert [c[1] for c in recorder.calls if c[0] == "epoch"] == [0, 1]  # a callback's epoch
+
+
+def test_the_older_four_argument_hook_still_runs_with_a_deprecation_warning():
+    seen = []
+
+    def old(epoch, model, optimizer, history):
+        seen.append((epoch, history["epoch"][-1]))
+
+    with pytest.warns(DeprecationWarning, match=r"f\(fit, epoch, history\).*Logger\(f\)"):
+        _, history = train(epochs=2, on_epoch_end=old, progress=False)
+    assert seen == [(0, 1), (1, 2)]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        train(epochs=1, callbacks=[Logger(old)])  # the logger form, wrapped: no warning
+    assert seen[-1] == (0, 1)
+

@@ -2,9 +2,10 @@
 
 ``fit`` keeps its history — a dict of equal-length lists, one entry per
 epoch (``epoch`` counts completed epochs from 1; ``train_loss``,
-``test_accuracy``, ``seconds``, …) — and calls
+``test_accuracy``, ``seconds``, …) — and a
+:class:`~spark_somas.training.callbacks.Logger` callback calls
 
-    on_epoch_end(epoch, model, optimizer, history)
+    logger(epoch, model, optimizer, history)
 
 after every epoch, ``epoch`` being the 0-based index of the epoch just
 finished and ``history`` holding every epoch so far (a resumed run's
@@ -28,7 +29,9 @@ Other services take three lines; for Weights & Biases::
     def to_wandb(epoch, model, optimizer, history):
         run.log(last_entry(history), step=history["epoch"][-1])
 
-    fit(..., on_epoch_end=chain(to_wandb, JsonLinesLogger("out/history.jsonl")))
+    fit(..., callbacks=[*default_callbacks(), Logger(chain(to_wandb, JsonLinesLogger(path)))])
+
+(``Logger`` and ``default_callbacks`` from :mod:`spark_somas.training.callbacks`.)
 """
 
 from __future__ import annotations

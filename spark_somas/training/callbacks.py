@@ -10,8 +10,8 @@ callback's hooks are called in the order of the list::
     on_fit_end(fit)                            once, at the end, also when an error ends fit
 
 ``fit`` is the run's :class:`FitState` (model, optimizer, epochs,
-batches per epoch, history); ``epoch`` the 0-based index of the epoch
-(``history["epoch"][-1] == epoch + 1`` in ``on_epoch_end``); ``metrics``
+batches per epoch, history); ``epoch`` the 0-based index of the epoch;
+``metrics``
 one batch's metrics (arrays on the device: ``loss``, ``accuracy``,
 ``rate_hz``, gradient norms, ``skipped``). An epoch on the device
 (``fit(epoch_on_device=True)``) runs its batches in one program and calls
@@ -21,11 +21,24 @@ raises before any ``on_epoch_end`` of that epoch (so no checkpoint of it
 is written); ``on_fit_end`` still runs, for every callback, so it must
 cope with an ``on_fit_start`` that never ran.
 
+**One convention.** Every epoch hook takes ``(fit, epoch, history)``: a
+callback's ``on_epoch_end`` and the function ``fit(..., on_epoch_end=f)``
+alike (``f`` returning True stops ``fit``, as a callback does). Epochs are
+counted one way: ``epoch`` is the 0-based index of an epoch, as in
+``range(epochs)``, ``start_epoch``, ``epoch_order`` and ``batch_key``; the
+number of epochs done after it is ``epoch + 1``, which is what
+``history["epoch"]`` records (1, 2, …), the step a :class:`Checkpoint`
+saves and the ``start_epoch`` that resumes after it. A function of the
+older form ``f(epoch, model, optimizer, history)`` (four parameters, as
+the loggers of :mod:`spark_somas.persistence.loggers` take) given as
+``on_epoch_end`` still runs, with a ``DeprecationWarning``; wrap it in
+:class:`Logger` — ``callbacks=[*default_callbacks(), Logger(f)]`` — to
+run it without one.
+
 ``fit(..., callbacks=None)`` runs :func:`default_callbacks`: a
-:class:`ProgressBar` (``progress=True``) and a :class:`Logger` of
-``on_epoch_end`` when given. A list replaces the defaults (``on_epoch_end``,
-when given, still runs last, as a :class:`Logger`); to add to them, pass
-``[*default_callbacks(), MyCallback()]``.
+:class:`ProgressBar` (``progress=True``) and ``on_epoch_end`` when given.
+A list replaces the defaults (``on_epoch_end``, when given, still runs
+last); to add to them, pass ``[*default_callbacks(), MyCallback()]``.
 
 To stop ``fit`` from outside — a signal handler, another thread — set the
 ``threading.Event`` of a :class:`StopOnRequest` (last in the list): ``fit``
@@ -36,14 +49,17 @@ whole, instead of an exception raised wherever the request arrives.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import threading
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 from spark_somas.errors import RuleError, RuleTypeError, require
 
-__all__ = ["FitState", "Callback", "ProgressBar", "Logger", "Checkpoint", "EarlyStopping",
-           "StopOnRequest", "default_callbacks", "resolve_callbacks"]
+__all__ = ["FitState", "Callback", "EpochEnd", "ProgressBar", "Logger", "Checkpoint",
+           "EarlyStopping", "StopOnRequest", "default_callbacks", "resolve_callbacks",
+           "epoch_end_callback"]
 
 
 @dataclasses.dataclass
@@ -92,6 +108,51 @@ class Callback:
         """At the end of ``fit``, however it ends."""
 
 
+class EpochEnd(Callback):
+    """Calls ``hook(fit, epoch, history)`` after every epoch, as
+    ``fit(..., on_epoch_end=hook)`` does: the arguments of
+    :meth:`Callback.on_epoch_end`, whose return value it passes on (True
+    stops ``fit``)."""
+
+    def __init__(self, hook: Callable[[FitState, int, Mapping[str, Sequence[Any]]], Any]):
+        require(callable(hook), "hook", hook, "a callable (fit, epoch, history)",
+                error=RuleTypeError)
+        self.hook = hook
+
+    def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
+        return self.hook(fit, epoch, history)
+
+
+def _takes_four(hook: Callable) -> bool:
+    """Whether ``hook`` has the older form (epoch, model, optimizer, history):
+    exactly four positional parameters and no ``*args``."""
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the current form
+        return False
+    kinds = [p.kind for p in params]
+    positional = [k for k in kinds if k in (inspect.Parameter.POSITIONAL_ONLY,
+                                            inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 4 and inspect.Parameter.VAR_POSITIONAL not in kinds
+
+
+def epoch_end_callback(hook: Callable) -> Callback:
+    """The callback of ``fit(..., on_epoch_end=hook)``: an :class:`EpochEnd`
+    for ``hook(fit, epoch, history)``; a :class:`Logger`, with a
+    ``DeprecationWarning``, for a hook of the older form
+    ``hook(epoch, model, optimizer, history)``."""
+    require(callable(hook), "on_epoch_end", hook, "a callable (fit, epoch, history)",
+            error=RuleTypeError)
+    if not _takes_four(hook):
+        return EpochEnd(hook)
+    warnings.warn(
+        "fit(on_epoch_end=f) with f(epoch, model, optimizer, history) is deprecated: give an "
+        "f(fit, epoch, history) (fit.model, fit.optimizer; the arguments of "
+        "Callback.on_epoch_end), or pass callbacks=[*default_callbacks(), Logger(f)]",
+        DeprecationWarning, stacklevel=4)
+    return Logger(hook)
+
+
 class ProgressBar(Callback):
     """A tqdm bar of training steps (the Python loop) or of epochs (on the
     device) showing loss, accuracy and the hidden mean rate, refreshed every
@@ -136,10 +197,10 @@ class ProgressBar(Callback):
 
 
 class Logger(Callback):
-    """Calls ``hook(epoch, model, optimizer, history)`` after every epoch:
-    a logger of :mod:`spark_somas.persistence.loggers` (JSON lines, TensorBoard,
-    :func:`~spark_somas.persistence.loggers.chain` of several) or any function of that
-    signature, as ``fit``'s ``on_epoch_end`` takes. ``close=True`` calls
+    """Calls ``hook(epoch, model, optimizer, history)`` after every epoch
+    (``epoch`` 0-based): a logger of :mod:`spark_somas.persistence.loggers`
+    (JSON lines, TensorBoard, :func:`~spark_somas.persistence.loggers.chain`
+    of several) or any function of that signature. ``close=True`` calls
     ``hook.close()`` when ``fit`` ends (a TensorBoard writer's file)."""
 
     def __init__(self, hook: Callable[[int, Any, Any, Mapping[str, Sequence[Any]]], None], *,
@@ -302,21 +363,23 @@ class StopOnRequest(Callback):
 def default_callbacks(progress: bool = True, on_epoch_end: Callable | None = None
                       ) -> list[Callback]:
     """The callbacks ``fit(callbacks=None)`` runs: a :class:`ProgressBar`
-    when ``progress``, then a :class:`Logger` of ``on_epoch_end`` if given."""
+    when ``progress``, then ``on_epoch_end`` if given
+    (:func:`epoch_end_callback`)."""
     return ([ProgressBar()] if progress else []) + (
-        [Logger(on_epoch_end)] if on_epoch_end is not None else [])
+        [epoch_end_callback(on_epoch_end)] if on_epoch_end is not None else [])
 
 
 def resolve_callbacks(callbacks: Sequence[Callback] | None, *, progress: bool = True,
                       on_epoch_end: Callable | None = None) -> list[Callback]:
     """``fit``'s callbacks: :func:`default_callbacks` for None; else
-    ``callbacks`` (each a :class:`Callback`), followed by a :class:`Logger`
-    of ``on_epoch_end`` when given."""
+    ``callbacks`` (each a :class:`Callback`), followed by ``on_epoch_end``
+    when given (:func:`epoch_end_callback`)."""
     if callbacks is None:
-        return default_callbacks(progress, on_epoch_end)
+        callbacks = default_callbacks(progress)
     callbacks = list(callbacks)
     for callback in callbacks:
         require(isinstance(callback, Callback), "callbacks", callback,
-                "Callback instances (an on_epoch_end function goes in Logger(function))",
+                "Callback instances (an on_epoch_end function goes in EpochEnd(function), "
+                "a logger of (epoch, model, optimizer, history) in Logger(function))",
                 error=RuleTypeError)
-    return callbacks + ([Logger(on_epoch_end)] if on_epoch_end is not None else [])
+    return callbacks + ([epoch_end_callback(on_epoch_end)] if on_epoch_end is not None else [])

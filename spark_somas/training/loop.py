@@ -559,7 +559,7 @@ def fit(
     objective: Objective = Objective(),
     start_epoch: int = 0,
     history: Mapping[str, list] | None = None,
-    on_epoch_end: Callable[[int, SpikingNetwork, nnx.Optimizer, dict], None] | None = None,
+    on_epoch_end: Callable[[FitState, int, dict], bool | None] | None = None,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
     stop_on_nonfinite: bool = True,
@@ -599,10 +599,17 @@ def fit(
     this epoch) and ``on_fit_end``. None (default) runs a
     :class:`~spark_somas.training.callbacks.ProgressBar` when ``progress`` (a tqdm
     bar of steps or epochs: loss, accuracy, hidden mean rate) and
-    ``on_epoch_end(epoch, model, optimizer, history)`` when given, after
-    each epoch (``epoch`` 0-based, ``history`` every epoch so far: checkpoint
-    or log there, :mod:`spark_somas.persistence.loggers`). A list replaces those
-    defaults; ``on_epoch_end``, when given, still runs after it.
+    ``on_epoch_end(fit, epoch, history)`` when given, after each epoch — the
+    arguments of a callback's ``on_epoch_end``: the
+    :class:`~spark_somas.training.callbacks.FitState` (``fit.model``,
+    ``fit.optimizer``), ``epoch`` the 0-based index of the epoch just
+    finished, ``history`` every epoch so far, whose ``"epoch"`` entries count
+    the epochs done (``epoch + 1`` for this one); True stops ``fit``. A
+    function of the older form ``(epoch, model, optimizer, history)`` still
+    runs, with a ``DeprecationWarning`` (wrap a logger of
+    :mod:`spark_somas.persistence.loggers` in
+    :class:`~spark_somas.training.callbacks.Logger` instead). A list replaces
+    those defaults; ``on_epoch_end``, when given, still runs after it.
 
     History: a dict of equal-length lists, one entry per epoch —
     :data:`HISTORY_KEYS` (loss and accuracy on the training batches as
@@ -643,7 +650,7 @@ def fit(
       objective: the loss, :class:`~spark_somas.training.objectives.Objective`.
       start_epoch: the first epoch to train (a resumed run: the epochs done).
       history: a resumed run's history, appended to.
-      on_epoch_end: ``f(epoch, model, optimizer, history)`` after each epoch.
+      on_epoch_end: ``f(fit, epoch, history)`` after each epoch (see Hooks).
       progress: draw a progress bar (when ``callbacks`` is None).
       mesh: train data parallel over this device mesh.
       stop_on_nonfinite: raise on a non-finite loss or state (see below).
