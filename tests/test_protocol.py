@@ -143,8 +143,9 @@ class _Config(configs.SomaConfig):
     ({"state_variables": {"potential": StateVariable("mV", rest="resting")}}, "'resting'"),
     ({"state_variables": {"potential": StateVariable("mV")}, "default_trainable": ("gain",)},
      r"default_trainable \['gain'\]"),
-    ({"state_variables": {"potential": StateVariable("mV")}, "refractory": True},
-     "'cooldown'"),
+    ({"state_variables": {"potential": StateVariable("mV"),
+                          "timer": StateVariable("steps", integrated=False, integer=True)}},
+     r"integer state variables \['timer'\] need an update_counters"),
 ])
 def test_declarations_that_do_not_fit_are_refused_when_the_class_is_defined(body, message):
     with pytest.raises(TypeError, match=message):
