@@ -141,37 +141,59 @@ for _module in ("sphinx.ext.autodoc._dynamic._signatures",
     _mod._METACLASS_CALL_BLACKLIST = _mod._METACLASS_CALL_BLACKLIST | _NNX_METACLASS_CALLS
 
 
+_GREEK = {"τ": r"\tau", "Δ": r"\Delta", "θ": r"\theta"}
+
+
+def _tex(symbol: str) -> str:
+    """A config field's symbol (``τ_m``, ``V_th``, ``Δθ``) as LaTeX (``\\tau_{m}``, …)."""
+    for letter, tex in _GREEK.items():
+        symbol = symbol.replace(letter, tex + " ")
+    return re.sub(r"_(\w+)", r"_{\1}", symbol).strip()
+
+
+def _number(value: float) -> str:
+    """A bound as LaTeX: ``10^{-6}`` for 1e-06, ``0`` for 0."""
+    mantissa, _, exponent = f"{value:g}".partition("e")
+    if not exponent:
+        return mantissa
+    power = f"10^{{{int(exponent)}}}"
+    return power if mantissa == "1" else rf"{mantissa} \times {power}"
+
+
 def _config_fields(app, what, name, obj, options, lines):
     """Append a table of a soma config's fields (symbol, units, default, rule) to its page,
-    read from the fields' own metadata, so it cannot drift from the code."""
+    read from the fields' own metadata, so it cannot drift from the code; symbols and
+    rules in maths, as the Models page writes them."""
     if what != "class" or not isinstance(obj, type):
         return
     if not issubclass(obj, spark_somas.ExponentialSomaConfig):
         return
     fields = obj.quantity_fields()
-    symbols = {f.name: f.metadata["symbol"] for f in fields}
-    ops = {">": ">", ">=": "≥", "<": "<"}
+    symbols = {f.name: _tex(f.metadata["symbol"]) for f in fields}
+    ops = {">": ">", ">=": r"\geq", "<": "<"}
 
     def rule(field):
         r = field.metadata["rule"]
         if r.op == "finite":
             return "any value"
-        bound = symbols.get(r.bound, r.bound) if isinstance(r.bound, str) else f"{r.bound:g}"
-        return f"{field.metadata['symbol']} {ops[r.op]} {bound}"
+        bound = symbols.get(r.bound, r.bound) if isinstance(r.bound, str) else _number(r.bound)
+        return f":math:`{symbols[field.name]} {ops[r.op]} {bound}`"
 
     lines += ["", ".. list-table:: Fields", "   :header-rows: 1", "",
               "   * - field", "     - symbol", "     - units", "     - default",
               "     - meaning", "     - rule"]
     for field in fields:
         meta = field.metadata
-        lines += [f"   * - ``{field.name}``", f"     - {meta['symbol']}", f"     - {meta['units']}",
-                  f"     - {field.default:g}", f"     - {meta['doc']}", f"     - {rule(field)}"]
-    lines += ["", f"Every field is also finite and within ±{spark_somas.configs.LARGEST:g} in its "
-              "unit (a broken rule is "
-              "refused at construction, naming the field, the value and the rule). Every field "
-              "takes a float, an array broadcastable to the soma's ``units`` or an initializer "
-              "``(key, shape, dtype) -> array``; ``surrogate`` picks the surrogate gradient and "
-              "``detach_reset`` whether the reset is detached from it.", ""]
+        lines += [f"   * - ``{field.name}``", f"     - :math:`{symbols[field.name]}`",
+                  f"     - {meta['units']}", f"     - {field.default:g}", f"     - {meta['doc']}",
+                  f"     - {rule(field)}"]
+    largest = _number(spark_somas.models.configs.LARGEST)
+    lines += ["", f"Every field is also finite and within :math:`\\pm {largest}` in its unit (a "
+              "broken rule is refused at construction, naming the field, the value and the "
+              "rule). Every field takes a float, an array broadcastable to the soma's ``units`` "
+              "or an initializer ``(key, shape, dtype) -> array``; ``surrogate`` picks the "
+              "surrogate gradient and ``detach_reset`` whether the reset is detached from it.",
+              ""]
 
 
 def _hide_internal_arguments(app, what, name, obj, options, signature, return_annotation):
