@@ -11,7 +11,9 @@
   surrogates of its derivative;
 * :mod:`~spark_somas.models.presets` — the Naud et al. (2008) AdEx firing patterns;
 * :mod:`~spark_somas.models.registry` — model classes by name, for checkpoints,
-  the command line and the network.
+  the command line and the network;
+* :mod:`~spark_somas.models.cells` — a soma in Flax's containers: an ``nnx.RNN``
+  cell, an ``nnx.Sequential`` stage, the Orbax template of a module saved mid-run.
 
 Imports only :mod:`spark_somas.errors` and :mod:`spark_somas.dynamics`.
 """
