@@ -314,8 +314,8 @@ def amplification(soma: Soma, currents: Any) -> float:
     if not all(v.recordable for v in model.state_variables.values()):
         return 0.0
     probe = nnx.clone(soma)
-    start = {n: jnp.asarray(v, jnp.float32) for n, v in probe.neuron_state().items()
-             if n in model.state_names}
+    start = {n: jnp.asarray(v, jnp.float32 if n in names else v.dtype)
+             for n, v in probe.neuron_state().items() if n in model.state_names}
     rec = simulate(probe, currents, record=("spikes",) + model.state_names)
     trajectory = {n: jnp.concatenate([jnp.broadcast_to(start[n], rec[n].shape[1:])[None],
                                       jnp.asarray(rec[n][:-1], start[n].dtype)])
