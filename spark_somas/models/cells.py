@@ -26,6 +26,7 @@ so the order-1 output of an ``nnx.Linear`` needs a scale of that size.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -115,9 +116,9 @@ class Spiking(nnx.Module):
 
     def __init__(self, soma: Soma, *, scale: float = 1.0):
         _require_soma(soma)
-        require(isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0
-                and scale < float("inf"), "scale", scale, "a finite number > 0 (pA per unit "
-                "of input)", error=RuleError)
+        require(isinstance(scale, (int, float)) and not isinstance(scale, bool)
+                and math.isfinite(scale) and scale > 0, "scale", scale, "a finite number > 0 "
+                "(pA per unit of input)", error=RuleError)
         self.soma, self.scale = soma, float(scale)
 
     def __call__(self, x: Array) -> Array:

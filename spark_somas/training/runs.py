@@ -644,7 +644,8 @@ def _write_report(run: RunConfig, out_dir: str, history: Mapping[str, list],
 
     stem = os.path.join(out_dir, f"train_{run.task}_{run.soma}")
     held = run.eval_split
-    title = f"{run.soma} on {run.task}: {held} accuracy {100.0 * history[f'{held}_accuracy'][-1]:.2f}%"
+    accuracy = history[f"{held}_accuracy"][-1]
+    title = f"{run.soma} on {run.task}: {held} accuracy {100.0 * accuracy:.2f}%"
     if test is not None:
         title += f", test accuracy {100.0 * test['accuracy']:.2f}% (once, after training)"
     figure = plot_training(history, raster, dt=dt, figure=Figure(), title=title)
