@@ -7,7 +7,9 @@ new one in :data:`SUBCOMMANDS`):
   on a task of :data:`spark_somas.data.datasets.TASKS` (digits, Randman, the cue
   task, or SHD/SSC read from ``--data-dir``, or first downloaded there by
   ``--download``: :mod:`spark_somas.data.fetch`), prints progress, the final
-  test accuracy and the firing rates, and writes
+  accuracies, each with the split it was measured on (SHD/SSC: per epoch on
+  a validation split, the test file once after training; ``--no-validation``
+  per epoch on the test file), and the firing rates, and writes
   ``<out>/train_<task>_<soma>.png`` (loss and accuracy curves, spike raster
   of one test sample) and ``.json`` (history and settings); with
   ``--tensorboard DIR`` also TensorBoard event files, one scalar per history
@@ -20,9 +22,10 @@ new one in :data:`SUBCOMMANDS`):
 
 ``train --checkpoint-dir D`` (a new or empty D) saves after every epoch e
 (0-based) the step e + 1 of a :class:`spark_somas.persistence.checkpointing.Checkpointer`,
-keeping the newest ``--keep-last`` and the ``--keep-best`` by test accuracy:
-model (weights, neuron parameters and state), optimizer (Adam moments, step
-count, hence the learning-rate schedule), test metrics, and ``extra =
+keeping the newest ``--keep-last`` and the ``--keep-best`` by the accuracy
+evaluated after each epoch (validation or test): model (weights, neuron
+parameters and state), optimizer (Adam moments, step count, hence the
+learning-rate schedule), that epoch's metrics, and ``extra =
 {"history", "run"}``, the run's :class:`~spark_somas.training.runs.RunConfig` as a
 dict. ``train --resume D`` restores the newest step into a network built from
 the saved run and runs ``fit(..., start_epoch=e + 1,
