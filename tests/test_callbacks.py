@@ -283,3 +283,22 @@ def test_the_older_four_argument_hook_still_runs_with_a_deprecation_warning():
         train(epochs=1, callbacks=[Logger(old)])  # the logger form, wrapped: no warning
     assert seen[-1] == (0, 1)
 
+
+
+def test_a_checkpoint_saves_and_ranks_the_split_fit_evaluates(tmp_path):
+    """fit(eval_split="validation") names its per-epoch metrics validation_*;
+    a Checkpoint left at its defaults saves and ranks those."""
+    _, history = train(epochs=2, eval_split="validation",
+                       callbacks=[Checkpoint(tmp_path, keep_last=1, keep_best=1)])
+    assert "test_accuracy" not in history and len(history["validation_accuracy"]) == 2
+    infos = checkpointing.describe(tmp_path)
+    assert all(set(info.metrics) == {"validation_accuracy", "validation_loss"} for info in infos)
+    kept = {info.step for info in infos}
+    assert 2 in kept and len(kept) <= 2  # the newest, and the best by validation accuracy
+    assert max(info.metrics["validation_accuracy"] for info in infos) == max(
+        history["validation_accuracy"])
+
+
+def test_fit_refuses_an_unknown_eval_split():
+    with pytest.raises(ValueError, match=r"eval_split = 'dev' violates the rule: one of"):
+        train(epochs=1, eval_split="dev")

@@ -220,7 +220,8 @@ class Logger(Callback):
 class Checkpoint(Callback):
     """Saves after every epoch ``e`` (0-based) step ``e + 1`` of a
     :class:`~spark_somas.persistence.checkpointing.Checkpointer`: model, optimizer, the
-    epoch's ``metrics`` (default test accuracy and loss) and ``extra =
+    epoch's ``metrics`` (default: the accuracy and loss of the split ``fit``
+    evaluates, ``test_*`` or ``validation_*``, its ``eval_split``) and ``extra =
     {"history": history, **extra}`` — what ``spark-somas train
     --checkpoint-dir`` writes.
 
@@ -228,24 +229,33 @@ class Checkpoint(Callback):
     directory, for which one is opened when ``fit`` starts and closed (its
     pending save committed) when it ends, keeping the newest ``keep_last``
     steps (0 or None: every one) and the ``keep_best`` steps best by
-    ``best_metric`` (``best_mode`` "max" or "min"; 0: none kept for it).
+    ``best_metric`` (default: that split's accuracy; ``best_mode`` "max" or
+    "min"; 0: none kept for it).
     """
 
     def __init__(self, target: Any, *, keep_last: int | None = 3, keep_best: int = 1,
-                 best_metric: str = "test_accuracy", best_mode: str = "max",
-                 metrics: Sequence[str] = ("test_accuracy", "test_loss"),
+                 best_metric: str | None = None, best_mode: str = "max",
+                 metrics: Sequence[str] | None = None,
                  extra: Mapping[str, Any] | None = None):
         for name, value in (("keep_last", keep_last), ("keep_best", keep_best)):
             require(value is None or isinstance(value, int) and not isinstance(value, bool)
                     and value >= 0, name, value, "None or an int >= 0", error=RuleError)
         require("history" not in (extra or {}), "extra", extra, "no 'history' key (the "
                 "callback saves the run's history under it)", error=RuleError)
-        self.target, self.metrics, self.extra = target, tuple(metrics), dict(extra or {})
+        self.target, self.extra = target, dict(extra or {})
+        self.given = {"best_metric": best_metric, "metrics": metrics}
         # best_metric ranks every step, with keep_best 0 too: a later run of the
         # same directory that keeps the best can rank the steps saved here
         self.options = {"max_to_keep": keep_last or None, "best_mode": best_mode,
-                        "best_metric": best_metric, "keep_best": keep_best or 0}
+                        "keep_best": keep_best or 0}
+        self._name_metrics("test")
         self.checkpointer, self._owned = None, False
+
+    def _name_metrics(self, split: str) -> None:
+        """The metrics saved and ranked: those given, else ``split``'s."""
+        given = self.given
+        self.metrics = tuple(given["metrics"] or (f"{split}_accuracy", f"{split}_loss"))
+        self.options["best_metric"] = given["best_metric"] or f"{split}_accuracy"
 
     def open(self) -> Any:
         """The Checkpointer (opened for a directory on the first call)."""
@@ -266,6 +276,8 @@ class Checkpoint(Callback):
             self.checkpointer = None
 
     def on_fit_start(self, fit: FitState) -> None:
+        if self.checkpointer is None:
+            self._name_metrics(fit.eval_split)
         self.open()
 
     def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
