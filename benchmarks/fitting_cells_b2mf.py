@@ -45,7 +45,7 @@ def main() -> None:
         times = np.split(f["train_spike_times"], np.cumsum(counts)[:-1])
         dt = float(f["dt"])
     duration = currents.shape[1] * dt
-    fitter = SpikeFitter(model=EQUATIONS, input={"I": currents * pA},
+    fitter = SpikeFitter(model=EQUATIONS, input=currents * pA, input_var="I",
                          output=[t * ms for t in times], dt=dt * ms, n_samples=30,
                          threshold="v > 0*mV", reset="v = V_r; w += b",
                          method="exponential_euler", param_init={"v": -70 * mV, "w": 0 * pA})

@@ -65,14 +65,13 @@ def bg_fit(stages=None):
 
 
 def test_recovers_all_four_adex_parameters_from_a_poor_start():
-    """Brette & Gerstner's cell, notebook 04's protocol, the default recipe
+    """Brette & Gerstner's cell under four steps, the default recipe
     (the recording has spike times: the model is reset at them, one L-BFGS
     stage on the potential): τ_m and b within 2 %, a and τ_w (which trade
     off on a 300 ms sweep) within 5 %, where the staged recipe below needs
     10–12 %."""
     result, errors, quality = bg_fit()
-    assert result.stages == fitting.forced_recipe(tuple(BG_TRUE),
-                                                  cutoff=fitting.cut_off(result.soma))
+    assert result.stages == fitting.forced_recipe(tuple(BG_TRUE))
     assert abs(errors["potential_tau"]) < 0.02 and abs(errors["adaptation_delta"]) < 0.02, errors
     assert abs(errors["adaptation_subthreshold"]) < 0.05, errors
     assert abs(errors["adaptation_tau"]) < 0.05, errors

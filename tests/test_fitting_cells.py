@@ -53,16 +53,25 @@ def test_the_shipped_recording_is_a_detailed_cell_with_three_splits():
 
 
 def test_the_escape_error_matches_numpy():
+    """(V_cut − V)² at the step before each recorded spike, mean over the
+    spikes: against a float64 loop."""
     rng = np.random.default_rng(0)
-    potential = rng.uniform(-70, 0, (50, 2))
+    model = rng.uniform(-70, -40, (50, 2))
     times = [np.array([1.0, 3.2]), np.array([2.5])]
-    rec = fitting.Recording(np.zeros((50, 2)), 0.1, potential=potential, spike_times=times)
+    rec = fitting.Recording(np.zeros((50, 2)), 0.1, potential=model, spike_times=times)
     data = {k: np.asarray(v) for k, v in rec.arrays().items()}
     loss = fitting.Loss(potential=0.0, escape=1.0, cutoff=-5.0)
-    got = float(loss(potential.astype(np.float32), np.zeros((50, 2), np.float32), data, 0.1))
-    gaps = [(-5.0 - potential[round(t / 0.1) - 1, k]) ** 2
-            for k, ts in enumerate(times) for t in ts]
+    got = float(loss(model.astype(np.float32), np.zeros((50, 2), np.float32), data, 0.1))
+    gaps = [(-5.0 - model[round(t / 0.1) - 1, k]) ** 2 for k, ts in enumerate(times) for t in ts]
     assert got == pytest.approx(np.mean(gaps), rel=1e-5)
+
+
+def test_the_escape_error_is_added_only_where_the_onset_is_fitted():
+    plain = fitting.forced_recipe(("potential_tau", "adaptation_delta"), cutoff=0.0)
+    onset = fitting.forced_recipe(("potential_tau", "rheobase_threshold"), cutoff=0.0)
+    assert plain[0].loss.escape == 0 and onset[0].loss.escape > 0
+    assert fitting.forced_recipe(("rheobase_threshold",))[0].loss.escape == 0   # no cut-off
+    assert fitting.cut_off(start_soma()) == 0.0
 
 
 def test_the_default_predicts_held_out_spikes_of_a_hodgkin_huxley_cell():

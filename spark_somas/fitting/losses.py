@@ -29,15 +29,20 @@ class Loss:
 
     .. math:: L_E = \\frac{1}{N^*} \\sum_{k} (V_{cut} - V_{t_k - dt})^2
 
-    over the N* recorded spikes t_k, V_{cut} = ``cutoff`` (mV, the soma's
-    cut-off V_th). In a teacher-forced run (the model reset at the recorded
-    spikes, V held at most at V_th) it is 0 for a spike the model reached
-    by the step before the cell's, and grows as the model lags: without it
-    a forced fit that leaves out the upswing punishes a model that escapes
-    early (it sits at V_th against the recorded potential) but not one that
-    escapes late (the recorded spike resets it first), and settles on a
-    spike threshold V_T that is too high — a model that, running free,
-    fires too late and too rarely. See the module docstring.
+    over the N* recorded spikes t_k, V_{t_k − dt} the model's potential at
+    the step before the cell's spike and V_{cut} = ``cutoff`` (mV, the
+    soma's cut-off V_th). In a teacher-forced run (the model reset at the
+    recorded spikes, V held at most at V_th) it is 0 for a spike the model
+    reached by the step before the cell's, and grows as the model lags.
+    Without it a forced fit that leaves out the upswing punishes a model
+    that escapes early (it sits at V_th against the recorded potential) but
+    not one that escapes late (the recorded spike resets it first), and
+    settles on a spike threshold V_T that is too high: a model that,
+    running free, fires too late and too rarely. It asks the model to
+    spike one step (dt) before the cell, a bias of dt on the spike times;
+    on data the model made it also pulls the other fields, so
+    :func:`~spark_somas.fitting.forced_recipe` adds it only where V_T or
+    Δ_T are fitted. See the module docstring.
     """
 
     potential: float = 1.0
@@ -51,11 +56,11 @@ class Loss:
     def __post_init__(self) -> None:
         weight = (lambda w: math.isfinite(w) and w >= 0, "a finite weight ≥ 0")
         rules = {**dict.fromkeys(("potential", "count", "van_rossum", "escape"), weight),
-                 "cutoff": (math.isfinite, "a potential in mV, finite"),
                  "van_rossum_tau": (lambda t: math.isfinite(t) and t > 0,
                                     "a time constant in ms, finite and > 0"),
                  "upswing": (lambda t: math.isfinite(t) and t >= 0,
-                             "a duration in ms, finite and ≥ 0")}
+                             "a duration in ms, finite and ≥ 0"),
+                 "cutoff": (math.isfinite, "a potential in mV, finite")}
         for name, (ok, rule) in rules.items():
             object.__setattr__(self, name, checked_number(getattr(self, name), f"Loss.{name}",
                                                           ok, rule))
@@ -78,9 +83,7 @@ class Loss:
             err = jnp.where(m > 0, potential - data["potential"], 0.0)
             total += self.potential * jnp.sum(err**2) / jnp.maximum(jnp.sum(m), 1.0)
         if self.escape:
-            before = jnp.concatenate([data["spikes"][1:], jnp.zeros_like(data["spikes"][:1])])
-            gap = jnp.where(before > 0, self.cutoff - potential, 0.0)
-            total += self.escape * jnp.sum(gap**2) / jnp.maximum(jnp.sum(before), 1.0)
+            total += self.escape * _escape_error(potential, data, self.cutoff)
         diff = spikes * data["valid"] - data["spikes"]
         # Means over the sweeps there are and integrals over each sweep's own
         # length: a sweep of padding (no valid sample), added to batch cells
@@ -99,6 +102,14 @@ class Loss:
             total += (self.van_rossum * dt / self.van_rossum_tau
                       * jnp.sum(f**2 * data["valid"]) / sweeps)
         return total
+
+
+def _escape_error(potential: Array, data: Mapping[str, Array], cutoff: float) -> Array:
+    """Mean over the recorded spikes of (cutoff − V)², V at the step before
+    each spike."""
+    before = jnp.concatenate([data["spikes"][1:], jnp.zeros_like(data["spikes"][:1])])
+    gap = jnp.where(before > 0, cutoff - potential, 0.0)
+    return jnp.sum(gap**2) / jnp.maximum(jnp.sum(before), 1.0)
 
 
 def _spikes_within(spikes: Array, steps: int) -> Array:

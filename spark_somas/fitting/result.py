@@ -120,7 +120,7 @@ class FitResult:
                             else float("nan"))
             out["spikes_model"] = int(sum(len(t) for t in times))
             out["spikes_data"] = int(sum(len(t) for t in recording.spike_times))
-            out["predicted"] = (predicted_fraction(np.concatenate(times) if times else [],
+            out["predicted"] = (predicted_fraction(_concat_times(times, recording),
                                                    _concat_times(recording.spike_times,
                                                                  recording))
                                 if out["spikes_data"] else float("nan"))

@@ -21,7 +21,7 @@ from spark_somas.fitting.losses import Loss
 from spark_somas.fitting.recording import Recording, as_tuple, checked_number
 
 __all__ = ["Stage", "recipe", "forced_recipe", "spike_recipe", "default_recipe", "cut_off",
-           "spike_triggered", "OPTIMIZERS"]
+           "spike_triggered", "OPTIMIZERS", "ONSET_FIELDS"]
 
 #: The optimizers a stage may name.
 OPTIMIZERS = ("lbfgs", "adam")
@@ -194,12 +194,18 @@ def recipe(fields: Sequence[str], *, soma: Soma | type[Soma] = AdaptiveExponenti
     return tuple(stages)
 
 
+#: The fields that shape the spike's onset in the exponential somas (V_T,
+#: Δ_T): a forced fit adds the escape error only where it fits them.
+ONSET_FIELDS = ("rheobase_threshold", "spike_slope")
+
+
 def forced_recipe(fields: Sequence[str], *, steps: int = 40, upswing: float = 2.0,
                   cutoff: float | None = None, escape: float = 0.01) -> tuple[Stage, ...]:
     """One stage: every field of ``fields`` by L-BFGS on the potential MSE
     of every sweep, the model reset at the recorded spike times (teacher
     forcing, ``spikes="recorded"``), leaving out the ``upswing`` ms before
-    each spike; with ``cutoff`` (mV, the soma's V_th, :func:`cut_off`) also
+    each spike; where ``fields`` include V_T or Δ_T (:data:`ONSET_FIELDS`)
+    and ``cutoff`` (mV, the soma's V_th: :func:`cut_off`) is given, plus
     ``escape`` × the escape error (:class:`Loss`): the model must reach its
     cut-off by the step before each of the cell's spikes.
 
@@ -207,15 +213,15 @@ def forced_recipe(fields: Sequence[str], *, steps: int = 40, upswing: float = 2.
     function of every field (b and V_r included: they act at the spikes'
     known times), so the fit is one smooth least-squares problem. It fits
     the potential *between* spikes; it does not by itself place the model's
-    own spikes. Without the escape error it is biased towards late spikes:
-    a model that escapes early sits at V_th against the recorded potential
-    and pays for it, one that escapes late is reset by the recorded spike
-    and pays nothing, so V_T settles too high and the model, running free,
-    fires too late and too rarely (on a Hodgkin–Huxley cell, 20–35 % too
-    few spikes and a held-out Γ near 0.1; with the escape error the rate
-    comes within a few per cent, see the fitting guide). Always judge the
-    fit free-running on sweeps it was not fitted to
-    (:meth:`FitResult.evaluate`). A field that acts only through spike
+    own spikes. Without the escape error a fit of V_T is biased towards
+    late spikes: a model that escapes early sits at V_th against the
+    recorded potential and pays for it, one that escapes late is reset by
+    the recorded spike and pays nothing, so V_T settles too high and the
+    model, running free, fires too late and too rarely (on a
+    Hodgkin–Huxley cell, a third too few spikes and a held-out Γ near 0.1;
+    the fitting guide has what the escape error gives). Always judge the
+    fit free-running on sweeps it was neither fitted nor selected on
+    (``fit_soma(test=...)``). A field that acts only through spike
     detection (the cut-off ``threshold``) moves nothing in a forced run:
     fit it with a free-running stage.
 
@@ -227,9 +233,21 @@ def forced_recipe(fields: Sequence[str], *, steps: int = 40, upswing: float = 2.
     that sensitivity reaches further back than any fixed window and the
     forced fit is ill-conditioned (see the fitting guide's recovery table).
     """
-    loss = (Loss(potential=1.0, upswing=upswing) if cutoff is None
-            else Loss(potential=1.0, upswing=upswing, escape=escape, cutoff=cutoff))
-    return (Stage(tuple(fields), loss, "all", "lbfgs", steps, spikes="recorded"),)
+    fields = tuple(fields)
+    onset = cutoff is not None and escape > 0 and any(f in ONSET_FIELDS for f in fields)
+    loss = (Loss(potential=1.0, upswing=upswing, escape=escape, cutoff=cutoff) if onset
+            else Loss(potential=1.0, upswing=upswing))
+    return (Stage(fields, loss, "all", "lbfgs", steps, spikes="recorded"),)
+
+
+def cut_off(soma: Soma) -> float:
+    """The potential (mV) at which ``soma`` spikes, at rest: its model's
+    ``spike_threshold`` with its (mean) parameters (V_th for AdEx), to
+    float32 precision."""
+    require(isinstance(soma, Soma), "soma", soma, "a soma instance")
+    state = {k: jnp.asarray(v, jnp.float32).reshape(-1)[0]
+             for k, v in soma.neuron_state().items()}
+    return float(np.float32(type(soma).spike_threshold(mean_parameters(soma), state)))
 
 
 def spike_recipe(fields: Sequence[str], *, steps: int = 150,
@@ -241,15 +259,6 @@ def spike_recipe(fields: Sequence[str], *, steps: int = 150,
                   steps, learning_rate),)
 
 
-def cut_off(soma: Soma) -> float:
-    """The potential (mV) at which ``soma`` spikes, at rest: its model's
-    ``spike_threshold`` with its (mean) parameters (V_th for AdEx)."""
-    require(isinstance(soma, Soma), "soma", soma, "a soma instance")
-    state = {k: jnp.asarray(v, jnp.float32).reshape(-1)[0]
-             for k, v in soma.neuron_state().items()}
-    return float(type(soma).spike_threshold(mean_parameters(soma), state))
-
-
 def default_recipe(fields: Sequence[str], soma: Soma,
                    recordings: Recording | Sequence[Recording]) -> tuple[Stage, ...]:
     """What :func:`~spark_somas.fitting.fit_soma` (one recording) and
@@ -257,8 +266,9 @@ def default_recipe(fields: Sequence[str], soma: Soma,
     run when given no stages:
 
     * potential and spike times (in every recording): :func:`forced_recipe`
-      with the escape error at ``soma``'s cut-off (:func:`cut_off`), on
-      every sweep (no sweep without spikes is needed);
+      on every sweep (no sweep without spikes is needed), with the escape
+      error at ``soma``'s cut-off (:func:`cut_off`) where V_T or Δ_T are
+      fitted;
     * spike times (in every recording), a potential not in all:
       :func:`spike_recipe`, free-running, every sweep;
     * otherwise: the potential's MSE on every sweep by L-BFGS, the model
