@@ -325,10 +325,11 @@ class SomaConfig:
       respect to b and Δθ themselves flows either way.
 
     A model says which of its spike-triggered updates is which
-    (:attr:`~spark_somas.models.protocol.StateVariable.on_spike`). A model's config subclasses it and
-    declares its numeric fields with :func:`quantity` — symbol, units,
-    meaning, rule — from which validation, ``to_dict``/``from_dict``, the
-    trained-parameter projection and the property tests all follow.
+    (:attr:`~spark_somas.models.protocol.StateVariable.on_spike`). A model's
+    config subclasses it and declares its numeric fields with
+    :func:`quantity` — symbol, units, meaning, rule — from which validation,
+    ``to_dict``/``from_dict``, the trained-parameter projection and the
+    property tests all follow.
     """
 
     surrogate: surrogates_lib.Surrogate = surrogates_lib.DEFAULT
