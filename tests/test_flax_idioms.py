@@ -408,6 +408,20 @@ def test_the_orbax_template_restores_a_network_saved_mid_run(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
+def test_abstract_state_resets_each_soma_of_a_sequential_to_the_batch():
+    def make():
+        return nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+                              Spiking(ss.AdaptiveExponentialSoma(units=4)),
+                              nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+
+    template = abstract_state(make, batch=(5,))
+    soma = template["layers"][1]["soma"]
+    assert soma["potential"].get_value().shape == (5, 4)
+    assert soma["adaptation"].get_value().shape == (5, 4)
+    assert soma["threshold"].get_value().shape == ()  # parameters do not depend on the batch
+    assert template["layers"][0]["kernel"].get_value().shape == (3, 4)
+
+
 def test_abstract_state_refuses_a_bad_batch():
     with pytest.raises(ss.errors.RuleError, match=re.escape("batch = (0,)")):
         abstract_state(ss.ExponentialSoma(units=3), batch=(0,))
