@@ -324,6 +324,26 @@ def test_shd_selects_on_a_validation_split_and_reads_the_test_file_once(shd_four
     assert all(set(step.metrics) == {"validation_accuracy", "validation_loss"} for step in steps)
 
 
+def test_ssc_selects_on_its_validation_file(tmp_path):
+    """SSC ships a validation file: the per-epoch split is ssc_valid.h5 whole,
+    the training file is not cut, and the test file is evaluated once."""
+    from test_events import make_samples, write_events_file
+
+    from spark_somas.training import runs
+
+    rng = np.random.default_rng(2)
+    for name, n in (("ssc_train.h5", 70), ("ssc_valid.h5", 35), ("ssc_test.h5", 21)):
+        write_events_file(tmp_path / name, *make_samples(rng, n, 35))
+    run = runs.RunConfig(task="ssc", data_dir=str(tmp_path), epochs=1, hidden=6, steps=10,
+                         batch_size=35)
+    result = runs.train(run, str(tmp_path / "out"), progress=False)
+    assert len(result.data.x_train) == 70 and len(result.data.x_test) == 35
+    assert "validation_accuracy" in result.history and set(result.test) >= {"accuracy", "loss"}
+    assert runs.describe_splits(run) == {
+        "epochs": "the validation file ssc_valid.h5",
+        "test": "the test file ssc_test.h5 (once, after training)"}
+
+
 def result_encoder(result):
     return training.Encoder("spikes", int(result.data.x_train.shape[1]))
 
