@@ -75,7 +75,7 @@ RUN_DEFAULTS: Mapping[str, Any] = {"epochs": 30, "lr": 5e-3, "hidden": 256, "rec
 #: one network step of dt = 1 ms each, the model selected on a validation
 #: split (the test file evaluated once, after training). Cues: the trial's own length; a
 #: recurrent layer of 64 somas trained end to end on new trials every epoch
-#: (12 epochs of 12 updates, Adam 10^-2), adaptation as slow as the task
+#: (12 epochs of 12 updates, Adam 10⁻²), adaptation as slow as the task
 #: (τ_w = τ_θ = 2 s, Bellec et al.'s 2018 τ_a), cues of 50 ms 25 ms apart,
 #: and a rate regulariser (strength 0.1, 10 Hz) that keeps every soma kind
 #: firing: without it the plain ExpIF layer falls silent (0.3 Hz); at 0.5 it
@@ -246,8 +246,9 @@ class RunConfig:
     rate_hz: float = option(10.0, "target firing rate (Hz) of the rate regulariser",
                             positive=True)
     rate_strength: float | None = option(
-        None, "weight of the rate regulariser mean_n ((r_n - r*)/r*)^2 on every hidden soma, "
-        "which keeps each soma kind firing (default: the task's recipe; 0 for most)")
+        None, "weight of the rate regulariser, the mean over neurons of ((r_n − r*)/r*)², on "
+        "every hidden soma, which keeps each soma kind firing (default: the task's recipe; 0 "
+        "for most)")
     recipe_options: dataclasses.InitVar[bool] = True
 
     def __post_init__(self, recipe_options: bool) -> None:
