@@ -41,6 +41,8 @@ __all__ = [
     "as_number",
     "FLOAT_DTYPES",
     "feasible_interval",
+    "LARGEST",
+    "SMALLEST",
     "declared_rules",
     "rule_order",
     "SomaConfig",
