@@ -270,7 +270,7 @@ def test_a_rest_value_may_depend_on_other_fields():
     np.testing.assert_allclose(soma.recovery[...], np.broadcast_to(v0 * b, (2, 3)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["izhikevich", "synaptic_lif", "alif"])
+@pytest.mark.parametrize("name", ["izhikevich", "synaptic_lif", "alif", "qif"])
 def test_user_models_pass_the_whole_check(registered, name):
     testing.check_model(registered[name], examples=4)
 
