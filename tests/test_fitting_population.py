@@ -54,38 +54,64 @@ def start_soma():
 
 
 def assert_same_fit(alone, together, rtol):
-    """The fitted fields of every start, the history and the selection
-    losses agree to ``rtol``: only the summation order of padded arrays
-    differs. The best start agrees in its fields (two starts that reach one
+    """The first loss of the fit agrees to 10⁻⁵, and the fitted fields of
+    every start, each stage's last losses and the selection losses to
+    ``rtol``. The best start agrees in its fields (two starts that reach one
     optimum may tie on the held-out loss to float32 rounding)."""
     for name in FITTED:
         np.testing.assert_allclose(together.starts[name], alone.starts[name], rtol=rtol)
         np.testing.assert_allclose(together.params[name], alone.params[name], rtol=rtol)
         np.testing.assert_array_equal(together.initial[name], alone.initial[name])
+    np.testing.assert_allclose(together.history[0][0], alone.history[0][0], rtol=1e-5)
     for h_alone, h_together in zip(alone.history, together.history):
         assert h_together.shape == h_alone.shape
-        np.testing.assert_allclose(h_together, h_alone, rtol=rtol, atol=1e-6)
+        np.testing.assert_allclose(h_together[-1], h_alone[-1], rtol=rtol, atol=1e-6)
     np.testing.assert_allclose(together.held_out_loss, alone.held_out_loss, rtol=rtol)
 
 
-def test_many_cells_are_each_fitted_as_alone(recordings):
-    """The default (forced) recipe, two starts: three cells with 2, 3 and 2
-    sweeps of 150, 200 and 120 ms in one fit give each cell the fit
-    fit_soma gives it alone, and each recovers its own τ_m and b."""
+def test_cells_of_one_shape_are_each_fitted_as_alone():
+    """Three cells recorded on the same sweeps (nothing padded), the default
+    (forced) recipe, two starts: each cell's fit is the one fit_soma finds
+    for it alone to float32 rounding, and recovers its own τ_m and b."""
+    recordings = [record(truth, [-200.0, 700.0, 900.0], 150.0, seed)
+                  for seed, (truth, _, _) in enumerate(CELLS)]
     together = fitting.fit_cells(start_soma(), recordings, FITTED, starts=2)
     assert len(together) == len(recordings)
     for (truth, _, _), recording, fit in zip(CELLS, recordings, together):
         alone = fitting.fit_soma(start_soma(), recording, FITTED, starts=2)
-        assert_same_fit(alone, fit, rtol=1e-4)
+        assert_same_fit(alone, fit, rtol=1e-5)
+        errors = fitting.relative_errors(fit.params, truth)
+        assert all(abs(e) < 0.02 for e in errors.values()), errors
+
+
+# Padding changes the order in which the loss's sums add up (float32
+# rounding, 10⁻⁷ of a loss); L-BFGS's line search can turn that into a
+# slightly different step on the way and a stop a little elsewhere in a flat
+# valley: 10⁻⁴ to 10⁻³ of a field, far below what the fits resolve.
+PADDED_RTOL = 1e-3
+
+
+def test_cells_of_different_shapes_are_each_fitted_as_alone(recordings):
+    """Three cells with 2, 3 and 2 sweeps of 150, 200 and 120 ms, the
+    default (forced) recipe, two starts: each cell's fit is the one fit_soma
+    gives it alone, and each recovers its own τ_m and b."""
+    together = fitting.fit_cells(start_soma(), recordings, FITTED, starts=2)
+    for (truth, _, _), recording, fit in zip(CELLS, recordings, together):
+        alone = fitting.fit_soma(start_soma(), recording, FITTED, starts=2)
+        assert_same_fit(alone, fit, rtol=PADDED_RTOL)
         errors = fitting.relative_errors(fit.params, truth)
         assert all(abs(e) < 0.02 for e in errors.values()), errors
 
 
 def test_each_cell_keeps_its_own_sweeps_of_each_stage(recordings):
-    """The staged recipe picks each cell's own subthreshold and spiking
-    sweeps (one, two or one of them spiking) and judges its starts on its
-    own held-out sweeps; the fits are still those of the cells alone."""
-    stages = fitting.recipe(FITTED, subthreshold_steps=5, spike_steps=8, polish_steps=4)
+    """Stages on the subthreshold sweeps, then (forced) on the spiking ones,
+    pick each cell's own sweeps (one, two or one of them spiking), and each
+    cell's starts are judged on its own held-out sweeps of each kind; the
+    fits are still those of the cells alone."""
+    stages = (fitting.Stage(("potential_tau",), fitting.Loss(potential=1.0), "subthreshold",
+                            "lbfgs", 20),
+              fitting.Stage(FITTED, fitting.Loss(potential=1.0, upswing=2.0), "spiking",
+                            "lbfgs", 40, spikes="recorded"))
     held_out = [record(truth, amplitudes[::-1], sweep, seed + 10)
                 for seed, (truth, amplitudes, sweep) in enumerate(CELLS)]
     assert [int(np.sum(r.spike_counts() > 0)) for r in recordings] == [1, 2, 1]
@@ -94,7 +120,7 @@ def test_each_cell_keeps_its_own_sweeps_of_each_stage(recordings):
     for recording, held, fit in zip(recordings, held_out, together):
         alone = fitting.fit_soma(start_soma(), recording, FITTED, stages=stages, starts=2,
                                  held_out=held)
-        assert_same_fit(alone, fit, rtol=1e-4)
+        assert_same_fit(alone, fit, rtol=PADDED_RTOL)
 
 
 @pytest.mark.parametrize("call, message", [
