@@ -4,8 +4,9 @@ and reaches the corners; rules that refer to each other in a cycle are
 refused when the class is defined; ``check_model`` passes the models a user
 writes — an Izhikevich neuron whose recovery rests at u₀ = b·v₀ (a rest
 value that depends on two fields), a LIF behind an exponential current
-synapse, and the adaptive LIF of docs/own-soma.md — and names the
-capability and the parameter set that fail in a model that is broken.
+synapse, and the adaptive LIF and the quadratic IF of docs/own-soma.md —
+and names the capability and the parameter set that fail in a model that
+is broken.
 
 The adaptive LIF's gradient with the adaptation jump kept grows by
 |e^(−dt/τ_a) − β·σ'(V − V_th − β·a)| per step along its threshold loop
