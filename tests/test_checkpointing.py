@@ -379,7 +379,7 @@ def test_save_refuses_a_soma_trained_outside_its_rules_and_writes_nothing(tmp_pa
 
     model = trained(lambda m: nnx.Optimizer(m, optax.adam(50.0), wrt=nnx.Param))
     with ck.Checkpointer(tmp_path / "plain") as ckpt:
-        with pytest.raises(RuleError, match=r"cannot save step 1 to .*plain: soma '.' holds "
+        with pytest.raises(RuleError, match=r"cannot save step 1 to .*plain: the soma holds "
                            r"values that restore and load would refuse: .* violates the rule: "
                            r".*threshold = .* mV; train with "
                            r"spark_somas.training.make_optimizer"):
@@ -587,12 +587,12 @@ def test_stored_parameters_that_break_the_rules_are_refused_on_load_and_restore(
         with ck.Checkpointer(tmp_path, async_save=False) as ckpt:
             ckpt.save(0, soma)
     with pytest.raises(ck.CheckpointCorruptError, match="holds values that break the rules of "
-                                                        f"soma '.', so nothing is restored: .*{rule}"):
+                                                        f"the soma, so nothing is restored: .*{rule}"):
         ck.load(tmp_path)
     target = ss.ExponentialSoma(units=3, trainable=(field,))
     before = worker.flat_state("m", target)
     with ck.Checkpointer(tmp_path, read_only=True) as ckpt:
-        with pytest.raises(ck.CheckpointCorruptError, match="break the rules of soma"):
+        with pytest.raises(ck.CheckpointCorruptError, match="break the rules of the soma"):
             ckpt.restore(target)
     assert_states_equal(before, worker.flat_state("m", target))  # nothing changed
 
@@ -643,9 +643,9 @@ def test_a_network_spec_that_disagrees_with_its_arrays_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda m: m["somas"]["."].pop("config"), r"soma '.' 'config' = null, not a dict"),
-    (lambda m: m["somas"]["."].update(config=None), r"soma '.' 'config' = null, not a dict"),
-    (lambda m: m["somas"]["."].update(units="4"), r"soma '.' 'units' = .*, not a list of positive"),
+    (lambda m: m["somas"]["."].pop("config"), r"the soma 'config' = null, not a dict"),
+    (lambda m: m["somas"]["."].update(config=None), r"the soma 'config' = null, not a dict"),
+    (lambda m: m["somas"]["."].update(units="4"), r"the soma 'units' = .*, not a list of positive"),
     (lambda m: m.pop("time"), r"'time' = null, not an ISO 8601 string"),
     (lambda m: m.update(metrics={"loss": "low"}), r"'metrics' = .*, not a dict of numbers"),
     (lambda m: m["somas"]["."].update(method="leapfrog"), r"'method' = 'leapfrog', not one of"),

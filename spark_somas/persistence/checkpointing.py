@@ -444,7 +444,7 @@ class Checkpointer:
         if problem:
             path, err = problem
             raise RuleError(
-                f"cannot save step {step} to {self.directory}: soma {path!r} holds values that "
+                f"cannot save step {step} to {self.directory}: {compatibility.soma_called(path)} holds values that "
                 f"restore and load would refuse: {err}; train with "
                 "spark_somas.training.make_optimizer, or chain "
                 "spark_somas.training.constraints.neuron_constraints(model) last in your Optax "
@@ -642,7 +642,7 @@ class Checkpointer:
         if problem:  # an untrusted checkpoint may hold any numbers: the soma's rules decide
             raise CheckpointCorruptError(
                 f"checkpoint step {step} in {self.directory} holds values that break the "
-                f"rules of soma {problem[0]!r}, so nothing is restored: {problem[1]}")
+                f"rules of {compatibility.soma_called(problem[0])}, so nothing is restored: {problem[1]}")
         for name, module in modules.items():
             values = jax.tree.map(
                 lambda like, arr: jax.random.wrap_key_data(arr, impl=jax.random.key_impl(like))
@@ -704,7 +704,7 @@ def load(directory: str | os.PathLike, step: int | None = None, *,
             elif method is not None and method != soma.method:
                 raise CheckpointMismatchError(
                     f"cannot load step {step} of {ckpt.directory} with method = {method!r}: "
-                    f"its soma {path!r} records method {soma.method!r}")
+                    f"its {compatibility.soma_called(path)} records method {soma.method!r}")
         if unrecorded and method is None:
             warnings.warn(UnrecordedMethodWarning(
                 f"checkpoint step {step} of {ckpt.directory} was written by "

@@ -76,6 +76,11 @@ def brief(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def soma_called(path: str) -> str:
+    """How a message names the soma at ``path``: "the soma" for a lone one."""
+    return "the soma" if path == "." else f"soma {path!r}"
+
+
 def soma_paths(model: Any) -> dict[str, somas.Soma]:
     """Every soma of ``model`` by its path (``"."`` for a lone soma)."""
     return {somas.path_name(p) or ".": node for p, node in somas.iter_somas(model)}
@@ -114,12 +119,12 @@ def metadata_problem(meta: Mapping[str, Any]) -> str | None:
         return f"'model' = {brief(model)}, without a class name and a type name or null"
     for path, spec in meta["somas"].items():
         if not isinstance(spec, dict):
-            return f"soma {path!r} = {brief(spec)}, not a dict"
+            return f"{soma_called(path)} = {brief(spec)}, not a dict"
         for key, (ok, rule) in _SOMA_KEYS.items():
             if key not in spec or not ok(spec[key]):
-                return f"soma {path!r} {key!r} = {brief(spec.get(key))}, not {rule}"
+                return f"{soma_called(path)} {key!r} = {brief(spec.get(key))}, not {rule}"
         if "method" in spec and spec["method"] not in integrators.METHODS:
-            return (f"soma {path!r} 'method' = {brief(spec['method'])}, not one of "
+            return (f"{soma_called(path)} 'method' = {brief(spec['method'])}, not one of "
                     f"{integrators.METHODS}")
     return None
 
@@ -144,7 +149,7 @@ def units_problem(saved_somas: Mapping[str, Any], stored: Mapping[str, Any]) -> 
         md = stored.get(membrane if path == "." else f"{path}/{membrane}")
         shape = None if md is None else tuple(md.shape)
         if shape is None or units is None or shape[len(shape) - len(units):] != units:
-            return (f"soma {path!r} has units {units} in the metadata but a stored potential "
+            return (f"{soma_called(path)} has units {units} in the metadata but a stored potential "
                     f"of shape {shape}")
     return None
 
@@ -211,17 +216,17 @@ def soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
     problems = []
     for path in sorted(set(saved) | set(have)):
         if path not in have:
-            problems.append(f"soma {path!r}: checkpoint has a {saved[path]['class']}, model has none")
+            problems.append(f"{soma_called(path)}: checkpoint has a {saved[path]['class']}, model has none")
             continue
         if path not in saved:
-            problems.append(f"soma {path!r}: model has a {type(have[path]).__name__}, checkpoint has none")
+            problems.append(f"{soma_called(path)}: model has a {type(have[path]).__name__}, checkpoint has none")
             continue
         mine, theirs = registry.soma_spec(have[path]), saved[path]
         for key in ("class", "units", "dt", "method", "dtype", "param_dtype", "trainable"):
             if key == "method" and key not in theirs:
                 continue  # release 0.1.0 did not record it: see unrecorded_methods
             if theirs.get(key) != mine[key]:
-                problems.append(f"soma {path!r} {key}: checkpoint {brief(theirs.get(key))}, "
+                problems.append(f"{soma_called(path)} {key}: checkpoint {brief(theirs.get(key))}, "
                                 f"model {brief(mine[key])}")
         if theirs.get("class") != mine["class"]:
             continue
@@ -230,7 +235,7 @@ def soma_mismatches(saved: Mapping[str, Any], model: Any) -> list[str]:
         config = with_defaults(type(live), theirs["config"])
         for name in mine["config"]:
             if name not in drawn and config.get(name) != mine["config"][name]:
-                problems.append(f"soma {path!r} config.{name}: checkpoint "
+                problems.append(f"{soma_called(path)} config.{name}: checkpoint "
                                 f"{brief(config.get(name))}, model {brief(mine['config'][name])}")
     return problems
 

@@ -47,6 +47,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.struct
@@ -157,10 +158,11 @@ def trainable_neuron_params(soma_class: type[Soma]) -> tuple[str, ...]:
 
 
 def rheobase_current(soma: Soma) -> float:
-    """The layer's unit of input current (pA, mean over neurons): the soma
-    class's ``input_scale`` — for the exponential somas the rheobase
-    I_rh = (V_T − E_L − Δ_T)/R, the smallest constant current that makes
-    an ExpIF neuron fire (Fourcaud-Trocmé et al. 2003)."""
+    """Deprecated name of :func:`spark_somas.models.somas.input_scale`, the
+    soma's unit of input current (pA): one quantity, one name."""
+    warnings.warn("rheobase_current(soma) is input_scale(soma) "
+                  "(from spark_somas.models.somas import input_scale)",
+                  DeprecationWarning, stacklevel=2)
     return input_scale(soma)
 
 
@@ -518,7 +520,7 @@ class HiddenLayer(nnx.Module):
         self.recurrent = (nnx.Linear(n, n, use_bias=False, rngs=rngs,
                                      kernel_init=nnx.initializers.zeros_init())
                           if layer.recurrent else None)
-        self.scale = float(layer.input_gain * rheobase_current(self.soma))
+        self.scale = float(layer.input_gain * input_scale(self.soma))
         self.decay = None if layer.synapse_tau is None else float(np.exp(-dt / layer.synapse_tau))
         # The synaptic current is the Linear's (float32 by default) whatever
         # the soma's dtype; the spikes, the soma's output, are in the soma's.
@@ -600,7 +602,8 @@ class SpikingNetwork(nnx.Module):
 
     A soma layer's input current is I_t = I_0 · z_t (pA), z_t its Linear
     output, with I_0 = ``input_gain`` · I_rh, the layer's
-    :func:`rheobase_current` (546 pA for the default cell). Static inputs in
+    :func:`~spark_somas.models.somas.input_scale`, the rheobase
+    I_rh = (V_T − E_L − Δ_T)/R of the exponential somas (546 pA for the default cell). Static inputs in
     [0, 1] train well with gain 1; brief inputs (spikes lasting one step)
     need more charge per unit weight — a larger gain and/or a synaptic
     filter. With ``synapse_tau`` τ_s set, the current is that of an
