@@ -53,10 +53,10 @@ def _hypothesis() -> Any:
     return hypothesis
 
 
-def _as_shape(units: int | Sequence[int]) -> tuple[int, ...]:
+def _as_shape(units: int | Sequence[int], where: str) -> tuple[int, ...]:
     shape = (units,) if isinstance(units, (int, np.integer)) else tuple(units)
     require(all(isinstance(u, (int, np.integer)) and not isinstance(u, bool) and u > 0
-                for u in shape), "legal_params: units", units,
+                for u in shape), f"{where}: units", units,
             "an int or a tuple of positive ints (() for one value per field)", error=RuleError)
     return tuple(int(u) for u in shape)
 
@@ -171,7 +171,7 @@ def legal_params(config_class: type, *, units: int | Sequence[int] = 8,
     require(isinstance(config_class, type) and issubclass(config_class, configs.SomaConfig),
             "legal_params: config_class", config_class,
             "a subclass of spark_somas.models.configs.SomaConfig", error=RuleTypeError)
-    shape = _as_shape(units)
+    shape = _as_shape(units, "legal_params")
     require(jnp.dtype(dtype).name in PARAM_DTYPES, "legal_params: dtype", dtype,
             f"one of {PARAM_DTYPES} (a parameter dtype that holds ±10^6)", error=RuleError)
     dtype = np.dtype(jnp.dtype(dtype))
@@ -407,7 +407,13 @@ def check_model(model: type[Soma], *, units: int = 3, steps: int = 20, dt: float
     require(isinstance(model, type) and issubclass(model, Soma) and bool(model.state_variables),
             "check_model: model", model, "a soma class (a Soma subclass that declares its "
             "state_variables)", error=RuleTypeError)
-    shape = _as_shape(units)
+    shape = _as_shape(units, "check_model")
+    for name, value in (("steps", steps), ("examples", examples)):
+        require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"check_model: {name}", value, "a positive int", error=RuleError)
+    bad = sorted(set(methods) - set(integrators.METHODS))
+    require(bool(methods) and not bad, "check_model: methods", list(methods),
+            f"a non-empty selection of {integrators.METHODS}", error=RuleError)
     with _capability(model, "construction with the defaults"):
         soma = model(units=shape, dt=dt)
     _check_simulate(model, soma, steps)

@@ -371,3 +371,15 @@ def test_the_adaptive_lif_gradient_is_finite_wherever_its_loop_cannot_amplify(da
     assert np.all(np.isfinite(np.asarray(grad_x))), params
     for leaf in nnx.state(grad_soma, nnx.Param).values():
         assert np.all(np.isfinite(np.asarray(leaf[...]))), params
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"methods": ("eulr",)}, r"check_model: methods = \['eulr'\]"),
+    ({"examples": 0}, "check_model: examples = 0"),
+    ({"units": 0}, "check_model: units = 0"),
+])
+def test_the_check_refuses_bad_settings_before_any_work(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        testing.check_model(SynapticLIF, **kwargs)
+    with pytest.raises(TypeError, match="legal_params: config_class"):
+        testing.legal_params(SynapticLIF)  # the soma class, not its config
