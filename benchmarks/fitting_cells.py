@@ -16,7 +16,7 @@ explained variance.
 
 * ``package``: :func:`spark_somas.fitting.fit_soma` with its default recipe
   (teacher-forced L-BFGS with the escape error), K starts chosen on the
-  validation sweeps; also with 10 and 20 L-BFGS iterations instead of 40,
+  validation sweeps; also with 15 L-BFGS iterations instead of 40,
   for the time it needs to reach a given Γ.
 * ``nevergrad-de``: Nevergrad's differential evolution (as brian2modelfitting
   uses it, 30 candidates a round) on 1 − Γ of the training sweeps, each
@@ -30,7 +30,7 @@ For the gradient-free methods the best candidate so far is judged after
 each round where it changed, giving the time each needs to reach its best
 test Γ. Writes benchmarks/fitting_cells.json and fitting_cells.md.
 
-    .venv/bin/python benchmarks/fitting_cells.py --seconds 200
+    .venv/bin/python benchmarks/fitting_cells.py --seconds 180
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def run_b2mf(path: Path, test: Recording, seconds: float) -> dict | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=HERE / "cells_rs.npz")
-    parser.add_argument("--seconds", type=float, default=200.0,
+    parser.add_argument("--seconds", type=float, default=180.0,
                         help="wall-time budget of each gradient-free method")
     parser.add_argument("--starts", type=int, default=4)
     args = parser.parse_args()
@@ -183,7 +183,7 @@ def main() -> None:
         np.savez_compressed(args.data, **cells.make("rs", 2.0))
     train, validation, test = (recording(args.data, s) for s in ("train", "validation", "test"))
     load_before = machine()["load_average"]
-    rows = [run_package(train, validation, test, args.starts, steps) for steps in (40, 20, 10)]
+    rows = [run_package(train, validation, test, args.starts, steps) for steps in (40, 15)]
     rows.append(run_de(train, test, args.seconds))
     b2mf = run_b2mf(args.data, test, args.seconds)
     if b2mf is not None:

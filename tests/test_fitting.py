@@ -342,7 +342,8 @@ def no_simulation(monkeypatch):
      "dt = 0.05 violates the rule: the soma's step equals the recording's"),
     (lambda r: fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1),
                                 Recording(r.currents, DT, potential=r.potential),
-                                ["adaptation_delta"]),
+                                ["adaptation_delta"],
+                                stages=fitting.recipe(["adaptation_delta"])),
      "Recording.spike_times = None violates the rule: known spike times"),
     (lambda r: fitting.fit_soma(
         ss.AdaptiveExponentialSoma(units=1),

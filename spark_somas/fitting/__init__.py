@@ -18,6 +18,10 @@ the same, by gradient descent through :func:`~spark_somas.simulate`
   L_R = (1/S) Σ_s (1/τ) ∫ (f_s(t) − f*_s(t))² dt, dimensionless (a lone
   extra spike costs ½); τ (ms) sets how far apart two spikes still count
   as close.
+* escape error (forced runs): L_E = mean over the recorded spikes of
+  (V_cut − V)², in mV², V the model's potential at the step before each
+  spike and V_cut its cut-off: a forced model that lags the cell pays for
+  it (see :class:`Loss`).
 
 The spike count and the van Rossum distance are sums of Heaviside steps in
 the forward pass; their gradients reach the parameters through the
