@@ -4,6 +4,7 @@ event files read back with TensorBoard's own EventAccumulator."""
 import json
 import sys
 import time
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -60,10 +61,22 @@ def test_last_entry_and_tags():
 
 def test_chain_calls_hooks_in_order():
     calls = []
-    hook = loggers.chain(lambda *a: calls.append(("a", a[0])), None,
-                         lambda *a: calls.append(("b", a[0])))
-    hook(4, None, None, {})
+    hook = loggers.chain(lambda fit, epoch, history: calls.append(("a", epoch)), None,
+                         lambda fit, epoch, history: calls.append(("b", epoch)) or True)
+    assert hook(None, 4, {}) is True  # one hook asked fit to stop
     assert calls == [("a", 4), ("b", 4)]
+
+
+def test_chain_runs_a_hook_of_the_older_form_with_a_deprecation_warning():
+    calls = []
+
+    def old(epoch, model, optimizer, history):
+        calls.append((epoch, model, optimizer))
+
+    fit = types.SimpleNamespace(model="m", optimizer="o")
+    with pytest.warns(DeprecationWarning, match=r"\(fit, epoch, history\)"):
+        hook = loggers.chain(old)
+    assert hook(fit, 2, {}) is False and calls == [(2, "m", "o")]
 
 
 def test_json_lines_append_across_resumes(tmp_path):
@@ -71,8 +84,8 @@ def test_json_lines_append_across_resumes(tmp_path):
     h = history_of(3)
     first = loggers.JsonLinesLogger(path, fields={"soma": "adex", "lr": np.float32(0.5)})
     for e in range(2):
-        first(e, None, None, {k: v[:e + 1] for k, v in h.items()})
-    loggers.JsonLinesLogger(path, fields={"soma": "adex", "lr": 0.5})(2, None, None, h)
+        first(None, e, {k: v[:e + 1] for k, v in h.items()})
+    loggers.JsonLinesLogger(path, fields={"soma": "adex", "lr": 0.5})(None, 2, h)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3]
     for e, line in enumerate(lines):
@@ -89,7 +102,7 @@ def test_tensorboard_scalars_and_histograms(tmp_path):
     h = history_of(3)
     with loggers.TensorBoardLogger(tmp_path, histograms=True) as tb:
         for e in range(3):
-            tb(e, model, None, {k: v[:e + 1] for k, v in h.items()})
+            tb(types.SimpleNamespace(model=model), e, {k: v[:e + 1] for k, v in h.items()})
     acc = read_events(tmp_path)
     tags = acc.Tags()
     assert set(tags["scalars"]) == {"train/loss", "train/accuracy", "test/accuracy", "seconds"}
@@ -110,7 +123,7 @@ def test_tensorboard_resume_purges_later_steps(tmp_path):
     h = history_of(3)
     with loggers.TensorBoardLogger(tmp_path) as tb:
         for e in range(3):
-            tb(e, None, None, {k: v[:e + 1] for k, v in h.items()})
+            tb(None, e, {k: v[:e + 1] for k, v in h.items()})
     time.sleep(1.1)  # event file names carry the second they were opened
     resumed = {k: v[:1] for k, v in h.items()}
     with loggers.TensorBoardLogger(tmp_path, purge_step=2) as tb:
@@ -118,7 +131,7 @@ def test_tensorboard_resume_purges_later_steps(tmp_path):
             resumed = {k: v + [v[-1]] for k, v in resumed.items()}
             resumed["epoch"][-1] = e + 1
             resumed["train_accuracy"][-1] = 0.01 * (e + 1)
-            tb(e, None, None, resumed)
+            tb(None, e, resumed)
     assert scalars(read_events(tmp_path), "train/accuracy") == [
         (1, 0.25), (2, np.float32(0.02)), (3, np.float32(0.03))]
 

@@ -2,14 +2,15 @@
 
 ``fit`` keeps its history — a dict of equal-length lists, one entry per
 epoch (``epoch`` counts completed epochs from 1; ``train_loss``,
-``test_accuracy``, ``seconds``, …) — and a
-:class:`~spark_somas.training.callbacks.Logger` callback calls
+``test_accuracy``, ``seconds``, …) — and calls every epoch hook as
 
-    logger(epoch, model, optimizer, history)
+    hook(fit, epoch, history)
 
-after every epoch, ``epoch`` being the 0-based index of the epoch just
-finished and ``history`` holding every epoch so far (a resumed run's
-included). Any callable of that signature is a logger; the ones here:
+after every epoch: ``fit`` the run's state (``fit.model``,
+``fit.optimizer``), ``epoch`` the 0-based index of the epoch just finished
+and ``history`` holding every epoch so far (a resumed run's included) — the
+arguments of a callback's ``on_epoch_end``. Any callable of that signature
+is a logger, given as ``fit(..., on_epoch_end=logger)``; the ones here:
 
 * :class:`JsonLinesLogger` appends one JSON object per epoch to a file
   (the epoch's entry of every history key), which ``pandas.read_json(path,
@@ -26,28 +27,31 @@ Other services take three lines; for Weights & Biases::
 
     import wandb
     run = wandb.init(project="somas")
-    def to_wandb(epoch, model, optimizer, history):
+    def to_wandb(fit, epoch, history):
         run.log(last_entry(history), step=history["epoch"][-1])
 
-    fit(..., callbacks=[*default_callbacks(), Logger(chain(to_wandb, JsonLinesLogger(path)))])
+    fit(..., on_epoch_end=chain(to_wandb, JsonLinesLogger(path)))
 
-(``Logger`` and ``default_callbacks`` from :mod:`spark_somas.training.callbacks`.)
+A function of the first release's form ``hook(epoch, model, optimizer,
+history)`` still runs (:func:`call_hook`), with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["EpochHook", "last_entry", "scalar_tags", "chain", "JsonLinesLogger",
-           "TensorBoardLogger"]
+__all__ = ["EpochHook", "last_entry", "scalar_tags", "chain", "older_form", "call_hook",
+           "JsonLinesLogger", "TensorBoardLogger"]
 
-EpochHook = Callable[[int, Any, Any, Mapping[str, Sequence[Any]]], None]
-"""``on_epoch_end(epoch, model, optimizer, history)`` as ``fit`` calls it."""
+EpochHook = Callable[[Any, int, Mapping[str, Sequence[Any]]], Any]
+"""``hook(fit, epoch, history)`` as ``fit`` calls it after each epoch."""
 
 _SPLITS = ("train", "test", "validation")
 
@@ -88,14 +92,40 @@ def scalar_tags(history: Mapping[str, Sequence[Any]]) -> dict[str, float]:
     return tags
 
 
-def chain(*hooks: EpochHook | None) -> EpochHook:
-    """One ``on_epoch_end`` that calls each of ``hooks`` in order (``None``\\ s
-    are skipped)."""
-    active = [hook for hook in hooks if hook is not None]
+def older_form(hook: Callable) -> bool:
+    """Whether ``hook`` has the first release's form (epoch, model,
+    optimizer, history): exactly four positional parameters, no ``*args``."""
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the current form
+        return False
+    kinds = [p.kind for p in params]
+    positional = [k for k in kinds if k in (inspect.Parameter.POSITIONAL_ONLY,
+                                            inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 4 and inspect.Parameter.VAR_POSITIONAL not in kinds
 
-    def on_epoch_end(epoch, model, optimizer, history):
-        for hook in active:
-            hook(epoch, model, optimizer, history)
+
+def call_hook(hook: Callable, fit: Any, epoch: int, history: Mapping[str, Sequence[Any]]) -> Any:
+    """``hook(fit, epoch, history)``; a hook of the older form gets
+    ``(epoch, fit.model, fit.optimizer, history)``."""
+    if older_form(hook):
+        return hook(epoch, fit.model, fit.optimizer, history)
+    return hook(fit, epoch, history)
+
+
+def chain(*hooks: Callable | None) -> EpochHook:
+    """One epoch hook that calls each of ``hooks`` in order (``None``\\ s
+    are skipped) and returns True (stop ``fit``) when any of them did."""
+    active = [hook for hook in hooks if hook is not None]
+    for hook in active:
+        if older_form(hook):
+            warnings.warn(f"{hook!r} takes (epoch, model, optimizer, history), the older form "
+                          "of an epoch hook: give it (fit, epoch, history) (fit.model, "
+                          "fit.optimizer)", DeprecationWarning, stacklevel=2)
+
+    def on_epoch_end(fit, epoch, history):
+        stops = [call_hook(hook, fit, epoch, history) for hook in active]
+        return any(stop is True for stop in stops)
 
     return on_epoch_end
 
@@ -112,8 +142,7 @@ class JsonLinesLogger:
         json.dumps(self.fields)  # refuse what cannot be written, now rather than after an epoch
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
 
-    def __call__(self, epoch: int, model: Any, optimizer: Any,
-                 history: Mapping[str, Sequence[Any]]) -> None:
+    def __call__(self, fit: Any, epoch: int, history: Mapping[str, Sequence[Any]]) -> None:
         record = {**self.fields, **last_entry(history)}
         record.setdefault("epoch", epoch + 1)
         with open(self.path, "a", encoding="utf-8") as f:
@@ -154,13 +183,12 @@ class TensorBoardLogger:
         self.histograms = histograms
         self.writer = SummaryWriter(self.logdir, purge_step=purge_step, flush_secs=flush_secs)
 
-    def __call__(self, epoch: int, model: Any, optimizer: Any,
-                 history: Mapping[str, Sequence[Any]]) -> None:
+    def __call__(self, fit: Any, epoch: int, history: Mapping[str, Sequence[Any]]) -> None:
         step = _step(epoch, history)
         for tag, value in scalar_tags(history).items():
             self.writer.add_scalar(tag, value, step)
         if self.histograms:
-            for tag, values in _parameter_arrays(model).items():
+            for tag, values in _parameter_arrays(fit.model).items():
                 if values.size and np.isfinite(values).all():
                     self.writer.add_histogram(tag, values.astype(np.float64), step)
         self.writer.flush()

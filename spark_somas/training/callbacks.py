@@ -29,11 +29,9 @@ counted one way: ``epoch`` is the 0-based index of an epoch, as in
 number of epochs done after it is ``epoch + 1``, which is what
 ``history["epoch"]`` records (1, 2, …), the step a :class:`Checkpoint`
 saves and the ``start_epoch`` that resumes after it. A function of the
-older form ``f(epoch, model, optimizer, history)`` (four parameters, as
-the loggers of :mod:`spark_somas.persistence.loggers` take) given as
-``on_epoch_end`` still runs, with a ``DeprecationWarning``; wrap it in
-:class:`Logger` — ``callbacks=[*default_callbacks(), Logger(f)]`` — to
-run it without one.
+older form ``f(epoch, model, optimizer, history)`` (four parameters, the
+first release's) given as
+``on_epoch_end`` still runs, with a ``DeprecationWarning``.
 
 ``fit(..., callbacks=None)`` runs :func:`default_callbacks`: a
 :class:`ProgressBar` (``progress=True``) and ``on_epoch_end`` when given.
@@ -49,13 +47,13 @@ whole, instead of an exception raised wherever the request arrives.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import threading
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 from spark_somas.errors import RuleError, RuleTypeError, require
+from spark_somas.persistence.loggers import call_hook, older_form
 
 __all__ = ["FitState", "Callback", "EpochEnd", "ProgressBar", "Logger", "Checkpoint",
            "EarlyStopping", "StopOnRequest", "default_callbacks", "resolve_callbacks",
@@ -112,45 +110,41 @@ class EpochEnd(Callback):
     """Calls ``hook(fit, epoch, history)`` after every epoch, as
     ``fit(..., on_epoch_end=hook)`` does: the arguments of
     :meth:`Callback.on_epoch_end`, whose return value it passes on (True
-    stops ``fit``)."""
+    stops ``fit``). A logger of :mod:`spark_somas.persistence.loggers` (JSON
+    lines, TensorBoard, a :func:`~spark_somas.persistence.loggers.chain` of
+    several) is such a hook; ``close=True`` calls ``hook.close()`` when
+    ``fit`` ends (a TensorBoard writer's file). A hook of the older form
+    ``hook(epoch, model, optimizer, history)`` is called as such."""
 
-    def __init__(self, hook: Callable[[FitState, int, Mapping[str, Sequence[Any]]], Any]):
+    def __init__(self, hook: Callable[[FitState, int, Mapping[str, Sequence[Any]]], Any], *,
+                 close: bool = False):
         require(callable(hook), "hook", hook, "a callable (fit, epoch, history)",
                 error=RuleTypeError)
-        self.hook = hook
+        self.hook, self.closes = hook, close
 
     def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
-        return self.hook(fit, epoch, history)
+        return call_hook(self.hook, fit, epoch, history)
+
+    def on_fit_end(self, fit: FitState) -> None:
+        if self.closes:
+            self.hook.close()
 
 
-def _takes_four(hook: Callable) -> bool:
-    """Whether ``hook`` has the older form (epoch, model, optimizer, history):
-    exactly four positional parameters and no ``*args``."""
-    try:
-        params = inspect.signature(hook).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: the current form
-        return False
-    kinds = [p.kind for p in params]
-    positional = [k for k in kinds if k in (inspect.Parameter.POSITIONAL_ONLY,
-                                            inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    return len(positional) == 4 and inspect.Parameter.VAR_POSITIONAL not in kinds
+Logger = EpochEnd  # the first release's name of a logger's callback
 
 
 def epoch_end_callback(hook: Callable) -> Callback:
     """The callback of ``fit(..., on_epoch_end=hook)``: an :class:`EpochEnd`
-    for ``hook(fit, epoch, history)``; a :class:`Logger`, with a
-    ``DeprecationWarning``, for a hook of the older form
-    ``hook(epoch, model, optimizer, history)``."""
+    for ``hook(fit, epoch, history)``, with a ``DeprecationWarning`` for a
+    hook of the older form ``hook(epoch, model, optimizer, history)``."""
     require(callable(hook), "on_epoch_end", hook, "a callable (fit, epoch, history)",
             error=RuleTypeError)
-    if not _takes_four(hook):
-        return EpochEnd(hook)
-    warnings.warn(
-        "fit(on_epoch_end=f) with f(epoch, model, optimizer, history) is deprecated: give an "
-        "f(fit, epoch, history) (fit.model, fit.optimizer; the arguments of "
-        "Callback.on_epoch_end), or pass callbacks=[*default_callbacks(), Logger(f)]",
-        DeprecationWarning, stacklevel=4)
-    return Logger(hook)
+    if older_form(hook):
+        warnings.warn(
+            "fit(on_epoch_end=f) with f(epoch, model, optimizer, history) is deprecated: give an "
+            "f(fit, epoch, history) (fit.model, fit.optimizer; the arguments of "
+            "Callback.on_epoch_end)", DeprecationWarning, stacklevel=4)
+    return EpochEnd(hook)
 
 
 class ProgressBar(Callback):
@@ -194,27 +188,6 @@ class ProgressBar(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-class Logger(Callback):
-    """Calls ``hook(epoch, model, optimizer, history)`` after every epoch
-    (``epoch`` 0-based): a logger of :mod:`spark_somas.persistence.loggers`
-    (JSON lines, TensorBoard, :func:`~spark_somas.persistence.loggers.chain`
-    of several) or any function of that signature. ``close=True`` calls
-    ``hook.close()`` when ``fit`` ends (a TensorBoard writer's file)."""
-
-    def __init__(self, hook: Callable[[int, Any, Any, Mapping[str, Sequence[Any]]], None], *,
-                 close: bool = False):
-        require(callable(hook), "hook", hook, "a callable (epoch, model, optimizer, history)",
-                error=RuleTypeError)
-        self.hook, self.closes = hook, close
-
-    def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
-        self.hook(epoch, fit.model, fit.optimizer, history)
-
-    def on_fit_end(self, fit: FitState) -> None:
-        if self.closes:
-            self.hook.close()
 
 
 class Checkpoint(Callback):
@@ -391,7 +364,7 @@ def resolve_callbacks(callbacks: Sequence[Callback] | None, *, progress: bool = 
     callbacks = list(callbacks)
     for callback in callbacks:
         require(isinstance(callback, Callback), "callbacks", callback,
-                "Callback instances (an on_epoch_end function goes in EpochEnd(function), "
-                "a logger of (epoch, model, optimizer, history) in Logger(function))",
+                "Callback instances (an on_epoch_end function or a logger goes in "
+                "EpochEnd(function))",
                 error=RuleTypeError)
     return callbacks + ([epoch_end_callback(on_epoch_end)] if on_epoch_end is not None else [])

@@ -766,7 +766,7 @@ def _train_hooks(run: RunConfig, built: Built, checkpoint_dir: str | None,
     start epoch, callbacks — bar, checkpoint, TensorBoard —, what closes
     their files); a resumed run's newest checkpoint restored into the model
     and optimizer."""
-    from spark_somas.training.callbacks import Checkpoint, Logger, ProgressBar
+    from spark_somas.training.callbacks import Checkpoint, EpochEnd, ProgressBar
 
     hooks: list[Any] = [ProgressBar()] if progress else []
     closers: list[Callable[[], None]] = []
@@ -795,6 +795,6 @@ def _train_hooks(run: RunConfig, built: Built, checkpoint_dir: str | None,
 
         board = TensorBoardLogger(tensorboard, histograms=True,
                                   purge_step=start_epoch + 1 if start_epoch else None)
-        hooks.append(Logger(board))
+        hooks.append(EpochEnd(board))
         closers.append(board.close)
     return history, start_epoch, hooks, closers
