@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from spark_somas import backends, loop, network, runs, training as tr
+from spark_somas import backends, network, runs, training as tr
 from spark_somas.callbacks import EarlyStopping
 from spark_somas.datasets import Dataset
 from spark_somas.somas import SomaState
@@ -80,8 +80,8 @@ def test_a_training_step_resets_the_network_once_and_keeps_its_state_shape(reset
     before = jax.tree.map(jnp.shape, nnx.state(model, SomaState))
     optimizer = tr.make_optimizer(model)
     with jax.disable_jit():
-        loop._train_step(model, optimizer, data.x_train, data.y_train, jax.random.key(0),
-                         encoder=tr.Encoder("current", 3), objective=tr.Objective())
+        tr.train_step(model, optimizer, data.x_train, data.y_train, jax.random.key(0),
+                      encoder=tr.Encoder("current", 3), objective=tr.Objective())
     assert resets[0] == 1
     assert jax.tree.map(jnp.shape, nnx.state(model, SomaState)) == before
 

@@ -9,7 +9,6 @@ is the run that never stopped.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -104,30 +103,25 @@ def make_optimizer(model: nnx.Module, learning_rate: float = 2e-3,
     if clip_norm is not None:
         require(isinstance(clip_norm, (int, float)) and np.isfinite(clip_norm) and clip_norm > 0,
                 "clip_norm", clip_norm, "None or > 0 and finite", error=RuleError)
+    wrt = nnx.Param
+    if frozen is not None:  # a typo such as "hiden" would freeze nothing, silently
+        try:
+            chosen = nnx.state(model, nnx.All(nnx.Param, frozen))
+        except (TypeError, ValueError):
+            chosen = None
+        require(chosen is not None and len(jax.tree.leaves(chosen)) > 0, "frozen", frozen,
+                "an NNX filter of parameters to freeze that selects at least one (a path filter "
+                "such as training.HIDDEN or nnx.PathContains('output'), a Variable type)",
+                error=RuleError)
+        wrt = nnx.All(nnx.Param, nnx.Not(frozen))
     if tx is None:
         schedule = (learning_rate if total_steps is None
                     else optax.cosine_decay_schedule(learning_rate, total_steps))
         tx = optax.adam(schedule)
     if clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
-    tx = skip_non_finite(tx)
-    wrt = nnx.Param if frozen is None else nnx.All(nnx.Param, nnx.Not(_frozen_filter(model,
-                                                                                   frozen)))
-    return NeuronOptimizer(model, optax.chain(tx, neuron_constraints(model)), wrt=wrt)
-
-
-def _frozen_filter(model: nnx.Module, frozen: Any) -> nnx.filterlib.Filter:
-    """``frozen`` checked: an NNX filter that selects at least one parameter
-    of ``model`` (a typo such as ``"hiden"`` would freeze nothing, silently)."""
-    rule = ("an NNX filter of parameters to freeze that selects at least one (a path filter "
-            "such as training.HIDDEN or nnx.PathContains('output'), a Variable type)")
-    try:
-        chosen = nnx.state(model, nnx.All(nnx.Param, frozen))
-    except (TypeError, ValueError):
-        chosen = None
-    require(chosen is not None and len(jax.tree.leaves(chosen)) > 0, "frozen", frozen, rule,
-            error=RuleError)
-    return frozen
+    return NeuronOptimizer(model, optax.chain(skip_non_finite(tx), neuron_constraints(model)),
+                           wrt=wrt)
 
 
 def gradient_norms(grads: Any) -> dict[str, Array]:
@@ -145,44 +139,38 @@ def gradient_norms(grads: Any) -> dict[str, Array]:
     return out
 
 
-def _metrics(model, out: NetworkOutput, labels: Array, loss: Array) -> dict[str, Array]:
-    return {
-        "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(out.logits, -1) == labels),
-        "rate_hz": firing_rate(out.hidden_spikes, model.dt),
-    }
-
-
-def _gradient_health(grads: Any, optimizer: nnx.Optimizer) -> dict[str, Array]:
-    """The gradient's norms and whether the update was skipped: what the
-    optimizer's finite guard decided (:func:`~spark_somas.training.constraints.skip_non_finite`
-    or ``optax.apply_if_finite``; a finite gradient can still give a
-    non-finite update), or, without one, whether the gradient was finite."""
-    norms = gradient_norms(grads)
-    is_guard = lambda x: isinstance(x, optax.ApplyIfFiniteState)  # noqa: E731
-    guards = [s for s in jax.tree.leaves(optimizer.opt_state, is_leaf=is_guard) if is_guard(s)]
-    applied = guards[0].last_finite[...] if guards else jnp.isfinite(norms["grad_norm"])
-    return {**norms, "skipped": 1.0 - applied.astype(jnp.float32)}
-
-
-def _state_health(model: nnx.Module) -> dict[str, Array]:
-    """``nonfinite_state``: 1 when a running state variable of ``model`` is
-    NaN after the batch, else 0. A NaN input current (or a NaN parameter)
-    makes a soma's potential NaN for the rest of the run, and a NaN soma
-    never spikes, so its spikes alone would not show it."""
-    leaves = [x for x in jax.tree.leaves(nnx.state(model, SomaState))
-              if jnp.issubdtype(x.dtype, jnp.floating)]
-    bad = jnp.any(jnp.stack([jnp.any(jnp.isnan(x)) for x in leaves])) if leaves else False
-    return {"nonfinite_state": jnp.asarray(bad, jnp.float32)}
-
-
 def _running_state(model: nnx.Module) -> nnx.State:
     """A snapshot of ``model``'s running state (its ``SomaState`` values)."""
     return jax.tree.map(lambda x: x, nnx.state(model, SomaState))
 
 
-def _train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
-                key: Array, *, encoder: Encoder, objective: Objective) -> dict[str, Array]:
+@nnx.jit(static_argnames=("encoder", "objective"))
+def train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
+               key: Array, *, encoder: Encoder, objective: Objective) -> dict[str, Array]:
+    """One compiled update on a batch, the whole of it here:
+
+    1. encode ``x`` (``encoder(x, key, train=True)``, time-major);
+    2. forward from rest (the network's one reset of the batch) and the
+       objective, differentiated by BPTT with respect to what the optimizer
+       moves (its ``wrt``: nothing frozen);
+    3. ``optimizer.update(model, grads)`` — with :func:`make_optimizer`'s
+       optimizer, the finite guard and the neuron projection of
+       :mod:`~spark_somas.training.constraints`;
+    4. the running state put back as the batch found it (at rest, unbatched,
+       for a network that came in so), which keeps the compiled shapes and
+       an epoch scan's carry fixed.
+
+    Returns loss, accuracy and the hidden layers' mean rate (Hz) on the
+    batch (before the update), the gradient's norms
+    (:func:`gradient_norms`), ``skipped``: 1 when the update was not
+    applied — what the optimizer's finite guard decided
+    (:func:`~spark_somas.training.constraints.skip_non_finite` or
+    ``optax.apply_if_finite``: a finite gradient can still give a non-finite
+    update), or, without a guard, whether the gradient was not finite — and
+    ``nonfinite_state``: 1 when a running state variable is NaN after the
+    batch (a NaN input current or parameter makes a soma's potential NaN for
+    the rest of the run, and a NaN soma never spikes, so its spikes alone
+    would not show it)."""
     inputs = encoder(x, key, train=True)
     running = _running_state(model)
 
@@ -190,61 +178,50 @@ def _train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, label
         out = model(inputs, time_major=True)  # from rest: the batch's one reset
         return objective(model, out, labels), out
 
-    wrt = nnx.DiffState(0, optimizer.wrt)  # what the optimizer moves, nothing frozen
+    wrt = nnx.DiffState(0, optimizer.wrt)
     (loss, out), grads = nnx.value_and_grad(loss_fn, argnums=wrt, has_aux=True)(model)
-    health = _state_health(model)  # the state the batch ended in
+    states = [v for v in jax.tree.leaves(nnx.state(model, SomaState))  # as the batch ended
+              if jnp.issubdtype(v.dtype, jnp.floating)]
+    nonfinite = (jnp.any(jnp.stack([jnp.any(jnp.isnan(v)) for v in states])) if states
+                 else False)
     optimizer.update(model, grads)
-    nnx.update(model, running)  # the state as the batch found it: fixed shapes between batches
-    return {**_metrics(model, out, labels, loss), **_gradient_health(grads, optimizer), **health}
+    nnx.update(model, running)
+    norms = gradient_norms(grads)
+    is_guard = lambda x: isinstance(x, optax.ApplyIfFiniteState)  # noqa: E731
+    guards = [s for s in jax.tree.leaves(optimizer.opt_state, is_leaf=is_guard) if is_guard(s)]
+    applied = guards[0].last_finite[...] if guards else jnp.isfinite(norms["grad_norm"])
+    return {"loss": loss, "accuracy": jnp.mean(jnp.argmax(out.logits, -1) == labels),
+            "rate_hz": firing_rate(out.hidden_spikes, model.dt), **norms,
+            "skipped": 1.0 - applied.astype(jnp.float32),
+            "nonfinite_state": jnp.asarray(nonfinite, jnp.float32)}
 
 
-@nnx.jit(static_argnames=("encoder", "objective"))
-def train_step(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
-               key: Array, *, encoder: Encoder, objective: Objective) -> dict[str, Array]:
-    """One compiled update on a batch: encode, forward from rest (the
-    network's one reset of the batch), BPTT, the optimizer's update (which
-    keeps neuron parameters legal when built by :func:`make_optimizer`),
-    and the running state put back as the batch found it (at rest, unbatched,
-    for a network that came in so), which keeps the compiled shapes and an
-    epoch scan's carry fixed. Returns loss, accuracy and
-    the hidden layers' mean rate (Hz) on the batch (before the update), the
-    gradient's norms (:func:`gradient_norms`) and ``skipped``: 1 when the
-    update was not applied for being non-finite (an optimizer from
-    :func:`make_optimizer` skips it), else 0."""
-    return _train_step(model, optimizer, x, labels, key, encoder=encoder, objective=objective)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "encoder", "objective"),
-                   donate_argnames=("state",))
-def _scan_epoch(graphdef, state, x, labels, order, keys, *, encoder, objective):
-    def one(state, batch):
-        idx, key = batch
-        model, optimizer = nnx.merge(graphdef, state)
-        metrics = _train_step(model, optimizer, x[idx], labels[idx], key, encoder=encoder,
-                              objective=objective)
-        return nnx.state((model, optimizer)), metrics
-
-    return jax.lax.scan(one, state, (order, keys))
-
-
+@nnx.jit(static_argnames=("encoder", "objective"), donate_argnames=("model", "optimizer"))
 def train_epoch(model: SpikingNetwork, optimizer: nnx.Optimizer, x: Array, labels: Array,
                 order: Array, keys: Array, *, encoder: Encoder,
                 objective: Objective) -> dict[str, Array]:
-    """A whole epoch as one compiled program: the updates of
-    :func:`train_step` on batches ``x[order[i]]``, ``labels[order[i]]`` with
-    key ``keys[i]``, for i = 0 … K − 1, scanned on the device
-    (``jax.lax.scan`` over batches) instead of K Python calls.
+    """A whole epoch as one compiled program: :func:`train_step` on batches
+    ``x[order[i]]``, ``labels[order[i]]`` with key ``keys[i]``, for i = 0 …
+    K − 1, scanned on the device (``jax.lax.scan`` over batches) instead of
+    K Python calls.
 
     ``x`` and ``labels`` are the whole training split (on the device);
     ``order`` (K, B) holds the batches' sample indices, ``keys`` (K,) their
     encoder keys. The model and optimizer are split once into a graph
-    definition and their state, which the scan carries (no per-batch
-    traversal of the module graph in Python), and the state's buffers are
-    donated. Returns each batch's metrics stacked, shape (K,).
+    definition and their state, which the scan carries (no traversal of the
+    module graph per batch), and their buffers are donated. Returns each
+    batch's metrics stacked, shape (K,).
     """
     graphdef, state = nnx.split((model, optimizer))
-    state, metrics = _scan_epoch(graphdef, state, x, labels, order, keys, encoder=encoder,
-                                 objective=objective)
+
+    def one(state, batch):
+        idx, key = batch
+        model, optimizer = nnx.merge(graphdef, state)
+        metrics = train_step(model, optimizer, x[idx], labels[idx], key, encoder=encoder,
+                             objective=objective)
+        return nnx.state((model, optimizer)), metrics
+
+    state, metrics = jax.lax.scan(one, state, (order, keys))
     nnx.update((model, optimizer), state)
     return metrics
 
@@ -463,32 +440,24 @@ class _Epochs:
             self.step = nnx.cached_partial(train_step, model, optimizer)
         self.split: tuple[int | None, tuple[Any, Any]] | None = None  # (epoch, its split)
 
-    def training_split(self, epoch: int) -> tuple[Any, Any]:
-        """Epoch ``epoch``'s training inputs and labels: the dataset's, or
-        the samples it draws for the epoch; on the device when epochs run
-        there (copied once, or once per epoch when fresh)."""
-        key = epoch if self.fresh else None
-        if self.split is None or self.split[0] != key:
+    def __call__(self, epoch: int, on_batch: Callable[[int, dict], None]) -> dict[str, Any]:
+        """Trains epoch ``epoch``; each batch's metrics, stacked (K,).
+        ``on_batch(index, metrics)`` follows each batch of the Python loop.
+        The training split (the dataset's, or the samples it draws for the
+        epoch) goes to the device once when epochs run there, or once per
+        epoch when fresh."""
+        k, b = self.steps_per_epoch, self.batch_size
+        order = epoch_order(self.seed, epoch, self.n)[:k * b].reshape(k, b)
+        split_key = epoch if self.fresh else None
+        if self.split is None or self.split[0] != split_key:
             x, y = (self.data.draw_train(epoch, self.n) if self.fresh
                     else (self.data.x_train, self.data.y_train))
             if self.on_device:
                 x, y = jnp.asarray(x), jnp.asarray(y)
-            self.split = (key, (x, y))
-        return self.split[1]
-
-    def order(self, epoch: int) -> np.ndarray:
-        """The sample indices of the epoch's batches, (steps_per_epoch, batch_size)."""
-        k, b = self.steps_per_epoch, self.batch_size
-        return epoch_order(self.seed, epoch, self.n)[:k * b].reshape(k, b)
-
-    def __call__(self, epoch: int, on_batch: Callable[[int, dict], None]) -> dict[str, Any]:
-        """Trains epoch ``epoch``; each batch's metrics, stacked (K,).
-        ``on_batch(index, metrics)`` follows each batch of the Python loop."""
-        order = self.order(epoch)
-        x, y = self.training_split(epoch)
+            self.split = (split_key, (x, y))
+        x, y = self.split[1]
         if self.on_device:
-            keys = jax.vmap(lambda i: batch_key(self.seed, epoch, i))(
-                jnp.arange(self.steps_per_epoch))
+            keys = jax.vmap(lambda i: batch_key(self.seed, epoch, i))(jnp.arange(k))
             return train_epoch(self.model, self.optimizer, x, y, jnp.asarray(order),
                                keys, encoder=self.encoder, objective=self.objective)
         batches = []
@@ -498,26 +467,7 @@ class _Epochs:
                                 objective=self.objective)
             batches.append(metrics)
             on_batch(i, metrics)
-        return {k: np.stack([np.asarray(b[k]) for b in batches]) for k in batches[0]}
-
-
-def _epoch_row(epoch: int, train: Mapping[str, float], held: Mapping[str, float],
-               seconds: float, eval_split: str) -> dict[str, float]:
-    """The history entry of ``epoch`` (0-based) from its training metrics and
-    those of the held-out split named ``eval_split``."""
-    return {"epoch": epoch + 1, "train_loss": train["loss"],
-            "train_accuracy": train["accuracy"], "train_rate_hz": train["rate_hz"],
-            f"{eval_split}_loss": held["loss"], f"{eval_split}_accuracy": held["accuracy"],
-            f"{eval_split}_rate_hz": held["rate_hz"], "seconds": seconds,
-            **{k: v for k, v in train.items() if k.startswith("grad_norm")},
-            "skipped_batches": train["skipped_batches"],
-            "nonfinite_state_batches": train["nonfinite_state_batches"]}
-
-
-def _append(history: dict[str, list], row: Mapping[str, Any]) -> None:
-    for k, v in row.items():  # "epoch" first: a new key has NaN for the epochs before
-        history.setdefault(k, [math.nan] * (len(history["epoch"]) - 1))
-        history[k].append(v)
+        return {name: np.stack([np.asarray(m[name]) for m in batches]) for name in batches[0]}
 
 
 def _check_finite(epoch: int, row: Mapping[str, float], steps_per_epoch: int,
@@ -539,12 +489,6 @@ def _check_finite(epoch: int, row: Mapping[str, float], steps_per_epoch: int,
             "input current, or a NaN from the encoder or a parameter, makes a soma's potential "
             "NaN for the rest of the run and silences it while loss and spikes look normal); "
             "training stopped before this epoch was saved", error=NonFiniteStateError)
-
-
-def _stop_asked(callbacks: Sequence[Callback], fit: FitState, epoch: int) -> bool:
-    """Every callback's ``on_epoch_end``; whether one asked to stop."""
-    answers = [callback.on_epoch_end(fit, epoch, fit.history) for callback in callbacks]
-    return any(answer is True for answer in answers)
 
 
 def fit(
@@ -606,9 +550,7 @@ def fit(
     finished, ``history`` every epoch so far, whose ``"epoch"`` entries count
     the epochs done (``epoch + 1`` for this one); True stops ``fit``. A
     function of the older form ``(epoch, model, optimizer, history)`` still
-    runs, with a ``DeprecationWarning`` (wrap a logger of
-    :mod:`spark_somas.persistence.loggers` in
-    :class:`~spark_somas.training.callbacks.Logger` instead). A list replaces
+    runs, with a ``DeprecationWarning``. A list replaces
     those defaults; ``on_epoch_end``, when given, still runs after it.
 
     History: a dict of equal-length lists, one entry per epoch —
@@ -696,11 +638,20 @@ def fit(
                 callback.on_batch_end(state, epoch, i, m) for callback in callbacks]))
             held = evaluate(model, data.x_test, data.y_test, encoder=encoder,
                             objective=objective, key=eval_key, mesh=mesh)
-            row = _epoch_row(epoch, train, held, time.perf_counter() - t0, eval_split)
-            _append(state.history, row)
+            row = {"epoch": epoch + 1, "train_loss": train["loss"],
+                   "train_accuracy": train["accuracy"], "train_rate_hz": train["rate_hz"],
+                   **{f"{eval_split}_{k}": held[k] for k in ("loss", "accuracy", "rate_hz")},
+                   "seconds": time.perf_counter() - t0,
+                   **{k: v for k, v in train.items() if k.startswith("grad_norm")},
+                   "skipped_batches": train["skipped_batches"],
+                   "nonfinite_state_batches": train["nonfinite_state_batches"]}
+            for k, v in row.items():  # "epoch" first: a new key has NaN for the epochs before
+                state.history.setdefault(k, [math.nan] * (len(state.history["epoch"]) - 1))
+                state.history[k].append(v)
             if stop_on_nonfinite:
                 _check_finite(epoch, row, run.steps_per_epoch, eval_split)
-            if _stop_asked(callbacks, state, epoch):
+            answers = [callback.on_epoch_end(state, epoch, state.history) for callback in callbacks]
+            if any(answer is True for answer in answers):
                 break
     finally:
         for callback in callbacks:
