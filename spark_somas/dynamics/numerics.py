@@ -88,6 +88,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from spark_somas.errors import RuleError, rule_message
 
@@ -179,12 +180,37 @@ def capped_exp(u: jax.Array, scale: jax.Array, gradient: str = "exact") -> jax.A
     """
     cap = _LOG_EXP_CAP - jnp.log(scale)
     if gradient == "exact":
-        return jnp.exp(jnp.minimum(u, cap))
+        return _exact_exp(u, cap)
     if gradient == "bounded":
         return _bounded_exp(u, cap)
     if gradient == "detached":
         return jax.lax.stop_gradient(jnp.exp(jnp.minimum(u, cap)))
     raise RuleError(rule_message("gradient", gradient, f"one of {EXP_GRADIENTS}"))
+
+
+@jax.custom_jvp
+def _exact_exp(u: jax.Array, cap: jax.Array) -> jax.Array:
+    return jnp.exp(jnp.minimum(u, cap))
+
+
+def _exact_exp_jvp(primals, tangents):
+    (u, cap), (du, dcap) = primals, tangents
+    y = _exact_exp(u, cap)
+    # exp(min(u, cap))'s derivative with jnp.minimum's tie rule (each side
+    # half the slope at u = cap), as one product per side: autodiff of the
+    # plain expression keeps e^min(u, cap) and min's weight, two residuals
+    # per step, where this keeps one. A side with no tangent (the cap when
+    # only the input is differentiated) costs nothing.
+    below = jnp.where(u < cap, 1.0, jnp.where(u == cap, 0.5, 0.0))
+    dy = jnp.zeros_like(y)
+    if not isinstance(du, SymbolicZero):
+        dy = (y * below) * du
+    if not isinstance(dcap, SymbolicZero):
+        dy = dy + (y * (1.0 - below)) * dcap
+    return y, dy
+
+
+_exact_exp.defjvp(_exact_exp_jvp, symbolic_zeros=True)
 
 
 @jax.custom_jvp

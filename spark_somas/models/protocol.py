@@ -354,7 +354,9 @@ def step(
     wide = numerics.compute_dtype(dtype)
     p = types.SimpleNamespace(**{k: v.astype(wide) for k, v in params.items()})
     x, counters = _read(model, state, wide)
-    current = numerics.saturate(numerics.widen(current, wide))
+    # Recomputed on the backward pass from the input itself, which a scan
+    # already holds, rather than kept as a mask per step.
+    current = jax.checkpoint(lambda c: numerics.saturate(numerics.widen(c, wide)))(current)
     x_new = _integrate(model, p, x, current, options)
     forced = None if forced is None else jnp.asarray(forced, wide)
     x_new, s = _detect(model, p, x, x_new, options, forced)
