@@ -76,11 +76,13 @@ def test_the_escape_error_is_added_only_where_the_onset_is_fitted():
 
 def test_the_default_predicts_held_out_spikes_of_a_hodgkin_huxley_cell():
     """The default recipe (forced with the escape error), 2 starts chosen on
-    the validation sweeps, judged on the test sweeps: Γ measured 0.60 (see
-    docs/fitting.md), asserted above 0.45; the rate within 15 %."""
-    result, caught = default_fit()
+    the validation sweeps, judged on the test sweeps: Γ measured 0.47
+    (notebook 04 runs the same fit), asserted above 0.4 — and above what the
+    same fit without the escape error reaches (test below); the rate within
+    15 %."""
+    result, _ = default_fit()
     q = result.quality
-    assert q is not None and q["gamma"] > 0.45, q
+    assert q is not None and q["gamma"] > 0.4, q
     assert 0.85 < q["rate_model_hz"] / q["rate_data_hz"] < 1.15, q
     assert 0 < q["predicted"] <= 1 and q["gamma_2ms"] <= q["gamma"] + 1e-9
     text = result.report()
@@ -99,6 +101,7 @@ def test_a_fit_that_only_looks_good_forced_warns_by_name():
     assert result.history[0][-1, 0] < 10.0  # mV², forced: it looks good
     assert result.quality["gamma"] < fitting.POOR_GAMMA
     assert "PoorPredictionWarning" in result.report()
+    assert result.quality["gamma"] < default_fit()[0].quality["gamma"] - 0.1
 
 
 def test_without_test_sweeps_the_report_says_it_is_not_judged():
@@ -136,9 +139,10 @@ def test_spike_times_only_and_no_quiet_sweep_are_fitted_by_default():
     assert "free-running on the test sweeps" in result.report()
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: with the cut-off at 0 mV the AdEx's "
-                   "exponential overshoots at each spike and the spike losses' gradient is not "
-                   "finite, so the free-running stage does not move")
+@pytest.mark.xfail(strict=True, reason="known limit: on this cell the free-running Adam "
+                   "stage on the spike count and van Rossum distance leaves the fields where "
+                   "they started (its loss is the same at every step), with the cut-off at 0 mV "
+                   "and at -30 mV alike")
 def test_the_spike_times_only_default_moves_the_rate_towards_the_cells():
     _, result, before = spike_only_fit()
     after = result.quality
