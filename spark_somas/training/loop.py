@@ -9,6 +9,7 @@ is the run that never stopped.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -412,64 +413,6 @@ def _continued(history: Mapping[str, list] | None, eval_split: str) -> dict[str,
     return history
 
 
-class _Epochs:
-    """Trains one epoch's batches: epoch e visits the training split in the
-    order :func:`epoch_order` (seed, e), in ``steps_per_epoch`` batches of
-    ``batch_size`` (the last, incomplete one dropped), batch i with encoder
-    key :func:`batch_key` (seed, e, i); on the device (one program,
-    :func:`train_epoch`) or from a Python loop over :func:`train_step`. With
-    ``fresh`` the training split of epoch e is ``data.draw_train(e, n)``."""
-
-    def __init__(self, model: SpikingNetwork, optimizer: nnx.Optimizer, data: Dataset, *,
-                 encoder: Encoder, objective: Objective, seed: int, batch_size: int,
-                 mesh: jax.sharding.Mesh | None, on_device: bool | None, fresh: bool):
-        self.model, self.optimizer, self.data = model, optimizer, data
-        self.encoder, self.objective, self.seed, self.fresh = encoder, objective, seed, fresh
-        self.n = len(data.x_train)
-        self.batch_size = min(batch_size, self.n)
-        self.steps_per_epoch = self.n // self.batch_size
-        if on_device is None:
-            on_device = mesh is None and fits_on_device(data.x_train.nbytes + data.y_train.nbytes)
-        self.on_device = on_device
-        self.place = lambda batch: batch  # noqa: E731
-        if mesh is not None:
-            sharding.replicate(model, mesh)
-            sharding.replicate(optimizer, mesh)
-            self.place = lambda batch: sharding.shard_batch(batch, mesh)  # noqa: E731
-        if not on_device:
-            self.step = nnx.cached_partial(train_step, model, optimizer)
-        self.split: tuple[int | None, tuple[Any, Any]] | None = None  # (epoch, its split)
-
-    def __call__(self, epoch: int, on_batch: Callable[[int, dict], None]) -> dict[str, Any]:
-        """Trains epoch ``epoch``; each batch's metrics, stacked (K,).
-        ``on_batch(index, metrics)`` follows each batch of the Python loop.
-        The training split (the dataset's, or the samples it draws for the
-        epoch) goes to the device once when epochs run there, or once per
-        epoch when fresh."""
-        k, b = self.steps_per_epoch, self.batch_size
-        order = epoch_order(self.seed, epoch, self.n)[:k * b].reshape(k, b)
-        split_key = epoch if self.fresh else None
-        if self.split is None or self.split[0] != split_key:
-            x, y = (self.data.draw_train(epoch, self.n) if self.fresh
-                    else (self.data.x_train, self.data.y_train))
-            if self.on_device:
-                x, y = jnp.asarray(x), jnp.asarray(y)
-            self.split = (split_key, (x, y))
-        x, y = self.split[1]
-        if self.on_device:
-            keys = jax.vmap(lambda i: batch_key(self.seed, epoch, i))(jnp.arange(k))
-            return train_epoch(self.model, self.optimizer, x, y, jnp.asarray(order),
-                               keys, encoder=self.encoder, objective=self.objective)
-        batches = []
-        for i, idx in enumerate(order):
-            metrics = self.step(*self.place((x[idx], y[idx])),
-                                batch_key(self.seed, epoch, i), encoder=self.encoder,
-                                objective=self.objective)
-            batches.append(metrics)
-            on_batch(i, metrics)
-        return {name: np.stack([np.asarray(m[name]) for m in batches]) for name in batches[0]}
-
-
 def _check_finite(epoch: int, row: Mapping[str, float], steps_per_epoch: int,
                   eval_split: str) -> None:
     """Raises when the epoch learned nothing (every update skipped) or its loss diverged."""
@@ -624,18 +567,50 @@ def fit(
     require(not (epoch_on_device and mesh is not None), "epoch_on_device", epoch_on_device,
             "False with a mesh (a sharded run loops over batches in Python)", error=RuleError)
     callbacks = resolve_callbacks(callbacks, progress=progress, on_epoch_end=on_epoch_end)
-    run = _Epochs(model, optimizer, data, encoder=encoder, objective=objective, seed=seed,
-                  batch_size=batch_size, mesh=mesh, on_device=epoch_on_device, fresh=fresh_data)
-    state = FitState(model, optimizer, epochs, start_epoch, run.steps_per_epoch, run.on_device,
+    n = len(data.x_train)
+    batch_size = min(batch_size, n)
+    steps_per_epoch = n // batch_size
+    if epoch_on_device is None:
+        epoch_on_device = mesh is None and fits_on_device(data.x_train.nbytes + data.y_train.nbytes)
+    place = lambda batch: batch  # noqa: E731
+    if mesh is not None:
+        sharding.replicate(model, mesh)
+        sharding.replicate(optimizer, mesh)
+        place = lambda batch: sharding.shard_batch(batch, mesh)  # noqa: E731
+    step = None if epoch_on_device else nnx.cached_partial(train_step, model, optimizer)
+    state = FitState(model, optimizer, epochs, start_epoch, steps_per_epoch, epoch_on_device,
                      _continued(history, eval_split), eval_split)
     eval_key = evaluation_key(seed)
+    split = None  # (the epoch it was drawn for, or None: the dataset's; inputs, labels)
     try:
         for callback in callbacks:
             callback.on_fit_start(state)
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
-            train = summarize_batches(run(epoch, lambda i, m: [
-                callback.on_batch_end(state, epoch, i, m) for callback in callbacks]))
+            order = epoch_order(seed, epoch, n)[:steps_per_epoch * batch_size].reshape(
+                steps_per_epoch, batch_size)
+            if split is None or (fresh_data and split[0] != epoch):
+                x, y = (data.draw_train(epoch, n) if fresh_data
+                        else (data.x_train, data.y_train))
+                if epoch_on_device:  # copied once, or once per epoch when fresh
+                    x, y = jnp.asarray(x), jnp.asarray(y)
+                split = (epoch if fresh_data else None, x, y)
+            x, y = split[1:]
+            if epoch_on_device:
+                keys = jax.vmap(functools.partial(batch_key, seed, epoch))(
+                    jnp.arange(steps_per_epoch))
+                batches = train_epoch(model, optimizer, x, y, jnp.asarray(order), keys,
+                                      encoder=encoder, objective=objective)
+            else:
+                batches = []
+                for i, idx in enumerate(order):
+                    metrics = step(*place((x[idx], y[idx])), batch_key(seed, epoch, i),
+                                   encoder=encoder, objective=objective)
+                    batches.append(metrics)
+                    for callback in callbacks:
+                        callback.on_batch_end(state, epoch, i, metrics)
+                batches = {k: np.stack([np.asarray(m[k]) for m in batches]) for k in batches[0]}
+            train = summarize_batches(batches)
             held = evaluate(model, data.x_test, data.y_test, encoder=encoder,
                             objective=objective, key=eval_key, mesh=mesh)
             row = {"epoch": epoch + 1, "train_loss": train["loss"],
@@ -649,7 +624,7 @@ def fit(
                 state.history.setdefault(k, [math.nan] * (len(state.history["epoch"]) - 1))
                 state.history[k].append(v)
             if stop_on_nonfinite:
-                _check_finite(epoch, row, run.steps_per_epoch, eval_split)
+                _check_finite(epoch, row, steps_per_epoch, eval_split)
             answers = [callback.on_epoch_end(state, epoch, state.history) for callback in callbacks]
             if any(answer is True for answer in answers):
                 break
