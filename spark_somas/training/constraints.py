@@ -92,34 +92,47 @@ FIXED_FIELDS = "neuron_fixed_fields"
 ``update``: the somas' fixed fields, as :func:`fixed_neuron_fields` returns."""
 
 
-def _fixed(soma: Soma) -> dict[str, Array]:
-    return {n: v for n, v in soma.parameters().items() if n not in soma.trainable}
-
-
 def fixed_neuron_fields(model: nnx.Module) -> dict[str, dict[str, Array]]:
     """The current fixed (untrained) fields of every soma of ``model`` that
     trains some field: {soma path ``"a/0/b"`` ("" for ``model`` itself):
     {field: array}}. Inside a traced function, of a traced model, the arrays
     are traced."""
-    return {path_name(path): _fixed(soma) for path, soma in iter_somas(model) if soma.trainable}
+    return {path_name(path): {n: v for n, v in soma.parameters().items()
+                              if n not in soma.trainable}
+            for path, soma in iter_somas(model) if soma.trainable}
 
 
 class _Bounds(NamedTuple):
     """What the projection of one soma needs that never changes: where its
-    Params sit in the model, its config class, dt and trained fields in
-    order (the fixed fields' values are passed to :meth:`project`)."""
+    Params sit in the model, its config class, dt, trained fields in order,
+    and the dtype's bounds of those fields (the fixed fields' values are
+    passed to :meth:`project`)."""
 
     path: tuple
     config_class: type
     dt: float
     trainable: tuple[str, ...]
-    dtype_bounds: tuple[tuple[str, float, float], ...] = ()
+    dtype_bounds: tuple[tuple[str, Array, Array], ...] = ()
 
     @classmethod
     def of(cls, path: tuple, soma: Soma) -> "_Bounds":
-        limits = tuple((n, lo, hi) for n, (lo, hi) in sorted(soma.dtype_bounds().items())
-                       if n in soma.trainable)
-        return cls(tuple(path), type(soma.config), soma.dt, tuple(soma.trainable), limits)
+        """The soma's dtype bounds (float64 numbers) are rounded to the
+        field's dtype here, once, on the host; a bound that rounding took
+        outside its interval moves one step back in, so that every value of
+        the interval obeys the rule."""
+        limits = []
+        for name, (low, high) in sorted(soma.dtype_bounds().items()):
+            if name not in soma.trainable:
+                continue
+            dtype = jnp.dtype(getattr(soma, name)[...].dtype)
+            rounded = []
+            for bound, inward in ((low, np.inf), (high, -np.inf)):
+                b = np.asarray(bound, np.float64).astype(dtype)
+                if np.isfinite(bound) and (float(b) < bound if inward > 0 else float(b) > bound):
+                    b = np.nextafter(b, np.asarray(inward, dtype))
+                rounded.append(jnp.asarray(b))
+            limits.append((name, *rounded))
+        return cls(tuple(path), type(soma.config), soma.dt, tuple(soma.trainable), tuple(limits))
 
     def project(self, values: Mapping[str, Array], fixed: Mapping[str, Array],
                 previous: Mapping[str, Array] | None = None,
@@ -147,8 +160,7 @@ class _Bounds(NamedTuple):
                 lo = jnp.maximum(lo, jnp.asarray(self.dt, value.dtype))
             for field, low, high in self.dtype_bounds:
                 if field == name:
-                    lo = jnp.maximum(lo, _inward(low, value.dtype, jnp.inf))
-                    hi = jnp.minimum(hi, _inward(high, value.dtype, -jnp.inf))
+                    lo, hi = jnp.maximum(lo, low), jnp.minimum(hi, high)
             target = jnp.clip(value, lo, hi).astype(value.dtype)
             if base is None:
                 out[name] = current[name] = target
@@ -156,16 +168,6 @@ class _Bounds(NamedTuple):
                 out[name] = _update_onto(base[name], target, lo, hi)
                 current[name] = (base[name] + out[name]).astype(value.dtype)
         return out
-
-
-def _inward(bound: float, dtype: Any, towards: float) -> Array:
-    """``bound`` (a float64 number) in ``dtype``, moved one step ``towards``
-    the interval's inside when rounding took it outside, so that every value
-    of the interval obeys the rule; computed on the host, in float64."""
-    b = np.asarray(bound, np.float64).astype(jnp.dtype(dtype))
-    if np.isfinite(bound) and (float(b) < bound if towards > 0 else float(b) > bound):
-        b = np.nextafter(b, np.asarray(towards, b.dtype))
-    return jnp.asarray(b)
 
 
 def _update_onto(param: Array, target: Array, lo: Array, hi: Array) -> Array:
@@ -291,10 +293,14 @@ def constrain_neurons(model: nnx.Module, previous: Mapping[tuple, Array] | None 
     place, as :func:`neuron_constraints` does after an update, against the
     fixed fields' current values. ``previous`` maps (soma path, field) to the
     value a non-finite entry takes, as :func:`trained_neuron_values` returns."""
+    fixed = fixed_neuron_fields(model)
     for path, soma in iter_somas(model):
+        if not soma.trainable:
+            continue
         before = None if previous is None else {n: previous[(path, n)] for n in soma.trainable}
         values = {n: getattr(soma, n)[...] for n in soma.trainable}
-        for name, value in _Bounds.of(path, soma).project(values, _fixed(soma), before).items():
+        bounds = _Bounds.of(path, soma)
+        for name, value in bounds.project(values, fixed[path_name(path)], before).items():
             getattr(soma, name)[...] = value
 
 
