@@ -152,5 +152,6 @@ def test_bad_cells_are_refused_by_name_before_any_work(recordings, monkeypatch, 
 
 def test_a_soma_of_several_values_is_refused_naming_fit_cells(recordings):
     soma = ss.AdaptiveExponentialSoma(units=2, potential_tau=np.array([10.0, 12.0]))
-    with pytest.raises(ConfigError, match="potential_tau = .* fit_cells for several cells"):
+    with pytest.raises(ConfigError, match="potential_tau = .* several cells: fit_cells, one "
+                                          "recording per cell"):
         fitting.fit_cells(soma, recordings, FITTED)

@@ -241,8 +241,8 @@ def fit_cells(
     same starting points (``soma``'s values, one per field, and the same
     drawn starts), in the same boxes and by the same stages; the N cells
     and their K starts run as N·K neurons in one compiled program per stage
-    (``jax.vmap`` over the cells of the fit of one cell's starts), so that
-    the time per cell falls as N grows. The cells' recordings may differ
+    (``jax.vmap`` over the cells of the fit of one cell's starts): one
+    compilation serves every cell. The cells' recordings may differ
     in their sweeps' number and lengths: each stage runs on every cell's
     own sweeps, padded to the longest with samples that no loss counts.
 
@@ -307,8 +307,8 @@ def _check_fit(soma: Soma | type[Soma], dt: float, fields: Sequence[str],
     for name, value in soma.parameters().items():
         require(np.size(value) == 1 or np.ptp(np.asarray(value)) == 0, name,
                 f"an array of shape {np.shape(value)}",
-                "one value (the starting point of every cell; use starts for several "
-                "starting points, fit_cells for several cells)")
+                "one value, every cell's starting point (several starting points: starts; "
+                "several cells: fit_cells, one recording per cell)")
     return soma, fields, check_bounds(bounds, fields)
 
 
