@@ -73,11 +73,17 @@ The pieces, each small:
    Jacobian stays ≤ 1) or ``"detached"`` (no gradient through e^u, the
    Jacobian is 1 − dt/τ_m). The forward value is the same expression, bit
    for bit, in all three.
-6. **Cheap backward.** :func:`saturate` has a one-mask derivative rule:
-   ``jnp.clip``'s own, through ``maximum``/``minimum`` with their tie
-   handling, tripled the backward pass. With it the guards cost BPTT no more
-   than a hand-written loop (the repository's guards benchmark measures
-   forward, BPTT and a training step against the same loop in plain JAX).
+6. **Cheap backward.** BPTT keeps, per step and neuron, what the backward
+   pass reads. :func:`saturate` has a one-mask derivative rule
+   (``jnp.clip``'s own, through ``maximum``/``minimum`` with their tie
+   handling, tripled the backward pass); the step recomputes the input's
+   mask from the input itself, which the scan holds anyway; the exact
+   exponential keeps one product, e^min(u, cap) times ``jnp.minimum``'s
+   weight, where autodiff of the plain expression keeps both factors. A
+   float32 AdEx step thus keeps three float32 values and the two state
+   masks (14 bytes), a hand-written loop four float32 values (16 bytes);
+   the repository's guards benchmark measures forward, BPTT and a training
+   step against that loop.
 """
 
 from __future__ import annotations
