@@ -88,7 +88,10 @@ The subpackage holds one idea per module:
   cells at once), running the stages and choosing the start;
 * :mod:`spark_somas.fitting.result` — :class:`FitResult`;
 * :mod:`spark_somas.fitting.metrics` — :func:`coincidence_factor`,
-  :func:`explained_variance`, :func:`relative_errors`.
+  :func:`predicted_fraction`, :func:`explained_variance`, :func:`relative_errors`.
+* :mod:`spark_somas.fitting.examples` — a recording shipped with the
+  package: Pospischil et al.'s (2008) Hodgkin–Huxley regular-spiking cell
+  in Brian2, in sweeps to fit, to choose a start and to judge.
 
 Their public names are re-exported here (``from spark_somas.fitting import
 fit_soma``).

@@ -9,9 +9,9 @@ under Ornstein–Uhlenbeck currents (τ = 5 ms, one mean and standard deviation
 per sweep, 95–200 pA and 35–70 pA), sampled every 0.1 ms with 0.5 mV of
 noise on the potential; spikes are upward crossings of 0 mV. Sweeps of 1 s:
 4 to fit (``"train"``), 2 to choose among starts (``"validation"``), 4 to
-judge (``"test"``, other seeds and levels). ``benchmarks/cells.py`` wrote it
-(``--cell rs --seconds 1 --small``) and writes the longer sweeps of the
-benchmark.
+judge (``"test"``, other seeds and levels). The repository's benchmark
+script of cells wrote it, with the same seeds and levels as the 2 s sweeps
+of its fitting benchmark.
 """
 
 from __future__ import annotations
