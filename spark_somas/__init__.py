@@ -13,9 +13,10 @@ The package is layered; a module imports only from the layers before it:
 :mod:`~spark_somas.models` → :mod:`~spark_somas.simulation` →
 :mod:`~spark_somas.data`, :mod:`~spark_somas.persistence`,
 :mod:`~spark_somas.plotting` → :mod:`~spark_somas.training` →
-:mod:`~spark_somas.fitting` → :mod:`~spark_somas.cli`. Each module is also
-an attribute of the package by its short name, the name of release 0.1.0's
-flat layout (:data:`MODULES`): ``ss.network`` is
+:mod:`~spark_somas.fitting`, :mod:`~spark_somas.testing` (the checks a
+model of one's own runs) → :mod:`~spark_somas.cli`. Each module is also an
+attribute of the package by its short name, for the modules of release
+0.1.0 the name of its flat layout (:data:`MODULES`): ``ss.network`` is
 :mod:`spark_somas.training.network`. Five of those names are also modules
 that re-export their home's public names (:data:`REEXPORTS`), so that
 ``from spark_somas.checkpointing import load`` keeps working.
@@ -38,7 +39,8 @@ MODULES = {
     "objectives": "training.objectives", "persistence": "persistence", "plotting": "plotting",
     "presets": "models.presets", "registry": "models.registry", "runs": "training.runs",
     "sharding": "simulation.sharding", "simulation": "simulation", "somas": "models.somas",
-    "surrogates": "models.surrogates", "tasks": "data.tasks", "training": "training",
+    "surrogates": "models.surrogates", "tasks": "data.tasks", "testing": "testing",
+    "training": "training",
 }
 #: The names reached as attributes of the package (the keys of :data:`MODULES`).
 SUBMODULES = tuple(sorted(MODULES))
