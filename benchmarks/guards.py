@@ -123,17 +123,17 @@ def measure_loop(name, steps, batch, units, dt, repeats):
     def plain_forward(params, currents):
         return plain_run(params, dt, currents)
 
-    lib_grad = {name: jax.jit(jax.grad(lambda s, c, f=f: f(*lib_forward(s, c)), argnums=1))
-                for name, f in LOSSES.items()}
-    plain_grad = {name: jax.jit(jax.grad(lambda p, c, f=f: f(*plain_forward(p, c)), argnums=1))
-                  for name, f in LOSSES.items()}
+    lib_grad = {loss: jax.jit(jax.grad(lambda s, c, f=f: f(*lib_forward(s, c)), argnums=1))
+                for loss, f in LOSSES.items()}
+    plain_grad = {loss: jax.jit(jax.grad(lambda p, c, f=f: f(*plain_forward(p, c)), argnums=1))
+                  for loss, f in LOSSES.items()}
 
     lib_s, _ = lib_forward(state, currents)
     plain_s, _ = plain_forward(params, currents)
     grad_diff = {}
-    for name in LOSSES:
-        g_lib, g_plain = lib_grad[name](state, currents), plain_grad[name](params, currents)
-        grad_diff[name] = float(jnp.linalg.norm(g_lib - g_plain) / jnp.linalg.norm(g_plain))
+    for loss in LOSSES:
+        g_lib, g_plain = lib_grad[loss](state, currents), plain_grad[loss](params, currents)
+        grad_diff[loss] = float(jnp.linalg.norm(g_lib - g_plain) / jnp.linalg.norm(g_plain))
     # Forward and backward are timed in separate rounds: interleaved with the
     # backward passes' large allocations, whichever forward runs first after
     # one pays for the cold cache.
