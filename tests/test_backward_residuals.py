@@ -88,3 +88,26 @@ def test_adex_step_keeps_no_more_per_step_than_the_hand_written_loop():
         assert 0 < ours <= theirs, (ours, theirs)
         np.testing.assert_allclose(jax.grad(library)(currents), jax.grad(plain)(currents),
                                    rtol=1e-4, atol=1e-6)
+
+
+def test_narrow_all_gives_narrows_values_and_derivatives():
+    b = numerics.bound(jnp.float16)
+    xs = [jnp.array([0.5, -b, b, 2.0 * b, -jnp.inf, jnp.inf, 7.0]),
+          jnp.array([b, 3.0, -2.0 * b, -1.0, 0.0, 1e6, -b])]
+    dtypes = [jnp.float16, jnp.float32]
+    ts = [jnp.arange(1.0, 8.0), -jnp.arange(1.0, 8.0)]
+
+    def ours(*xs):
+        return tuple(numerics.narrow_all(list(xs), dtypes))
+
+    def each(*xs):
+        return tuple(numerics.narrow(x, d) for x, d in zip(xs, dtypes))
+
+    ours_out, ours_t = jax.jvp(ours, xs, ts)
+    each_out, each_t = jax.jvp(each, xs, ts)
+    for a, e in zip(ours_out + ours_t, each_out + each_t):
+        assert a.dtype == e.dtype
+        np.testing.assert_array_equal(a, e)
+    cotangents = tuple(jnp.linspace(-1.0, 1.0, 7).astype(d) for d in dtypes)
+    for a, e in zip(jax.vjp(ours, *xs)[1](cotangents), jax.vjp(each, *xs)[1](cotangents)):
+        np.testing.assert_array_equal(a, e)

@@ -77,19 +77,21 @@ The pieces, each small:
    pass reads. :func:`saturate` has a one-mask derivative rule
    (``jnp.clip``'s own, through ``maximum``/``minimum`` with their tie
    handling, tripled the backward pass); the step recomputes the input's
-   mask from the input itself, which the scan holds anyway; the exact
-   exponential keeps one product, e^min(u, cap) times ``jnp.minimum``'s
-   weight, where autodiff of the plain expression keeps both factors. A
-   float32 AdEx step thus keeps three float32 values and the two state
-   masks (14 bytes), a hand-written loop four float32 values (16 bytes);
-   the repository's guards benchmark measures forward, BPTT and a training
-   step against that loop.
+   mask from the input itself, which the scan holds anyway, and stores its
+   state variables through :func:`narrow_all`, whose masks travel as one
+   array of bits; the exact exponential keeps one product, e^min(u, cap)
+   times ``jnp.minimum``'s weight, where autodiff of the plain expression
+   keeps both factors. A float32 AdEx step thus keeps three float32 values
+   and one byte of masks (13 bytes), a hand-written loop four float32
+   values (16 bytes); the repository's guards benchmark measures forward,
+   BPTT and a training step against that loop.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -99,7 +101,7 @@ from jax.custom_derivatives import SymbolicZero
 from spark_somas.errors import RuleError, rule_message
 
 __all__ = [
-    "STATE_LIMIT", "EXP_CAP", "bound", "compute_dtype", "saturate", "widen", "narrow",
+    "STATE_LIMIT", "EXP_CAP", "bound", "compute_dtype", "saturate", "widen", "narrow", "narrow_all",
     "EXP_GRADIENTS", "capped_exp", "is_compensated", "split", "join", "resolution_problem",
 ]
 
@@ -140,6 +142,38 @@ def _clip_jvp(b, primals, tangents):
 def narrow(x: jax.Array, dtype) -> jax.Array:
     """Saturate ``x`` to ``dtype``'s bound, then cast: never ±inf."""
     return saturate(x, dtype).astype(dtype)
+
+
+def narrow_all(xs: Sequence[jax.Array], dtypes: Sequence[Any]) -> list[jax.Array]:
+    """:func:`narrow` of each ``xs[i]`` to ``dtypes[i]``, the same values and
+    derivatives, for arrays of one shape (at most 32): their masks travel
+    to the backward pass as one array, bit i for ``xs[i]``, so BPTT keeps
+    one mask per step instead of one per state variable."""
+    shapes = {jnp.shape(x) for x in xs}
+    if len(xs) < 2 or len(xs) > 32 or len(shapes) > 1:
+        return [narrow(x, d) for x, d in zip(xs, dtypes)]
+    clipped = _clip_all(tuple(xs), tuple(bound(d) for d in dtypes))
+    return [y.astype(d) for y, d in zip(clipped, dtypes)]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _clip_all(xs: tuple[jax.Array, ...], bounds: tuple[float, ...]) -> tuple[jax.Array, ...]:
+    return tuple(jnp.clip(x, -b, b) for x, b in zip(xs, bounds))
+
+
+@_clip_all.defjvp
+def _clip_all_jvp(bounds, primals, tangents):
+    (xs,), (ts,) = primals, tangents
+    code_dtype = jnp.uint8 if len(xs) <= 8 else jnp.uint32
+    code = functools.reduce(jnp.bitwise_or, [
+        (jnp.abs(x) <= b).astype(code_dtype) << i for i, (x, b) in enumerate(zip(xs, bounds))])
+    return _clip_all(xs, bounds), _unpack_masks(code, ts)
+
+
+@jax.checkpoint
+def _unpack_masks(code: jax.Array, ts: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    # Rematerialized, so that the packed code is what the backward pass keeps.
+    return tuple(jnp.where(((code >> i) & 1) == 1, t, jnp.zeros_like(t)) for i, t in enumerate(ts))
 
 
 def widen(x: jax.Array, dtype) -> jax.Array:

@@ -312,8 +312,9 @@ def _store(new: Mapping[str, Array], state: Mapping[str, Array]) -> dict[str, Ar
     for name, value in new.items():
         if name + RESIDUAL in state:
             out[name], out[name + RESIDUAL] = numerics.split(value, state[name].dtype)
-        else:
-            out[name] = numerics.narrow(value, state[name].dtype)
+    single = [name for name in new if name + RESIDUAL not in state]
+    out.update(zip(single, numerics.narrow_all([new[n] for n in single],
+                                               [state[n].dtype for n in single])))
     return out
 
 
