@@ -149,6 +149,9 @@ def narrow_all(xs: Sequence[jax.Array], dtypes: Sequence[Any]) -> list[jax.Array
     derivatives, for arrays of one shape (at most 32): their masks travel
     to the backward pass as one array, bit i for ``xs[i]``, so BPTT keeps
     one mask per step instead of one per state variable."""
+    if len(xs) != len(dtypes):
+        raise RuleError(rule_message("narrow_all(xs, dtypes): len(dtypes)", len(dtypes),
+                                     f"one dtype per array, len(xs) = {len(xs)}"))
     shapes = {jnp.shape(x) for x in xs}
     if len(xs) < 2 or len(xs) > 32 or len(shapes) > 1:
         return [narrow(x, d) for x, d in zip(xs, dtypes)]
