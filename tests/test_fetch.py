@@ -229,7 +229,7 @@ def test_cli_train_download_fetches_then_trains(server, tmp_path, monkeypatch, c
     monkeypatch.setenv("SPARK_SOMAS_DATA", str(tmp_path / "cache"))
     out = tmp_path / "out"
     assert cli.main(["train", "--task", "shd", "--download", "--epochs", "1", "--hidden", "6",
-                     "--steps", "8", "--batch-size", "10", "--out", str(out),
+                     "--steps", "8", "--batch-size", "10", "--no-validation", "--out", str(out),
                      "--no-progress"]) == 0
     assert (tmp_path / "cache" / "shd" / "shd_train.h5").exists()
     assert "Dataset('shd', train=(30, 8, 700), test=(10, 8, 700)" in capsys.readouterr().out

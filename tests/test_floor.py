@@ -46,6 +46,7 @@ MODULES = {
     "tensorboardx": "tensorboardX",
     "tensorboard": "tensorboard.backend.event_processing.event_accumulator",
     "nevergrad": "nevergrad",
+    "jupyter-cache": "jupyter_cache",
 }
 
 

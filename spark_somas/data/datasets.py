@@ -28,7 +28,7 @@ from spark_somas.data.events import load_shd, load_ssc
 from spark_somas.data.tasks import load_evidence_accumulation
 from spark_somas.errors import RuleError, require
 
-__all__ = ["DataError", "Dataset", "load_digits", "load_randman", "TASKS", "load_task"]
+__all__ = ["DataError", "Dataset", "load_digits", "load_randman", "RandomManifold", "TASKS", "load_task"]
 
 
 def load_digits(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
