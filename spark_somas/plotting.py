@@ -155,7 +155,7 @@ def nullclines(model: Any, current_pA: float, v: Any, *, neuron: int = 0) -> tup
     """
     p = types.SimpleNamespace(**_adex_parameters(model, neuron))
     v = np.asarray(v, np.float64)
-    no_cap = integrators.Stage({"potential": 0.0}, 1.0)  # a zero step: e^u is never capped
+    no_cap = integrators.Evaluation({"potential": 0.0}, 1.0)  # a zero step: e^u is never capped
     drives = AdaptiveExponentialSoma.drives(
         p, {"potential": v, "adaptation": np.zeros_like(v)}, np.asarray(current_pA, np.float64),
         no_cap, StepOptions(dt=1.0))

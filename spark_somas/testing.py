@@ -304,9 +304,9 @@ def amplification(soma: Soma, currents: Any) -> float:
 
     An upper bound: where it exceeds :data:`OVERFLOWING_GAIN` the true
     gradient of a loss of the run may exceed float32 and come out inf or
-    NaN, as the forward-Euler map beyond dt > τ (|1 − dt/τ| per step) or a
+    NaN, as the forward-Euler map beyond dt > τ (abs(1 − dt/τ) per step) or a
     spike that feeds back on its own threshold (the adaptive LIF's
-    |e^(−dt/τ_a) − β·σ'| per step) do. 0 for a model with a state variable
+    abs(e^(−dt/τ_a) − β·σ') per step) do. 0 for a model with a state variable
     that is not recordable (the trajectory is unknown).
     """
     model = type(soma)
@@ -347,7 +347,7 @@ def assert_finite_gradients(soma: Soma, currents: Any, grads: Mapping[str, Any],
     """Asserts that ``grads`` (name -> pytree) of a loss of ``soma``'s run
     over ``currents`` are finite wherever the run is one whose gradient
     can be represented: the step is stable — dt ≤ every time constant
-    (beyond, the explicit map's true gradient grows as |1 − dt/τ|^T), or
+    (beyond, the explicit map's true gradient grows as abs(1 − dt/τ)^T), or
     the exponential Euler — and the run's :func:`amplification` stays below
     :data:`OVERFLOWING_GAIN`. ``soma`` is at the state the run started
     from (it is not changed).

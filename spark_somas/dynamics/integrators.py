@@ -54,7 +54,7 @@ from spark_somas.dynamics import numerics
 from spark_somas.errors import RuleError, require
 
 __all__ = ["METHODS", "INTEGRATORS", "Method", "method", "Tableau", "TABLEAUS", "Evaluation",
-           "Stage", "Drives", "advance", "euler_coefficient", "exponential_coefficient"]
+           "Drives", "advance", "euler_coefficient", "exponential_coefficient"]
 
 Array = jax.Array
 

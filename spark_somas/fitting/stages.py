@@ -72,7 +72,7 @@ def spike_triggered(soma: Soma) -> tuple[str, ...]:
     def subthreshold(values: jax.Array, x: Mapping[str, jax.Array], current: float):
         p = types.SimpleNamespace(**dict(zip(names, values)))
         taus = model.time_constants(p)
-        stage = integrators.Stage({n: soma.dt / tau for n, tau in taus.items()}, 1.0)
+        stage = integrators.Evaluation({n: soma.dt / tau for n, tau in taus.items()}, 1.0)
         drives = model.drives(p, x, jnp.float32(current), stage, soma.options)
         return jnp.stack([*taus.values(), *drives.values()])
 
