@@ -156,9 +156,11 @@ class RefractoryExponentialSoma(ExponentialSoma):
 class AdaptiveExponentialSoma(ExponentialSoma):
     """Adaptive exponential integrate-and-fire (Brette & Gerstner 2005).
 
-    .. math:: τ_m \\dot V = -(V - E_L) + Δ_T e^{(V - V_T)/Δ_T} - R w + R I,
-       \\quad τ_w \\dot w = a (V - E_L) - w,
-       \\quad V > V_{th} ⇒ V ← V_r,\\ w ← w + b
+    .. math::
+
+       τ_m \\dot V &= -(V - E_L) + Δ_T e^{(V - V_T)/Δ_T} - R w + R I, \\\\
+       τ_w \\dot w &= a (V - E_L) - w, \\\\
+       V > V_{th} &⇒ V ← V_r,\\ w ← w + b
     """
 
     config_class = configs.AdaptiveExponentialSomaConfig
