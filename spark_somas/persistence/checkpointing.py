@@ -584,12 +584,10 @@ class Checkpointer:
         if unrecorded:
             have = soma_paths(model)
             methods = sorted({have[p].method for p in unrecorded if p in have})
-            warnings.warn(UnrecordedMethodWarning(
-                f"checkpoint step {step} of {self.directory} was written by "
-                f"{compatibility.written_by(meta)}, which did not record the integration method "
-                f"of soma(s) {unrecorded}: it is restored into the model's method "
-                f"{', '.join(methods) or '-'} unchecked; it should be the one the saved run "
-                "used"), stacklevel=2)
+            warnings.warn(UnrecordedMethodWarning(compatibility.unrecorded_method_warning(
+                step, self.directory, meta, unrecorded,
+                f"it is restored into the model's method {', '.join(methods) or '-'} unchecked; "
+                "it should be the one the saved run used")), stacklevel=2)
         problems = compatibility.soma_mismatches(meta["somas"], model)
         if optimizer is not None and not meta.get("optimizer"):
             problems.append("optimizer: the checkpoint has no optimizer state")
@@ -706,13 +704,12 @@ def load(directory: str | os.PathLike, step: int | None = None, *,
                     f"cannot load step {step} of {ckpt.directory} with method = {method!r}: "
                     f"its {compatibility.soma_called(path)} records method {soma.method!r}")
         if unrecorded and method is None:
-            warnings.warn(UnrecordedMethodWarning(
-                f"checkpoint step {step} of {ckpt.directory} was written by "
-                f"{compatibility.written_by(meta)}, which did not record the integration method "
-                f"of soma(s) {unrecorded}: loaded with method "
-                f"{', '.join(sorted({built[p].method for p in unrecorded if p in built}))}"
-                f" ({registry.LEGACY_METHOD!r} is that release's default); if the run used "
-                "another, pass it: load(directory, method='rk4')"), stacklevel=2)
+            methods = sorted({built[p].method for p in unrecorded if p in built})
+            warnings.warn(UnrecordedMethodWarning(compatibility.unrecorded_method_warning(
+                step, ckpt.directory, meta, unrecorded,
+                f"loaded with method {', '.join(methods)} ({registry.LEGACY_METHOD!r} is that "
+                "release's default); if the run used another, pass it: "
+                "load(directory, method='rk4')")), stacklevel=2)
         problems = compatibility.soma_mismatches(meta["somas"], model)
         if problems:
             raise CheckpointMismatchError(ckpt._refusal(step, problems))

@@ -53,6 +53,7 @@ __all__ = [
     "array_mismatches",
     "rule_problem",
     "unrecorded_methods",
+    "unrecorded_method_warning",
     "written_by",
 ]
 
@@ -316,6 +317,14 @@ def unrecorded_methods(saved: Mapping[str, Any]) -> list[str]:
     (written by release 0.1.0)."""
     return sorted(path for path, spec in saved.items()
                   if isinstance(spec, Mapping) and "method" not in spec)
+
+
+def unrecorded_method_warning(step: int, directory: Any, meta: Mapping[str, Any],
+                              unrecorded: list[str], consequence: str) -> str:
+    """The warning for a step whose somas ``unrecorded`` record no method:
+    who wrote it, then ``consequence`` (what the restore does about it)."""
+    return (f"checkpoint step {step} of {directory} was written by {written_by(meta)}, which "
+            f"did not record the integration method of soma(s) {unrecorded}: {consequence}")
 
 
 def written_by(meta: Mapping[str, Any]) -> str:

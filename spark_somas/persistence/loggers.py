@@ -33,7 +33,7 @@ Other services take three lines; for Weights & Biases::
     fit(..., on_epoch_end=chain(to_wandb, JsonLinesLogger(path)))
 
 A function of the first release's form ``hook(epoch, model, optimizer,
-history)`` still runs (:func:`call_hook`), with a ``DeprecationWarning``.
+history)`` still runs (:func:`current_form`), with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["EpochHook", "last_entry", "scalar_tags", "chain", "older_form", "call_hook",
+__all__ = ["EpochHook", "last_entry", "scalar_tags", "chain", "older_form", "current_form",
            "JsonLinesLogger", "TensorBoardLogger"]
 
 EpochHook = Callable[[Any, int, Mapping[str, Sequence[Any]]], Any]
@@ -105,26 +105,33 @@ def older_form(hook: Callable) -> bool:
     return len(positional) == 4 and inspect.Parameter.VAR_POSITIONAL not in kinds
 
 
-def call_hook(hook: Callable, fit: Any, epoch: int, history: Mapping[str, Sequence[Any]]) -> Any:
-    """``hook(fit, epoch, history)``; a hook of the older form gets
-    ``(epoch, fit.model, fit.optimizer, history)``."""
-    if older_form(hook):
+def current_form(hook: Callable) -> EpochHook:
+    """``hook`` as a function of ``(fit, epoch, history)``, decided once: a
+    hook of the older form is wrapped to get ``(epoch, fit.model,
+    fit.optimizer, history)``; any other is returned as it is."""
+    if not older_form(hook):
+        return hook
+
+    def called_as_before(fit, epoch, history):
         return hook(epoch, fit.model, fit.optimizer, history)
-    return hook(fit, epoch, history)
+
+    return called_as_before
 
 
 def chain(*hooks: Callable | None) -> EpochHook:
     """One epoch hook that calls each of ``hooks`` in order (``None``\\ s
     are skipped) and returns True (stop ``fit``) when any of them did."""
-    active = [hook for hook in hooks if hook is not None]
-    for hook in active:
+    given = [hook for hook in hooks if hook is not None]
+    for hook in given:
         if older_form(hook):
             warnings.warn(f"{hook!r} takes (epoch, model, optimizer, history), the older form "
                           "of an epoch hook: give it (fit, epoch, history) (fit.model, "
                           "fit.optimizer)", DeprecationWarning, stacklevel=2)
 
+    active = [current_form(hook) for hook in given]
+
     def on_epoch_end(fit, epoch, history):
-        stops = [call_hook(hook, fit, epoch, history) for hook in active]
+        stops = [hook(fit, epoch, history) for hook in active]
         return any(stop is True for stop in stops)
 
     return on_epoch_end

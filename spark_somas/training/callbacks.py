@@ -53,7 +53,7 @@ import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 from spark_somas.errors import RuleError, RuleTypeError, require
-from spark_somas.persistence.loggers import call_hook, older_form
+from spark_somas.persistence.loggers import current_form, older_form
 
 __all__ = ["FitState", "Callback", "EpochEnd", "ProgressBar", "Logger", "Checkpoint",
            "EarlyStopping", "StopOnRequest", "default_callbacks", "resolve_callbacks",
@@ -121,9 +121,10 @@ class EpochEnd(Callback):
         require(callable(hook), "hook", hook, "a callable (fit, epoch, history)",
                 error=RuleTypeError)
         self.hook, self.closes = hook, close
+        self.call = current_form(hook)
 
     def on_epoch_end(self, fit: FitState, epoch: int, history: Mapping[str, Sequence[Any]]):
-        return call_hook(self.hook, fit, epoch, history)
+        return self.call(fit, epoch, history)
 
     def on_fit_end(self, fit: FitState) -> None:
         if self.closes:
