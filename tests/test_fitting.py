@@ -29,6 +29,7 @@ from spark_somas.fitting import Loss, Recording, Stage
 from spark_somas.fitting.recording import same_dt
 
 import reference
+from toy_models import recovery_model
 
 DT = 0.1
 ADEX_FIELDS = [f.name for f in ss.AdaptiveExponentialSomaConfig.quantity_fields()]
@@ -410,7 +411,7 @@ def test_a_field_that_only_sets_a_state_at_rest_is_not_spike_triggered():
     on nothing, so no stage fits it as spike-triggered; the cut-off V_th
     and the jump d of u, read only at a spike, are."""
     from spark_somas.models.configs import SomaConfig, quantity
-    from spark_somas.models.somas import Soma, StateVariable
+    from spark_somas.models.somas import StateVariable
 
     @dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)
     class RecoveryConfig(SomaConfig):
@@ -419,37 +420,7 @@ def test_a_field_that_only_sets_a_state_at_rest_is_not_spike_triggered():
         jump: float = quantity(5.0, symbol="d", units="pA", doc="jump of u")
         recovery_rest: float = quantity(2.0, symbol="u_0", units="pA", doc="u at rest")
 
-    class Recovery(Soma):
-        config_class = RecoveryConfig
-        state_variables = {"potential": StateVariable("mV", rest="potential_rest"),
-                           "recovery": StateVariable("pA", rest="recovery_rest")}
-
-        @staticmethod
-        def time_constants(p):
-            return {"potential": 10.0 + 0 * p.threshold, "recovery": 100.0 + 0 * p.jump}
-
-        @staticmethod
-        def drives(p, x, current, stage, options):
-            return {"potential": -(x["potential"] - p.potential_rest) + current - x["recovery"],
-                    "recovery": -x["recovery"]}
-
-        @staticmethod
-        def spike_threshold(p, x):
-            return p.threshold
-
-        @staticmethod
-        def after_spike(p, x, spike, dt):
-            return {"potential": x["potential"] * (1 - spike) + p.potential_rest * spike,
-                    "recovery": x["recovery"] + p.jump * spike}
-
-        @staticmethod
-        def cell_scale(p):
-            return p.threshold - p.potential_rest
-
-        @staticmethod
-        def input_scale(p):
-            return p.threshold - p.potential_rest
-
+    Recovery = recovery_model(RecoveryConfig, StateVariable("pA", rest="recovery_rest"))
     assert set(fitting.spike_triggered(Recovery(units=1))) == {"threshold", "jump"}
 
 

@@ -27,6 +27,7 @@ from spark_somas.training import network as network_lib
 from spark_somas.training.diagnostics import input_gradient_by_step, input_weight_gradients
 from spark_somas.training.network import Layer, NetworkConfig, SpikingNetwork, plain_neurons
 from spark_somas.training.runs import RunConfig
+from toy_models import recovery_model
 
 SWITCHES = list(itertools.product((True, False), repeat=2))
 KINDS = ["expif", "refractory", "adex", "simplified"]
@@ -103,37 +104,7 @@ def test_a_user_model_declares_which_update_is_which():
         jump: float = configs.quantity(5.0, symbol="d", units="pA", doc="jump of u")
 
     def make(part):
-        class Jump(Soma):
-            config_class = JumpConfig
-            state_variables = {"potential": StateVariable("mV", rest="potential_rest"),
-                               "recovery": StateVariable("pA", on_spike=part)}
-
-            @staticmethod
-            def time_constants(p):
-                return {"potential": 10.0 + 0 * p.threshold, "recovery": 100.0 + 0 * p.jump}
-
-            @staticmethod
-            def drives(p, x, current, stage, options):
-                return {"potential": -(x["potential"] - p.potential_rest) + current - x["recovery"],
-                        "recovery": -x["recovery"]}
-
-            @staticmethod
-            def spike_threshold(p, x):
-                return p.threshold
-
-            @staticmethod
-            def after_spike(p, x, spike, dt):
-                return {"potential": x["potential"] * (1 - spike) + p.potential_rest * spike,
-                        "recovery": x["recovery"] + p.jump * spike}
-
-            @staticmethod
-            def cell_scale(p):
-                return p.threshold - p.potential_rest
-
-            @staticmethod
-            def input_scale(p):
-                return p.threshold - p.potential_rest
-        return Jump
+        return recovery_model(JumpConfig, StateVariable("pA", on_spike=part))
 
     def grad(cls, **switches):
         return _input_gradient(cls(units=1, **switches), "recovery", 2000, 40.0)
