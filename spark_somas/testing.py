@@ -32,6 +32,7 @@ from spark_somas.dynamics import integrators
 from spark_somas.errors import (RuleError, RuleTypeError, SparkSomasError, require,
                                 rule_message)
 from spark_somas.models import configs, registry
+from spark_somas.models.protocol import as_units
 from spark_somas.models.somas import Soma, input_scale, step
 from spark_somas.simulation.driver import simulate
 
@@ -51,14 +52,6 @@ def _hypothesis() -> Any:
         raise ImportError("spark_somas.testing draws parameter sets with Hypothesis, a test "
                           "extra: pip install spark_somas[test]") from err
     return hypothesis
-
-
-def _as_shape(units: int | Sequence[int], where: str) -> tuple[int, ...]:
-    shape = (units,) if isinstance(units, (int, np.integer)) else tuple(units)
-    require(all(isinstance(u, (int, np.integer)) and not isinstance(u, bool) and u > 0
-                for u in shape), f"{where}: units", units,
-            "an int or a tuple of positive ints (() for one value per field)", error=RuleError)
-    return tuple(int(u) for u in shape)
 
 
 def _rounded(x: Any, dtype: np.dtype) -> np.ndarray:
@@ -171,7 +164,7 @@ def legal_params(config_class: type, *, units: int | Sequence[int] = 8,
     require(isinstance(config_class, type) and issubclass(config_class, configs.SomaConfig),
             "legal_params: config_class", config_class,
             "a subclass of spark_somas.models.configs.SomaConfig", error=RuleTypeError)
-    shape = _as_shape(units, "legal_params")
+    shape = as_units(units, "legal_params: units")
     require(jnp.dtype(dtype).name in PARAM_DTYPES, "legal_params: dtype", dtype,
             f"one of {PARAM_DTYPES} (a parameter dtype that holds ±10^6)", error=RuleError)
     dtype = np.dtype(jnp.dtype(dtype))
@@ -407,7 +400,7 @@ def check_model(model: type[Soma], *, units: int = 3, steps: int = 20, dt: float
     require(isinstance(model, type) and issubclass(model, Soma) and bool(model.state_variables),
             "check_model: model", model, "a soma class (a Soma subclass that declares its "
             "state_variables)", error=RuleTypeError)
-    shape = _as_shape(units, "check_model")
+    shape = as_units(units, "check_model: units")
     for name, value in (("steps", steps), ("examples", examples)):
         require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                 f"check_model: {name}", value, "a positive int", error=RuleError)

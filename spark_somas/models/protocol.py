@@ -393,7 +393,9 @@ def input_scale(soma: "Soma") -> float:
         return float(type(soma).input_scale(mean_parameters(soma)))
 
 
-def _as_units(units: int | Sequence[int]) -> tuple[int, ...]:
+def as_units(units: int | Sequence[int], name: str = "units") -> tuple[int, ...]:
+    """``units`` (an int or a tuple of positive ints; () for one value per
+    field) as a tuple, else a :class:`RuleError` naming ``name``."""
     if isinstance(units, (int, np.integer)):
         shape = (units,)
     else:
@@ -403,7 +405,7 @@ def _as_units(units: int | Sequence[int]) -> tuple[int, ...]:
             shape = None
     require(shape is not None and all(isinstance(u, (int, np.integer)) and not isinstance(u, bool)
                                       and u > 0 for u in shape),
-            "units", units, "an int or a tuple of positive ints", error=RuleError)
+            name, units, "an int or a tuple of positive ints", error=RuleError)
     return tuple(int(u) for u in shape)
 
 
@@ -594,7 +596,7 @@ class Soma(nnx.Module):
         config = self._configured(config, field_overrides)
         self.dt, self.trainable, self.dtype, self.param_dtype = self._settings(
             config, dt, method, trainable, dtype, param_dtype)
-        self.units = _as_units(units)
+        self.units = as_units(units)
         self.method = method
         self.config = config
         self.residual_names = residual_names(self.state_variables, self.dtype)
