@@ -30,6 +30,7 @@ import it.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterator
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "RuleTypeError",
     "RuleKeyError",
     "OutOfMemoryError",
+    "device_memory",
     "allocating",
     "violation",
     "rule_message",
@@ -83,14 +85,36 @@ class OutOfMemoryError(SparkSomasError, MemoryError):
     what was being built and about how many bytes it needs."""
 
 
+def device_memory(device: Any = None) -> int:
+    """The bytes ``device`` (default: JAX's first device) can hold: its
+    ``bytes_limit``, or the machine's physical memory for a CPU, which
+    reports none."""
+    import jax  # here, not at the top: this module is imported before JAX is needed
+
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    limit = (stats or {}).get("bytes_limit")
+    if limit is None:
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(limit)
+
+
 @contextlib.contextmanager
 def allocating(what: str, nbytes: float) -> Iterator[None]:
-    """Turns a failed allocation inside the block — Python's ``MemoryError``
-    or XLA's ``RESOURCE_EXHAUSTED`` — into :class:`OutOfMemoryError`
+    """Refuses, before anything is allocated, a block that needs more than
+    the device holds (:func:`device_memory`), and turns a failed allocation
+    inside the block — Python's ``MemoryError`` or XLA's
+    ``RESOURCE_EXHAUSTED`` — into the same :class:`OutOfMemoryError`
     ``"<what> needs about <nbytes> bytes, more than the device could
-    allocate"``, instead of an allocator's message about some array. An
-    :class:`OutOfMemoryError` from an inner block (a soma inside a network)
-    passes unchanged: it names the part that did not fit."""
+    allocate"``, instead of an allocator's message about some array. The
+    check comes first because a system that over-commits memory may grant
+    an impossible allocation and then stall the machine while filling it.
+    An :class:`OutOfMemoryError` from an inner block (a soma inside a
+    network) passes unchanged: it names the part that did not fit."""
+    refusal = OutOfMemoryError(f"{what} needs about {nbytes:.3g} bytes, more than the device "
+                               f"could allocate")
+    if nbytes > device_memory():
+        raise refusal
     try:
         yield
     except OutOfMemoryError:
@@ -98,8 +122,7 @@ def allocating(what: str, nbytes: float) -> Iterator[None]:
     except Exception as err:
         if not isinstance(err, MemoryError) and "RESOURCE_EXHAUSTED" not in str(err):
             raise
-        raise OutOfMemoryError(f"{what} needs about {nbytes:.3g} bytes, more than the device "
-                               f"could allocate") from None
+        raise refusal from None
 
 
 def violation(subject: str, rule: str, *, plural: bool = False) -> str:

@@ -282,3 +282,29 @@ def test_a_wrong_type_or_a_missing_name_is_in_the_family_and_keeps_its_builtin()
     assert type(info.value) is RuleKeyError
     assert info.value.args == ("SomaOutput[name] = 'adaptation' violates the rule: an output "
                                "that was recorded",)
+
+
+@pytest.mark.parametrize("limit, nbytes", [(1000, 1001.0), (1, 2.0), (2**34, 2.0**34 + 1)])
+def test_a_block_larger_than_the_device_is_refused_before_it_runs(monkeypatch, limit, nbytes):
+    """Over-committing systems grant impossible allocations and then stall
+    filling them: ``allocating`` refuses by the device's size, up front."""
+    from spark_somas import errors
+
+    monkeypatch.setattr(errors, "device_memory", lambda device=None: limit)
+    ran = []
+    with pytest.raises(ss.errors.OutOfMemoryError, match=re.escape(
+            f"layer needs about {nbytes:.3g} bytes, more than the device could allocate")):
+        with errors.allocating("layer", nbytes):
+            ran.append(True)
+    assert ran == []
+    with errors.allocating("layer", limit):  # exactly the device's size is tried
+        ran.append(True)
+    assert ran == [True]
+
+
+def test_the_device_memory_is_the_machines_physical_memory_on_a_cpu():
+    import os
+
+    from spark_somas import errors
+
+    assert errors.device_memory() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

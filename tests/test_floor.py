@@ -38,6 +38,7 @@ MODULES = {
     "h5py": "h5py",
     "pytest": "pytest",
     "pytest-xdist": "xdist",
+    "pytest-timeout": "pytest_timeout",
     "hypothesis": "hypothesis",
     "brian2": "brian2",
     "nbclient": "nbclient",

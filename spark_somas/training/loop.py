@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -28,7 +27,7 @@ from spark_somas.models.configs import require
 from spark_somas.training.constraints import NeuronOptimizer, neuron_constraints, skip_non_finite
 from spark_somas.data.datasets import DataError, Dataset
 from spark_somas.training.encoders import Encoder
-from spark_somas.errors import RuleError, SparkSomasError, violation
+from spark_somas.errors import RuleError, SparkSomasError, device_memory, violation
 from spark_somas.training.network import NetworkOutput, SpikingNetwork
 from spark_somas.models.somas import SomaState, path_name
 from spark_somas.training.objectives import Objective, firing_rate
@@ -393,14 +392,8 @@ def history_keys(eval_split: str = "test") -> tuple[str, ...]:
 
 def fits_on_device(nbytes: int, device: jax.Device | None = None, *, fraction: float = 0.25) -> bool:
     """Whether ``nbytes`` take at most ``fraction`` of ``device``'s memory
-    (default: the first device; its ``bytes_limit``, or the machine's
-    physical memory for a CPU, which reports none)."""
-    device = device or jax.devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    limit = (stats or {}).get("bytes_limit")
-    if limit is None:
-        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return nbytes <= fraction * limit
+    (:func:`~spark_somas.errors.device_memory`; default: the first device)."""
+    return nbytes <= fraction * device_memory(device)
 
 
 def _continued(history: Mapping[str, list] | None, eval_split: str) -> dict[str, list]:
