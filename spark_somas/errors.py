@@ -86,17 +86,27 @@ class OutOfMemoryError(SparkSomasError, MemoryError):
 
 
 def device_memory(device: Any = None) -> int:
-    """The bytes ``device`` (default: JAX's first device) can hold: its
-    ``bytes_limit``, or the machine's physical memory for a CPU, which
-    reports none."""
+    """The bytes ``device`` (default: this process's first device) can
+    hold: its ``bytes_limit``, or the machine's physical memory for a CPU,
+    which reports none."""
     import jax  # here, not at the top: this module is imported before JAX is needed
 
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     limit = (stats or {}).get("bytes_limit")
     if limit is None:
         limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(limit)
+
+
+def _abstract() -> bool:
+    """Whether this runs under a JAX trace (``nnx.eval_shape``, ``jax.jit``),
+    where arrays are shapes and nothing is allocated: every JAX operation
+    there returns a tracer."""
+    import jax
+    import jax.numpy as jnp
+
+    return isinstance(jnp.zeros(()), jax.core.Tracer)
 
 
 @contextlib.contextmanager
@@ -108,12 +118,14 @@ def allocating(what: str, nbytes: float) -> Iterator[None]:
     ``"<what> needs about <nbytes> bytes, more than the device could
     allocate"``, instead of an allocator's message about some array. The
     check comes first because a system that over-commits memory may grant
-    an impossible allocation and then stall the machine while filling it.
+    an impossible allocation and then stall the machine while filling it;
+    an abstract build (``nnx.eval_shape``) allocates nothing and is let
+    through.
     An :class:`OutOfMemoryError` from an inner block (a soma inside a
     network) passes unchanged: it names the part that did not fit."""
     refusal = OutOfMemoryError(f"{what} needs about {nbytes:.3g} bytes, more than the device "
                                f"could allocate")
-    if nbytes > device_memory():
+    if nbytes > device_memory() and not _abstract():
         raise refusal
     try:
         yield

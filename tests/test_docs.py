@@ -86,16 +86,27 @@ def test_page_code_runs_on_several_devices(name, tmp_path):
     _run([sys.executable, "page.py"], env, tmp_path)
 
     # Scripts meant for several hosts: the page's rehearsal, two processes of 4 devices.
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     for filename, script in scripts.items():
         (tmp_path / filename).write_text(script)
-        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-        procs = [subprocess.Popen([sys.executable, filename, str(i), "2"], env=env, cwd=tmp_path,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for i in range(2)]
+        outputs = _rehearse(filename, env, tmp_path)
+        for code, (out, err) in outputs:
+            assert code == 0, out[-2000:] + err[-3000:]
+        assert "on 8 devices" in outputs[0][1][0], outputs[0]
+
+
+def _rehearse(filename, env, cwd) -> list[tuple[int, tuple[str, str]]]:
+    """Runs ``filename`` as processes 0 and 1 of 2: each one's exit code and
+    output. Neither outlives the test, even when the other failed."""
+    procs = [subprocess.Popen([sys.executable, filename, str(i), "2"], env=env, cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
         outputs = [p.communicate(timeout=600) for p in procs]
-        for p, (out, err) in zip(procs, outputs):
-            assert p.returncode == 0, out[-2000:] + err[-3000:]
-        assert "on 8 devices" in outputs[0][0], outputs[0]
+    finally:
+        for p in procs:
+            p.kill()
+    return [(p.returncode, output) for p, output in zip(procs, outputs)]
 
 
 def test_api_reference_lists_every_public_name_and_module():

@@ -308,3 +308,21 @@ def test_the_device_memory_is_the_machines_physical_memory_on_a_cpu():
     from spark_somas import errors
 
     assert errors.device_memory() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def test_an_abstract_build_of_any_size_is_let_through(monkeypatch):
+    """Under ``nnx.eval_shape`` nothing is allocated: the up-front check
+    stays out of the way of a checkpoint's abstract build."""
+    import jax
+
+    from spark_somas import errors
+
+    monkeypatch.setattr(errors, "device_memory", lambda device=None: 1)
+
+    def build():
+        with errors.allocating("layer", 10.0**15):
+            return jax.numpy.zeros(3)
+
+    assert jax.eval_shape(build).shape == (3,)
+    with pytest.raises(ss.errors.OutOfMemoryError):
+        build()

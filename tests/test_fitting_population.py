@@ -114,13 +114,18 @@ def test_each_cell_keeps_its_own_sweeps_of_each_stage(recordings):
                             "lbfgs", 40, spikes="recorded"))
     held_out = [record(truth, amplitudes[::-1], sweep, seed + 10)
                 for seed, (truth, amplitudes, sweep) in enumerate(CELLS)]
+    test = [record(truth, amplitudes, sweep, seed + 20)
+            for seed, (truth, amplitudes, sweep) in enumerate(CELLS)]
     assert [int(np.sum(r.spike_counts() > 0)) for r in recordings] == [1, 2, 1]
     together = fitting.fit_cells(start_soma(), recordings, FITTED, stages=stages, starts=2,
-                                 held_out=held_out)
-    for recording, held, fit in zip(recordings, held_out, together):
+                                 held_out=held_out, test=test)
+    for recording, held, cell_test, fit in zip(recordings, held_out, test, together):
         alone = fitting.fit_soma(start_soma(), recording, FITTED, stages=stages, starts=2,
-                                 held_out=held)
+                                 held_out=held, test=cell_test)
         assert_same_fit(alone, fit, rtol=PADDED_RTOL)
+        assert fit.quality.keys() == alone.quality.keys() and fit.quality["gamma"] > 0.9
+        for key, value in alone.quality.items():
+            np.testing.assert_allclose(fit.quality[key], value, rtol=1e-2, err_msg=key)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -133,6 +138,11 @@ def test_each_cell_keeps_its_own_sweeps_of_each_stage(recordings):
     (lambda recs: fitting.fit_cells(ss.AdaptiveExponentialSoma, recs, FITTED,
                                     held_out=recs[:2]),
      "held_out = '2 recordings' violates the rule: one recording per cell \\(3\\)"),
+    (lambda recs: fitting.fit_cells(ss.AdaptiveExponentialSoma, recs, FITTED, test=recs[:1]),
+     "test = '1 recordings' violates the rule: one recording per cell \\(3\\)"),
+    (lambda recs: fitting.fit_cells(ss.AdaptiveExponentialSoma, recs, FITTED,
+                                    test=[recs[1], recs[1], recs[0]]),
+     "test\\[1\\] = 'the same recording' violates the rule: sweeps other than those fitted"),
     (lambda recs: fitting.fit_cells(
         ss.AdaptiveExponentialSoma, recs, FITTED,
         stages=[fitting.Stage(FITTED, sweeps=(2,))]),

@@ -212,15 +212,21 @@ def fit_soma(
     stages = _default_stages(stages, soma, fields, [recording])
     plan = _plan(soma, recording, fields, stages, held_out, selection)
     if test is not None:
-        require(isinstance(test, Recording), "test", type(test).__name__,
-                "a spark_somas.fitting.Recording")
-        require(test is not recording and test is not held_out, "test", "the same recording",
-                "sweeps other than those fitted (recording) and those that choose the start "
-                "(held_out)")
-        require(same_dt(test.dt, recording.dt), "test.dt", test.dt,
-                f"the recording's sampling interval, {recording.dt:g} ms")
+        _check_test(test, recording, held_out, "test")
     result = _fit(soma, fields, bounds, stages, [plan], starts, seed, t0)[0]
     return result if test is None else result.judged(test)
+
+
+def _check_test(test: Any, recording: Recording, held_out: Recording | None, name: str) -> None:
+    """Refuses test sweeps that are no recording, are the fitted or the
+    choosing sweeps themselves, or are sampled at another dt."""
+    require(isinstance(test, Recording), name, type(test).__name__,
+            "a spark_somas.fitting.Recording")
+    require(test is not recording and test is not held_out, name, "the same recording",
+            "sweeps other than those fitted (recording) and those that choose the start "
+            "(held_out)")
+    require(same_dt(test.dt, recording.dt), f"{name}.dt", test.dt,
+            f"the recording's sampling interval, {recording.dt:g} ms")
 
 
 def fit_cells(
@@ -234,6 +240,7 @@ def fit_cells(
     held_out: Sequence[Recording] | None = None,
     selection: Loss | None = None,
     seed: int = 0,
+    test: Sequence[Recording] | None = None,
 ) -> tuple[FitResult, ...]:
     """Fits ``fields`` of ``soma`` to each of N cells' ``recordings`` at once.
 
@@ -254,6 +261,11 @@ def fit_cells(
         :func:`~spark_somas.fitting.stages.default_recipe`.
       held_out: one recording per cell on which to choose its best start;
         default each cell's training sweeps.
+      test: one recording per cell, neither fitted nor used to choose the
+        start, on which each cell's fitted model runs free to judge it, as
+        :func:`fit_soma`'s ``test`` does (one
+        :class:`~spark_somas.fitting.result.PoorPredictionWarning` per cell
+        predicted poorly).
 
     Returns:
       One :class:`FitResult` per cell, in the order of ``recordings``;
@@ -262,7 +274,8 @@ def fit_cells(
     Raises:
       ConfigError: before any simulation, as :func:`fit_soma` does, a
         cell's refusal naming the cell (``recordings[i]``); and for no
-        recordings, or a ``held_out`` that is not one recording per cell.
+        recordings, or a ``held_out`` or ``test`` that is not one recording
+        per cell.
       OutOfMemoryError: when the cells and starts at once need more memory
         than the device could allocate.
     """
@@ -278,15 +291,22 @@ def fit_cells(
         require(isinstance(held_out, Sequence) and len(held_out) == len(recordings),
                 "held_out", f"{len(held_out)} recordings" if isinstance(held_out, Sequence)
                 else type(held_out).__name__, f"one recording per cell ({len(recordings)})")
+    held_out = [None] * len(recordings) if held_out is None else held_out
+    if test is not None:
+        require(isinstance(test, Sequence) and len(test) == len(recordings), "test",
+                f"{len(test)} recordings" if isinstance(test, Sequence)
+                else type(test).__name__, f"one recording per cell ({len(recordings)})")
+        for i, (cell_test, recording) in enumerate(zip(test, recordings)):
+            _check_test(cell_test, recording, held_out[i], f"test[{i}]")
     stages = _default_stages(stages, soma, fields, recordings)
     plans = []
     for i, recording in enumerate(recordings):
         try:
-            plans.append(_plan(soma, recording, fields, stages,
-                               None if held_out is None else held_out[i], selection))
+            plans.append(_plan(soma, recording, fields, stages, held_out[i], selection))
         except ConfigError as error:
             raise ConfigError(f"recordings[{i}]: {error}") from None
-    return _fit(soma, fields, bounds, stages, plans, starts, seed, t0)
+    results = _fit(soma, fields, bounds, stages, plans, starts, seed, t0)
+    return results if test is None else tuple(r.judged(t) for r, t in zip(results, test))
 
 
 def _check_fit(soma: Soma | type[Soma], dt: float, fields: Sequence[str],
