@@ -1,6 +1,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# --no-compile: pip would byte-compile every module of every package (over a minute
+# for JAX, SciPy and the rest); Python compiles and caches the modules it imports.
+PIP_INSTALL = pip install --no-compile
 
 .PHONY: demo test test-floor docs lab install install-test install-docs install-notebook clean
 
@@ -9,19 +12,19 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -e .
+	$(BIN)/$(PIP_INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -e ".[test]"
+	$(BIN)/$(PIP_INSTALL) -e ".[test]"
 	touch $@ $(VENV)/.installed
 
 $(VENV)/.installed-docs: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -e ".[docs]"
+	$(BIN)/$(PIP_INSTALL) -e ".[docs]"
 	touch $@ $(VENV)/.installed
 
 $(VENV)/.installed-notebook: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -e ".[notebook]"
+	$(BIN)/$(PIP_INSTALL) -e ".[notebook]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -49,7 +52,7 @@ $(FLOOR_BIN)/python:
 	$(FLOOR_BIN)/python -m pip install --upgrade pip
 
 $(FLOOR_VENV)/.installed: $(FLOOR_BIN)/python pyproject.toml constraints-lowest.txt
-	$(FLOOR_BIN)/pip install -c constraints-lowest.txt -e ".[test]"
+	$(FLOOR_BIN)/$(PIP_INSTALL) -c constraints-lowest.txt -e ".[test]"
 	touch $@
 
 test-floor: $(FLOOR_VENV)/.installed
