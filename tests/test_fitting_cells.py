@@ -133,18 +133,50 @@ def test_spike_times_only_and_no_quiet_sweep_are_fitted_by_default():
     known: the default is one free-running stage on every sweep, not a
     refusal, and the report judges it on the test sweeps."""
     train, result, _ = spike_only_fit()
-    assert fitting.default_recipe(FIELDS, start_soma(), train) == fitting.spike_recipe(FIELDS)
+    bounded = {"exp_gradient": "bounded"}
+    assert fitting.default_recipe(FIELDS, start_soma(), train) == fitting.spike_recipe(
+        FIELDS, settings=bounded)
     assert result.stages == fitting.spike_recipe(("rheobase_threshold", "spike_slope",
-                                                  "adaptation_delta"))
+                                                  "adaptation_delta"), settings=bounded)
     assert "free-running on the test sweeps" in result.report()
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: on this cell the free-running Adam "
-                   "stage on the spike count and van Rossum distance leaves the fields where "
-                   "they started (its loss is the same at every step), with the cut-off at 0 mV "
-                   "and at -30 mV alike")
 def test_the_spike_times_only_default_moves_the_rate_towards_the_cells():
+    """The free run's gradient, differentiated "bounded", moves V_T, Δ_T
+    and b: the rate comes within 10 % of the cell's (34 Hz before, 21.5
+    after, the cell 21.0 when measured) and Γ on the test sweeps rises."""
     _, result, before = spike_only_fit()
-    after = result.quality
-    cell = after["rate_data_hz"]
-    assert abs(after["rate_model_hz"] - cell) < abs(before["rate_model_hz"] - cell), (before, after)
+    after, cell = result.quality, result.quality["rate_data_hz"]
+    assert abs(after["rate_model_hz"] - cell) < 0.1 * cell < abs(before["rate_model_hz"] - cell)
+    assert after["gamma"] > before["gamma"] + 0.1, (before, after)
+
+
+def test_a_free_run_differentiated_exactly_overflows_and_does_not_move():
+    """Why the default changes the setting: the same stage with the soma's
+    exact derivative of the exponential term makes no update (its loss is
+    the same at every step), and the soma's own setting reaches the fit."""
+    train = examples.pospischil_rs("train", potential=False).select([1])
+    fields = ("rheobase_threshold",)
+    exact = fitting.fit_soma(start_soma(), train, fields, stages=fitting.spike_recipe(
+        fields, steps=5))
+    assert np.ptp(exact.history[0][:, 0]) == 0.0
+    soma = ss.AdaptiveExponentialSoma(units=1, exp_gradient="bounded", **START)
+    own = fitting.fit_soma(soma, train, fields, stages=fitting.spike_recipe(fields, steps=5))
+    assert np.ptp(own.history[0][:, 0]) > 0.0
+
+
+def test_stage_settings_are_sorted_pairs_and_unknown_ones_are_refused():
+    stage = fitting.Stage(("potential_tau",), settings={"exp_gradient": "bounded"})
+    assert stage.settings == (("exp_gradient", "bounded"),)
+    assert fitting.free_run_settings(start_soma()) == {"exp_gradient": "bounded"}
+    assert fitting.free_run_settings(ss.AdaptiveExponentialSoma(
+        units=1, exp_gradient="detached")) == {}
+    with pytest.raises(ss.ConfigError, match="Stage.settings"):
+        fitting.Stage(("potential_tau",), settings=["exp_gradient"])
+    with pytest.raises(ss.ConfigError, match="Stage.settings"):
+        fitting.Stage(("potential_tau",), settings=("exp_gradient",))
+    with pytest.raises(ss.ConfigError, match=r"stages\[0\].settings = 'gain' violates the rule: "
+                                             r"a setting of AdaptiveExponentialSomaConfig"):
+        fitting.fit_soma(start_soma(), examples.pospischil_rs("train").select([0]),
+                         ("potential_tau",), stages=[fitting.Stage(("potential_tau",),
+                                                                   settings={"gain": 1.0})])

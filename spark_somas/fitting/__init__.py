@@ -82,6 +82,7 @@ The subpackage holds one idea per module:
 * :mod:`spark_somas.fitting.losses` — :class:`Loss`;
 * :mod:`spark_somas.fitting.stages` — :class:`Stage`, :func:`recipe`,
   :func:`forced_recipe`, :func:`spike_recipe`, :func:`default_recipe`,
+  :func:`free_run_settings`,
   :func:`cut_off`, :func:`spike_triggered`;
 * :mod:`spark_somas.fitting.boxes` — the fitted fields' boxes, bounds and starts;
 * :mod:`spark_somas.fitting.engine` — :func:`fit_soma` and :func:`fit_cells` (many
@@ -104,7 +105,8 @@ from spark_somas.fitting.metrics import (coincidence_factor, explained_variance,
 from spark_somas.fitting.recording import Recording
 from spark_somas.fitting.result import POOR_GAMMA, FitResult, PoorPredictionWarning
 from spark_somas.fitting.stages import (OPTIMIZERS, Stage, cut_off, default_recipe, forced_recipe,
-                                         recipe, spike_recipe, spike_triggered)
+                                         free_run_settings, recipe, spike_recipe,
+                                         spike_triggered)
 
 __all__ = [
     "Recording",
@@ -113,6 +115,7 @@ __all__ = [
     "recipe",
     "forced_recipe",
     "spike_recipe",
+    "free_run_settings",
     "default_recipe",
     "cut_off",
     "spike_triggered",

@@ -33,14 +33,18 @@ __all__ = ["fit_soma", "fit_cells"]
 Array = jax.Array
 
 
-def _template(soma: Soma,
-              fields: tuple[str, ...]) -> tuple[Any, tuple[dict[str, Array], nnx.State]]:
+def _template(soma: Soma, fields: tuple[str, ...], settings: tuple[tuple[str, Any], ...] = ()
+              ) -> tuple[Any, tuple[dict[str, Array], nnx.State]]:
     """One fitting neuron of ``soma``'s class: its graph (shared by every fit
-    of the same class, fields, dt, method, dtype and surrogate, so that they
-    share one compilation), the fixed fields' values and its state."""
+    of the same class, fields, dt, method, dtype, surrogate and settings,
+    so that they share one compilation), the fixed fields' values and its
+    state. Every setting of ``soma``'s config is kept — the surrogate, the
+    gradient switches and the model's own (``exp_gradient``) — but those a
+    stage changes (``settings``)."""
     config = soma.config_class(surrogate=soma.config.surrogate,
                                detach_reset=soma.config.detach_reset,
-                               detach_adaptation=soma.config.detach_adaptation)
+                               detach_adaptation=soma.config.detach_adaptation,
+                               **{**dict(soma.config.settings()), **dict(settings)})
     neuron = type(soma)(config, units=1, dt=soma.dt, method=soma.method, trainable=fields,
                         dtype=soma.dtype, param_dtype=soma.param_dtype)
     graph, _, _, state = nnx.split(neuron, nnx.Param, SomaConstant, SomaState)
@@ -359,8 +363,12 @@ def _plan(soma: Soma, recording: Recording, fields: tuple[str, ...], stages: tup
     require(same_dt(soma.dt, recording.dt), "dt", soma.dt,
             f"the soma's step equals the recording's sampling interval ({recording.dt} ms)")
     picks = []
+    own = dict(soma.config.settings())
     for k, stage in enumerate(stages):
         require(isinstance(stage, Stage), f"stages[{k}]", stage, "a Stage")
+        for name, _ in stage.settings:
+            require(name in own, f"stages[{k}].settings", name,
+                    f"a setting of {soma.config_class.__name__}: one of {sorted(own)}")
         for name in stage.fields:
             require(name in fields, f"stages[{k}].fields", name, f"one of the fields {fields}")
         pick = stage.pick(recording)
@@ -405,7 +413,8 @@ def _fit(soma: Soma, fields: tuple[str, ...], bounds: Mapping[str, tuple[float, 
         u0 = initial_u(boxes, fields, guess, starts if isinstance(starts, Mapping) else count,
                        seed)
         u = {n: jnp.broadcast_to(jnp.asarray(v, dtype), (cells, len(v))) for n, v in u0.items()}
-        u, history, evaluations = _run_stages(u, fixed, plans, stages, graph=graph,
+        graphs = {st.settings: _template(soma, fields, st.settings)[0] for st in stages}
+        u, history, evaluations = _run_stages(u, fixed, plans, stages, graphs=graphs,
                                               boxes=boxes_key, dt=soma.dt)
         losses = _selection_losses(u, fixed, plans, graph=graph, boxes=boxes_key, dt=soma.dt)
     x = {n: np.asarray(boxes[n].to_x(v), np.float64) for n, v in u.items()}
@@ -456,18 +465,19 @@ def _stacked(recordings: Sequence[Recording | None]) -> dict[str, Array]:
 
 
 def _run_stages(u: dict[str, Array], fixed: Any, plans: Sequence[_Plan],
-                stages: Sequence[Stage], *, graph: Any, boxes: tuple,
+                stages: Sequence[Stage], *, graphs: Mapping[tuple, Any], boxes: tuple,
                 dt: float) -> tuple[dict[str, Array], list[np.ndarray], np.ndarray]:
     """Every stage in turn on each cell's sweeps, for every cell and start at
-    once; returns the final u (N, K), each stage's loss history (N, K,
-    steps) and per cell the most loss evaluations any start made (N,)."""
+    once, each by the fitting neuron of its settings (``graphs``); returns
+    the final u (N, K), each stage's loss history (N, K, steps) and per cell
+    the most loss evaluations any start made (N,)."""
     history, evaluations = [], np.zeros(len(plans), int)
     for k, stage in enumerate(stages):
         data = _stacked([p.recording.select(p.picks[k]) for p in plans])
         u_fit = {n: u[n] for n in stage.fields}
         u_rest = {n: v for n, v in u.items() if n not in stage.fields}
-        u_fit, h, evals = _fit_stage(u_fit, u_rest, fixed, data, graph=graph, stage=stage,
-                                     boxes=boxes, dt=dt)
+        u_fit, h, evals = _fit_stage(u_fit, u_rest, fixed, data, graph=graphs[stage.settings],
+                                     stage=stage, boxes=boxes, dt=dt)
         u = {**u, **u_fit}
         history.append(np.asarray(h))
         evaluations += np.max(np.asarray(evals), axis=1)

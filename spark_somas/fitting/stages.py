@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ from spark_somas.fitting.losses import Loss
 from spark_somas.fitting.recording import Recording, as_tuple, checked_number
 
 __all__ = ["Stage", "recipe", "forced_recipe", "spike_recipe", "default_recipe", "cut_off",
-           "spike_triggered", "OPTIMIZERS", "ONSET_FIELDS"]
+           "free_run_settings", "spike_triggered", "OPTIMIZERS", "ONSET_FIELDS"]
 
 #: The optimizers a stage may name.
 OPTIMIZERS = ("lbfgs", "adam")
@@ -111,6 +111,10 @@ class Stage:
         forcing, V held at most at the threshold in between). Forced, the
         potential is a smooth function of every field between the cell's
         spikes, whatever the model's own spikes would have been.
+      settings: the soma's settings to change for this stage, name ->
+        value (e.g. ``{"exp_gradient": "bounded"}``: how the exponential
+        term is differentiated); the others are the soma's own. Kept as
+        sorted (name, value) pairs.
     """
 
     fields: tuple[str, ...]
@@ -120,8 +124,16 @@ class Stage:
     steps: int = 30
     learning_rate: float = 0.02
     spikes: str = "model"
+    settings: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            settings = dict(self.settings) if isinstance(self.settings, (Mapping, tuple)) else None
+        except (TypeError, ValueError):  # a tuple that is not of (name, value) pairs
+            settings = None
+        require(settings is not None and all(isinstance(n, str) for n in settings),
+                "Stage.settings", self.settings, "a mapping of setting names to values")
+        object.__setattr__(self, "settings", tuple(sorted(settings.items())))
         fields = as_tuple(self.fields, "Stage.fields", "a field name or a sequence of them")
         require(len(fields) > 0 and all(isinstance(f, str) for f in fields), "Stage.fields",
                 self.fields, "a field name or a non-empty sequence of them")
@@ -250,13 +262,26 @@ def cut_off(soma: Soma) -> float:
     return float(np.float32(type(soma).spike_threshold(mean_parameters(soma), state)))
 
 
-def spike_recipe(fields: Sequence[str], *, steps: int = 150,
-                 learning_rate: float = 0.02) -> tuple[Stage, ...]:
+def spike_recipe(fields: Sequence[str], *, steps: int = 150, learning_rate: float = 0.02,
+                 settings: Mapping[str, Any] | None = None) -> tuple[Stage, ...]:
     """For spike times without a potential: one stage, every field of
     ``fields`` by Adam on the spike count and the van Rossum distance
-    (τ = 10 ms) of every sweep, the model running free."""
+    (τ = 10 ms) of every sweep, the model running free, with the soma's
+    ``settings`` changed for it (see :func:`free_run_settings`)."""
     return (Stage(tuple(fields), Loss(potential=0.0, count=1.0, van_rossum=1.0), "all", "adam",
-                  steps, learning_rate),)
+                  steps, learning_rate, settings=settings or {}),)
+
+
+def free_run_settings(soma: Soma) -> dict[str, Any]:
+    """The settings a stage running free changes on ``soma``: an
+    exponential soma differentiated ``"exact"`` is differentiated
+    ``"bounded"`` (e^min(u, 0)) instead. The exact derivative of
+    Δ_T·e^((V−V_T)/Δ_T) reaches e^25 at the cut-off of each of the model's
+    spikes; over a free run of thousands of steps the gradient overflows
+    and no update is made. The value of the term, hence the run, is the
+    same."""
+    own = dict(soma.config.settings())
+    return {"exp_gradient": "bounded"} if own.get("exp_gradient") == "exact" else {}
 
 
 def default_recipe(fields: Sequence[str], soma: Soma,
@@ -270,7 +295,8 @@ def default_recipe(fields: Sequence[str], soma: Soma,
       error at ``soma``'s cut-off (:func:`cut_off`) where V_T or Δ_T are
       fitted;
     * spike times (in every recording), a potential not in all:
-      :func:`spike_recipe`, free-running, every sweep;
+      :func:`spike_recipe`, free-running, every sweep, with
+      :func:`free_run_settings`;
     * otherwise: the potential's MSE on every sweep by L-BFGS, the model
       running free (without spike times the sweeps cannot be told apart).
     """
@@ -281,5 +307,5 @@ def default_recipe(fields: Sequence[str], soma: Soma,
     if spikes and all(r.potential is not None for r in recordings):
         return forced_recipe(fields, cutoff=cut_off(soma))
     if spikes:
-        return spike_recipe(fields)
+        return spike_recipe(fields, settings=free_run_settings(soma))
     return (Stage(fields, Loss(potential=1.0), "all", "lbfgs", 30),)
