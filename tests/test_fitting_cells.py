@@ -113,6 +113,7 @@ def test_without_test_sweeps_the_report_says_it_is_not_judged():
         fitting.fit_soma(start_soma(), train, ("potential_tau",), test=train)
 
 
+@functools.lru_cache(maxsize=None)
 def spike_only_fit():
     train = examples.pospischil_rs("train", potential=False).select([1, 3])
     test = examples.pospischil_rs("test", potential=False).select([1, 3])
