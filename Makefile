@@ -35,8 +35,10 @@ install-notebook: $(VENV)/.installed-notebook
 demo: install
 	$(BIN)/spark-somas train --out out
 
+# --max-worker-restart=0: a crashed worker ends the run at once; replacing it, xdist's
+# file-by-file scheduling can leave the rest of that file unassigned and wait forever.
 test: install-test
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --max-worker-restart=0
 
 # The lowest versions pyproject.toml allows, in their own venv (.venv-floor):
 # constraints-lowest.txt pins each direct dependency at its lower bound, and a
@@ -56,7 +58,7 @@ $(FLOOR_VENV)/.installed: $(FLOOR_BIN)/python pyproject.toml constraints-lowest.
 	touch $@
 
 test-floor: $(FLOOR_VENV)/.installed
-	$(FLOOR_BIN)/python -m pytest -n 2 --dist loadfile $(FLOOR_TESTS)
+	$(FLOOR_BIN)/python -m pytest -n 2 --dist loadfile --max-worker-restart=0 $(FLOOR_TESTS)
 
 # The site, into docs/_build/html. Notebooks and executable pages run once and are
 # cached in docs/_build/.jupyter_cache, so a rebuild re-executes only what changed;

@@ -85,8 +85,10 @@ def test_page_code_runs_on_several_devices(name, tmp_path):
            "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     _run([sys.executable, "page.py"], env, tmp_path)
 
-    # Scripts meant for several hosts: the page's rehearsal, two processes of 4 devices.
+    # Scripts meant for several hosts: the page's rehearsal, two processes of 4 devices,
+    # without the compilation cache (both compile the same programs at once).
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     for filename, script in scripts.items():
         (tmp_path / filename).write_text(script)
         outputs = _rehearse(filename, env, tmp_path)
