@@ -39,6 +39,7 @@ MODULES = {
     "pytest": "pytest",
     "pytest-xdist": "xdist",
     "pytest-timeout": "pytest_timeout",
+    "filelock": "filelock",
     "hypothesis": "hypothesis",
     "brian2": "brian2",
     "nbclient": "nbclient",
