@@ -1,5 +1,5 @@
 """Shared test setup: JAX on the CPU unless the caller chose a platform, and
-a persistent compilation cache per run, shared under a file lock.
+a persistent compilation cache per run and per test worker.
 
 The suite's time budget and its float32 expectations are CPU ones; set
 JAX_PLATFORMS yourself to run it elsewhere.
@@ -10,19 +10,19 @@ import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Compiled programs are shared through JAX's persistent cache between the two
-# test workers and the command-line and checkpoint subprocesses the tests
-# start, which compile many of the same small programs; most of the suite's
-# time is compilation. A size limit turns on the cache's file lock: without
-# it JAX writes an entry in place, and a process reading an entry another is
-# writing loads a truncated program and crashes. One directory per run,
-# removed at its end: a run killed while writing leaves no truncated entry
-# behind.
+# Compiled programs are shared through JAX's persistent cache between a test
+# worker and the command-line and checkpoint subprocesses its tests start,
+# which compile many of the same small programs. One directory per worker:
+# JAX writes an entry in place (no lock unless the cache may evict), so a
+# process reading an entry another is writing loads a truncated program and
+# crashes. One directory per run, removed at its end: a run killed while
+# writing leaves no truncated entry behind for the next.
 CACHE_PREFIX = "spark-somas-tests-jax-cache-"
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix=CACHE_PREFIX)
-    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 * 2**30)
 _cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+if os.path.basename(_cache).startswith(CACHE_PREFIX) and "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_cache, os.environ["PYTEST_XDIST_WORKER"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

@@ -39,7 +39,6 @@ MODULES = {
     "pytest": "pytest",
     "pytest-xdist": "xdist",
     "pytest-timeout": "pytest_timeout",
-    "filelock": "filelock",
     "hypothesis": "hypothesis",
     "brian2": "brian2",
     "nbclient": "nbclient",
