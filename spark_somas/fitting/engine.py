@@ -413,7 +413,8 @@ def _fit(soma: Soma, fields: tuple[str, ...], bounds: Mapping[str, tuple[float, 
         u0 = initial_u(boxes, fields, guess, starts if isinstance(starts, Mapping) else count,
                        seed)
         u = {n: jnp.broadcast_to(jnp.asarray(v, dtype), (cells, len(v))) for n, v in u0.items()}
-        graphs = {st.settings: _template(soma, fields, st.settings)[0] for st in stages}
+        graphs = {settings: _template(soma, fields, settings)[0] if settings else graph
+                  for settings in {st.settings for st in stages}}
         u, history, evaluations = _run_stages(u, fixed, plans, stages, graphs=graphs,
                                               boxes=boxes_key, dt=soma.dt)
         losses = _selection_losses(u, fixed, plans, graph=graph, boxes=boxes_key, dt=soma.dt)
