@@ -26,6 +26,9 @@ if os.path.basename(_cache).startswith(CACHE_PREFIX) and "PYTEST_XDIST_WORKER" i
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import gc  # noqa: E402
+
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -53,6 +56,20 @@ def registry_as_found():
             if not cls.__module__.startswith("spark_somas."):
                 del table[name]
         table.update(before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def compiled_programs_released():
+    """Each test module's compiled programs are released when it ends. XLA
+    maps every CPU executable into memory in a few regions of its own and
+    keeps them while JAX's caches hold the program; a worker that runs half
+    the suite would reach Linux's limit of 65,530 mappings per process, and
+    XLA then crashes (a segmentation fault) compiling or loading the next
+    one. A later module that needs a program again reads it from the
+    persistent cache."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
