@@ -28,6 +28,12 @@ the same arguments write the same file.
     .venv/bin/python benchmarks/cells.py --cell rs --seconds 1 --small \
         --out spark_somas/fitting/data/pospischil_rs.npz
 
+``--regime fluctuating``: the mean current near the cell's rheobase and σ
+twice as large (30–60 pA, σ 100–160 pA, about 7 Hz), where a spike follows a
+fast upswing of the current; the default ``tonic`` levels (95–200 pA,
+σ 35–70 pA, about 17 Hz) drive the cell far above rheobase, where its
+adaptation sets the intervals.
+
 ``--small``: float32 arrays and a 0.5 s quiet sweep less — the shipped file.
 """
 
@@ -58,6 +64,14 @@ LEVELS = {
     "validation": [(11, 115, 50), (12, 175, 55)],
     "test": [(21, 95, 70), (22, 140, 50), (23, 170, 40), (24, 200, 60)],
 }
+# Fluctuation-driven: the mean near the cell's rheobase and σ twice as large,
+# so that a spike follows a fast upswing of the current (about 7 Hz).
+FLUCTUATING = {
+    "train": [(41, 40, 120), (42, 55, 100), (43, 30, 150), (44, 50, 130)],
+    "validation": [(51, 45, 110), (52, 35, 140)],
+    "test": [(31, 40, 120), (32, 50, 140), (33, 60, 100), (34, 30, 160)],
+}
+REGIMES = {"tonic": LEVELS, "fluctuating": FLUCTUATING}
 
 
 def ou_current(seed: int, mean: float, sigma: float, steps: int) -> np.ndarray:
@@ -74,15 +88,17 @@ def ou_current(seed: int, mean: float, sigma: float, steps: int) -> np.ndarray:
     return out
 
 
-def simulate_cell(cell: str, currents: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def simulate_cell(cell: str, currents: np.ndarray, **changes: float
+                  ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The cell's potential (mV) at the end of each 0.1 ms step and its spike
-    times (ms), for currents (S, T) in pA on the 0.1 ms grid."""
+    times (ms), for currents (S, T) in pA on the 0.1 ms grid; ``changes``
+    replace entries of the cell's parameters (``CELLS``)."""
     import brian2 as b2
 
     b2.prefs.codegen.target = "cython"
     b2.start_scope()
     b2.defaultclock.dt = DT_SIM * b2.ms
-    p = CELLS[cell]
+    p = {**CELLS[cell], **changes}
     area = np.pi * (p["d"] * b2.um) ** 2
     ns = dict(
         C=1 * b2.uF / b2.cm**2 * area, g_L=p["g_leak"] * b2.siemens / b2.cm**2 * area,
@@ -126,12 +142,13 @@ def simulate_cell(cell: str, currents: np.ndarray) -> tuple[np.ndarray, list[np.
     return potential, times
 
 
-def make(cell: str, seconds: float) -> dict[str, np.ndarray]:
-    """Every split of ``cell``: currents (S, T) pA, potential (S, T) mV with
-    noise, and spike times per sweep, as arrays for :func:`numpy.savez`."""
+def make(cell: str, seconds: float, regime: str = "tonic") -> dict[str, np.ndarray]:
+    """Every split of ``cell`` under the currents of ``regime``: currents
+    (S, T) pA, potential (S, T) mV with noise, and spike times per sweep, as
+    arrays for :func:`numpy.savez`."""
     steps = int(round(seconds * 1000.0 / DT))
     out: dict[str, np.ndarray] = {"dt": np.float64(DT), "cell": np.array(cell)}
-    for split, levels in LEVELS.items():
+    for split, levels in REGIMES[regime].items():
         currents = np.stack([ou_current(s, m, sd, steps) for s, m, sd in levels])
         potential, times = simulate_cell(cell, currents)
         rng = np.random.default_rng(1000 + len(split))
@@ -158,10 +175,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cell", choices=sorted(CELLS), default="rs")
     parser.add_argument("--seconds", type=float, default=2.0, help="per sweep")
+    parser.add_argument("--regime", choices=sorted(REGIMES), default="tonic",
+                        help="tonic: the mean well above rheobase; fluctuating: near it")
     parser.add_argument("--small", action="store_true", help="float32 arrays")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    data = make(args.cell, args.seconds)
+    data = make(args.cell, args.seconds, args.regime)
     if args.small:
         data = {k: (v.astype(np.float32) if k.endswith(("_currents", "_potential")) else v)
                 for k, v in data.items()}

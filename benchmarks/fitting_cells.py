@@ -174,20 +174,29 @@ def run_b2mf(path: Path, test: Recording, seconds: float) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=HERE / "cells_rs.npz")
+    parser.add_argument("--regime", choices=sorted(cells.REGIMES), default="tonic",
+                        help="the currents of benchmarks/cells.py; results of 'fluctuating' "
+                             "go to fitting_cells_fluctuating.json and .md")
+    parser.add_argument("--data", type=Path, help="default: cells_rs.npz, or "
+                        "cells_rs_fluctuating.npz for --regime fluctuating")
+    parser.add_argument("--package-only", action="store_true",
+                        help="skip the gradient-free methods")
     parser.add_argument("--seconds", type=float, default=180.0,
                         help="wall-time budget of each gradient-free method")
     parser.add_argument("--starts", type=int, default=4)
     args = parser.parse_args()
+    suffix = "" if args.regime == "tonic" else f"_{args.regime}"
+    args.data = args.data or HERE / f"cells_rs{suffix}.npz"
     if not args.data.exists():
-        np.savez_compressed(args.data, **cells.make("rs", 2.0))
+        np.savez_compressed(args.data, **cells.make("rs", 2.0, args.regime))
     train, validation, test = (recording(args.data, s) for s in ("train", "validation", "test"))
     load_before = machine()["load_average"]
     rows = [run_package(train, validation, test, args.starts, steps) for steps in (40, 15)]
-    rows.append(run_de(train, test, args.seconds))
-    b2mf = run_b2mf(args.data, test, args.seconds)
-    if b2mf is not None:
-        rows.append(b2mf)
+    if not args.package_only:
+        rows.append(run_de(train, test, args.seconds))
+        b2mf = run_b2mf(args.data, test, args.seconds)
+        if b2mf is not None:
+            rows.append(b2mf)
     ours = [r for r in rows if r["method"].startswith("package")]
     for r in rows:
         if r["method"].startswith("package"):
@@ -199,7 +208,7 @@ def main() -> None:
     record = {"machine": machine(), "load_average_before": load_before,
               "data": str(args.data.name), "fields": FIELDS, "bounds": BOUNDS, "start": START,
               "rows": rows}
-    write_json(HERE / "fitting_cells.json", record)
+    write_json(HERE / f"fitting_cells{suffix}.json", record)
     head = ["method", "test Γ(4 ms)", "Γ(2 ms)", "predicted ±2 ms", "rate model/cell (Hz)",
             "EV", "wall (s)", "to its best Γ (s)", "package to this Γ (s)"]
     body = [dict(zip(head, [
@@ -210,7 +219,7 @@ def main() -> None:
         f"{r['time_to_best_s']:.0f}", str(r.get("package_time_to_this_gamma_s", ""))]))
         for r in rows]
     text = table(body, head)
-    (HERE / "fitting_cells.md").write_text(text + "\n")
+    (HERE / f"fitting_cells{suffix}.md").write_text(text + "\n")
     print(text)
 
 
