@@ -57,6 +57,11 @@ def run(currents: np.ndarray, change: dict) -> list[np.ndarray]:
     return cells.simulate_cell("rs", currents, **change)[1]
 
 
+def rate_hz(trains: list[np.ndarray]) -> float:
+    """The mean rate of the sweeps' spike trains (Hz)."""
+    return sum(map(len, trains)) / len(trains) / SECONDS
+
+
 def score(model: list[np.ndarray], data: list[np.ndarray], duration: float) -> dict:
     g4 = [fitting.coincidence_factor(m, d, duration) for m, d in zip(model, data)]
     g2 = [fitting.coincidence_factor(m, d, duration, delta=2.0) for m, d in zip(model, data)]
@@ -64,7 +69,7 @@ def score(model: list[np.ndarray], data: list[np.ndarray], duration: float) -> d
     return {"gamma_4ms": round(float(np.nanmean(g4)), 3),
             "gamma_2ms": round(float(np.nanmean(g2)), 3),
             "predicted_2ms": round(float(np.nanmean(hit)), 3),
-            "rate_hz": round(sum(map(len, model)) / len(model) / SECONDS, 1)}
+            "rate_hz": round(rate_hz(model), 1)}
 
 
 def main() -> None:
@@ -73,7 +78,7 @@ def main() -> None:
     for stimulus, levels in STIMULI.items():
         currents = np.stack([cells.ou_current(s, m, sd, steps) for s, m, sd in levels])
         reference = run(currents, {})
-        rate = sum(map(len, reference)) / len(reference) / SECONDS
+        rate = rate_hz(reference)
         results[stimulus] = {"cell_rate_hz": round(rate, 1), "changes": {}}
         for name, change in CHANGES.items():
             r = score(run(currents, change), reference, SECONDS * 1000.0)

@@ -14,8 +14,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # worker and the command-line and checkpoint subprocesses its tests start,
 # which compile many of the same small programs. One directory per worker:
 # JAX writes an entry in place (no lock unless the cache may evict), so a
-# process reading an entry another is writing loads a truncated program and
-# crashes. One directory per run, removed at its end: a run killed while
+# process reading an entry another is writing could load a truncated program. One directory per run, removed at its end: a run killed while
 # writing leaves no truncated entry behind for the next.
 CACHE_PREFIX = "spark-somas-tests-jax-cache-"
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
@@ -62,10 +61,10 @@ def registry_as_found():
 def compiled_programs_released():
     """Each test module's compiled programs are released when it ends. XLA
     maps every CPU executable into memory in a few regions of its own and
-    keeps them while JAX's caches hold the program; a worker that runs half
-    the suite would reach Linux's limit of 65,530 mappings per process, and
-    XLA then crashes (a segmentation fault) compiling or loading the next
-    one. A later module that needs a program again reads it from the
+    keeps them while JAX's caches hold the program. The modules a worker
+    runs add up to as many as 80,000 mappings, past Linux's limit of 65,530
+    per process, where XLA crashes (a segmentation fault) compiling or
+    loading the next program. A later module that needs a program again reads it from the
     persistent cache."""
     yield
     jax.clear_caches()
