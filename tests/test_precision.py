@@ -94,8 +94,8 @@ def test_state_is_stored_in_the_dtype_as_hi_plus_lo(dtype):
     selected = {jax.tree_util.keystr(path) for path, _ in
                 jax.tree_util.tree_leaves_with_path(nnx.state(soma, ss.SomaState))}
     assert any("potential_residual" in k for k in selected), selected
-    assert soma.residual_names == ("potential_residual", "adaptation_residual")
-    for name in soma.state_names + soma.residual_names:
+    assert soma.stored_names == soma.state_names + ("potential_residual", "adaptation_residual")
+    for name in soma.stored_names:
         assert getattr(soma, name)[...].dtype == dtype, name
     ss.simulate(soma, jnp.full((50, 3), 900.0))
     v = np.asarray(soma.potential[...], np.float64) + np.asarray(soma.potential_residual[...],
@@ -106,7 +106,8 @@ def test_state_is_stored_in_the_dtype_as_hi_plus_lo(dtype):
 
 
 def test_float32_soma_has_no_low_words():
-    assert ss.AdaptiveExponentialSoma(units=2).residual_names == ()
+    soma = ss.AdaptiveExponentialSoma(units=2)
+    assert soma.stored_names == soma.state_names
 
 
 @pytest.mark.parametrize("field", ["potential_rest", "potential_reset"])

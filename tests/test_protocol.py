@@ -124,9 +124,8 @@ def test_a_user_model_is_registered_under_its_names(user_models):
 def test_derived_lists_come_from_the_declarations(user_models):
     alif = user_models["alif"](units=2)
     assert alif.state_names == ("potential", "threshold_adaptation")
-    assert alif.integrated_names == alif.state_names
     assert alif.config_class.time_constant_fields() == ("potential_tau", "adaptation_tau")
-    assert alif.stored_fields() == ("potential_rest", "potential_reset")
+    assert alif.state_fields() == ("potential_rest", "potential_reset")
     assert ss.simulation.recordable(alif) == ("spikes", "potential", "threshold_adaptation")
     assert ss.somas.input_scale(alif) == pytest.approx(200.0)
     assert ss.network.trainable_neuron_params(type(alif)) == alif.default_trainable
@@ -168,3 +167,19 @@ def test_time_constants_must_cover_exactly_the_integrated_variables():
     with pytest.raises(TypeError, match=r"time_constants gives \['potential'\]; the integrated "
                                         r"state variables are \['other', 'potential'\]"):
         TwoVariables(units=1)(jnp.zeros(1))
+
+
+def test_the_earlier_names_of_the_derived_lists_still_read_with_a_warning(user_models):
+    """integrated_names, residual_names and stored_fields (each one quantity
+    under a second name) keep working and name their replacement."""
+    alif, half = user_models["alif"](units=2), ss.AdaptiveExponentialSoma(units=2, dtype=jnp.float16)
+    expected = {
+        (alif, "integrated_names"): ("potential", "threshold_adaptation"),
+        (half, "residual_names"): ("potential_residual", "adaptation_residual"),
+        (alif, "residual_names"): (),
+    }
+    for (soma, old), value in expected.items():
+        with pytest.warns(DeprecationWarning, match=old):
+            assert getattr(soma, old) == value
+    with pytest.warns(DeprecationWarning, match="state_fields"):
+        assert type(alif).stored_fields() == alif.state_fields()

@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import math
 import types
+import warnings
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import jax
@@ -212,12 +213,29 @@ SPIKE_PARTS = ("reset", "adaptation")
 RESIDUAL = "_residual"
 
 
-def residual_names(variables: Mapping[str, StateVariable], dtype: Any) -> tuple[str, ...]:
-    """The low words of a compensated (half-precision) state, see
+def low_words(variables: Mapping[str, StateVariable], dtype: Any) -> tuple[str, ...]:
+    """The names of the low words of a compensated (half-precision) state, see
     :mod:`spark_somas.dynamics.numerics`; none in float32 and wider, none for a counter."""
     if not numerics.is_compensated(dtype):
         return ()
     return tuple(n + RESIDUAL for n, v in variables.items() if not v.integer)
+
+
+class _Renamed:
+    """A name a release used for what another name now gives: reading it
+    still works, with a ``DeprecationWarning`` that names the replacement."""
+
+    def __init__(self, old: str, new: str, read: Callable[[type, Any], Any], *,
+                 per_instance: bool = False):
+        self.old, self.new, self.read, self.per_instance = old, new, read, per_instance
+        self.__doc__ = f"Deprecated: {new}."
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if self.per_instance and instance is None:
+            return self
+        warnings.warn(f"{owner.__name__}.{self.old} is deprecated; {self.new}",
+                      DeprecationWarning, stacklevel=2)
+        return self.read(owner, instance)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,9 +303,10 @@ def _integrate(model: type["Soma"], p: Any, x: dict[str, Array], current: Array,
                options: StepOptions) -> dict[str, Array]:
     """``x`` with its integrated variables advanced by one step of the method."""
     taus = model.time_constants(p)
-    if set(taus) != set(model.integrated_names):
+    integrated = sorted(n for n, v in model.state_variables.items() if v.integrated)
+    if sorted(taus) != integrated:
         raise RuleTypeError(f"{model.__name__}.time_constants gives {sorted(taus)}; the integrated "
-                            f"state variables are {sorted(model.integrated_names)}")
+                            f"state variables are {integrated}")
     return {**x, **integrators.advance(
         options.method, lambda y, evaluation: model.drives(p, y, current, evaluation, options),
         taus, x, options.dt)}
@@ -486,15 +505,21 @@ class Soma(nnx.Module):
     #: Config fields that make the model adapt; all at 0 it does not (a
     #: network's ``adaptive_fraction`` zeroes them in its plain somas).
     adaptation_fields: ClassVar[tuple[str, ...]] = ()
-    #: Derived from ``state_variables`` for each subclass.
+    #: The names of ``state_variables``, derived for each subclass.
     state_names: ClassVar[tuple[str, ...]] = ()
-    integrated_names: ClassVar[tuple[str, ...]] = ()
     spike_parts: ClassVar[Mapping[str, str]] = {}
+    integrated_names = _Renamed(
+        "integrated_names", "read state_variables[name].integrated",
+        lambda cls, _: tuple(n for n, v in cls.state_variables.items() if v.integrated))
+    residual_names = _Renamed(
+        "residual_names", "the low words are stored_names[len(state_names):]",
+        lambda cls, soma: soma.stored_names[len(cls.state_names):], per_instance=True)
+    stored_fields = _Renamed("stored_fields", "use state_fields()",
+                             lambda cls, _: cls.state_fields)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.state_names = tuple(cls.state_variables)
-        cls.integrated_names = tuple(n for n, v in cls.state_variables.items() if v.integrated)
         cls.spike_parts = {n: v.on_spike or ("reset" if n == cls.membrane else "adaptation")
                            for n, v in cls.state_variables.items()}
         if not cls.state_variables:
@@ -599,7 +624,6 @@ class Soma(nnx.Module):
         self.units = as_units(units)
         self.method = method
         self.config = config
-        self.residual_names = residual_names(self.state_variables, self.dtype)
         memory = functools.partial(
             allocating, f"{type(self).__name__}: units = {self.units} (its state and trained "
             "fields)", self._bytes_per_neuron() * math.prod(self.units))
@@ -689,7 +713,7 @@ class Soma(nnx.Module):
         (:func:`~spark_somas.dynamics.numerics.resolution_problem`), τ ≤ dt/(m·u) with
         m = ``RESOLUTION_MARGIN`` and u the double word's relative unit."""
         out = {n: (-numerics.bound(self.dtype), numerics.bound(self.dtype))
-               for n in self.stored_fields()}
+               for n in self.state_fields()}
         if numerics.is_compensated(self.dtype):
             unit = 2.0 ** (-2 * (jnp.finfo(self.dtype).nmant + 1))
             for n in self.config_class.time_constant_fields():
@@ -719,7 +743,7 @@ class Soma(nnx.Module):
             if n in values})
         if problem:
             raise RuleError(f"{name}: {problem}")
-        for n in self.stored_fields():
+        for n in self.state_fields():
             if n in values and values[n].size:
                 worst = values[n].flat[int(np.argmax(np.abs(values[n])))]
                 configs.require(
@@ -768,7 +792,7 @@ class Soma(nnx.Module):
         return numerics.split(rest, self.dtype)[name != base]
 
     @classmethod
-    def stored_fields(cls) -> tuple[str, ...]:
+    def state_fields(cls) -> tuple[str, ...]:
         """Config fields whose values become a stored state value (each
         variable's ``rest`` and ``takes``): they must fit the state dtype,
         or the soma would rest or reset elsewhere."""
@@ -789,8 +813,8 @@ class Soma(nnx.Module):
     @property
     def stored_names(self) -> tuple[str, ...]:
         """Every SomaState Variable of this soma: the model's ``state_names``
-        and, in half precision, their low words (``residual_names``)."""
-        return self.state_names + self.residual_names
+        and, in half precision, their low words (``*_residual``)."""
+        return self.state_names + low_words(self.state_variables, self.dtype)
 
     @property
     def state_shape(self) -> tuple[int, ...]:
