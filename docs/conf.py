@@ -239,8 +239,14 @@ _SOMA_PROTOCOL = {id(v.__func__) for cls in spark_somas.SOMAS.values() for c in 
                   for v in vars(c).values() if isinstance(v, staticmethod)}
 
 
+# Earlier names of the protocol's derived lists still read (with a warning)
+# but are not documented: the pages show the one name of each.
+_RENAMED = {n for n, v in vars(importlib.import_module("spark_somas.models.protocol").Soma)
+            .items() if hasattr(v, "renamed_to")}
+
+
 def _skip_protocol(app, what, name, obj, skip, options):
-    return True if what == "class" and id(obj) in _SOMA_PROTOCOL else None
+    return True if what == "class" and (id(obj) in _SOMA_PROTOCOL or name in _RENAMED) else None
 
 
 def setup(app):

@@ -227,13 +227,12 @@ class _Renamed:
 
     def __init__(self, old: str, new: str, read: Callable[[type, Any], Any], *,
                  per_instance: bool = False):
-        self.old, self.new, self.read, self.per_instance = old, new, read, per_instance
-        self.__doc__ = f"Deprecated: {new}."
+        self.old, self.renamed_to, self.read, self.per_instance = old, new, read, per_instance
 
     def __get__(self, instance: Any, owner: type) -> Any:
         if self.per_instance and instance is None:
             return self
-        warnings.warn(f"{owner.__name__}.{self.old} is deprecated; {self.new}",
+        warnings.warn(f"{owner.__name__}.{self.old} is deprecated; {self.renamed_to}",
                       DeprecationWarning, stacklevel=2)
         return self.read(owner, instance)
 
