@@ -172,7 +172,8 @@ def test_time_constants_must_cover_exactly_the_integrated_variables():
 def test_the_earlier_names_of_the_derived_lists_still_read_with_a_warning(user_models):
     """integrated_names, residual_names and stored_fields (each one quantity
     under a second name) keep working and name their replacement."""
-    alif, half = user_models["alif"](units=2), ss.AdaptiveExponentialSoma(units=2, dtype=jnp.float16)
+    alif = user_models["alif"](units=2)
+    half = ss.AdaptiveExponentialSoma(units=2, dtype=jnp.float16)
     expected = {
         (alif, "integrated_names"): ("potential", "threshold_adaptation"),
         (half, "residual_names"): ("potential_residual", "adaptation_residual"),

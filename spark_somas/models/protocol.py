@@ -225,9 +225,12 @@ class _Renamed:
     """A name a release used for what another name now gives: reading it
     still works, with a ``DeprecationWarning`` that names the replacement."""
 
-    def __init__(self, old: str, new: str, read: Callable[[type, Any], Any], *,
+    def __init__(self, new: str, read: Callable[[type, Any], Any], *,
                  per_instance: bool = False):
-        self.old, self.renamed_to, self.read, self.per_instance = old, new, read, per_instance
+        self.renamed_to, self.read, self.per_instance = new, read, per_instance
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.old = name
 
     def __get__(self, instance: Any, owner: type) -> Any:
         if self.per_instance and instance is None:
@@ -508,13 +511,12 @@ class Soma(nnx.Module):
     state_names: ClassVar[tuple[str, ...]] = ()
     spike_parts: ClassVar[Mapping[str, str]] = {}
     integrated_names = _Renamed(
-        "integrated_names", "read state_variables[name].integrated",
+        "read state_variables[name].integrated",
         lambda cls, _: tuple(n for n, v in cls.state_variables.items() if v.integrated))
     residual_names = _Renamed(
-        "residual_names", "the low words are stored_names[len(state_names):]",
+        "the low words are stored_names[len(state_names):]",
         lambda cls, soma: soma.stored_names[len(cls.state_names):], per_instance=True)
-    stored_fields = _Renamed("stored_fields", "use state_fields()",
-                             lambda cls, _: cls.state_fields)
+    stored_fields = _Renamed("use state_fields()", lambda cls, _: cls.state_fields)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
