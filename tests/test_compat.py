@@ -96,8 +96,10 @@ def test_network_checkpoint_resumes_exactly(release):
         import jax.numpy as jnp
         return jnp.mean(net(make_fixtures.net_inputs(20)).logits ** 2)
 
-    opt.update(net, nnx.grad(loss)(net))
-    logits = np.asarray(net(make_fixtures.net_inputs(20)).logits)
+    # One compiled step and one compiled forward pass: run eagerly, every
+    # operation outside the time loop would be compiled on its own.
+    nnx.jit(lambda net, opt: opt.update(net, nnx.grad(loss)(net)))(net, opt)
+    logits = np.asarray(nnx.jit(lambda net: net(make_fixtures.net_inputs(20)).logits)(net))
     np.testing.assert_allclose(logits, expected["network_logits"], rtol=1e-5, atol=1e-6)
 
 
