@@ -15,6 +15,8 @@ when ``detach_adaptation`` is False. These functions measure it:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -27,13 +29,15 @@ __all__ = ["input_gradient_by_step", "input_weight_gradients"]
 Array = jax.Array
 
 
+@functools.partial(nnx.jit, static_argnames=("objective",))
 def input_gradient_by_step(model: SpikingNetwork, x: Array, labels: Array, *,
                            objective: Objective = Objective()) -> Array:
     """‖∂L/∂x_t‖₂ over batch and features for each step t, shape (T,).
 
     ``x`` is the network's time-major input (T, B, F) (spikes as 0/1
     floats, or currents), ``labels`` (B,) the classes, L the ``objective``
-    on the network run from rest. The model's state is left as it was."""
+    on the network run from rest. The model's state is left as it was.
+    One compiled program per shape and objective."""
     running = jax.tree.map(lambda v: v, nnx.state(model))
 
     def loss(model: SpikingNetwork, inputs: Array) -> Array:
@@ -44,6 +48,7 @@ def input_gradient_by_step(model: SpikingNetwork, x: Array, labels: Array, *,
     return jnp.sqrt(jnp.sum(jnp.square(grads), axis=tuple(range(1, grads.ndim))))
 
 
+@functools.partial(nnx.jit, static_argnames=("objective",))
 def input_weight_gradients(model: SpikingNetwork, x: Array, labels: Array, *,
                            objective: Objective = Objective()) -> Array:
     """‖∂L/∂W_in[f, :]‖₂ of the first hidden layer's input weights, for
