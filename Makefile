@@ -43,12 +43,14 @@ test: install-test
 # The lowest versions pyproject.toml allows, in their own venv (.venv-floor):
 # constraints-lowest.txt pins each direct dependency at its lower bound, and a
 # fast subset runs there (soma steps, simulate, networks, training and
-# evaluation with a padded batch, checkpoints, the floors themselves, and what the
+# evaluation with a padded batch, checkpoints and their crash safety, the floors
+# themselves, and what the
 # suite's shared compilation cache relies on).
 FLOOR_VENV := .venv-floor
 FLOOR_BIN := $(FLOOR_VENV)/bin
 FLOOR_TESTS := tests/test_floor.py tests/test_somas.py tests/test_simulate.py \
-	tests/test_training.py tests/test_checkpointing.py tests/test_shared_compilation_cache.py
+	tests/test_training.py tests/test_checkpointing.py tests/test_checkpoint_crashes.py \
+	tests/test_shared_compilation_cache.py
 
 $(FLOOR_BIN)/python:
 	$(PYTHON) -m venv $(FLOOR_VENV)

@@ -1,4 +1,6 @@
-"""The other process of tests/test_checkpointing.py, and the setups both share.
+"""The other process of tests/test_checkpointing.py and
+tests/test_checkpoint_crashes.py, the setups both sides share, and how a
+test starts it (run_worker).
 
 Usage:
   python tests/_checkpoint_worker.py resume TMPDIR
@@ -16,7 +18,9 @@ Usage:
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
+import subprocess
 import sys
 
 import jax
@@ -110,6 +114,27 @@ def train_step(model, optimizer, x, y):
 def train(model, optimizer, start: int, stop: int) -> None:
     for step in range(start, stop):
         train_step(model, optimizer, *batch(step))
+
+
+def run_worker(*args: str, background: bool = False
+               ) -> subprocess.Popen | subprocess.CompletedProcess:
+    """This file in a new process on the CPU: in the background (output
+    piped) or to its end, which must succeed."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, __file__, *args]
+    if background:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def assert_states_equal(expected: dict, actual: dict) -> None:
+    """The same arrays under the same names, dtype and bits."""
+    assert sorted(expected) == sorted(actual)
+    for key in expected:
+        assert expected[key].dtype == actual[key].dtype, key
+        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
 
 
 def flat_state(prefix: str, module) -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
 """Checkpoint and resume (spark_somas.persistence.checkpointing): exact resume of
-simulations and training in a new process, crash safety under kill -9, clear
-refusals, retention. The second process runs tests/_checkpoint_worker.py."""
+simulations and training in a new process, clear refusals, retention. The
+second process runs tests/_checkpoint_worker.py; crashes and failing disks
+are tests/test_checkpoint_crashes.py."""
 
 from __future__ import annotations
 
@@ -10,9 +11,6 @@ import os
 import pathlib
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import chex
@@ -27,26 +25,6 @@ import spark_somas as ss
 from spark_somas.models import registry
 from spark_somas.persistence import checkpointing as ck
 from spark_somas.persistence import compatibility
-
-WORKER = pathlib.Path(__file__).with_name("_checkpoint_worker.py")
-
-
-def run_worker(*args: str, **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, str(WORKER), *args]
-    if kwargs.pop("background", False):
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-def assert_states_equal(expected: dict, actual: dict) -> None:
-    assert sorted(expected) == sorted(actual)
-    for key in expected:
-        assert expected[key].dtype == actual[key].dtype, key
-        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
-
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
@@ -74,7 +52,7 @@ def resumed(tmp_path_factory):
     expected = worker.flat_state("model", model) | worker.flat_state("optimizer", optimizer)
 
     start = time.perf_counter()
-    run_worker("resume", str(tmp))
+    worker.run_worker("resume", str(tmp))
     print(f"resume subprocess: {time.perf_counter() - start:.1f} s")
     return sim, initial, expected, dict(np.load(tmp / "resumed.npz"))
 
@@ -102,50 +80,11 @@ def test_simulation_resumes_bit_identically_in_a_new_process(resumed, kind):
 def test_training_resumes_bit_identically_in_a_new_process(resumed):
     _, initial, expected, got = resumed
     got = {k: v for k, v in got.items() if k.startswith(("model", "optimizer"))}
-    assert_states_equal(expected, got)
+    worker.assert_states_equal(expected, got)
     # Training moved the parameters, including the soma's trained fields.
     for key in ("model['soma']['threshold']", "model['soma']['potential_tau']", "model['inp']['kernel']"):
         assert not np.array_equal(initial[key], expected[key]), key
     assert expected["optimizer['step']"] == worker.N_TRAIN + worker.M_TRAIN
-
-
-@pytest.mark.parametrize("point", list(worker.CRASH_POINTS))
-def test_save_killed_at_any_point_keeps_every_committed_step(tmp_path, point):
-    """kill -9 at several points of an asynchronous save: the previous step
-    always restores, the killed step exists only if its final rename ran,
-    and the next writer cleans up and saves again."""
-    proc = run_worker("crash", str(tmp_path), point, background=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "blocked").exists():
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, f"the worker never reached {point!r}"
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-
-    directory = tmp_path / "ckpt"
-    committed = point == "after the final rename"
-    if not committed:
-        assert glob.glob(str(directory / "2.orbax-checkpoint-tmp*")), os.listdir(directory)
-    expected_steps = [1, 2] if committed else [1]
-    assert [i.step for i in ck.describe(directory)] == expected_steps
-    assert ck.Checkpointer(directory, read_only=True).all_steps() == expected_steps
-    assert_states_equal(dict(np.load(tmp_path / "step1.npz")),
-                        worker.flat_state("model", ck.load(directory, step=1)))
-    if committed:
-        assert_states_equal(dict(np.load(tmp_path / "step2.npz")),
-                            worker.flat_state("model", ck.load(directory, step=2)))
-    # A new writer clears what the killed save left and saves the next step.
-    soma = ck.load(directory, step=1)
-    with ck.Checkpointer(directory) as writer:
-        writer.save(3, soma)
-    assert not glob.glob(str(directory / "*tmp*"))
-    assert ck.Checkpointer(directory, read_only=True).all_steps() == expected_steps + [3]
-    assert_states_equal(dict(np.load(tmp_path / "step1.npz")),
-                        worker.flat_state("model", ck.load(directory)))
 
 
 class Pair(nnx.Module):
@@ -199,7 +138,7 @@ def test_load_rebuilds_a_registered_model_and_its_state(tmp_path):
         ckpt.save(1, model)
     loaded = ck.load(tmp_path)
     assert type(loaded) is Pair
-    assert_states_equal(worker.flat_state("m", model), worker.flat_state("m", loaded))
+    worker.assert_states_equal(worker.flat_state("m", model), worker.flat_state("m", loaded))
     assert loaded.a.potential[...].shape == (2, 4)  # the saved batch shape
     assert loaded.a.refractory[...].dtype == jnp.int32
 
@@ -232,7 +171,7 @@ def test_low_precision_state_and_prng_keys_round_trip(tmp_path):
         ckpt.restore(target)
     assert target.soma.potential[...].dtype == jnp.bfloat16
     assert jnp.issubdtype(target.rngs.noise.key[...].dtype, jax.dtypes.prng_key)
-    assert_states_equal(worker.flat_state("m", model), worker.flat_state("m", target))
+    worker.assert_states_equal(worker.flat_state("m", model), worker.flat_state("m", target))
     np.testing.assert_array_equal(jax.random.key_data(model.rngs.noise()),
                                   jax.random.key_data(target.rngs.noise()))
 
@@ -258,7 +197,7 @@ def test_restore_into_a_different_model_names_field_and_both_values(
     message = str(err.value)
     assert field in message and f"checkpoint {saved_value}" in message, message
     assert f"model {model_value}" in message, message
-    assert_states_equal(before, worker.flat_state("m", model))  # nothing touched
+    worker.assert_states_equal(before, worker.flat_state("m", model))  # nothing touched
 
 
 def test_restore_with_an_optimizer_needs_saved_optimizer_state(tmp_path):
@@ -308,7 +247,8 @@ def test_an_existing_step_is_never_overwritten(tmp_path):
     with ck.Checkpointer(tmp_path) as again:  # a later session, too
         with pytest.raises(ck.CheckpointExistsError):
             again.save(5, Pair())
-    assert_states_equal(worker.flat_state("m", first), worker.flat_state("m", ck.load(tmp_path)))
+    worker.assert_states_equal(worker.flat_state("m", first),
+                               worker.flat_state("m", ck.load(tmp_path)))
 
 
 def test_async_save_owns_its_copy_of_the_arrays(tmp_path):
@@ -321,7 +261,7 @@ def test_async_save_owns_its_copy_of_the_arrays(tmp_path):
     for leaf in jax.tree.leaves(nnx.state(soma)):
         leaf.delete()
     ckpt.close()
-    assert_states_equal(expected, worker.flat_state("m", ck.load(tmp_path)))
+    worker.assert_states_equal(expected, worker.flat_state("m", ck.load(tmp_path)))
 
 
 def test_max_to_keep_keeps_the_newest_and_the_best(tmp_path):
@@ -418,43 +358,6 @@ def test_listing_skips_a_step_without_its_metadata_and_names_it(tmp_path, capsys
         line.endswith("step 1 is skipped"), line
 
 
-RETENTION_CUT_SHORT = """
-import os, sys
-import spark_somas as ss
-from spark_somas.persistence import checkpointing as ck
-
-unlink = os.unlink
-def unlink_then_die(path, *args, **kwargs):  # killed right after a step's metadata file goes
-    unlink(path, *args, **kwargs)
-    if os.path.basename(os.fsdecode(path)) == "metadata":
-        os._exit(3)
-with ck.Checkpointer(sys.argv[1], async_save=False) as ckpt:
-    ckpt.save(1, ss.ExponentialSoma(units=2))
-os.unlink = unlink_then_die
-with ck.Checkpointer(sys.argv[1], max_to_keep=1, async_save=False) as ckpt:
-    ckpt.save(2, ss.ExponentialSoma(units=2))
-"""
-
-
-def test_a_retention_deletion_cut_short_leaves_no_listed_step_without_metadata(tmp_path):
-    """Retention moves a step away by one rename before removing its files:
-    a process killed while they are removed leaves only complete steps listed,
-    and the next writer removes the rest."""
-    import warnings
-
-    proc = subprocess.run([sys.executable, "-c", RETENTION_CUT_SHORT, str(tmp_path)],
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-                          text=True, timeout=240)
-    assert proc.returncode == 3, proc.stderr  # killed inside the deletion
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert [info.step for info in ck.describe(tmp_path)] == [2]
-    ck.load(tmp_path)
-    with ck.Checkpointer(tmp_path, max_to_keep=1):
-        pass
-    assert os.listdir(tmp_path) == ["2"]
-
-
 def test_a_directory_written_by_orbax_alone_is_not_a_spark_somas_checkpoint(tmp_path):
     import orbax.checkpoint as ocp
 
@@ -485,11 +388,11 @@ def test_network_with_batched_state_restores_and_continues(tmp_path):
         target = _batched_network(2)
         target.reset()  # the target's state is unbatched: it takes the saved (2, N)
         ckpt.restore(target)
-    assert_states_equal(worker.flat_state("m", saved), worker.flat_state("m", target))
+    worker.assert_states_equal(worker.flat_state("m", saved), worker.flat_state("m", target))
     assert target.layers[0].current[...].shape == (2, 5)
     assert target.readout_potential[...].shape == (2, 3)
     loaded = ck.load(tmp_path)
-    assert_states_equal(worker.flat_state("m", saved), worker.flat_state("m", loaded))
+    worker.assert_states_equal(worker.flat_state("m", saved), worker.flat_state("m", loaded))
     x = jnp.ones((4, 2, 6))
     np.testing.assert_array_equal(np.asarray(loaded(x).logits), np.asarray(saved(x).logits))
 
@@ -505,7 +408,7 @@ def test_network_state_of_another_width_or_two_batch_shapes_is_refused(tmp_path)
         before = worker.flat_state("m", target)
         with pytest.raises(ck.CheckpointMismatchError, match="several batch shapes"):
             ckpt.restore(target)
-        assert_states_equal(before, worker.flat_state("m", target))
+        worker.assert_states_equal(before, worker.flat_state("m", target))
         wider = training.SpikingNetwork(6, [5, 4], 4, recurrent=True, synapse_tau=5.0,
                                         trainable_neurons=True, rngs=nnx.Rngs(0))
         with pytest.raises(ck.CheckpointMismatchError, match="readout_potential"):
@@ -529,39 +432,6 @@ def test_the_integration_method_is_saved_loaded_and_checked(tmp_path, saved, oth
     drive = jnp.full((300, 3), 900.0)
     np.testing.assert_array_equal(np.asarray(ss.simulate(loaded, drive).potential),
                                   np.asarray(ss.simulate(soma, drive).potential))
-
-
-FULL_DISK = """
-import resource, signal, sys
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-import jax
-import spark_somas as ss
-from spark_somas.persistence import checkpointing as ck
-big = ss.ExponentialSoma(units=200_000)
-big.potential[...] = jax.random.normal(jax.random.key(0), (200_000,))  # incompressible
-ckpt = ck.Checkpointer(sys.argv[1], async_save=sys.argv[2] == "async")
-ckpt.save(0, ss.ExponentialSoma(units=2))
-ckpt.wait()
-resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the disk is now full
-try:
-    ckpt.save(1, big)
-    ckpt.close()
-except ck.CheckpointNotWritableError as err:
-    print("refused:", err)
-"""
-
-
-@pytest.mark.parametrize("mode", ["async", "sync"])
-def test_a_write_that_fails_on_the_file_system_is_not_writable_and_keeps_earlier_steps(
-        tmp_path, mode, full_disk_env):
-    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path), mode], env=full_disk_env,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("refused: a save to ") and "not committed" in proc.stdout
-    assert "File too large" in proc.stdout  # the file system's reason, in one line
-    assert len(proc.stdout.splitlines()) == 1
-    assert ck.describe(tmp_path)[-1].step == 0
-    assert ck.load(tmp_path).units == (2,)
 
 
 def _edit_metadata(directory, step, edit):
@@ -594,7 +464,7 @@ def test_stored_parameters_that_break_the_rules_are_refused_on_load_and_restore(
     with ck.Checkpointer(tmp_path, read_only=True) as ckpt:
         with pytest.raises(ck.CheckpointCorruptError, match="break the rules of the soma"):
             ckpt.restore(target)
-    assert_states_equal(before, worker.flat_state("m", target))  # nothing changed
+    worker.assert_states_equal(before, worker.flat_state("m", target))  # nothing changed
 
 
 def test_a_model_spec_larger_than_the_stored_arrays_is_refused_before_it_is_built(tmp_path):
@@ -667,25 +537,6 @@ def test_hand_damaged_metadata_is_named_by_every_reader(tmp_path, capsys, damage
     assert cli.main(["checkpoints", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and re.search(message, err), err
-
-
-@pytest.mark.parametrize("kind", ["Task", "Future", "_GatheringFuture"])
-def test_asyncio_copies_of_a_failed_write_into_the_directory_are_dropped(tmp_path, caplog, kind):
-    import logging
-
-    ck.Checkpointer(tmp_path / "run")
-    here = str(tmp_path / "run" / "1.orbax-checkpoint-tmp" / "state")
-    elsewhere = str(tmp_path / "other" / "state")
-    log = logging.getLogger("asyncio")
-    with caplog.at_level(logging.ERROR, logger="asyncio"):
-        log.error("%s exception was never retrieved\nfuture: <%s exception=ValueError('"
-                  "Error writing %s')>", kind, kind, here)
-        log.error("%s exception was never retrieved\nfuture: <%s exception=ValueError('"
-                  "Error writing %s')>", kind, kind, elsewhere)
-        log.error("Unclosed client session in %s", here)
-    messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2
-    assert elsewhere in messages[0] and messages[1].startswith("Unclosed client session")
 
 
 @pytest.mark.parametrize("model", ["soma", "network"])
