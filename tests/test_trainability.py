@@ -214,8 +214,12 @@ def test_fit_records_gradient_norms_per_module_and_make_optimizer_guards_a_users
 
     before = jax.tree.map(np.asarray, nnx.state(net, nnx.Param))
     optimizer = tr.make_optimizer(net, tx=optax.sgd(jnp.inf))  # every update non-finite
-    grads = nnx.grad(lambda n: jnp.sum(n(jnp.asarray(data.x_train[:4]).swapaxes(0, 1)).logits))(net)
-    optimizer.update(net, grads)
+
+    @nnx.jit  # one program, not one per operation
+    def step(net, optimizer, x):
+        optimizer.update(net, nnx.grad(lambda n: jnp.sum(n(x).logits))(net))
+
+    step(net, optimizer, jnp.asarray(data.x_train[:4]).swapaxes(0, 1))
     after = jax.tree.map(np.asarray, nnx.state(net, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, after, before)  # skipped, not written
 
