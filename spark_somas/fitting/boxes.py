@@ -5,6 +5,7 @@ to the field's value x, and the starts' initial u."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping
 
@@ -22,10 +23,16 @@ __all__ = ["Box", "field_boxes", "check_bounds", "initial_u", "start_count"]
 Array = jax.Array
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["lo", "hi", "scale"],
+                   meta_fields=["kind", "dtype"])
 @dataclasses.dataclass(frozen=True)
 class Box:
     """A fitted field's box [lo, hi], its map u -> x and u's own range; x
-    is in ``dtype``, the soma's parameter dtype (u is at least float32)."""
+    is in ``dtype``, the soma's parameter dtype (u is at least float32).
+
+    A pytree whose leaves are the numbers lo, hi and scale: a compiled fit
+    takes them as arguments, so fits in boxes of the same kinds share one
+    program whatever their ends and starts."""
 
     kind: str  # "sigmoid", "log_sigmoid", "above", "below", "linear"
     lo: float
@@ -44,7 +51,7 @@ class Box:
         if self.kind == "sigmoid":
             x = self.lo + (self.hi - self.lo) * jax.nn.sigmoid(u)
         elif self.kind == "log_sigmoid":
-            x = jnp.exp(math.log(self.lo) + math.log(self.hi / self.lo) * jax.nn.sigmoid(u))
+            x = jnp.exp(jnp.log(self.lo) + jnp.log(self.hi / self.lo) * jax.nn.sigmoid(u))
         elif self.kind == "above":
             x = self.lo + jnp.exp(u)
         elif self.kind == "below":

@@ -22,7 +22,7 @@ from spark_somas.errors import ConfigError, allocating
 from spark_somas.models.configs import require
 from spark_somas.models.somas import Soma, SomaConstant, SomaState, step
 from spark_somas.simulation.driver import drive
-from spark_somas.fitting.boxes import check_bounds, field_boxes, initial_u, start_count
+from spark_somas.fitting.boxes import Box, check_bounds, field_boxes, initial_u, start_count
 from spark_somas.fitting.losses import Loss
 from spark_somas.fitting.recording import Recording, same_dt
 from spark_somas.fitting.result import FitResult
@@ -98,16 +98,16 @@ def _optimizer(stage: Stage) -> optax.GradientTransformation:
     return optax.lbfgs(linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=15))
 
 
-@functools.partial(jax.jit, static_argnames=("graph", "stage", "boxes", "dt"))
-def _fit_stage(u_fit, u_rest, fixed, data, *, graph, stage, boxes, dt):
+@functools.partial(jax.jit, static_argnames=("graph", "stage", "dt"))
+def _fit_stage(u_fit, u_rest, fixed, data, boxes, limits, *, graph, stage, dt):
     """``stage.steps`` iterations for every cell and start at once (vmapped
     over the cells, the leading axis of ``u_fit`` / ``u_rest`` and ``data``,
-    then over the starts, their second axis); returns the final u, the loss
-    before each iteration (N, K, steps) and the loss evaluations (N, K)."""
-    boxes = dict(boxes)
+    then over the starts, their second axis), u kept in ``limits`` (each
+    box's ``u_range``); returns the final u, the loss before each iteration
+    (N, K, steps) and the loss evaluations (N, K)."""
     opt = _optimizer(stage)
-    low = {n: boxes[n].u_range()[0] for n in u_fit}
-    high = {n: boxes[n].u_range()[1] for n in u_fit}
+    low = {n: limits[n][0] for n in u_fit}
+    high = {n: limits[n][1] for n in u_fit}
 
     def one(u_fit, u_rest, data):
         value_fn = functools.partial(_lane_loss, u_rest=u_rest, graph=graph, boxes=boxes,
@@ -134,12 +134,10 @@ def _fit_stage(u_fit, u_rest, fixed, data, *, graph, stage, boxes, dt):
     return jax.vmap(jax.vmap(one, in_axes=(0, 0, None)))(u_fit, u_rest, data)
 
 
-@functools.partial(jax.jit, static_argnames=("graph", "loss", "boxes", "dt"))
-def _losses(u, fixed, data, *, graph, loss, boxes, dt):
+@functools.partial(jax.jit, static_argnames=("graph", "loss", "dt"))
+def _losses(u, fixed, data, boxes, *, graph, loss, dt):
     """The loss of every cell and start, (N, K): vmapped over the cells (the
     leading axis of u and ``data``), then the starts (u's second axis)."""
-    boxes = dict(boxes)
-
     def one(u, data):
         return _lane_loss(u, {}, graph, boxes, fixed, data, loss, dt, False)
 
@@ -404,7 +402,6 @@ def _fit(soma: Soma, fields: tuple[str, ...], bounds: Mapping[str, tuple[float, 
     boxes = field_boxes(soma, fields, bounds, guess)
     count = start_count(starts)
     graph, fixed = _template(soma, fields)
-    boxes_key = tuple(sorted(boxes.items()))
     # The optimizer works in at least float32 (optax's line search keeps
     # its state in float32); the soma runs in its own dtypes.
     dtype = jnp.promote_types(soma.param_dtype, jnp.float32)
@@ -416,8 +413,8 @@ def _fit(soma: Soma, fields: tuple[str, ...], bounds: Mapping[str, tuple[float, 
         graphs = {settings: _template(soma, fields, settings)[0] if settings else graph
                   for settings in {st.settings for st in stages}}
         u, history, evaluations = _run_stages(u, fixed, plans, stages, graphs=graphs,
-                                              boxes=boxes_key, dt=soma.dt)
-        losses = _selection_losses(u, fixed, plans, graph=graph, boxes=boxes_key, dt=soma.dt)
+                                              boxes=boxes, dt=soma.dt)
+        losses = _selection_losses(u, fixed, plans, graph=graph, boxes=boxes, dt=soma.dt)
     x = {n: np.asarray(boxes[n].to_x(v), np.float64) for n, v in u.items()}
     initial = {n: np.asarray(boxes[n].to_x(jnp.asarray(v, dtype)), np.float64)
                for n, v in u0.items()}
@@ -466,19 +463,21 @@ def _stacked(recordings: Sequence[Recording | None]) -> dict[str, Array]:
 
 
 def _run_stages(u: dict[str, Array], fixed: Any, plans: Sequence[_Plan],
-                stages: Sequence[Stage], *, graphs: Mapping[tuple, Any], boxes: tuple,
-                dt: float) -> tuple[dict[str, Array], list[np.ndarray], np.ndarray]:
+                stages: Sequence[Stage], *, graphs: Mapping[tuple, Any],
+                boxes: Mapping[str, Box], dt: float
+                ) -> tuple[dict[str, Array], list[np.ndarray], np.ndarray]:
     """Every stage in turn on each cell's sweeps, for every cell and start at
     once, each by the fitting neuron of its settings (``graphs``); returns
     the final u (N, K), each stage's loss history (N, K, steps) and per cell
     the most loss evaluations any start made (N,)."""
     history, evaluations = [], np.zeros(len(plans), int)
+    limits = {n: box.u_range() for n, box in boxes.items()}
     for k, stage in enumerate(stages):
         data = _stacked([p.recording.select(p.picks[k]) for p in plans])
         u_fit = {n: u[n] for n in stage.fields}
         u_rest = {n: v for n, v in u.items() if n not in stage.fields}
-        u_fit, h, evals = _fit_stage(u_fit, u_rest, fixed, data, graph=graphs[stage.settings],
-                                     stage=stage, boxes=boxes, dt=dt)
+        u_fit, h, evals = _fit_stage(u_fit, u_rest, fixed, data, boxes, limits,
+                                     graph=graphs[stage.settings], stage=stage, dt=dt)
         u = {**u, **u_fit}
         history.append(np.asarray(h))
         evaluations += np.max(np.asarray(evals), axis=1)
@@ -486,7 +485,7 @@ def _run_stages(u: dict[str, Array], fixed: Any, plans: Sequence[_Plan],
 
 
 def _selection_losses(u: dict[str, Array], fixed: Any, plans: Sequence[_Plan], *, graph: Any,
-                      boxes: tuple, dt: float) -> np.ndarray:
+                      boxes: Mapping[str, Box], dt: float) -> np.ndarray:
     """Each cell's starts' selection losses (N, K): the cell's judges'
     losses, each relative to its best start's when it has several, summed;
     inf where not finite."""
@@ -495,7 +494,7 @@ def _selection_losses(u: dict[str, Array], fixed: Any, plans: Sequence[_Plan], *
         judged = [key in p.judges for p in plans]
         loss = next(p.judges[key][0] for p in plans if key in p.judges)
         data = _stacked([p.judges[key][1] if key in p.judges else None for p in plans])
-        values = np.asarray(_losses(u, fixed, data, graph=graph, loss=loss, boxes=boxes, dt=dt),
+        values = np.asarray(_losses(u, fixed, data, boxes, graph=graph, loss=loss, dt=dt),
                             np.float64)
         for i, plan in enumerate(plans):
             if judged[i]:
