@@ -231,6 +231,25 @@ def test_many_starts_in_one_program_equal_separate_fits():
     assert together.params == {n: together.starts[n][together.best] for n in SMALL_FIELDS}
 
 
+def test_a_later_fit_that_differs_only_in_numbers_compiles_nothing():
+    """Another start, other bounds of the same kinds and another recording of
+    the same shape: the programs of the first fit run again, nothing is
+    traced or compiled (the boxes' ends are arguments, not settings)."""
+    events = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **kw: events.append(event))
+    fields = ("potential_tau", "adaptation_delta")
+    stages = (Stage(fields, Loss(), "all", "adam", 2),)
+    fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1), small_problem(), fields, stages=stages,
+                     starts=2, bounds={"potential_tau": (1.0, 30.0)})
+    del events[:]
+    fitting.fit_soma(ss.AdaptiveExponentialSoma(units=1, potential_tau=14.0),
+                     record(ss.AdaptiveExponentialSomaConfig(adaptation_delta=50.0),
+                            [-200.0, 700.0], length=60.0, sweep=100.0, seed=1),
+                     fields, stages=stages, starts=2, bounds={"potential_tau": (2.0, 40.0)})
+    assert not [e for e in events if "trace" in e or "compile" in e], sorted(set(events))
+
+
 @pytest.mark.parametrize("learning_rate", [1e3, 1e8, 1e30])
 def test_bounds_hold_at_absurd_learning_rates(learning_rate):
     data = small_problem()
