@@ -317,15 +317,16 @@ def amplification(soma: Soma, currents: Any) -> float:
     currents = jnp.asarray(currents, jnp.float32)
     shape = trajectory[model.membrane].shape[1:]
 
-    def advance(flat: jax.Array, current: jax.Array, counters: dict) -> jax.Array:
+    def advance(params: dict, flat: jax.Array, current: jax.Array, counters: dict) -> jax.Array:
         state = {n: v.reshape(shape) for n, v in zip(names, jnp.split(flat, len(names)))}
         new, _ = step(model, params, {**state, **counters}, current, soma.options)
         return jnp.concatenate([new[n].ravel() for n in names])
 
     flat = jnp.concatenate([trajectory[n].reshape(len(currents), -1) for n in names], axis=1)
     counters = {n: trajectory[n] for n in model.state_names if n not in names}
-    jacobians = jax.vmap(jax.jacrev(advance))(flat, jnp.broadcast_to(
-        currents, (len(currents),) + shape), counters)
+    # Jitted: one compiled program instead of one per operation of the step's Jacobian.
+    jacobians = jax.jit(jax.vmap(jax.jacrev(advance, argnums=1), in_axes=(None, 0, 0, 0)))(
+        params, flat, jnp.broadcast_to(currents, (len(currents),) + shape), counters)
     gains = np.log10(np.maximum(np.asarray(jnp.max(jnp.sum(jnp.abs(jacobians), -1), -1),
                                            np.float64), 1e-300))
     best = running = 0.0  # the largest sum over a stretch of steps (Kadane)
@@ -419,7 +420,7 @@ def check_model(model: type[Soma], *, units: int = 3, steps: int = 20, dt: float
     with _capability(model, "gradient", trainable=model.default_trainable):
         soma = model(units=shape, dt=dt, trainable=model.default_trainable)
         x = jnp.asarray(_drive(soma, steps, 2))
-        (grad_soma, grad_x), _ = nnx.grad(_loss, argnums=(0, 1), has_aux=True)(soma, x)
+        (grad_soma, grad_x), _ = nnx.jit(nnx.grad(_loss, argnums=(0, 1), has_aux=True))(soma, x)
         _assert_finite(grad_x, "d/dI")
         _assert_finite(nnx.state(grad_soma, nnx.Param), "d/dparam")
     _check_network(model, steps)
@@ -539,7 +540,8 @@ def _check_legal_space(model: type[Soma], shape: tuple[int, ...], steps: int, ex
         with _capability(model, "legal space", params, method=method, dtype=dtype.name, dt=dt):
             soma = model(units=shape, dt=dt, dtype=dtype, method=method, trainable=fields,
                          **params)
-            (grad_soma, grad_x), rec = nnx.grad(_loss, argnums=(0, 1), has_aux=True)(soma, x)
+            (grad_soma, grad_x), rec = nnx.jit(nnx.grad(_loss, argnums=(0, 1), has_aux=True))(
+                soma, x)  # one compiled program; eager, the two passes compile apart
             _assert_finite((rec.spikes, rec.potential, soma.neuron_state()), "forward")
             _assert_spikes(rec.spikes)
             assert rec.spikes.dtype == rec.potential.dtype == dtype, "outputs changed dtype"

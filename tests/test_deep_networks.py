@@ -37,24 +37,30 @@ def reference_run(net, x):
     """Layer by layer, step by step, calling each soma alone: the equations of
     the network written out (Linear, recurrence, exponential synapse, soma,
     leaky readout)."""
-    somas = [layer.soma for layer in net.layers]
-    for soma in somas:
-        soma.reset((x.shape[1],))
-    n = [s.units[0] for s in somas]
+    for layer in net.layers:
+        layer.soma.reset((x.shape[1],))
+    n = [layer.soma.units[0] for layer in net.layers]
     current = [jnp.zeros((x.shape[1], k)) for k in n]
     prev = [jnp.zeros((x.shape[1], k)) for k in n]
     u = jnp.zeros((x.shape[1], C))
-    record, trace = [[] for _ in somas], []
+    record, trace = [[] for _ in n], []
     for x_t in x:
-        h = x_t
-        for i, (layer, soma) in enumerate(zip(net.layers, somas)):
-            z = h @ layer.input.kernel[...] + layer.input.bias[...] + prev[i] @ layer.recurrent.kernel[...]
-            current[i] = layer.decay * current[i] + layer.scale * z
-            h = prev[i] = soma(current[i]).spikes
-            record[i].append(h)
-        u = net.readout_decay * u + h @ net.output.kernel[...] + net.output.bias[...]
+        current, prev, u = _reference_step(net, current, prev, u, x_t)
+        for r, h in zip(record, prev):
+            r.append(h)
         trace.append(u)
     return [jnp.stack(r) for r in record], jnp.stack(trace)
+
+
+@nnx.jit  # one program for the step, instead of one per operation
+def _reference_step(net, current, prev, u, x_t):
+    h, current, prev = x_t, list(current), list(prev)
+    for i, layer in enumerate(net.layers):
+        z = h @ layer.input.kernel[...] + layer.input.bias[...] + prev[i] @ layer.recurrent.kernel[...]
+        current[i] = layer.decay * current[i] + layer.scale * z
+        h = prev[i] = layer.soma(current[i]).spikes
+    u = net.readout_decay * u + h @ net.output.kernel[...] + net.output.bias[...]
+    return current, prev, u
 
 
 def test_deep_recurrent_network_through_the_driver_equals_the_equations_written_out():
@@ -69,6 +75,11 @@ def test_deep_recurrent_network_through_the_driver_equals_the_equations_written_
     chex.assert_trees_all_equal(out.hidden_spikes, jnp.concatenate(spikes, -1))
 
 
+@nnx.jit  # one program for the step (and one for its backward pass), not one per operation
+def _step(net, x_t):
+    return net.step(x_t)
+
+
 def test_deep_network_gradients_equal_a_python_loop_of_its_step():
     x = inputs(1)
 
@@ -76,7 +87,7 @@ def test_deep_network_gradients_equal_a_python_loop_of_its_step():
         if driver:
             return jnp.sum(net(x, remat=True).logits ** 2)
         net.reset(x.shape[1:-1])
-        potential = jnp.stack([net.step(x_t)[1] for x_t in x])
+        potential = jnp.stack([_step(net, x_t)[1] for x_t in x])
         return jnp.sum(potential.mean(0) ** 2)
 
     g_drive = nnx.grad(loss)(deep_net(), True)

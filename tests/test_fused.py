@@ -175,10 +175,10 @@ def test_network_fused_equals_scan(name, monkeypatch):
             jnp.sum(w * s) for w, s in zip(weights, out.layer_spikes))
         return value, (out, nnx.state(net, ss.SomaState))
 
-    results = {}
-    for backend in ("scan", "fused"):
-        grad_fn = nnx.grad(loss, argnums=(0, 1), has_aux=True)
-        results[backend] = jax.tree.map(np.asarray, grad_fn(nnx.clone(net), inputs, backend))
+    # Jitted: one program per backend, not one per operation outside the time loop.
+    grad_fn = nnx.jit(nnx.grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2)
+    results = {backend: jax.tree.map(np.asarray, grad_fn(nnx.clone(net), inputs, backend))
+               for backend in ("scan", "fused")}
     (want_grads, want_out), (got_grads, got_out) = results["scan"], results["fused"]
     spikes = want_out[0].layer_spikes + (want_out[0].output_spikes,)
     assert all(s is None or s.sum() > 3 for s in spikes), "every layer must spike"
@@ -237,8 +237,9 @@ def test_any_network_fused_equals_scan(case):
     with pytest.MonkeyPatch.context() as patch:
         if block is not None:  # the fused path's samples per program
             patch.setattr(kernels, "block_size", lambda rows, interpret: block)
+        # Jitted: one program per backend, not one per operation outside the time loop.
+        grad_fn = nnx.jit(nnx.grad(loss, has_aux=True), static_argnums=1)
         for backend in ("scan", "fused"):
-            grad_fn = nnx.grad(loss, has_aux=True)
             results[backend] = jax.tree.map(np.asarray, grad_fn(nnx.clone(net), backend))
     (want_grads, want_out), (got_grads, got_out) = results["scan"], results["fused"]
     (got_y, got_state), (want_y, want_state) = got_out, want_out

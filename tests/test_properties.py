@@ -175,7 +175,8 @@ def test_finite_and_rule_abiding_for_any_legal_set_and_input(model, dtype, data)
             rec.potential.astype(jnp.float32))
         return value, rec
 
-    (grad_soma, grad_x), rec = nnx.grad(loss, argnums=(0, 1), has_aux=True)(soma, x)
+    # Jitted: one compiled program, where the forward and backward passes would be two.
+    (grad_soma, grad_x), rec = nnx.jit(nnx.grad(loss, argnums=(0, 1), has_aux=True))(soma, x)
     assert_finite((rec.spikes, rec.potential, soma.neuron_state()), "forward")
     assert_finite(grad_x, "d/dI")
     if dtype != jnp.float16:  # float16 parameter gradients may exceed the format

@@ -81,7 +81,8 @@ def test_any_registered_model_is_finite_over_its_legal_space(user_models, name, 
         return jnp.sum(rec.spikes.astype(jnp.float32)) + jnp.mean(
             rec.potential.astype(jnp.float32)), rec
 
-    (grad_soma, grad_x), rec = nnx.grad(loss, argnums=(0, 1), has_aux=True)(soma, x)
+    # Jitted: one compiled program, where the forward and backward passes would be two.
+    (grad_soma, grad_x), rec = nnx.jit(nnx.grad(loss, argnums=(0, 1), has_aux=True))(soma, x)
     assert_finite((rec.spikes, rec.potential, soma.neuron_state()), "forward")
     assert set(np.unique(np.asarray(rec.spikes, np.float64))) <= {0.0, 1.0}
     # Gradients are promised wherever they are representable: a stable step

@@ -367,7 +367,8 @@ def test_the_adaptive_lif_gradient_is_finite_wherever_its_loop_cannot_amplify(da
         rec = ss.simulate(soma, x)
         return rec.spikes.sum() + rec.potential.mean()
 
-    grad_soma, grad_x = nnx.grad(loss, argnums=(0, 1))(soma, jnp.full((40, 4), current))
+    # Jitted: one compiled program, where the forward and backward passes would be two.
+    grad_soma, grad_x = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(soma, jnp.full((40, 4), current))
     assert np.all(np.isfinite(np.asarray(grad_x))), params
     for leaf in nnx.state(grad_soma, nnx.Param).values():
         assert np.all(np.isfinite(np.asarray(leaf[...]))), params
