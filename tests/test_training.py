@@ -99,13 +99,18 @@ def recurrent_net(output):
     return model
 
 
+@nnx.jit  # one program for the step (and one for its backward pass), not one per operation
+def _step(model, x_t):
+    return model.step(x_t)
+
+
 @functools.lru_cache(maxsize=None)
 def python_loop(output):
     """The reference of the test below, the same for every remat: the loss,
     spikes, potential and gradient of the network stepped by a Python loop."""
     def loss(model, x):
         model.reset(x.shape[1:-1])
-        traces = [model.step(x_t) for x_t in x]
+        traces = [_step(model, x_t) for x_t in x]
         spikes = jnp.stack([t[0][0] for t in traces])
         potential = jnp.stack([t[1] for t in traces])
         return jnp.sum(jnp.mean(potential, 0)), (spikes, potential)
