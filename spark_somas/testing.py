@@ -273,6 +273,11 @@ def _loss(soma: Soma, x: jax.Array) -> tuple[jax.Array, Any]:
             + jnp.mean(rec.potential.astype(jnp.float32))), rec
 
 
+# ∂_loss/∂(soma, x) and the run, as one compiled program (eager, the forward and
+# backward passes would compile operation by operation).
+_gradients = nnx.jit(nnx.grad(_loss, argnums=(0, 1), has_aux=True))
+
+
 def _drive(soma: Soma, steps: int, seed: int) -> np.ndarray:
     """(steps, *units) currents around 2× the model's input scale (pA)."""
     scale = abs(input_scale(soma)) or 1.0
@@ -420,7 +425,7 @@ def check_model(model: type[Soma], *, units: int = 3, steps: int = 20, dt: float
     with _capability(model, "gradient", trainable=model.default_trainable):
         soma = model(units=shape, dt=dt, trainable=model.default_trainable)
         x = jnp.asarray(_drive(soma, steps, 2))
-        (grad_soma, grad_x), _ = nnx.jit(nnx.grad(_loss, argnums=(0, 1), has_aux=True))(soma, x)
+        (grad_soma, grad_x), _ = _gradients(soma, x)
         _assert_finite(grad_x, "d/dI")
         _assert_finite(nnx.state(grad_soma, nnx.Param), "d/dparam")
     _check_network(model, steps)
@@ -540,8 +545,7 @@ def _check_legal_space(model: type[Soma], shape: tuple[int, ...], steps: int, ex
         with _capability(model, "legal space", params, method=method, dtype=dtype.name, dt=dt):
             soma = model(units=shape, dt=dt, dtype=dtype, method=method, trainable=fields,
                          **params)
-            (grad_soma, grad_x), rec = nnx.jit(nnx.grad(_loss, argnums=(0, 1), has_aux=True))(
-                soma, x)  # one compiled program; eager, the two passes compile apart
+            (grad_soma, grad_x), rec = _gradients(soma, x)
             _assert_finite((rec.spikes, rec.potential, soma.neuron_state()), "forward")
             _assert_spikes(rec.spikes)
             assert rec.spikes.dtype == rec.potential.dtype == dtype, "outputs changed dtype"
